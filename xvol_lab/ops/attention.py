@@ -1,0 +1,91 @@
+"""Fast attention kernels: global multi-head self-attention and Pixel Shift Self-Attention (PSSA).
+
+Queries live on the stride grid (B, C, H', W'); keys and values at full resolution (B, C, H, W).
+`xvol_lab.ops.reference` holds the readable dense versions the tests compare against.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+Tap = tuple[int, int]
+
+
+def pssa_taps(shift: int, dirs: int) -> tuple[Tap, ...]:
+    """Offsets T(L, dirs) in row-major order: 9 taps for dirs=8, the centre and 4 axes for dirs=4."""
+    return tuple((a * shift, b * shift) for a in (-1, 0, 1) for b in (-1, 0, 1)
+                 if dirs == 8 or a == 0 or b == 0)
+
+
+def out_size(size: int, stride: int) -> int:
+    """ceil(size / stride): the output extent of every operator."""
+    return -(-size // stride)
+
+
+@lru_cache(maxsize=256)
+def _invalid_taps(taps: tuple[Tap, ...], height: int, width: int, stride: int, device: str) -> Tensor:
+    """Bool (T, H', W'): True where p + t falls outside the image (excluded from the softmax)."""
+    ys = torch.arange(0, height, stride, device=device)
+    xs = torch.arange(0, width, stride, device=device)
+    masks = [((ys + ty < 0) | (ys + ty >= height))[:, None] | ((xs + tx < 0) | (xs + tx >= width))[None, :]
+             for ty, tx in taps]
+    return torch.stack(masks)
+
+
+def _shifted(padded: Tensor, tap: Tap, pad: int, out_hw: tuple[int, int], stride: int) -> Tensor:
+    """View of ``x(p + t)`` for p on the stride grid, from x zero-padded by `pad`: (B, C, H', W')."""
+    ty, tx = tap
+    ho, wo = out_hw
+    return padded[:, :, pad + ty: pad + ty + stride * (ho - 1) + 1: stride,
+                  pad + tx: pad + tx + stride * (wo - 1) + 1: stride]
+
+
+def pixel_shift_weights(q: Tensor, k: Tensor, heads: int, taps: tuple[Tap, ...], stride: int) -> Tensor:
+    """Attention coefficients a_i(p, t): (B, heads, T, H', W'), zero for taps outside the image."""
+    b, c, ho, wo = q.shape
+    height, width = k.shape[-2:]
+    d = c // heads
+    pad = max(max(abs(ty), abs(tx)) for ty, tx in taps)
+    kp = F.pad(k, (pad, pad, pad, pad))
+    qh = (q * d ** -0.5).view(b, heads, d, ho, wo)  # (B, heads, d, H', W')
+    logits = torch.stack(
+        [(qh * _shifted(kp, t, pad, (ho, wo), stride).view(b, heads, d, ho, wo)).sum(2) for t in taps],
+        dim=2)  # (B, heads, T, H', W')
+    invalid = _invalid_taps(taps, height, width, stride, str(q.device))
+    return logits.masked_fill(invalid, float("-inf")).softmax(dim=2)
+
+
+def pixel_shift_aggregate(weights: Tensor, v: Tensor, taps: tuple[Tap, ...], stride: int) -> Tensor:
+    """y_i(p) = sum_t a_i(p, t) v_i(p + t): (B, C, H', W') from weights (B, heads, T, H', W')."""
+    b, heads, _, ho, wo = weights.shape
+    c = v.shape[1]
+    pad = max(max(abs(ty), abs(tx)) for ty, tx in taps)
+    vp = F.pad(v, (pad, pad, pad, pad))
+    out = None
+    for j, t in enumerate(taps):
+        term = weights[:, :, j: j + 1] * _shifted(vp, t, pad, (ho, wo), stride).view(b, heads, c // heads, ho, wo)
+        out = term if out is None else out + term
+    return out.reshape(b, c, ho, wo)
+
+
+def pixel_shift_attention(q: Tensor, k: Tensor, v: Tensor, heads: int, taps: tuple[Tap, ...],
+                          stride: int) -> Tensor:
+    """PSSA: softmax over the valid taps of <q(p), k(p+t)>/sqrt(d), then the weighted sum of v(p+t)."""
+    return pixel_shift_aggregate(pixel_shift_weights(q, k, heads, taps, stride), v, taps, stride)
+
+
+def global_attention(q: Tensor, k: Tensor, v: Tensor, heads: int) -> Tensor:
+    """Global multi-head self-attention (fused scaled_dot_product_attention): (B, C, H', W')."""
+    b, c, ho, wo = q.shape
+    d = c // heads
+    qh = q.reshape(b, heads, d, ho * wo).transpose(2, 3)  # (B, heads, N', d)
+    kh = k.reshape(b, heads, d, -1).transpose(2, 3)  # (B, heads, N, d)
+    vh = v.reshape(b, heads, d, -1).transpose(2, 3)  # (B, heads, N, d)
+    if qh.dtype != vh.dtype:  # autocast may leave projections in different dtypes
+        qh, kh = qh.to(vh.dtype), kh.to(vh.dtype)
+    out = F.scaled_dot_product_attention(qh, kh, vh)  # (B, heads, N', d)
+    return out.transpose(2, 3).reshape(b, c, ho, wo)

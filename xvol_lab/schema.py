@@ -1,0 +1,161 @@
+"""Typed (de)serialisation of frozen config dataclasses, shared by specs, run configs and studies.
+
+`from_dict(cls, data)` builds a (nested) dataclass from plain dicts/lists (JSON, YAML), checking
+every key and type; `to_dict(obj)` is its inverse; `with_overrides(obj, ["a.b=1"])` applies
+`--set` style overrides typed by the dataclass fields. Every error is a `ConfigError` whose
+message starts with the dotted key path, e.g. ``model.stages.2.op: expected one of ...``.
+
+Values are further validated by each dataclass's ``__post_init__``, which raises `ValueError`
+with a message that starts with the field name (``"op: got 'foo', expected one of ..."``);
+`from_dict` re-raises it as `ConfigError` prefixed with the path.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
+
+import yaml
+
+from xvol_lab.errors import ConfigError
+
+T = TypeVar("T")
+
+
+def _join(path: str, key: str | int) -> str:
+    return f"{path}.{key}" if path else str(key)
+
+
+def _type_name(tp: Any) -> str:
+    if get_origin(tp) is Literal:
+        return "one of " + ", ".join(repr(a) for a in get_args(tp))
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(tp: Any, value: Any, path: str) -> Any:
+    """Check `value` against the annotation `tp`, converting lists to tuples and ints to floats."""
+    origin = get_origin(tp)
+    if tp is Any:
+        return value
+    if origin in (Union, types.UnionType):
+        options = get_args(tp)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _coerce(option, value, path)
+            except ConfigError as err:
+                errors.append(str(err))
+        raise ConfigError(errors[0] if len(errors) == 1 else f"{path}: got {value!r}, expected "
+                          + " or ".join(_type_name(o) for o in options))
+    if origin is Literal:
+        if value not in get_args(tp):
+            raise ConfigError(f"{path}: got {value!r}, expected {_type_name(tp)}")
+        return value
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{path}: got {value!r}, expected a list")
+        args = get_args(tp)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(args[0], v, _join(path, i)) for i, v in enumerate(value))
+        if len(args) != len(value):
+            raise ConfigError(f"{path}: got {len(value)} items, expected {len(args)}")
+        return tuple(_coerce(a, v, _join(path, i)) for i, (a, v) in enumerate(zip(args, value)))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path}: got {value!r}, expected a mapping")
+        _, vt = get_args(tp)
+        return {str(k): _coerce(vt, v, _join(path, k)) for k, v in value.items()}
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        return from_dict(tp, value, path)
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{path}: got {value!r}, expected a number")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{path}: got {value!r}, expected an integer")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{path}: got {value!r}, expected true or false")
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{path}: got {value!r}, expected a string")
+        return value
+    raise TypeError(f"{path}: unsupported annotation {tp!r}")
+
+
+def from_dict(cls: type[T], data: Any, path: str = "") -> T:
+    """Build dataclass `cls` from a mapping; unknown keys, wrong types and bad values raise ConfigError."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path or cls.__name__}: got {data!r}, expected a mapping")
+    hints = get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ConfigError(f"{_join(path, unknown[0])}: unknown key; expected one of {', '.join(fields)}")
+    kwargs = {k: _coerce(hints[k], v, _join(path, k)) for k, v in data.items()}
+    try:
+        return cls(**kwargs)
+    except (ValueError, TypeError) as err:  # __post_init__ messages start with the field name
+        raise ConfigError(f"{path}.{err}" if path else str(err)) from None
+
+
+def to_dict(obj: Any) -> Any:
+    """Plain dicts/lists/scalars for a (nested) dataclass, the inverse of `from_dict`."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, (list, tuple)):
+        return [to_dict(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: to_dict(v) for k, v in obj.items()}
+    return obj
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Split ``"a.b.0=value"`` into its key path and a YAML-parsed value."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set {text!r}: expected key=value")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.strip().split("."), value
+
+
+def _set_path(data: Any, keys: list[str], value: Any, done: str) -> None:
+    key = keys[0]
+    where = _join(done, key)
+    if isinstance(data, list):
+        if not key.isdigit() or int(key) >= len(data):
+            raise ConfigError(f"{where}: index out of range; expected 0..{len(data) - 1}")
+        index: Any = int(key)
+    elif isinstance(data, dict):
+        if key not in data:
+            raise ConfigError(f"{where}: unknown key; expected one of {', '.join(map(str, data))}")
+        index = key
+    else:
+        raise ConfigError(f"{where}: {done} is a value, not a section")
+    if len(keys) == 1:
+        data[index] = value
+    else:
+        _set_path(data[index], keys[1:], value, where)
+
+
+def with_overrides(obj: T, overrides: typing.Iterable[str]) -> T:
+    """A copy of dataclass `obj` with ``key.path=value`` overrides applied and re-validated."""
+    data = to_dict(obj)
+    for text in overrides:
+        keys, value = parse_override(text)
+        _set_path(data, keys, value, "")
+    return from_dict(type(obj), data)
