@@ -65,7 +65,7 @@ def _coerce(tp: Any, value: Any, path: str) -> Any:
             return tuple(_coerce(args[0], v, _join(path, i)) for i, v in enumerate(value))
         if len(args) != len(value):
             raise ConfigError(f"{path}: got {len(value)} items, expected {len(args)}")
-        return tuple(_coerce(a, v, _join(path, i)) for i, (a, v) in enumerate(zip(args, value)))
+        return tuple(_coerce(a, v, _join(path, i)) for i, (a, v) in enumerate(zip(args, value, strict=True)))
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{path}: got {value!r}, expected a mapping")

@@ -67,7 +67,8 @@ def pixel_shift_aggregate(weights: Tensor, v: Tensor, taps: tuple[Tap, ...], str
     vp = F.pad(v, (pad, pad, pad, pad))
     out = None
     for j, t in enumerate(taps):
-        term = weights[:, :, j: j + 1] * _shifted(vp, t, pad, (ho, wo), stride).view(b, heads, c // heads, ho, wo)
+        v_t = _shifted(vp, t, pad, (ho, wo), stride).view(b, heads, c // heads, ho, wo)
+        term = weights[:, :, j: j + 1] * v_t
         out = term if out is None else out + term
     return out.reshape(b, c, ho, wo)
 

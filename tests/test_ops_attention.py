@@ -1,0 +1,85 @@
+"""Fast attention paths against the readable dense references, and what a user can observe."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from xvol_lab.ops import create_op, pssa_taps
+from xvol_lab.ops.layers import AttentionConfig, AttentionLayer
+from xvol_lab.ops.reference import attention_reference, layer_attention_weights, pssa_neighbourhood
+
+
+def test_taps():
+    assert pssa_taps(2, 8) == ((-2, -2), (-2, 0), (-2, 2), (0, -2), (0, 0), (0, 2), (2, -2), (2, 0), (2, 2))
+    assert pssa_taps(3, 4) == ((-3, 0), (0, -3), (0, 0), (0, 3), (3, 0))
+
+
+def test_neighbourhood_counts_exclude_outside_taps():
+    allowed = pssa_neighbourhood(5, 5, 1, pssa_taps(1, 8)).reshape(5, 5, 25)
+    counts = allowed.sum(-1)
+    assert counts[0, 0] == 4 and counts[0, 2] == 6 and counts[2, 2] == 9
+
+
+LAYERS = [("pssa", s, L, d, h) for s in (1, 2) for L, d in [(1, 8), (2, 4), (3, 8)] for h in (1, 2, 4)]
+LAYERS += [("sa", s, 1, 8, h) for s in (1, 2) for h in (1, 2, 4)]
+
+
+@pytest.mark.parametrize("mode,stride,shift,dirs,heads", LAYERS)
+def test_fast_path_matches_dense_reference(mode, stride, shift, dirs, heads):
+    torch.manual_seed(0)
+    layer = AttentionLayer(6, 8, stride, AttentionConfig(mode, heads, shift, dirs)).double()
+    x = torch.randn(2, 6, 9, 7, dtype=torch.float64)
+    torch.testing.assert_close(layer(x), attention_reference(layer, x), atol=1e-12, rtol=1e-10)
+
+
+def test_pssa_weights_sum_to_one_over_valid_taps_only():
+    layer = AttentionLayer(4, 8, 1, AttentionConfig("pssa", 2, 2, 8)).double()
+    x = torch.randn(1, 4, 6, 6, dtype=torch.float64)
+    a = layer.pssa_weights(x)  # (B, heads, T, H, W)
+    torch.testing.assert_close(a.sum(2), torch.ones(1, 2, 6, 6, dtype=torch.float64))
+    # corner (0, 0) with L=2: only taps (0,0), (0,2), (2,0), (2,2) are inside
+    valid = (a[0, :, :, 0, 0] > 0).all(0)
+    assert valid.tolist() == [False, False, False, False, True, True, False, True, True]
+    dense = layer_attention_weights(layer, x)
+    torch.testing.assert_close(dense.sum(-1), torch.ones(1, 2, 36, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("shift,dirs", [(1, 8), (2, 4), (3, 8)])
+def test_pssa_is_local(shift, dirs):
+    """stack=1: output at p is unchanged when a pixel outside p + T changes."""
+    torch.manual_seed(0)
+    op = create_op("pssa", 4, 8, shift=shift, dirs=dirs).eval()
+    x = torch.randn(1, 4, 11, 11)
+    p = (5, 5)
+    neighbours = {(p[0] + ty, p[1] + tx) for ty, tx in pssa_taps(shift, dirs)}
+    outside = [(i, j) for i in range(11) for j in range(11) if (i, j) not in neighbours]
+    y0 = op(x)[0, :, p[0], p[1]]
+    x2 = x.clone()
+    for i, j in outside:
+        x2[0, :, i, j] = torch.randn(4) * 10
+    torch.testing.assert_close(op(x2)[0, :, p[0], p[1]], y0, atol=0, rtol=0)
+    x3 = x.clone()
+    ty, tx = pssa_taps(shift, dirs)[0]
+    x3[0, :, p[0] + ty, p[1] + tx] += 5.0
+    assert not torch.allclose(op(x3)[0, :, p[0], p[1]], y0)
+
+
+def test_sa_is_global():
+    torch.manual_seed(0)
+    op = create_op("sa", 4, 8).eval()
+    x = torch.randn(1, 4, 11, 11)
+    y0 = op(x)[0, :, 5, 5]
+    x[0, :, 0, 0] += 5.0  # far outside any PSSA neighbourhood
+    assert (op(x)[0, :, 5, 5] - y0).abs().max() > 1e-4
+
+
+def test_stacking_propagates_context():
+    """Two stacked PSSA layers reach 2L: the receptive field grows with the stack."""
+    torch.manual_seed(0)
+    one, two = create_op("pssa", 4, 8, stack=1).eval(), create_op("pssa", 4, 8, stack=2).eval()
+    x = torch.randn(1, 4, 9, 9)
+    x2 = x.clone()
+    x2[0, :, 2, 4] += 5.0  # two rows above the centre (4, 4)
+    assert torch.equal(one(x)[0, :, 4, 4], one(x2)[0, :, 4, 4])
+    assert not torch.allclose(two(x)[0, :, 4, 4], two(x2)[0, :, 4, 4])
