@@ -93,9 +93,11 @@ def test_float64(name):
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_bf16_autocast_tracks_float32(name):
+@pytest.mark.parametrize("deploy", [False, True])
+def test_bf16_autocast_tracks_float32(name, deploy):
     torch.manual_seed(0)
-    op = create_op(name, 16, 16, 1).eval()
+    op = randomize_batchnorm(create_op(name, 16, 16, 1)).eval()
+    op = reparameterize(op) if deploy else op
     x = torch.randn(2, 16, 8, 8)
     expected = op(x)
     with torch.autocast("cpu", dtype=torch.bfloat16):

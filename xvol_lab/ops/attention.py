@@ -59,28 +59,40 @@ def pixel_shift_weights(q: Tensor, k: Tensor, heads: int, taps: tuple[Tap, ...],
     return logits.masked_fill(invalid, float("-inf")).softmax(dim=2)
 
 
-def pixel_shift_aggregate(weights: Tensor, v: Tensor, taps: tuple[Tap, ...], stride: int) -> Tensor:
-    """y_i(p) = sum_t a_i(p, t) v_i(p + t): (B, C, H', W') from weights (B, heads, T, H', W')."""
+def pixel_shift_aggregate(weights: Tensor, v: Tensor, taps: tuple[Tap, ...], stride: int,
+                          out: Tensor | None = None) -> Tensor:
+    """y_i(p) = sum_t a_i(p, t) v_i(p + t): (B, C, H', W') from weights (B, heads, T, H', W').
+
+    With `out` (B, C, H', W') the sum is accumulated into it in place (fused multiply-adds, no
+    temporaries); autograd-safe, since no backward needs the accumulator's old value.
+    """
     b, heads, _, ho, wo = weights.shape
     c = v.shape[1]
     pad = max(max(abs(ty), abs(tx)) for ty, tx in taps)
     vp = F.pad(v, (pad, pad, pad, pad))
-    out = None
-    for j, t in enumerate(taps):
-        v_t = _shifted(vp, t, pad, (ho, wo), stride).view(b, heads, c // heads, ho, wo)
-        term = weights[:, :, j: j + 1] * v_t
-        out = term if out is None else out + term
-    return out.reshape(b, c, ho, wo)
+    shifted = [_shifted(vp, t, pad, (ho, wo), stride).view(b, heads, c // heads, ho, wo) for t in taps]
+    if out is None:
+        acc = weights[:, :, :1] * shifted[0]  # (B, heads, d, H', W')
+        start = 1
+    else:
+        acc = out.view(b, heads, c // heads, ho, wo)
+        start = 0
+    for j in range(start, len(taps)):
+        acc = acc.addcmul_(weights[:, :, j: j + 1], shifted[j])
+    return acc.view(b, c, ho, wo)
 
 
 def pixel_shift_attention(q: Tensor, k: Tensor, v: Tensor, heads: int, taps: tuple[Tap, ...],
-                          stride: int) -> Tensor:
+                          stride: int, out: Tensor | None = None) -> Tensor:
     """PSSA: softmax over the valid taps of <q(p), k(p+t)>/sqrt(d), then the weighted sum of v(p+t)."""
-    return pixel_shift_aggregate(pixel_shift_weights(q, k, heads, taps, stride), v, taps, stride)
+    return pixel_shift_aggregate(pixel_shift_weights(q, k, heads, taps, stride), v, taps, stride, out)
 
 
-def global_attention(q: Tensor, k: Tensor, v: Tensor, heads: int) -> Tensor:
-    """Global multi-head self-attention (fused scaled_dot_product_attention): (B, C, H', W')."""
+def global_attention(q: Tensor, k: Tensor, v: Tensor, heads: int, out: Tensor | None = None) -> Tensor:
+    """Global multi-head self-attention (fused scaled_dot_product_attention): (B, C, H', W').
+
+    With `out`, the result is added to it in place.
+    """
     b, c, ho, wo = q.shape
     d = c // heads
     qh = q.reshape(b, heads, d, ho * wo).transpose(2, 3)  # (B, heads, N', d)
@@ -88,5 +100,6 @@ def global_attention(q: Tensor, k: Tensor, v: Tensor, heads: int) -> Tensor:
     vh = v.reshape(b, heads, d, -1).transpose(2, 3)  # (B, heads, N, d)
     if qh.dtype != vh.dtype:  # autocast may leave projections in different dtypes
         qh, kh = qh.to(vh.dtype), kh.to(vh.dtype)
-    out = F.scaled_dot_product_attention(qh, kh, vh)  # (B, heads, N', d)
-    return out.transpose(2, 3).reshape(b, c, ho, wo)
+    y = F.scaled_dot_product_attention(qh, kh, vh)  # (B, heads, N', d)
+    y = y.transpose(2, 3).reshape(b, c, ho, wo)
+    return y if out is None else out.add_(y)

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from typing import Any, ClassVar, Literal
 
-import torch
 from torch import Tensor, nn
 
 from xvol_lab.ops.base import ReparamOp
 from xvol_lab.ops.fusion import bn_affine
-from xvol_lab.ops.layers import AttentionConfig, build_attention_branch, fold_bn_into_branch
+from xvol_lab.ops.layers import AttentionBranch, AttentionConfig, fold_bn_into_branch
 from xvol_lab.ops.options import (
     check_channels,
     check_dirs,
@@ -28,7 +27,7 @@ def attention_config(mode: Literal["sa", "pssa"], out_chs: int, heads: int | Non
 
 
 class _AttentionOp(ReparamOp):
-    """attention branch -> BatchNorm. Deploy: the branch with W~_v = g * W_v, plus the bias c."""
+    """attention branch -> BatchNorm. Deploy: the branch with W~_v = g * W_v and the v bias c."""
 
     def __init__(self, in_chs: int, out_chs: int, stride: int, cfg: AttentionConfig, deploy: bool) -> None:
         check_channels(in_chs, out_chs)
@@ -39,22 +38,17 @@ class _AttentionOp(ReparamOp):
         self._build()
 
     def _build(self) -> None:
-        self.attn = build_attention_branch(self.in_chs, self.out_chs, self.stride, self.cfg)
-        if self.deploy:
-            self.bias = nn.Parameter(torch.zeros(self.out_chs))
-        else:
+        self.attn = AttentionBranch(self.in_chs, self.out_chs, self.stride, self.cfg, last_bias=self.deploy)
+        if not self.deploy:
             self.bn = nn.BatchNorm2d(self.out_chs)
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.deploy:
-            return self.attn(x) + self.bias.view(1, -1, 1, 1)
-        return self.bn(self.attn(x))
+        return self.attn(x) if self.deploy else self.bn(self.attn(x))
 
     def deploy_state_dict(self) -> dict[str, Tensor]:
         g, c = bn_affine(self.bn)
         state = {f"attn.{k}": v for k, v in self.attn.state_dict(keep_vars=True).items()}
-        state = fold_bn_into_branch(state, "attn", self.cfg.stack, self.out_chs, g)
-        return {**state, "bias": c}
+        return fold_bn_into_branch(state, "attn", self.cfg.stack, self.out_chs, g, c)
 
 
 class SelfAttention(_AttentionOp):

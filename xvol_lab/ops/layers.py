@@ -31,29 +31,33 @@ class AttentionLayer(nn.Module):
     """One attention layer, no normalisation: ``q = W_q x`` on the stride grid, ``k, v`` at full size.
 
     ``qkv.weight`` stacks W_q, W_k, W_v (3*C_out rows); in the deploy form its W_v rows carry the
-    folded BatchNorm scale of the branch (the dynamic kernel basis W~_v of the reference).
+    folded BatchNorm scale of the branch (the dynamic kernel basis W~_v of the reference), and with
+    ``bias=True`` the v rows of ``qkv.bias`` its shift (q and k rows zero): since the attention
+    weights of each query sum to 1, a bias on v is a bias on the output.
     """
 
-    def __init__(self, in_chs: int, out_chs: int, stride: int, cfg: AttentionConfig) -> None:
+    def __init__(self, in_chs: int, out_chs: int, stride: int, cfg: AttentionConfig,
+                 bias: bool = False) -> None:
         super().__init__()
         self.out_chs, self.stride, self.cfg = out_chs, stride, cfg
-        self.qkv = nn.Conv2d(in_chs, 3 * out_chs, 1, bias=False)
+        self.qkv = nn.Conv2d(in_chs, 3 * out_chs, 1, bias=bias)
 
     def project(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """q (B, C, H', W') on the stride grid; k, v (B, C, H, W)."""
-        c, w = self.out_chs, self.qkv.weight
+        c, w, b = self.out_chs, self.qkv.weight, self.qkv.bias
         if self.stride == 1:
-            q, k, v = F.conv2d(x, w).chunk(3, dim=1)
+            q, k, v = F.conv2d(x, w, b).chunk(3, dim=1)
             return q, k, v
-        q = F.conv2d(x[:, :, :: self.stride, :: self.stride], w[:c])
-        k, v = F.conv2d(x, w[c:]).chunk(2, dim=1)
+        q = F.conv2d(x[:, :, :: self.stride, :: self.stride], w[:c], None if b is None else b[:c])
+        k, v = F.conv2d(x, w[c:], None if b is None else b[c:]).chunk(2, dim=1)
         return q, k, v
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, out: Tensor | None = None) -> Tensor:
+        """Attention output (B, C_out, H', W'); added in place to `out` when given."""
         q, k, v = self.project(x)
         if self.cfg.mode == "sa":
-            return global_attention(q, k, v, self.cfg.heads)
-        return pixel_shift_attention(q, k, v, self.cfg.heads, self.cfg.taps, self.stride)
+            return global_attention(q, k, v, self.cfg.heads, out)
+        return pixel_shift_attention(q, k, v, self.cfg.heads, self.cfg.taps, self.stride, out)
 
     def pssa_weights(self, x: Tensor) -> Tensor:
         """PSSA coefficients a_i(p, t) for input x: (B, heads, T, H', W')."""
@@ -61,17 +65,33 @@ class AttentionLayer(nn.Module):
         return pixel_shift_weights(q, k, self.cfg.heads, self.cfg.taps, self.stride)
 
 
-def build_attention_branch(in_chs: int, out_chs: int, stride: int, cfg: AttentionConfig) -> nn.Sequential:
-    """``cfg.stack`` layers in sequence: the first maps C_in -> C_out at `stride`, the rest C_out -> C_out."""
-    layers = [AttentionLayer(in_chs, out_chs, stride, cfg)]
-    layers += [AttentionLayer(out_chs, out_chs, 1, cfg) for _ in range(cfg.stack - 1)]
-    return nn.Sequential(*layers)
+class AttentionBranch(nn.Sequential):
+    """``cfg.stack`` layers in sequence: the first maps C_in -> C_out at `stride`, the rest C_out -> C_out.
+
+    ``last_bias`` gives the last layer a qkv bias (the deploy form of a stand-alone attention op).
+    """
+
+    def __init__(self, in_chs: int, out_chs: int, stride: int, cfg: AttentionConfig,
+                 last_bias: bool = False) -> None:
+        chans = [in_chs] + [out_chs] * cfg.stack
+        super().__init__(*[AttentionLayer(chans[i], out_chs, stride if i == 0 else 1, cfg,
+                                          bias=last_bias and i == cfg.stack - 1) for i in range(cfg.stack)])
+
+    def forward(self, x: Tensor, out: Tensor | None = None) -> Tensor:
+        for layer in list(self)[:-1]:
+            x = layer(x)
+        return self[-1](x, out)
 
 
 def fold_bn_into_branch(state: dict[str, Tensor], prefix: str, stack: int, out_chs: int,
-                        g: Tensor) -> dict[str, Tensor]:
-    """Scale the last layer's W_v rows by the BatchNorm gain g (attention weights sum to 1)."""
-    key = f"{prefix}.{stack - 1}.qkv.weight"
-    w = state[key]
-    scale = torch.cat([w.new_ones(2 * out_chs), g.to(w.dtype)])  # W_q, W_k unchanged; W_v scaled
-    return {**state, key: w * scale.view(-1, 1, 1, 1)}
+                        g: Tensor, c: Tensor | None = None) -> dict[str, Tensor]:
+    """Fold BN(z) = g*z + c into the last layer: W_v rows scaled by g, and c as the v bias when given.
+
+    Exact because the attention weights of each query sum to 1.
+    """
+    key = f"{prefix}.{stack - 1}.qkv"
+    w = state[f"{key}.weight"]
+    state = {**state, f"{key}.weight": w * torch.cat([w.new_ones(2 * out_chs), g]).view(-1, 1, 1, 1)}
+    if c is not None:
+        state[f"{key}.bias"] = torch.cat([c.new_zeros(2 * out_chs), c])  # q and k rows stay unbiased
+    return state

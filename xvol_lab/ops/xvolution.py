@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from xvol_lab.ops.attention_ops import attention_config
 from xvol_lab.ops.base import ReparamOp
 from xvol_lab.ops.fusion import bn_affine, fuse_conv_bn
-from xvol_lab.ops.layers import AttentionConfig, build_attention_branch, fold_bn_into_branch
+from xvol_lab.ops.layers import AttentionBranch, AttentionConfig, fold_bn_into_branch
 from xvol_lab.ops.options import check_channels, check_kernel_size, check_stride
 
 
@@ -37,14 +37,14 @@ class _XVolution(ReparamOp):
     def _build(self) -> None:
         k = self.kernel_size
         self.conv = nn.Conv2d(self.in_chs, self.out_chs, k, self.stride, k // 2, bias=self.deploy)
-        self.attn = build_attention_branch(self.in_chs, self.out_chs, self.stride, self.cfg)
+        self.attn = AttentionBranch(self.in_chs, self.out_chs, self.stride, self.cfg)
         if not self.deploy:
             self.bn_conv = nn.BatchNorm2d(self.out_chs)
             self.bn_attn = nn.BatchNorm2d(self.out_chs)
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.deploy:
-            return self.conv(x) + self.attn(x)
+        if self.deploy:  # the static convolution, then the dynamic part accumulated into it
+            return self.attn(x, out=self.conv(x))
         return self.bn_conv(self.conv(x)) + self.bn_attn(self.attn(x))
 
     def deploy_state_dict(self) -> dict[str, Tensor]:
