@@ -1,0 +1,35 @@
+"""FLOP counts: torchvision's ResNet figures for all-conv specs, and PSSA's products counted by hand."""
+
+from __future__ import annotations
+
+import torch
+import torchvision
+
+from xvol_lab.models import BackboneSpec, build_classifier
+from xvol_lab.models.cost import count_flops
+from xvol_lab.ops import create_op, reparameterize
+
+
+def test_all_conv_resnet_counts_like_torchvision():
+    ours = build_classifier(BackboneSpec.preset("resnet18"), 1000)
+    theirs = torchvision.models.resnet18()
+    assert count_flops(ours, (1, 3, 64, 64)) == count_flops(theirs, (1, 3, 64, 64))
+
+
+def test_pssa_flops_by_hand():
+    c_in, c, h, w, taps = 8, 16, 6, 5, 9
+    op = create_op("pssa", c_in, c, heads=2).eval()
+    n = h * w
+    projections = 2 * c_in * 3 * c * n  # the q/k/v 1x1 convolutions
+    logits = c * n + taps * (c * n + (c - 2) * n)  # scale q; per tap: product, sum over d (2 heads)
+    aggregate = c * n + (taps - 1) * 2 * c * n  # first product, then fused multiply-adds
+    assert count_flops(op, (1, c_in, h, w)) == projections + logits + aggregate
+
+
+def test_deploy_form_costs_the_same_as_train_form():
+    """BatchNorm is not counted; the merge moves the branch sum into the fused multiply-adds."""
+    spec = BackboneSpec.preset("resnet18", width_mult=0.25, stem="small").with_stage(3, op="xvol_pssa")
+    model = build_classifier(spec, 10)
+    train, deploy = count_flops(model, (1, 3, 32, 32)), count_flops(reparameterize(model), (1, 3, 32, 32))
+    assert abs(deploy - train) / train < 0.01
+    assert model.training and torch.is_grad_enabled()  # the count leaves the model as it was

@@ -1,0 +1,54 @@
+"""Model cost: FLOPs with `torch.utils.flop_counter`, counting PSSA's element-wise products too.
+
+The stock formulas cover convolutions, matrix products and fused attention. PSSA's cost is in
+element-wise products (``q * k(p+t)`` summed over the head, ``a * v(p+t)`` accumulated), which the
+stock counter skips; they are added here at one FLOP per multiply and one per add. The deploy form
+has no BatchNorm, so on it these formulas count PSSA and little else (activations are not counted).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+aten = torch.ops.aten
+
+
+def _numel(shape: Any) -> int:
+    return math.prod(shape) if shape else 1
+
+
+def _mul_flop(a_shape: Any, b_shape: Any, *args: Any, out_shape: Any = None, **kwargs: Any) -> int:
+    return _numel(out_shape)
+
+
+def _addcmul_flop(self_shape: Any, *args: Any, out_shape: Any = None, **kwargs: Any) -> int:
+    return 2 * _numel(out_shape)
+
+
+def _sum_flop(self_shape: Any, *args: Any, out_shape: Any = None, **kwargs: Any) -> int:
+    return _numel(self_shape) - _numel(out_shape)
+
+
+# Keys are overload packets: FlopCounterMode looks ops up by packet.
+ELEMENTWISE_FLOPS = {aten.mul: _mul_flop, aten.addcmul: _addcmul_flop, aten.addcmul_: _addcmul_flop,
+                     aten.sum: _sum_flop}
+
+
+def count_flops(model: nn.Module, input_size: tuple[int, ...]) -> int:
+    """FLOPs of one forward pass of `model` (eval, no grad) on a zero input of `input_size`."""
+    param = next(model.parameters())
+    x = torch.zeros(input_size, device=param.device, dtype=param.dtype)
+    counter = FlopCounterMode(display=False, custom_mapping=ELEMENTWISE_FLOPS)
+    training = model.training
+    model.eval()
+    try:
+        with counter, torch.no_grad():
+            model(x)
+    finally:
+        model.train(training)
+    return counter.get_total_flops()
