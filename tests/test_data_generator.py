@@ -1,0 +1,127 @@
+"""The synthetic generators: determinism, balance, and labels that agree with what is drawn."""
+
+import colorsys
+import csv
+import json
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from xvol_lab.data import DataConfig, generate
+from xvol_lab.data.canvas import SHAPES, Placement, shape_mask
+from xvol_lab.data.context import class_names as context_classes
+from xvol_lab.data.shapes import class_names as shape_classes
+
+
+def small(root: Path, name: str = "shapes", **changes) -> DataConfig:
+    fields = {"name": name, "root": str(root), "num_train": 40, "num_val": 20, "num_workers": 0} | changes
+    return DataConfig(**fields)
+
+
+def files(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def index_rows(folder: Path) -> list[dict[str, str]]:
+    with open(folder / "index.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.mark.parametrize("name", ["shapes", "shapes-context"])
+def test_same_seed_gives_byte_identical_files(tmp_path, name):
+    a = files(generate(small(tmp_path / "a", name)))
+    b = files(generate(small(tmp_path / "b", name)))
+    assert len([k for k in a if k.endswith(".png")]) == 60
+    assert a == b
+    c = files(generate(small(tmp_path / "c", name, seed=1)))
+    assert a.keys() == c.keys()
+    pngs = [k for k in a if k.endswith(".png")]
+    assert sum(a[k] != c[k] for k in pngs) == len(pngs)
+
+
+def test_val_images_do_not_depend_on_train_size(tmp_path):
+    a = files(generate(small(tmp_path, num_train=20)))
+    b = files(generate(small(tmp_path, num_train=40)))
+    val = [k for k in a if k.startswith("val/")]
+    assert len(val) == 20 and all(a[k] == b[k] for k in val)
+
+
+def test_folder_name_carries_the_parameters(tmp_path):
+    folder = generate(small(tmp_path, "shapes-context", num_classes=2, image_size=48, seed=3))
+    assert folder == tmp_path / "shapes-context" / "c2-s48-n40-v20-seed3"
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["params"] == {"num_classes": 2, "image_size": 48, "num_train": 40, "num_val": 20,
+                                  "seed": 3}
+    assert manifest["classes"] == ["00-match", "01-offset1"]
+    assert manifest["counts"] == {"train": 40, "val": 20}
+    with Image.open(next(folder.rglob("*.png"))) as img:
+        assert img.size == (48, 48) and img.mode == "RGB"
+
+
+def test_classes_are_balanced_and_files_sit_in_their_class_folder(tmp_path):
+    cfg = small(tmp_path, num_classes=4, num_train=42, num_val=8)
+    folder = generate(cfg)
+    rows = index_rows(folder)
+    classes = shape_classes(4)
+    assert classes == ["00-circle", "01-square", "02-triangle", "03-cross"]
+    for split, n in (("train", 42), ("val", 8)):
+        counts = Counter(int(r["label"]) for r in rows if r["split"] == split)
+        assert sum(counts.values()) == n and set(counts) == {0, 1, 2, 3}
+        assert max(counts.values()) - min(counts.values()) <= 1
+    for r in rows:
+        assert Path(r["path"]).parts[:2] == (r["split"], classes[int(r["label"])])
+        assert (folder / r["path"]).is_file()
+
+
+def test_shapes_labels_match_the_drawn_shape(tmp_path):
+    folder = generate(small(tmp_path, num_train=30, num_val=10))
+    for r in index_rows(folder):
+        label = int(r["label"])
+        assert r["shape"] == SHAPES[label] and int(r["kind"]) == label
+        p = Placement(r["shape"], float(r["x"]), float(r["y"]), float(r["radius"]), float(r["angle"]),
+                      (float(r["r"]), float(r["g"]), float(r["b"])))
+        inside = shape_mask(p, 32) > 0.999
+        assert inside.sum() > 10  # the shape is large enough to see
+        pixels = np.asarray(Image.open(folder / r["path"]), dtype=np.float64)[inside] / 255
+        # the recorded colour is what is painted inside the recorded outline (up to pixel noise)
+        assert np.abs(pixels.mean(0) - p.color).max() < 0.03
+
+
+def test_more_classes_than_shapes_split_the_hue_circle(tmp_path):
+    folder = generate(small(tmp_path, num_classes=12, num_train=48, num_val=12))
+    assert shape_classes(12)[9:] == ["09-hourglass-hue0", "10-circle-hue1", "11-square-hue1"]
+    for r in index_rows(folder):
+        hue = colorsys.rgb_to_hsv(float(r["r"]), float(r["g"]), float(r["b"]))[0]
+        band = int(r["label"]) // 10
+        assert r["shape"] == SHAPES[int(r["label"]) % 10]
+        assert band / 2 - 0.01 <= hue <= (band + 1) / 2 + 0.01
+
+
+def test_context_labels_follow_from_the_two_corners(tmp_path):
+    size = 32
+    folder = generate(small(tmp_path, "shapes-context", num_classes=5, num_train=200, num_val=20))
+    rows = index_rows(folder)
+    assert context_classes(5) == ["00-match", "01-offset1", "02-offset2", "03-offset3", "04-offset4"]
+    for r in rows:
+        a, b = int(r["kind_a"]), int(r["kind_b"])
+        assert int(r["label"]) == (b - a) % 5
+        assert (r["a_shape"], r["b_shape"]) == (SHAPES[a], SHAPES[b])
+        ax, ay, bx, by = (float(r[k]) for k in ("a_x", "a_y", "b_x", "b_y"))
+        assert ay < size / 2 < by  # a on top, b below
+        assert (ax < size / 2 < bx) if r["diagonal"] == "main" else (bx < size / 2 < ax)
+    train = [r for r in rows if r["split"] == "train"]
+    assert Counter(r["diagonal"] for r in train)["main"] in range(70, 131)
+    # either corner alone says nothing about the label: every kind shows up under every label
+    for corner in ("kind_a", "kind_b"):
+        pairs = Counter((int(r["label"]), int(r[corner])) for r in train)
+        assert len(pairs) == 25 and max(pairs.values()) <= 20
+
+
+def test_two_thousand_images_generate_in_seconds(tmp_path):
+    start = time.perf_counter()
+    generate(small(tmp_path, num_train=2000, num_val=10))
+    assert time.perf_counter() - start < 15  # ~2-4 s; generous for a shared CI machine

@@ -1,0 +1,147 @@
+"""Synthetic datamodules as a training loop sees them, transforms, and unreadable images."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from xvol_lab.data import DataConfig, build_datamodule
+from xvol_lab.data.images import UnreadableImageError, load_rgb
+from xvol_lab.data.transforms import IMAGENET_MEAN, IMAGENET_STD, imagenet_eval, imagenet_train, to_tensor
+from xvol_lab.errors import ConfigError
+
+
+def ready(root: Path, name: str = "shapes", **changes):
+    fields = {"name": name, "root": str(root), "num_train": 40, "num_val": 20, "num_workers": 0,
+              "batch_size": 16} | changes
+    dm = build_datamodule(DataConfig(**fields))
+    dm.prepare_data()
+    dm.setup("fit")
+    return dm
+
+
+@pytest.mark.parametrize("name, size, classes", [("shapes", 16, 4), ("shapes-context", 32, 2)])
+def test_batches_have_the_promised_shapes_and_labels(tmp_path, name, size, classes):
+    dm = ready(tmp_path, name, image_size=size, num_classes=classes)
+    assert (dm.num_classes, dm.image_size, len(dm.classes)) == (classes, size, classes)
+    train = list(dm.train_dataloader())
+    assert [len(y) for _, y in train] == [16, 16]  # 40 images: the last, partial batch is dropped
+    val = list(dm.val_dataloader())
+    assert [len(y) for _, y in val] == [16, 4]
+    x, y = val[0]
+    assert x.shape == (16, 3, size, size) and x.dtype == torch.float32
+    assert y.dtype == torch.int64
+    labels = torch.cat([y for _, y in val])
+    assert sorted(labels.tolist()) == sorted(i % classes for i in range(20))
+
+
+def test_train_images_are_normalised_by_their_own_statistics(tmp_path):
+    dm = ready(tmp_path)
+    x = torch.stack([dm.train_set[i][0] for i in range(len(dm.train_set))])  # (40, 3, 32, 32)
+    assert x.mean((0, 2, 3)).abs().max() < 1e-4
+    assert (x.std((0, 2, 3)) - 1).abs().max() < 1e-3
+    raw = np.asarray(Image.open(dm.train_set.samples[0][0]), dtype=np.float32) / 255
+    assert not np.allclose(raw.mean(), 0, atol=0.1)  # i.e. the normalisation did something
+
+
+def test_loader_settings(tmp_path, monkeypatch):
+    dm = ready(tmp_path, num_workers=2, batch_size=64)
+    loader = dm.train_dataloader()
+    assert loader.persistent_workers and loader.num_workers == 2
+    assert not loader.drop_last  # 40 < 64: keep the one batch
+    assert not loader.pin_memory  # no CUDA here
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert dm.val_dataloader().pin_memory
+    assert not ready(tmp_path).train_dataloader().persistent_workers
+
+
+def test_setup_before_prepare_data_says_how_to_make_the_data(tmp_path):
+    dm = build_datamodule(DataConfig(root=str(tmp_path), num_train=20, num_val=10))
+    with pytest.raises(RuntimeError, match="call setup"):
+        dm.train_dataloader()
+    with pytest.raises(ConfigError, match=r"^shapes: no dataset at .*; run `python lab.py data make shapes`"):
+        dm.setup("fit")
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "missing"])
+def test_unreadable_image_names_the_file(tmp_path, damage):
+    dm = ready(tmp_path)
+    path = dm.val_set.samples[3][0]
+    if damage == "garbage":
+        path.write_bytes(b"this is not a png")
+    elif damage == "truncated":
+        path.write_bytes(path.read_bytes()[:200])
+    else:
+        path.unlink()
+    with pytest.raises(UnreadableImageError, match=rf"^{path}: cannot read image \(") as err:
+        list(dm.val_dataloader())
+    assert isinstance(err.value, ConfigError) and "\n" not in str(err.value)
+
+
+def test_unreadable_image_in_a_worker_is_still_one_line(tmp_path):
+    dm = ready(tmp_path, num_workers=1)
+    path = dm.val_set.samples[0][0]
+    path.write_bytes(b"\x89PNG broken")
+    with pytest.raises(UnreadableImageError) as err:
+        list(dm.val_dataloader())
+    assert str(err.value).startswith(f"{path}: cannot read image (")
+    assert "\n" not in str(err.value)
+
+
+def test_load_rgb_converts_to_rgb(tmp_path):
+    Image.new("L", (5, 7), 200).save(tmp_path / "gray.png")
+    img = load_rgb(tmp_path / "gray.png")
+    assert img.mode == "RGB" and img.size == (5, 7) and img.getpixel((0, 0)) == (200, 200, 200)
+
+
+def test_transform_sizes():
+    img = Image.fromarray(np.random.default_rng(0).integers(0, 256, (50, 70, 3), dtype=np.uint8))
+    for size in (16, 32):
+        assert imagenet_train(size, IMAGENET_MEAN, IMAGENET_STD)(img).shape == (3, size, size)
+        assert imagenet_eval(size, IMAGENET_MEAN, IMAGENET_STD)(img).shape == (3, size, size)
+    assert imagenet_eval(224, IMAGENET_MEAN, IMAGENET_STD).transforms[0].size == [256]
+    assert imagenet_eval(32, IMAGENET_MEAN, IMAGENET_STD).transforms[0].size == [36]
+    # eval = centre crop of the resized image: a 70x50 image of two halves keeps the middle
+    two = np.zeros((50, 70, 3), np.uint8)
+    two[:, 35:] = 255
+    out = imagenet_eval(16, (0, 0, 0), (1, 1, 1))(Image.fromarray(two))
+    assert out[:, :, :7].max() < 0.05 and out[:, :, 9:].min() > 0.95
+
+
+def test_to_tensor_normalises():
+    img = Image.new("RGB", (4, 4), (255, 0, 51))
+    x = to_tensor((0.5, 0.5, 0.5), (0.5, 0.25, 0.1))(img)
+    assert torch.allclose(x[:, 0, 0], torch.tensor([1.0, -2.0, -3.0]))
+
+
+def test_lightning_prepares_sets_up_and_feeds_the_model(tmp_path):
+    from lightning.pytorch import LightningModule, Trainer
+
+    class Probe(LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.fc = torch.nn.Linear(3, 4)
+            self.seen = []
+
+        def training_step(self, batch, _):
+            x, y = batch
+            self.seen.append((tuple(x.shape), int(y.min()), int(y.max())))
+            return torch.nn.functional.cross_entropy(self.fc(x.mean((2, 3))), y)
+
+        def validation_step(self, batch, _):
+            self.seen.append(("val", tuple(batch[0].shape)))
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    dm = build_datamodule(DataConfig(root=str(tmp_path), image_size=16, num_classes=4, num_train=24,
+                                     num_val=8, batch_size=8, num_workers=0))
+    probe = Probe()
+    Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
+            enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0).fit(probe, dm)
+    assert (tmp_path / "shapes" / "c4-s16-n24-v8-seed0" / "manifest.json").is_file()
+    train = [s for s in probe.seen if s[0] != "val"]
+    assert len(train) == 3 and all(s[0] == (8, 3, 16, 16) and 0 <= s[1] <= s[2] < 4 for s in train)
+    assert [s for s in probe.seen if s[0] == "val"] == [("val", (8, 3, 16, 16))]

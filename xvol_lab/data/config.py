@@ -1,0 +1,63 @@
+"""`DataConfig`: which dataset to load, where from, and how to batch it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, get_args
+
+DatasetName = Literal["shapes", "shapes-context", "imagefolder", "cifar10"]
+DATASET_NAMES: tuple[str, ...] = get_args(DatasetName)
+SYNTHETIC_NAMES: tuple[str, ...] = ("shapes", "shapes-context")
+
+# Synthetic classes are (shape, hue band) kinds: 10 shapes times at most 4 hue bands.
+MAX_SYNTHETIC_CLASSES = 40
+# Smallest image side at which the shapes stay recognisable (two corner shapes need more room).
+MIN_SYNTHETIC_SIZE = {"shapes": 16, "shapes-context": 32}
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """A dataset and its loader settings.
+
+    `name` picks the dataset. For `shapes`/`shapes-context` the data is generated under
+    ``<root>/<name>/`` from `image_size`, `num_train`, `num_val`, `num_classes` and `seed`.
+    For `imagefolder`, `root` is the dataset folder (``<root>/train/<class>/*``); for `cifar10`
+    it holds ``cifar-10-batches-py/``; both take their classes and sizes from the files and
+    ignore `num_train`, `num_val`, `num_classes` and `seed`.
+    """
+
+    name: DatasetName = "shapes"
+    root: str = "data"
+    image_size: int = 32
+    batch_size: int = 64
+    num_workers: int = 2
+    num_train: int = 2000
+    num_val: int = 500
+    num_classes: int = 10
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.name not in DATASET_NAMES:
+            names = ", ".join(map(repr, DATASET_NAMES))
+            raise ValueError(f"name: got {self.name!r}, expected one of {names}")
+        if not self.root:
+            raise ValueError("root: got '', expected a folder path")
+        _check_min("image_size", self.image_size, 8)
+        _check_min("batch_size", self.batch_size, 1)
+        _check_min("num_workers", self.num_workers, 0)
+        _check_min("num_classes", self.num_classes, 2)
+        _check_min("seed", self.seed, 0)
+        if self.name not in SYNTHETIC_NAMES:
+            return
+        _check_min("image_size", self.image_size, MIN_SYNTHETIC_SIZE[self.name], f" for {self.name}")
+        if self.num_classes > MAX_SYNTHETIC_CLASSES:
+            raise ValueError(f"num_classes: got {self.num_classes}, expected at most "
+                             f"{MAX_SYNTHETIC_CLASSES} for {self.name}")
+        # Labels are balanced (label = index mod num_classes), so every class needs a sample per split.
+        _check_min("num_train", self.num_train, self.num_classes, f" (num_classes) for {self.name}")
+        _check_min("num_val", self.num_val, self.num_classes, f" (num_classes) for {self.name}")
+
+
+def _check_min(field: str, value: int, low: int, why: str = "") -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"{field}: got {value!r}, expected an integer >= {low}{why}")

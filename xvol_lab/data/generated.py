@@ -1,0 +1,195 @@
+"""Synthetic datasets on disk: generated once, atomically, into a folder named by their parameters.
+
+Layout of ``<root>/<name>/c{classes}-s{size}-n{train}-v{val}-seed{seed}/``::
+
+    train/<class>/<index>.png, val/<class>/<index>.png   (also loadable as an image folder)
+    index.csv       split, path, label and the generator's metadata of every image
+    manifest.json   generator, version, parameters, class names, counts, train mean/std
+
+Generation writes into a temporary folder beside the target and `os.replace`s it into place, so
+the target either is complete or does not exist; a file lock serialises concurrent generators
+(DDP ranks, study workers), and the late ones find the finished folder. Image i of a split is
+drawn from ``default_rng([seed, split, i])``: the same seed gives byte-identical PNGs.
+"""
+
+from __future__ import annotations
+
+import csv
+import fcntl
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from xvol_lab.data import context, shapes
+from xvol_lab.data.config import DataConfig
+from xvol_lab.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+INDEX = "index.csv"
+MANIFEST = "manifest.json"
+SPLITS = {"train": 0, "val": 1}  # split -> its seed stream
+
+
+@dataclass(frozen=True)
+class Generator:
+    """A synthetic dataset: class names for K classes, and draw(rng, label, K, size) -> (image, meta)."""
+
+    version: int
+    class_names: Callable[[int], list[str]]
+    draw: Callable[[np.random.Generator, int, int, int], tuple[np.ndarray, dict[str, Any]]]
+
+
+GENERATORS: dict[str, Generator] = {
+    "shapes": Generator(shapes.VERSION, shapes.class_names, shapes.draw),
+    "shapes-context": Generator(context.VERSION, context.class_names, context.draw),
+}
+
+
+@dataclass(frozen=True)
+class GeneratedData:
+    """A generated dataset as read back: classes, train mean/std and (path, label) per split."""
+
+    folder: Path
+    classes: list[str]
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    samples: dict[str, list[tuple[Path, int]]]
+
+
+def _generator(cfg: DataConfig) -> Generator:
+    if cfg.name not in GENERATORS:
+        raise ConfigError(f"{cfg.name!r} is not a synthetic dataset; expected one of {', '.join(GENERATORS)}")
+    return GENERATORS[cfg.name]
+
+
+def dataset_params(cfg: DataConfig) -> dict[str, int]:
+    """The config fields that determine a generated dataset's content."""
+    return {"num_classes": cfg.num_classes, "image_size": cfg.image_size, "num_train": cfg.num_train,
+            "num_val": cfg.num_val, "seed": cfg.seed}
+
+
+def dataset_dir(cfg: DataConfig) -> Path:
+    """Where `cfg`'s synthetic dataset lives; different parameters never share a folder."""
+    _generator(cfg)
+    return (Path(cfg.root) / cfg.name
+            / f"c{cfg.num_classes}-s{cfg.image_size}-n{cfg.num_train}-v{cfg.num_val}-seed{cfg.seed}")
+
+
+@contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+def generate(cfg: DataConfig) -> Path:
+    """Generate `cfg`'s synthetic dataset unless it exists; returns its folder."""
+    target = dataset_dir(cfg)
+    if (target / MANIFEST).is_file():
+        _read_manifest(target, cfg)
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with _locked(target.parent / f".{target.name}.lock"):
+        if (target / MANIFEST).is_file():  # another process made it while we waited
+            _read_manifest(target, cfg)
+            return target
+        if target.exists():
+            raise ConfigError(f"{target}: exists but has no {MANIFEST}; delete it to regenerate")
+        for stale in target.parent.glob(f".{target.name}.tmp-*"):  # left by a killed run
+            shutil.rmtree(stale, ignore_errors=True)
+        start = time.perf_counter()
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+        try:
+            _write(tmp, cfg)
+            os.replace(tmp, target)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    log.info("generated %s (%d train, %d val images) in %.1f s", target, cfg.num_train, cfg.num_val,
+             time.perf_counter() - start)
+    return target
+
+
+def _write(folder: Path, cfg: DataConfig) -> None:
+    gen = _generator(cfg)
+    classes = gen.class_names(cfg.num_classes)
+    rows: list[dict[str, Any]] = []
+    pixel_sum = np.zeros(3)
+    pixel_sq = np.zeros(3)
+    for split, count in (("train", cfg.num_train), ("val", cfg.num_val)):
+        for name in classes:
+            (folder / split / name).mkdir(parents=True)
+        for i in range(count):
+            label = i % cfg.num_classes
+            image, meta = gen.draw(np.random.default_rng([cfg.seed, SPLITS[split], i]), label,
+                                   cfg.num_classes, cfg.image_size)
+            path = f"{split}/{classes[label]}/{i:05d}.png"
+            Image.fromarray(image).save(folder / path)
+            rows.append({"split": split, "path": path, "label": label, **meta})
+            if split == "train":
+                pixels = image.reshape(-1, 3) / 255.0
+                pixel_sum += pixels.sum(0)
+                pixel_sq += (pixels**2).sum(0)
+    with open(folder / INDEX, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    n = cfg.num_train * cfg.image_size**2
+    mean = pixel_sum / n
+    std = np.sqrt(np.maximum(pixel_sq / n - mean**2, 1e-12))
+    manifest = {"generator": cfg.name, "version": gen.version, "params": dataset_params(cfg),
+                "classes": classes, "counts": {"train": cfg.num_train, "val": cfg.num_val},
+                "mean": [round(float(m), 6) for m in mean], "std": [round(float(s), 6) for s in std]}
+    (folder / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+
+
+def _read_manifest(folder: Path, cfg: DataConfig) -> dict[str, Any]:
+    path = folder / MANIFEST
+    try:
+        manifest = json.loads(path.read_text())
+    except FileNotFoundError:
+        others = sorted(p.name for p in folder.parent.glob("*/") if (p / MANIFEST).is_file())
+        found = f" (found: {', '.join(others)})" if others else ""
+        raise ConfigError(f"{cfg.name}: no dataset at {folder}{found}; run `python lab.py data make "
+                          f"{cfg.name}` with the same --set values, or call prepare_data()") from None
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"{path}: unreadable manifest ({err}); delete {folder} to regenerate") from None
+    expected = {"generator": cfg.name, "version": _generator(cfg).version, "params": dataset_params(cfg)}
+    found = {k: manifest.get(k) for k in expected}
+    if found != expected:
+        raise ConfigError(f"{path}: made by {found}, expected {expected}; delete {folder} to regenerate")
+    return manifest
+
+
+def read_generated(cfg: DataConfig) -> GeneratedData:
+    """Read back the dataset `generate(cfg)` made; a missing or foreign folder raises ConfigError."""
+    folder = dataset_dir(cfg)
+    manifest = _read_manifest(folder, cfg)
+    samples: dict[str, list[tuple[Path, int]]] = {split: [] for split in SPLITS}
+    try:
+        with open(folder / INDEX, newline="") as f:
+            for row in csv.DictReader(f):
+                samples[row["split"]].append((folder / row["path"], int(row["label"])))
+    except (OSError, KeyError, ValueError, TypeError) as err:
+        raise ConfigError(f"{folder / INDEX}: unreadable index ({type(err).__name__}: {err}); "
+                          f"delete {folder} to regenerate") from None
+    counts = {split: len(items) for split, items in samples.items()}
+    if counts != manifest["counts"]:
+        raise ConfigError(f"{folder / INDEX}: {counts} images, {MANIFEST} says {manifest['counts']}")
+    return GeneratedData(folder=folder, classes=list(manifest["classes"]), mean=tuple(manifest["mean"]),
+                         std=tuple(manifest["std"]), samples=samples)

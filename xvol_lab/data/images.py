@@ -1,0 +1,72 @@
+"""Image datasets whose unreadable files raise a one-line `ConfigError` naming the file."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+from torch.utils.data import Dataset
+
+from xvol_lab.errors import ConfigError
+
+Transform = Callable[[Image.Image], Any]
+
+
+class UnreadableImageError(ConfigError):
+    """An image file that cannot be opened or decoded.
+
+    A DataLoader worker re-raises its errors as ``type(err)("Caught ... Original Traceback ...")``;
+    this class keeps only the original one-line message from that text, so the CLI still prints
+    one line when the bad file is met in a worker process.
+    """
+
+    def __init__(self, message: str) -> None:
+        if message.startswith("Caught ") and "Original Traceback" in message:
+            last = message.rstrip().splitlines()[-1]
+            message = last.partition(f"{type(self).__name__}: ")[2] or last
+        super().__init__(message)
+
+
+def load_rgb(path: str | Path) -> Image.Image:
+    """Open and fully decode `path` as an RGB image; any failure names the file."""
+    try:
+        with Image.open(path) as img:
+            return img.convert("RGB")
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+        raise UnreadableImageError(f"{path}: cannot read image ({type(err).__name__}: {err})") from None
+
+
+class ImageListDataset(Dataset):
+    """Images listed as (path, label) pairs, decoded on access."""
+
+    def __init__(self, samples: Sequence[tuple[Path, int]], transform: Transform) -> None:
+        self.samples = list(samples)
+        self.targets = [label for _, label in self.samples]
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[Any, int]:
+        path, label = self.samples[index]
+        return self.transform(load_rgb(path)), label
+
+
+class ArrayImageDataset(Dataset):
+    """Images held in memory as a uint8 array (N, H, W, 3) with integer labels."""
+
+    def __init__(self, images: np.ndarray, targets: Sequence[int], transform: Transform) -> None:
+        if len(images) != len(targets):
+            raise ValueError(f"got {len(images)} images but {len(targets)} labels")
+        self.images = images
+        self.targets = list(targets)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> tuple[Any, int]:
+        return self.transform(Image.fromarray(self.images[index])), self.targets[index]
