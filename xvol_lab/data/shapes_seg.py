@@ -1,0 +1,165 @@
+"""`shapes-seg`: the synthetic shapes with a per-pixel class mask, written in the `masks` layout.
+
+An image holds 1 to 3 shapes (the kinds of `shapes`: shape, and hue band beyond 10 kinds) on the
+cluttered background with distractor blobs; shapes may overlap, later ones on top. Its mask gives
+each pixel the class (kind + 1) of the top shape covering at least half of it, else 0 (background).
+With K classes there are K - 1 shape kinds.
+
+Layout of ``<root>/shapes-seg/c{K}-s{S}-n{N}-v{V}-seed{seed}/`` (the `masks` layout plus a manifest)::
+
+    images/{train,val}/<index>.png   RGB
+    masks/{train,val}/<index>.png    8-bit labels (mode L)
+    classes.txt                      background, circle, square, ... (one per line)
+    manifest.json                    generator, version, parameters, classes, counts, train mean/std
+
+Generated like `shapes` (`xvol_lab.data.generated`): image i of a split is drawn from
+``default_rng([seed, split, i])`` (same seed, byte-identical PNGs), into a temporary folder that is
+renamed into place under a file lock, so the folder is complete or absent and concurrent callers
+generate it once.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from xvol_lab.data.canvas import Placement, add_blobs, background, paint, shape_mask, to_uint8
+from xvol_lab.data.config import MAX_SYNTHETIC_CLASSES, MIN_SYNTHETIC_SIZE, DataConfig
+from xvol_lab.data.generated import MANIFEST, SPLITS, _locked, dataset_params
+from xvol_lab.data.shapes import kind_name, place
+from xvol_lab.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+NAME = "shapes-seg"
+VERSION = 1
+BACKGROUND = "background"
+CLASSES_FILE = "classes.txt"
+MAX_SHAPES = 3
+COVERED = 0.5  # a pixel belongs to a shape when the shape covers at least half of it
+MIN_SIZE = MIN_SYNTHETIC_SIZE["shapes"]
+
+
+def class_names(num_classes: int) -> list[str]:
+    """'background', then the K - 1 shape kinds: 'circle', 'square', ... ('circle-hue1' beyond 10 kinds)."""
+    kinds = num_classes - 1
+    return [BACKGROUND, *(kind_name(k, kinds) for k in range(kinds))]
+
+
+def draw(rng: np.random.Generator, num_classes: int,
+         size: int) -> tuple[np.ndarray, np.ndarray, list[Placement]]:
+    """One image (size, size, 3) uint8, its label mask (size, size) uint8 and the shapes drawn, in order."""
+    kinds = num_classes - 1
+    img = background(rng, size)
+    add_blobs(rng, img, int(rng.integers(1, 4)))
+    mask = np.zeros((size, size), np.uint8)
+    placements = []
+    for _ in range(int(rng.integers(1, MAX_SHAPES + 1))):
+        kind = int(rng.integers(kinds))
+        radius = rng.uniform(0.15, 0.3) * size
+        p = place(rng, kind, kinds, radius, (radius, size - radius), (radius, size - radius))
+        paint(rng, img, p)
+        mask[shape_mask(p, size) >= COVERED] = kind + 1
+        placements.append(p)
+    return to_uint8(img), mask, placements
+
+
+def check_config(cfg: DataConfig) -> None:
+    """The DataConfig fields shapes-seg needs: image_size >= 16, 2 <= num_classes <= 40."""
+    if cfg.image_size < MIN_SIZE:
+        raise ConfigError(f"{NAME}: image_size: got {cfg.image_size}, expected an integer >= {MIN_SIZE}")
+    if cfg.num_classes > MAX_SYNTHETIC_CLASSES:
+        raise ConfigError(f"{NAME}: num_classes: got {cfg.num_classes}, expected at most "
+                          f"{MAX_SYNTHETIC_CLASSES} (background + {MAX_SYNTHETIC_CLASSES - 1} shape kinds)")
+
+
+def dataset_dir(cfg: DataConfig) -> Path:
+    """Where `cfg`'s dataset lives: ``<root>/shapes-seg/c{K}-s{S}-n{N}-v{V}-seed{seed}``."""
+    return (Path(cfg.root) / NAME
+            / f"c{cfg.num_classes}-s{cfg.image_size}-n{cfg.num_train}-v{cfg.num_val}-seed{cfg.seed}")
+
+
+def generate(cfg: DataConfig) -> Path:
+    """Generate `cfg`'s shapes-seg dataset unless it exists; returns its folder."""
+    check_config(cfg)
+    target = dataset_dir(cfg)
+    if not (target / MANIFEST).is_file():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with _locked(target.parent / f".{target.name}.lock"):
+            if not (target / MANIFEST).is_file():  # else another process made it while we waited
+                _generate_into(target, cfg)
+    read_manifest(cfg)
+    return target
+
+
+def _generate_into(target: Path, cfg: DataConfig) -> None:
+    if target.exists():
+        raise ConfigError(f"{target}: exists but has no {MANIFEST}; delete it to regenerate")
+    for stale in target.parent.glob(f".{target.name}.tmp-*"):  # left by a killed run
+        shutil.rmtree(stale, ignore_errors=True)
+    start = time.perf_counter()
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        _write(tmp, cfg)
+        os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log.info("generated %s (%d train, %d val images) in %.1f s", target, cfg.num_train, cfg.num_val,
+             time.perf_counter() - start)
+
+
+def _write(folder: Path, cfg: DataConfig) -> None:
+    classes = class_names(cfg.num_classes)
+    (folder / CLASSES_FILE).write_text("\n".join(classes) + "\n")
+    pixel_sum, pixel_sq = np.zeros(3), np.zeros(3)
+    for split, count in (("train", cfg.num_train), ("val", cfg.num_val)):
+        (folder / "images" / split).mkdir(parents=True)
+        (folder / "masks" / split).mkdir(parents=True)
+        for i in range(count):
+            image, mask, _ = draw(np.random.default_rng([cfg.seed, SPLITS[split], i]), cfg.num_classes,
+                                  cfg.image_size)
+            Image.fromarray(image).save(folder / "images" / split / f"{i:05d}.png")
+            Image.fromarray(mask, mode="L").save(folder / "masks" / split / f"{i:05d}.png")
+            if split == "train":
+                pixels = image.reshape(-1, 3) / 255.0
+                pixel_sum += pixels.sum(0)
+                pixel_sq += (pixels**2).sum(0)
+    n = cfg.num_train * cfg.image_size**2
+    mean = pixel_sum / n
+    std = np.sqrt(np.maximum(pixel_sq / n - mean**2, 1e-12))
+    manifest = {"generator": NAME, "version": VERSION, "params": dataset_params(cfg), "classes": classes,
+                "counts": {"train": cfg.num_train, "val": cfg.num_val},
+                "mean": [round(float(m), 6) for m in mean], "std": [round(float(s), 6) for s in std]}
+    (folder / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+
+
+def read_manifest(cfg: DataConfig) -> dict[str, Any]:
+    """The manifest of `cfg`'s dataset; a missing dataset or one made with other parameters raises."""
+    folder = dataset_dir(cfg)
+    path = folder / MANIFEST
+    try:
+        manifest = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{NAME}: no dataset at {folder}; call prepare_data() (it generates the data) "
+                          f"with the same settings") from None
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"{path}: unreadable manifest ({err}); delete {folder} to regenerate") from None
+    expected = {"generator": NAME, "version": VERSION, "params": dataset_params(cfg)}
+    found = {k: manifest.get(k) for k in expected} if isinstance(manifest, dict) else manifest
+    if found != expected:
+        raise ConfigError(f"{path}: made by {found}, expected {expected}; delete {folder} to regenerate")
+    return manifest
+
+
+__all__ = ["BACKGROUND", "CLASSES_FILE", "NAME", "class_names", "dataset_dir", "draw", "generate",
+           "read_manifest"]
