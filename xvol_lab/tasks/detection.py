@@ -1,0 +1,112 @@
+"""`DetectionTask`: Faster R-CNN (detection) or Mask R-CNN (instance segmentation) from a spec,
+trained on torchvision's summed losses and scored with pycocotools' COCOeval."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning.pytorch as L
+import torch
+from torch import Tensor
+
+from xvol_lab.config import OptimConfig
+from xvol_lab.data.coco import CocoInstances, Target
+from xvol_lab.models import BackboneSpec
+from xvol_lab.models.detection import DetectorConfig, build_detector
+from xvol_lab.schema import from_dict, to_dict
+from xvol_lab.tasks.coco_eval import (
+    VAL_BOX_AP,
+    VAL_BOX_AP50,
+    VAL_BOX_AP75,
+    VAL_MASK_AP,
+    VAL_MASK_AP50,
+    ImageResults,
+    broadcast_metrics,
+    evaluate,
+    gather_results,
+    rescale_prediction,
+    to_coco_results,
+)
+from xvol_lab.tasks.errors import NonFiniteLossError
+from xvol_lab.tasks.metrics import TRAIN_LOSS
+from xvol_lab.tasks.optim import build_optimizer, build_scheduler
+
+Batch = tuple[list[Tensor], list[Target]]
+
+
+class DetectionTask(L.LightningModule):
+    """Detection (`masks` False: Faster R-CNN) or instance segmentation (Mask R-CNN) with the
+    backbone of `spec` (a `BackboneSpec` as a dict) and the detector of `detector` (a
+    `DetectorConfig` as a dict); `num_classes` counts object classes, without the background.
+
+    Training logs ``train/loss`` (the sum) and each torchvision term (``train/loss_classifier``, ...),
+    averaged over processes; a NaN or infinite sum raises `NonFiniteLossError`. Validation
+    expects one DataLoader over a `CocoInstances` (batches from `collate_lists`); predictions are
+    mapped back to each image's ``orig_size``, converted to COCO results, gathered once per image
+    across processes, scored by COCOeval on rank 0 and broadcast, then logged as ``val/box_ap``,
+    ``val/box_ap50``, ``val/box_ap75`` and, with masks, ``val/mask_ap``, ``val/mask_ap50``.
+    """
+
+    def __init__(self, spec: dict[str, Any], num_classes: int, optim: dict[str, Any] | None = None,
+                 detector: dict[str, Any] | None = None, masks: bool = False) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.spec = from_dict(BackboneSpec, spec)
+        self.optim_config = from_dict(OptimConfig, optim or {})
+        self.detector_config = from_dict(DetectorConfig, detector or {})
+        self.masks = masks
+        self.model = build_detector(self.spec, num_classes, masks=masks, **to_dict(self.detector_config))
+        self.iou_types = ("bbox", "segm") if masks else ("bbox",)
+        self._results: dict[int, ImageResults] = {}
+
+    def forward(self, images: list[Tensor]) -> list[dict[str, Tensor]]:
+        return self.model(images)
+
+    def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
+        images, targets = batch
+        losses = self.model(images, targets)
+        loss = sum(losses.values())
+        names = [TRAIN_LOSS] + [f"train/{name}" for name in losses]
+        means = self.trainer.strategy.reduce(torch.stack([loss, *losses.values()]).detach(), reduce_op="mean")
+        if not torch.isfinite(means[0]):
+            raise NonFiniteLossError(f"{TRAIN_LOSS} is {means[0].item()} at epoch {self.current_epoch}, "
+                                     f"step {self.global_step}")
+        for name, value in zip(names, means, strict=True):
+            self.log(name, value, on_step=True, on_epoch=True, prog_bar=name == TRAIN_LOSS,
+                     batch_size=len(images))
+        return loss
+
+    def _val_dataset(self) -> CocoInstances:
+        dataset = getattr(self.trainer.val_dataloaders, "dataset", None)
+        if not isinstance(dataset, CocoInstances):
+            raise TypeError(f"{type(self).__name__} validates on one DataLoader over CocoInstances, "
+                            f"got {type(dataset).__name__}")
+        return dataset
+
+    def on_validation_epoch_start(self) -> None:
+        self._results = {}
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        images, targets = batch
+        category_ids = self._val_dataset().category_ids
+        for image, target, prediction in zip(images, targets, self.model(images), strict=True):
+            prediction = rescale_prediction(prediction, tuple(image.shape[-2:]), target["orig_size"])
+            self._results[int(target["image_id"])] = to_coco_results(int(target["image_id"]), prediction,
+                                                                     category_ids)
+
+    def on_validation_epoch_end(self) -> None:
+        merged = gather_results(self._results)
+        self._results = {}
+        metrics = None if merged is None else evaluate(self._val_dataset().coco, merged, self.iou_types)
+        self.log_dict(broadcast_metrics(metrics), prog_bar=True)
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        optimizer = build_optimizer(self.model, self.optim_config)
+        steps = int(self.trainer.estimated_stepping_batches)
+        scheduler = build_scheduler(optimizer, self.optim_config, steps, self.trainer.max_epochs)
+        return {"optimizer": optimizer,
+                "lr_scheduler": {"scheduler": scheduler, "interval": "step", "name": "lr"}}
+
+
+__all__ = ["VAL_BOX_AP", "VAL_BOX_AP50", "VAL_BOX_AP75", "VAL_MASK_AP", "VAL_MASK_AP50",
+           "DetectionTask"]
