@@ -1,0 +1,209 @@
+"""`lab.py study export`: one real tiny checkpoint (trained once here) exported as spec, checkpoint,
+deploy checkpoint, ONNX and model card; the exported models are compared with the trained one
+independently of the export's own check; trial selection; failures leave nothing behind."""
+
+from __future__ import annotations
+
+import filecmp
+from pathlib import Path
+
+import onnx
+import onnxruntime
+import pytest
+import torch
+from _helpers import assert_close_scaled
+from optuna.trial import TrialState
+from test_report_tables import (
+    CONV,
+    NUM_CLASSES,
+    add,
+    build_ablation_study,
+    build_pareto_study,
+    metrics_of,
+    one_thread,  # noqa: F401 (autouse fixture: tiny models on one thread)
+    open_study,
+    write_study_file,
+)
+
+from xvol_lab.cli.main import main
+from xvol_lab.config import load_run_config
+from xvol_lab.data import build_datamodule
+from xvol_lab.models import BackboneSpec, build_classifier
+from xvol_lab.study import export as study_export
+from xvol_lab.study.config import load_study_config
+from xvol_lab.study.export import OPSET, check_images, select_trials, verify_export
+from xvol_lab.study.report import load_study_data
+from xvol_lab.study.report.writer import format_number
+from xvol_lab.study.space import spec_of
+from xvol_lab.tasks import VAL_ACC1, ClassificationTask, export_deploy, fit, load_deploy
+
+PARAMS = {"stage3.op": "xvol_pssa", "stage3.shift": 2, "stage4.op": "xvol_sa"}
+FILES = {"spec.json", "best.ckpt", "deploy.pt", "model.onnx", "MODEL_CARD.md"}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """Study 'exp': trial 1 is a real 1-epoch run of X-volution(PSSA, L=2) in stage 3 and
+    X-volution(SA) in stage 4; trial 0 (same run dir, lower value), a pruned and a failed trial."""
+    folder = tmp_path_factory.mktemp("exp")
+    path = write_study_file(folder, "exp")
+    _, config = load_study_config(path)
+    run_dir = folder / "runs" / "exp" / "trial_1"
+    result = fit(config.run_config(spec_of(config.space, config.base.model, PARAMS)), run_dir, progress=False)
+    study = open_study(folder / "runs", "exp", ["maximize"])
+    lower = result[VAL_ACC1] - 0.05
+    add(study, PARAMS, [lower], attrs={**metrics_of(lower), "run_dir": str(run_dir)})
+    add(study, PARAMS, [result[VAL_ACC1]],
+        attrs={**result, "params_m": 0.02, "latency_ms": 1.25, "flops_g": 0.0042, "run_dir": str(run_dir)})
+    add(study, CONV, state=TrialState.PRUNED, attrs={"prune_reason": "early"})
+    add(study, CONV, state=TrialState.FAIL, attrs={"fail_reason": "crashed"})
+    return path, folder / "runs", run_dir, result
+
+
+@pytest.fixture(scope="module")
+def exported(trained):
+    path, runs, run_dir, result = trained
+    code = main(["study", "export", str(path), "--runs", str(runs)])
+    return code, runs / "exp" / "export"
+
+
+def val_images(run_dir: Path, n: int = 8) -> torch.Tensor:
+    config = load_run_config(run_dir / "config.yaml")
+    datamodule = build_datamodule(config.data)
+    datamodule.setup("validate")
+    return next(iter(datamodule.val_dataloader()))[0][:n]
+
+
+def test_export_writes_one_folder_per_selected_trial(exported, capsys):
+    code, out = exported
+    assert code == 0
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "trial_1"]
+    assert {p.name for p in (out / "trial_1").iterdir()} == FILES
+    assert [p.name for p in out.parent.iterdir() if p.name.startswith(".")] == []
+    assert "| 1 | conv | conv | xvol_pssa(L=2) | xvol_sa |" in (out / "README.md").read_text()
+
+
+def test_exported_spec_rebuilds_the_trained_network(exported, trained):
+    _, out = exported
+    _, _, run_dir, _ = trained
+    folder = out / "trial_1"
+    spec = BackboneSpec.from_json((folder / "spec.json").read_text())
+    task = ClassificationTask.load_from_checkpoint(folder / "best.ckpt", map_location="cpu")
+    assert spec == task.spec
+    assert load_run_config(None, arch=folder / "spec.json").model == spec  # what `lab.py train --arch` reads
+    assert [s.op for s in spec.stages] == ["conv", "conv", "xvol_pssa", "xvol_sa"]
+    assert spec.stages[2].shift == 2
+    rebuilt = build_classifier(spec, NUM_CLASSES)
+    assert list(rebuilt.state_dict()) == list(task.model.state_dict())
+    assert sum(p.numel() for p in rebuilt.parameters()) == sum(p.numel() for p in task.model.parameters())
+    rebuilt.load_state_dict(task.model.state_dict())  # same shapes too
+    assert filecmp.cmp(folder / "best.ckpt", run_dir / "checkpoints" / "best.ckpt", shallow=False)
+
+
+def test_deploy_and_onnx_models_reproduce_the_trained_model(exported, trained):
+    _, out = exported
+    _, _, run_dir, _ = trained
+    folder = out / "trial_1"
+    images = val_images(run_dir)
+    task = ClassificationTask.load_from_checkpoint(folder / "best.ckpt", map_location="cpu")
+    with torch.no_grad():
+        expected = task.model.eval()(images)
+        deployed = load_deploy(folder / "deploy.pt")(images)
+    assert_close_scaled(deployed, expected, 1e-5)
+    model = onnx.load(str(folder / "model.onnx"))
+    assert max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) >= OPSET
+    session = onnxruntime.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
+    for batch in (images, images[:1], images[:3]):  # the batch size is free
+        logits = torch.from_numpy(session.run(None, {"images": batch.numpy()})[0])
+        assert_close_scaled(logits, expected[: len(batch)], 1e-4)
+        assert torch.equal(logits.argmax(1), expected[: len(batch)].argmax(1))
+    check = verify_export(folder, images)
+    assert check.deploy_error <= 1e-5 and check.onnx_error <= 1e-4 and check.argmax_agree
+    assert check.problems() == []
+
+
+def test_model_card_names_study_trial_metrics_costs_and_spec(exported, trained):
+    _, out = exported
+    _, _, _, result = trained
+    card = (out / "trial_1" / "MODEL_CARD.md").read_text()
+    assert card.startswith("# resnet-basic-1-1-1-1 [conv, conv, xvol_pssa(L=2), xvol_sa] width_mult=0.125 "
+                           "stem=small")
+    assert "Study `exp`" in card
+    assert "trial 1: X-volution(PSSA, L=2) in stage 3; X-volution(SA) in stage 4" in card
+    assert f"| val/acc1 | {format_number(result[VAL_ACC1])} |" in card
+    assert f"| val/loss | {format_number(result['val/loss'])} |" in card
+    for line in ("| params (M) | 0.02 |", "| FLOPs (G) | 0.0042 |", "| latency b1 (ms) | 1.25 |"):
+        assert line in card
+    assert "latency b16" not in card  # not measured: left out
+    assert (out / "trial_1" / "spec.json").read_text().strip() in card
+    assert "validation images of shapes" in card and "same predicted class for every image" in card
+
+
+def test_a_failing_check_exits_1_and_writes_nothing(trained, tmp_path, monkeypatch, capsys):
+    path, runs, _, _ = trained
+
+    def broken_deploy(checkpoint, out_path):
+        export_deploy(checkpoint, out_path)
+        payload = torch.load(out_path, weights_only=True)
+        payload["state_dict"]["fc.bias"] += 0.01
+        torch.save(payload, out_path)
+
+    monkeypatch.setattr(study_export, "export_deploy", broken_deploy)
+    out = tmp_path / "export"
+    assert main(["study", "export", str(path), "--runs", str(runs), "--out", str(out)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("lab.py: error: study exp, trial 1: the deploy checkpoint differs")
+    assert "\n" not in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_missing_checkpoint_and_no_complete_trial_exit_2(tmp_path, capsys):
+    path = write_study_file(tmp_path, "gone")
+    study = open_study(tmp_path / "runs", "gone", ["maximize"])
+    add(study, CONV, state=TrialState.PRUNED, attrs={"prune_reason": "early"})
+    assert main(["study", "export", str(path), "--runs", str(tmp_path / "runs")]) == 2
+    err = capsys.readouterr().err
+    assert "study gone: no complete trial to export (1 pruned, 0 failed, 0 running)" in err
+    add(study, CONV, [0.9], attrs={**metrics_of(0.9), "run_dir": str(tmp_path / "moved")})
+    assert main(["study", "export", str(path), "--runs", str(tmp_path / "runs")]) == 2
+    err = capsys.readouterr().err.strip()
+    checkpoint = tmp_path / "moved" / "checkpoints" / "best.ckpt"
+    assert err == (f"lab.py: error: study gone, trial 1: no checkpoint at {checkpoint}; "
+                   "expected the trial's best.ckpt")
+    assert sorted(p.name for p in (tmp_path / "runs" / "gone").iterdir()) == ["study.db"]
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    assert main(["study", "export", str(path), "--runs", str(tmp_path / "runs"),
+                 "--out", str(blocker / "x")]) == 2
+    assert "cannot write the export there" in capsys.readouterr().err
+
+
+def test_top_must_be_positive(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["study", "export", "stage_search", "--top", "0"])
+    assert exit_info.value.code == 2 and "expected an integer >= 1" in capsys.readouterr().err
+
+
+def test_selection_single_objective_best_first(tmp_path):
+    data = load_study_data(build_ablation_study(tmp_path), runs=tmp_path / "runs")
+    assert [t.number for t in select_trials(data)] == [2]
+    assert [t.number for t in select_trials(data, 3)] == [2, 4, 1]  # 0.80, 0.75 (retry of 3), 0.70
+    assert [t.number for t in select_trials(data, 50)] == [2, 4, 1, 5, 6, 0]
+
+
+def test_selection_multi_objective_front_then_next_front(tmp_path):
+    data = load_study_data(build_pareto_study(tmp_path), runs=tmp_path / "runs")
+    assert [t.number for t in select_trials(data)] == [0, 5, 2, 1]  # the front, best val/acc1 first
+    assert [t.number for t in select_trials(data, 2)] == [0, 5]
+    assert [t.number for t in select_trials(data, 6)] == [0, 5, 2, 1, 3, 4]  # then the second front
+
+
+def test_check_images_are_validation_images_or_seeded_random_ones(trained, tmp_path):
+    path, runs, run_dir, _ = trained
+    data = load_study_data(path, runs=runs)
+    spec = BackboneSpec.from_json((run_dir / "spec.json").read_text())
+    images, source = check_images(run_dir, spec, data)
+    assert source == "16 validation images of shapes" and torch.equal(images, val_images(run_dir, 16))
+    random, source = check_images(tmp_path / "moved", spec, data)
+    assert source == "16 random images" and random.shape == (16, 3, 16, 16)
+    assert torch.equal(random, check_images(tmp_path / "moved", spec, data)[0])

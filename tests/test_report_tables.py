@@ -1,0 +1,323 @@
+"""Report tables from small studies built directly in SQLite storages (no training): every column
+and number is checked against the trials as stored and against hand-computed statistics.
+
+The builders here (`write_study_file`, `open_study`, `add`) are reused by the other report and
+export test modules.
+"""
+
+from __future__ import annotations
+
+import datetime
+import math
+import statistics
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+from optuna.distributions import CategoricalDistribution
+from optuna.trial import TrialState, create_trial
+
+from xvol_lab.models import BackboneSpec, build_classifier
+from xvol_lab.models.cost import count_flops
+from xvol_lab.study.ledger import VOID
+from xvol_lab.study.report import (
+    ablation_table,
+    importance_table,
+    load_study_data,
+    pareto_table,
+    stage_effects_table,
+    trials_table,
+)
+from xvol_lab.study.report.source import configuration_label
+from xvol_lab.study.storage import default_storage_url
+
+DISTRIBUTIONS = {"stage3.op": CategoricalDistribution(["conv", "pssa", "xvol_pssa"]),
+                 "stage3.shift": CategoricalDistribution([1, 2]),
+                 "stage4.op": CategoricalDistribution(["conv", "xvol_sa"])}
+CONV = {"stage3.op": "conv", "stage4.op": "conv"}
+XPSSA2 = {"stage3.op": "xvol_pssa", "stage3.shift": 2, "stage4.op": "conv"}
+PSSA_XSA = {"stage3.op": "pssa", "stage3.shift": 1, "stage4.op": "xvol_sa"}
+IMAGE_SIZE, NUM_CLASSES, BATCH = 16, 4, 16
+BASE = BackboneSpec.from_dict({"block": "basic", "depths": [1, 1, 1, 1], "width_mult": 0.125,
+                               "stem": "small"})
+
+
+def write_study_file(folder: Path, name: str, *,
+                     objectives: tuple[tuple[str, str], ...] = (("val/acc1", "maximize"),)) -> Path:
+    """studies-style YAML `name`.yaml in `folder`: stages 3 (conv/pssa/xvol_pssa, L in 1-2) and 4
+    (conv/xvol_sa) of a tiny ResNet on 16 px shapes."""
+    pruner = "median" if len(objectives) == 1 else "none"
+    objective_text = ", ".join(f"{{metric: {m}, direction: {d}}}" for m, d in objectives)
+    path = folder / f"{name}.yaml"
+    path.write_text(f"""
+description: report test study ({name})
+base:
+  data: {{name: shapes, root: {folder / 'data'}, image_size: {IMAGE_SIZE}, num_classes: {NUM_CLASSES},
+          num_train: 64, num_val: 32, batch_size: {BATCH}, num_workers: 0}}
+  model: {{block: basic, depths: [1, 1, 1, 1], width_mult: 0.125, stem: small}}
+  optim: {{name: adamw, lr: 0.003, weight_decay: 0.01, warmup_epochs: 0}}
+  trainer: {{accelerator: cpu, log_every_n_steps: 1}}
+space:
+  stages:
+    3: {{op: [conv, pssa, xvol_pssa], shift: [1, 2]}}
+    4: {{op: [conv, xvol_sa]}}
+objectives: [{objective_text}]
+pruner: {{name: {pruner}}}
+budget: {{n_trials: 12, epochs: 1}}
+""")
+    return path
+
+
+def open_study(runs: Path, name: str, directions: list[str]) -> optuna.Study:
+    """A new study `name` in the default storage under `runs` (what `lab.py study run` would create)."""
+    (runs / name).mkdir(parents=True, exist_ok=True)
+    url = default_storage_url(runs, name)
+    return optuna.create_study(study_name=name, storage=url, directions=directions)
+
+
+def metrics_of(acc1: float, **more: float) -> dict[str, float]:
+    """The user attrs a worker stores for a finished trial (the trial's result + measures)."""
+    return {"val/acc1": acc1, "val/acc5": 1.0, "val/loss": 2.0 - acc1, "train/loss": 1.5 - acc1,
+            "epochs": 3.0, "best_epoch": 3.0, "params_m": 0.05, "latency_ms": 2.0, **more}
+
+
+def add(study: optuna.Study, params: dict, values: list[float] | None = None, *,
+        state: TrialState = TrialState.COMPLETE, attrs: dict | None = None, system: dict | None = None,
+        intermediate: dict[int, float] | None = None, wall: float | None = None) -> int:
+    """Add a trial like the worker records it; returns its number."""
+    trial = create_trial(state=state, values=values, params=params,
+                         distributions={k: DISTRIBUTIONS[k] for k in params}, user_attrs=attrs or {},
+                         system_attrs=system or {}, intermediate_values=intermediate or {})
+    if wall is not None:
+        trial.datetime_start = datetime.datetime(2025, 1, 1, 12, 0, 0)
+        trial.datetime_complete = trial.datetime_start + datetime.timedelta(seconds=wall)
+    study.add_trial(trial)
+    return len(study.trials) - 1
+
+
+def build_ablation_study(folder: Path) -> Path:
+    """Study 'abl': 12 trials of every kind (see the table in the test below); returns the study file."""
+    path = write_study_file(folder, "abl")
+    study = open_study(folder / "runs", "abl", ["maximize"])
+    add(study, CONV, [0.50], attrs=metrics_of(0.50, flops_g=0.123, latency_batch_ms=9.0), wall=150.0,
+        intermediate={1: 0.3, 2: 0.4, 3: 0.5})                                                   # 0
+    add(study, XPSSA2, [0.70], attrs=metrics_of(0.70), intermediate={1: 0.5, 2: 0.6, 3: 0.7})      # 1
+    add(study, XPSSA2, [0.80], attrs=metrics_of(0.80))                                           # 2
+    add(study, XPSSA2, state=TrialState.FAIL)                                                    # 3: retried
+    add(study, XPSSA2, [0.75], attrs=metrics_of(0.75), system={"failed_trial": 3, "retry_history": [3]})  # 4
+    add(study, PSSA_XSA, [0.60], attrs=metrics_of(0.60, params_m=0.04, latency_ms=3.0))           # 5
+    add(study, CONV, [0.56], attrs=metrics_of(0.56))                                             # 6
+    add(study, {"stage3.op": "pssa", "stage3.shift": 1, "stage4.op": "conv"}, state=TrialState.PRUNED,
+        attrs={"val/acc1": 0.2, "epochs": 1.0, "prune_reason": "val/acc1=0.2000 at epoch 1: MedianPruner"},
+        intermediate={1: 0.2})                                                                   # 7
+    add(study, {"stage3.op": "conv", "stage4.op": "xvol_sa"}, state=TrialState.FAIL,
+        attrs={"fail_reason": "crashed: RuntimeError: boom"})                                    # 8
+    add(study, CONV, state=TrialState.FAIL, system={VOID: True},
+        attrs={"fail_reason": "not run: the budget of 12 trials was taken by other workers"})   # 9
+    add(study, {"stage3.op": "xvol_pssa", "stage3.shift": 1, "stage4.op": "conv"},
+        state=TrialState.RUNNING)                                                                # 10
+    add(study, {}, state=TrialState.WAITING)                                                     # 11
+    return path
+
+
+def build_pareto_study(folder: Path) -> Path:
+    """Study 'par' (val/acc1 up, latency_ms down). Front by hand: 0 (0.80, 3.0), 1 (0.70, 1.0),
+    2 (0.75, 2.0) and 5 (0.80, 3.0, a tie of 0); 3 (0.70, 2.5) is dominated by 2, 4 (0.60, 1.0) by 1."""
+    path = write_study_file(folder, "par", objectives=(("val/acc1", "maximize"), ("latency_ms", "minimize")))
+    study = open_study(folder / "runs", "par", ["maximize", "minimize"])
+    points = [(XPSSA2, 0.80, 3.0), (CONV, 0.70, 1.0), (PSSA_XSA, 0.75, 2.0), (CONV, 0.70, 2.5),
+              ({"stage3.op": "conv", "stage4.op": "xvol_sa"}, 0.60, 1.0), (XPSSA2, 0.80, 3.0)]
+    for params, acc, latency in points:
+        add(study, params, [acc, latency], attrs=metrics_of(acc, latency_ms=latency))
+    add(study, CONV, state=TrialState.FAIL, attrs={"fail_reason": "out of memory: CUDA"})
+    return path
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny forward passes (FLOP counts, training, export checks) on one thread: two threads slow
+    them down badly on a busy 2-core machine. Imported by the other report and export tests."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def abl(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("abl")
+    return load_study_data(build_ablation_study(folder), runs=folder / "runs")
+
+
+@pytest.fixture(scope="module")
+def par(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("par")
+    return load_study_data(build_pareto_study(folder), runs=folder / "runs")
+
+
+def flops_g(params: dict) -> float:
+    spec = BASE
+    for key, value in params.items():
+        stage, option = key.removeprefix("stage").split(".")
+        spec = spec.with_stage(int(stage), **{option: value})
+    return count_flops(build_classifier(spec, NUM_CLASSES, deploy=True), (1, 3, IMAGE_SIZE, IMAGE_SIZE)) / 1e9
+
+
+def test_trials_table_lists_every_trial_with_state_reason_stages_metrics_and_costs(abl):
+    table = trials_table(abl)
+    assert list(table.columns) == [
+        "number", "state", "reason", "stage1", "stage2", "stage3", "stage4", "val/acc1", "val/acc5",
+        "val/loss", "train/loss", "params (M)", "FLOPs (G)", "latency b1 (ms)", f"latency b{BATCH} (ms)",
+        "epochs", "best epoch", "wall time (s)"]
+    assert list(table["number"]) == list(range(12))
+    assert list(table["state"]) == ["complete"] * 3 + ["interrupted", "complete", "complete", "complete",
+                                                       "pruned", "failed", "void", "running", "waiting"]
+    reasons = dict(zip(table["number"], table["reason"], strict=True))
+    assert reasons[3] == "retried as trial 4" and reasons[4] == "retry of trial 3"
+    assert reasons[7] == "val/acc1=0.2000 at epoch 1: MedianPruner"
+    assert reasons[8] == "crashed: RuntimeError: boom"
+    assert reasons[9].startswith("not run: the budget")
+    assert reasons[0] == reasons[10] == ""
+    rows = table.set_index("number")
+    stages = ["stage1", "stage2", "stage3", "stage4"]
+    assert list(rows.loc[1, stages]) == ["conv", "conv", "xvol_pssa(L=2)", "conv"]
+    assert list(rows.loc[5, ["stage3", "stage4"]]) == ["pssa", "xvol_sa"]
+    assert list(rows.loc[10, ["stage3", "stage4"]]) == ["xvol_pssa", "conv"]
+    assert list(rows.loc[11, ["stage1", "stage3"]]) == ["", ""]  # waiting: no params yet
+    stored = {t.number: t for t in abl.study.get_trials()}
+    for n in (0, 1, 2, 4, 5, 6):
+        assert rows.loc[n, "val/acc1"] == stored[n].values[0]
+        for key in ("val/acc5", "val/loss", "train/loss", "epochs"):
+            assert rows.loc[n, key] == stored[n].user_attrs[key]
+        assert rows.loc[n, "params (M)"] == stored[n].user_attrs["params_m"]
+        assert rows.loc[n, "latency b1 (ms)"] == stored[n].user_attrs["latency_ms"]
+    assert rows.loc[7, "val/acc1"] == 0.2 and rows.loc[7, "epochs"] == 1.0  # pruned: its logged metric
+    assert math.isnan(rows.loc[8, "val/acc1"]) and math.isnan(rows.loc[8, "params (M)"])
+    # FLOPs: stored when measured (trial 0), else counted on the deploy form of the spec
+    assert rows.loc[0, "FLOPs (G)"] == 0.123
+    assert rows.loc[1, "FLOPs (G)"] == pytest.approx(flops_g(XPSSA2))
+    assert rows.loc[10, "FLOPs (G)"] == pytest.approx(flops_g({"stage3.op": "xvol_pssa", "stage3.shift": 1}))
+    assert rows.loc[6, "FLOPs (G)"] == pytest.approx(flops_g({}))
+    assert rows.loc[1, "FLOPs (G)"] > rows.loc[6, "FLOPs (G)"]
+    assert math.isnan(rows.loc[11, "FLOPs (G)"])
+    assert rows.loc[0, f"latency b{BATCH} (ms)"] == 9.0 and math.isnan(rows.loc[1, f"latency b{BATCH} (ms)"])
+    assert rows.loc[0, "wall time (s)"] == 150.0
+    assert math.isnan(rows.loc[10, "wall time (s)"]) and math.isnan(rows.loc[11, "wall time (s)"])
+
+
+def test_ablation_rows_means_stds_and_deltas_are_the_hand_computed_ones(abl):
+    table = ablation_table(abl)
+    assert list(table.columns) == ["configuration", "n", "trials", "val/acc1", "val/acc1 std",
+                                   "Δ val/acc1", "params (M)", "FLOPs (G)"]
+    # the baseline first; trial 3 (interrupted, retried as 4), pruned, failed, void, running: left out
+    assert list(table["configuration"]) == ["conv everywhere", "X-volution(PSSA, L=2) in stage 3",
+                                            "PSSA in stage 3; X-volution(SA) in stage 4"]
+    assert list(table["trials"]) == ["0, 6", "1, 2, 4", "5"]
+    assert list(table["n"]) == [2, 3, 1]
+    conv_mean = (0.50 + 0.56) / 2
+    assert table["val/acc1"].tolist() == pytest.approx([conv_mean, (0.70 + 0.80 + 0.75) / 3, 0.60])
+    conv_std = math.sqrt((0.50 - conv_mean) ** 2 + (0.56 - conv_mean) ** 2)  # n - 1 = 1
+    assert table.loc[0, "val/acc1 std"] == pytest.approx(conv_std)
+    assert table.loc[1, "val/acc1 std"] == pytest.approx(0.05)  # sqrt((0.05^2 + 0.05^2 + 0) / 2)
+    assert math.isnan(table.loc[2, "val/acc1 std"])  # one seed: no spread
+    assert table["Δ val/acc1"].tolist() == pytest.approx([0.0, 0.75 - 0.53, 0.60 - 0.53])
+    assert table["params (M)"].tolist() == pytest.approx([0.05, 0.05, 0.04])
+    assert table.loc[1, "FLOPs (G)"] == pytest.approx(flops_g(XPSSA2))
+    assert "note" not in table.attrs
+
+
+def test_ablation_without_all_conv_trial_leaves_deltas_empty_with_a_note(tmp_path):
+    path = write_study_file(tmp_path, "noconv")
+    study = open_study(tmp_path / "runs", "noconv", ["maximize"])
+    add(study, XPSSA2, [0.7], attrs=metrics_of(0.7))
+    add(study, PSSA_XSA, [0.6], attrs=metrics_of(0.6))
+    table = ablation_table(load_study_data(path, runs=tmp_path / "runs"))
+    assert len(table) == 2 and table["Δ val/acc1"].isna().all()
+    assert "no all-conv trial" in table.attrs["note"]
+
+
+def test_stage_effects_count_mean_and_best_per_stage_and_operator(abl):
+    table = stage_effects_table(abl)
+    assert list(table.columns) == ["stage", "op", "n", "val/acc1 mean", "val/acc1 best"]
+    rows = {(r.stage, r.op): r for r in table.itertuples(index=False)}
+    assert list(rows) == [(3, "conv"), (3, "pssa"), (3, "xvol_pssa"), (4, "conv"), (4, "xvol_sa")]
+    expected = {(3, "conv"): [0.50, 0.56], (3, "pssa"): [0.60], (3, "xvol_pssa"): [0.70, 0.80, 0.75],
+                (4, "conv"): [0.50, 0.70, 0.80, 0.75, 0.56], (4, "xvol_sa"): [0.60]}
+    for key, values in expected.items():
+        assert rows[key].n == len(values)
+        assert rows[key][3] == pytest.approx(statistics.fmean(values))
+        assert rows[key][4] == max(values)
+
+
+def test_importances_cover_the_searched_parameters_and_sum_to_one(abl):
+    table = importance_table(abl)
+    assert list(table.columns) == ["parameter", "val/acc1"]
+    assert set(table["parameter"]) <= {"stage3.op", "stage3.shift", "stage4.op"}
+    assert "stage3.op" in set(table["parameter"])
+    assert table["val/acc1"].sum() == pytest.approx(1.0)
+    assert list(table["val/acc1"]) == sorted(table["val/acc1"], reverse=True)
+
+
+def test_importances_with_too_few_trials_give_a_note_not_an_error(tmp_path):
+    path = write_study_file(tmp_path, "one")
+    study = open_study(tmp_path / "runs", "one", ["maximize"])
+    add(study, XPSSA2, [0.7], attrs=metrics_of(0.7))
+    add(study, CONV, state=TrialState.PRUNED, attrs={"prune_reason": "early"})
+    table = importance_table(load_study_data(path, runs=tmp_path / "runs"))
+    assert table.empty and list(table.columns) == ["parameter", "val/acc1"]
+    assert "at least 2 complete trials" in table.attrs["note"]
+
+
+def test_single_objective_best_table_is_the_best_trial(abl):
+    table = pareto_table(abl)
+    assert list(table["number"]) == [2]
+    assert table.loc[0, "val/acc1"] == 0.80 and table.loc[0, "stage3"] == "xvol_pssa(L=2)"
+    assert "state" not in table.columns
+
+
+def test_pareto_table_is_the_hand_constructed_front(par):
+    table = pareto_table(par)
+    assert set(table["number"]) == {0, 1, 2, 5}
+    assert list(table["number"]) == [0, 5, 2, 1]  # best val/acc1 first, ties by number
+    rows = table.set_index("number")
+    assert rows.loc[1, "latency b1 (ms)"] == 1.0 and rows.loc[2, "val/acc1"] == 0.75
+    # the measured objective shows in its cost column; the trials table takes it from the stored values
+    trials = trials_table(par).set_index("number")
+    assert trials.loc[3, "latency b1 (ms)"] == 2.5 and trials.loc[6, "state"] == "failed"
+
+
+def test_multi_objective_tables_have_columns_per_objective(par):
+    ablation = ablation_table(par)
+    assert list(ablation.columns) == ["configuration", "n", "trials", "val/acc1", "val/acc1 std",
+                                      "Δ val/acc1", "latency b1 (ms)", "latency b1 (ms) std",
+                                      "Δ latency b1 (ms)", "params (M)", "FLOPs (G)"]
+    conv = ablation.set_index("configuration").loc["conv everywhere"]
+    assert conv["n"] == 2 and conv["latency b1 (ms)"] == pytest.approx(1.75)
+    assert conv["latency b1 (ms) std"] == pytest.approx(statistics.stdev([1.0, 2.5]))
+    xvol = ablation.set_index("configuration").loc["X-volution(PSSA, L=2) in stage 3"]
+    assert xvol["Δ latency b1 (ms)"] == pytest.approx(3.0 - 1.75) and xvol["Δ val/acc1"] == pytest.approx(0.1)
+    effects = stage_effects_table(par)
+    assert list(effects.columns) == ["stage", "op", "n", "val/acc1 mean", "val/acc1 best",
+                                     "latency b1 (ms) mean", "latency b1 (ms) best"]
+    stage4_conv = effects[(effects.stage == 4) & (effects.op == "conv")].iloc[0]
+    assert stage4_conv["latency b1 (ms) best"] == 1.0 and stage4_conv["val/acc1 best"] == 0.80
+    importance = importance_table(par)
+    assert list(importance.columns) == ["parameter", "val/acc1", "latency b1 (ms)"]
+
+
+@pytest.mark.parametrize(("params", "label"), [
+    ({}, "conv everywhere"),
+    ({2: {"op": "xvol_pssa"}}, "X-volution(PSSA) in stage 2"),
+    ({3: {"op": "xvol_pssa", "shift": 2}, 4: {"op": "xvol_pssa", "shift": 2}},
+     "X-volution(PSSA, L=2) in stages 3, 4"),
+    ({1: {"op": "pssa", "shift": 3}, 4: {"op": "xvol_sa"}},
+     "PSSA(L=3) in stage 1; X-volution(SA) in stage 4"),
+    ({2: {"op": "conv", "kernel_size": 5}}, "conv(K=5) in stage 2"),
+    ({3: {"op": "conv", "shift": 3}}, "conv everywhere"),  # an option conv ignores: the same network
+])
+def test_configuration_labels_follow_the_paper(params, label):
+    spec = BASE
+    for stage, changes in params.items():
+        spec = spec.with_stage(stage, **changes)
+    assert configuration_label(spec) == label

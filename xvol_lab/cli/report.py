@@ -1,0 +1,87 @@
+"""`lab.py study report|export`: the report folder of a study, and its best trials as deployable files."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import optuna
+
+from xvol_lab.study.export import ExportCheckError, export_study
+from xvol_lab.study.report import FORMATS, load_study_data, write_report
+
+REPORT_HELP = """\
+Write the report of study NAME to a folder (default <runs>/<study>/report/): report.md with the
+summary, the ablation, per-stage effects, parameter importances and the best trial / Pareto
+front, every table as a file in --format, and PNG plots. Works while the study still runs.
+The folder is replaced whole; on any error nothing is written.
+"""
+
+EXPORT_HELP = """\
+Export the best trial of study NAME (several objectives: its Pareto front; --top K: the K best)
+to a folder (default <runs>/<study>/export/), one trial_<n>/ per trial with spec.json, the
+trained checkpoint, the re-parameterized deploy checkpoint, an ONNX model and a model card.
+Each export is checked: the deploy and ONNX models must reproduce the trained model's outputs
+on validation images (exit code 1 otherwise, and nothing is written).
+"""
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"got {text!r}, expected an integer >= 1") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"got {value}, expected an integer >= 1")
+    return value
+
+
+def _common(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument("name", metavar="NAME", help="a study in studies/ or a path to a study YAML file")
+    parser.add_argument("--out", type=Path, metavar="DIR",
+                        help=f"{what} folder (default: <runs>/<study>/{what})")
+    parser.add_argument("--storage", metavar="URL", help="Optuna RDB URL (default: the study's SQLite file)")
+    parser.add_argument("--runs", type=Path, default=Path("runs"), metavar="DIR",
+                        help="runs folder (default: runs)")
+
+
+def add_study_commands(study_subparsers: argparse._SubParsersAction) -> None:
+    """Add `report` and `export` to the `lab.py study` sub-commands."""
+    report = study_subparsers.add_parser("report", help="tables, plots and report.md of a study",
+                                         description=REPORT_HELP,
+                                         formatter_class=argparse.RawDescriptionHelpFormatter)
+    _common(report, "report")
+    report.add_argument("--format", choices=list(FORMATS), default="md", help="format of the table files")
+    report.set_defaults(func=cmd_report)
+
+    export = study_subparsers.add_parser("export", description=EXPORT_HELP,
+                                         help="the best trial(s) as spec, checkpoints, ONNX, model card",
+                                         formatter_class=argparse.RawDescriptionHelpFormatter)
+    _common(export, "export")
+    export.add_argument("--top", type=_positive, metavar="K",
+                        help="export the K best trials (several objectives: by Pareto rank)")
+    export.set_defaults(func=cmd_export)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """Write the report folder and print where report.md is."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    data = load_study_data(args.name, runs=args.runs, storage_url=args.storage)
+    path = write_report(data, args.out or args.runs / data.name / "report", args.format)
+    print(path)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """Export and check the best trial(s); print each folder. Exit 1 if a check fails."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    data = load_study_data(args.name, runs=args.runs, storage_url=args.storage)
+    try:
+        folders = export_study(data, args.out or args.runs / data.name / "export", args.top)
+    except ExportCheckError as err:
+        print(f"lab.py: error: {err}", file=sys.stderr)
+        return 1
+    for folder in folders:
+        print(folder)
+    return 0

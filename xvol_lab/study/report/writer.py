@@ -1,0 +1,206 @@
+"""`write_report`: the report folder (report.md, every table in one format, the plots as PNG),
+written atomically: built in a temporary folder beside the target, then swapped in whole.
+
+Table formats: md (pipe tables), csv (full precision), latex (``tabular``), html.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import secrets
+import shutil
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pandas as pd
+from matplotlib.figure import Figure
+
+from xvol_lab.errors import ConfigError
+from xvol_lab.study.progress import best_text
+from xvol_lab.study.report.plots import (
+    NoData,
+    history_figure,
+    importance_figure,
+    intermediate_figure,
+    pareto_figure,
+    stage_effect_figure,
+)
+from xvol_lab.study.report.source import StudyData
+from xvol_lab.study.report.tables import (
+    DELTA,
+    ablation_table,
+    importance_table,
+    pareto_table,
+    stage_effects_table,
+    trials_table,
+)
+from xvol_lab.study.summary import counts_text
+
+log = logging.getLogger(__name__)
+
+FORMATS = {"md": ".md", "csv": ".csv", "latex": ".tex", "html": ".html"}
+REPORT = "report.md"
+
+
+def format_number(value: object) -> str:
+    """A table cell: '' for NaN/None, integers without decimals, else 4 significant digits (1 decimal
+    from 100 up)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    if isinstance(value, float):
+        if value.is_integer() and abs(value) < 1e15:
+            return str(int(value))
+        return f"{value:.1f}" if abs(value) >= 100 else f"{value:.4g}"
+    return str(value)
+
+
+def markdown_table(table: pd.DataFrame) -> str:
+    """A GitHub pipe table of `table` (cells formatted by `format_number`, pipes escaped)."""
+    def cell(value: object) -> str:
+        return format_number(value).replace("|", "\\|").replace("\n", " ")
+
+    numeric = [pd.api.types.is_numeric_dtype(table[c]) for c in table.columns]
+    lines = ["| " + " | ".join(cell(c) for c in table.columns) + " |",
+             "|" + "|".join("---:" if n else "---" for n in numeric) + "|"]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in table.itertuples(index=False)]
+    return "\n".join(lines) + "\n"
+
+
+def render_table(table: pd.DataFrame, fmt: str) -> str:
+    """`table` as text in format `fmt` (a key of `FORMATS`)."""
+    formatters = [format_number] * len(table.columns)
+    if fmt == "csv":
+        return table.to_csv(index=False)
+    if fmt == "md":
+        return markdown_table(table)
+    if fmt == "latex":
+        text = table.to_latex(index=False, escape=True, na_rep="", formatters=formatters)
+        return text.replace(DELTA, r"$\Delta$")
+    if fmt == "html":
+        return table.to_html(index=False, na_rep="", formatters=formatters, border=0)
+    raise ConfigError(f"--format: got {fmt!r}, expected one of {', '.join(FORMATS)}")
+
+
+def _missing_parents(path: Path) -> list[Path]:
+    return [p for p in reversed(path.parents) if not p.exists()]
+
+
+@contextmanager
+def staged_dir(dest: Path, what: str) -> Iterator[Path]:
+    """A fresh temporary folder beside `dest`; on a clean exit it replaces `dest` (an existing
+    folder is swapped out, then deleted), on an error it is deleted and `dest` is untouched.
+    ConfigError when `dest` cannot be written."""
+    dest = Path(dest)
+    if dest.exists() and not dest.is_dir():
+        raise ConfigError(f"{dest}: exists and is not a folder; expected a folder for the {what}")
+    created = _missing_parents(dest)
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.parent / f".{dest.name}.{secrets.token_hex(4)}.tmp"
+        tmp.mkdir()  # not mkdtemp: the folder gets the usual permissions (umask), not 0700
+    except OSError as err:
+        if created and created[0].exists():
+            shutil.rmtree(created[0], ignore_errors=True)
+        raise ConfigError(f"{dest}: cannot write the {what} there ({err.strerror or err})") from None
+    try:
+        yield tmp
+        _swap_in(tmp, dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if created and created[0].exists():
+            shutil.rmtree(created[0], ignore_errors=True)
+        raise
+
+
+def _swap_in(new: Path, dest: Path) -> None:
+    """Move folder `new` to `dest`, replacing a folder already there."""
+    if not dest.exists():
+        os.replace(new, dest)
+        return
+    old = dest.parent / f".{dest.name}.{secrets.token_hex(4)}.old"
+    os.replace(dest, old)
+    try:
+        os.replace(new, dest)
+    except BaseException:
+        os.replace(old, dest)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def report_tables(data: StudyData) -> dict[str, tuple[str, pd.DataFrame]]:
+    """file stem -> (title, table) of every table the report holds."""
+    several = len(data.metric_names) > 1
+    return {
+        "trials": ("Trials", trials_table(data)),
+        "ablation": ("Ablation (vs. conv everywhere)", ablation_table(data)),
+        "stage_effects": ("Per-stage operator effects", stage_effects_table(data)),
+        "importance": ("Parameter importance", importance_table(data)),
+        "pareto" if several else "best": ("Pareto front" if several else "Best trial", pareto_table(data)),
+    }
+
+
+def _plots(data: StudyData, importance: pd.DataFrame) -> dict[str, tuple[str, Callable[[], Figure]]]:
+    return {
+        "history": ("Optimization history", lambda: history_figure(data)),
+        "stage_effects": ("Objective by operator and stage", lambda: stage_effect_figure(data)),
+        "importance": ("Parameter importance", lambda: importance_figure(importance)),
+        "pareto": ("Pareto front", lambda: pareto_figure(data)),
+        "intermediate": ("Intermediate values", lambda: intermediate_figure(data)),
+    }
+
+
+def _header(data: StudyData) -> list[str]:
+    objectives = ", ".join(f"{m} ({d})" for m, d in zip(data.metric_names, data.directions, strict=True))
+    lines = [f"# Study `{data.name}`", ""]
+    if data.config.description:
+        lines += [" ".join(data.config.description.split()), ""]
+    lines += [f"- storage: `{data.shown_url}`", f"- objectives: {objectives}",
+              f"- trials: {counts_text(data.name, data.config, data.trials)}",
+              f"- best: {best_text(data.trials, data.metric_names, data.directions)}", ""]
+    return lines
+
+
+def write_report(data: StudyData, out: Path, fmt: str = "md") -> Path:
+    """Write the report of `data` to folder `out` (replacing it) with tables in `fmt`; returns the
+    path of report.md. Nothing is left behind on an error."""
+    if fmt not in FORMATS:
+        raise ConfigError(f"--format: got {fmt!r}, expected one of {', '.join(FORMATS)}")
+    with staged_dir(out, "report") as tmp:
+        tables = report_tables(data)
+        lines = _header(data)
+        lines += ["## Tables", ""]
+        for stem, (title, table) in tables.items():
+            name = stem + FORMATS[fmt]
+            (tmp / name).write_text(render_table(table, fmt))
+            lines.append(f"- [{title}]({name}): {len(table)} row(s)")
+        lines.append("")
+        for stem in ("ablation", "stage_effects", "importance", "pareto", "best"):
+            if stem not in tables:
+                continue
+            title, table = tables[stem]
+            lines += [f"## {title}", ""]
+            if "note" in table.attrs:
+                lines += [f"_Note: {table.attrs['note']}_", ""]
+            if not table.empty:
+                lines += [markdown_table(table)]
+        lines += ["## Plots", ""]
+        skipped = []
+        for stem, (title, make) in _plots(data, tables["importance"][1]).items():
+            try:
+                figure = make()
+            except NoData as reason:
+                skipped.append(f"- {title}: not drawn ({reason})")
+                continue
+            figure.savefig(tmp / f"{stem}.png", dpi=100)
+            lines += [f"### {title}", "", f"![{title}]({stem}.png)", ""]
+        lines += skipped + ([""] if skipped else [])
+        if data.bad_params:
+            lines += ["## Notes", ""] + [f"- trial {n}: its params are not a point of the study file's space "
+                                         f"any more ({err}); stage columns left empty"
+                                         for n, err in sorted(data.bad_params.items())] + [""]
+        (tmp / REPORT).write_text("\n".join(lines))
+    log.info("report of %s written to %s", data.name, out)
+    return Path(out) / REPORT
