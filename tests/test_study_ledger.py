@@ -1,0 +1,135 @@
+"""Bookkeeping of a shared study: slots, retries, void trials, trial outcomes, reports for pruning."""
+
+from __future__ import annotations
+
+import datetime
+import functools
+import json
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.storages import RetryHeartbeatStaleTrialCallback
+from optuna.trial import FrozenTrial, TrialState
+
+from xvol_lab.errors import ConfigError
+from xvol_lab.schema import to_dict, with_overrides
+from xvol_lab.study.config import PrunerConfig, load_study_config
+from xvol_lab.study.launch import STORAGE_ENV
+from xvol_lab.study.ledger import VOID, counted, slots, tally
+from xvol_lab.study.samplers import make_pruner
+from xvol_lab.study.storage import join_study, open_storage
+from xvol_lab.study.trial import _connect, exit_code
+from xvol_lab.study.worker import read_outcome
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+NOW = datetime.datetime(2026, 1, 1)
+
+
+def trial(number: int, state: TrialState, **system_attrs) -> FrozenTrial:
+    done = state.is_finished()
+    return FrozenTrial(number=number, state=state, value=1.0 if state == TrialState.COMPLETE else None,
+                       datetime_start=NOW, datetime_complete=NOW if done else None, params={},
+                       distributions={}, user_attrs={}, system_attrs=system_attrs, intermediate_values={},
+                       trial_id=number)
+
+
+def retry(number: int, of: int, history: list[int]) -> FrozenTrial:
+    return trial(number, TrialState.COMPLETE, failed_trial=of, retry_history=history)
+
+
+def test_retries_keep_the_slot_and_interrupted_trials_do_not_count():
+    trials = [trial(0, TrialState.COMPLETE), trial(1, TrialState.FAIL), trial(2, TrialState.PRUNED),
+              trial(3, TrialState.FAIL), retry(4, 1, [1]), trial(5, TrialState.RUNNING)]
+    assert slots(trials) == {0: 0, 1: 1, 2: 2, 3: 3, 4: 1, 5: 4}
+    t = tally(trials)
+    assert (t.complete, t.pruned, t.failed, t.running, t.interrupted, t.finished) == (2, 1, 1, 1, 1, 4)
+    assert [u.number for u in counted(trials)] == [0, 2, 3, 4]
+
+
+def test_retry_of_a_retry_and_void_trials():
+    trials = [trial(0, TrialState.FAIL), trial(1, TrialState.FAIL, **{VOID: True}),
+              trial(2, TrialState.COMPLETE),
+              trial(3, TrialState.FAIL, failed_trial=0, retry_history=[0]), retry(4, 0, [0, 3]),
+              trial(5, TrialState.WAITING)]
+    assert slots(trials) == {0: 0, 2: 1, 3: 0, 4: 0, 5: 2}  # the void trial takes no slot
+    t = tally(trials)
+    assert (t.void, t.interrupted, t.complete, t.waiting, t.finished) == (1, 2, 2, 1, 2)
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning", "ignore::optuna.exceptions.ExperimentalWarning")
+def test_stale_trial_is_failed_and_queued_again_with_its_params(tmp_path: Path):
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    storage = open_storage(url, heartbeat=1)
+    study = optuna.create_study(study_name="s", storage=storage)
+    first = study.ask()
+    first.suggest_categorical("stage3.op", ["conv", "pssa"])
+    storage.record_heartbeat(first._trial_id)
+    # the worker of `first` is gone; 3 heartbeat periods later another worker looks
+    time.sleep(4.5)  # SQLite timestamps have whole seconds
+    optuna.storages.fail_stale_trials(study)
+    trials = study.get_trials(deepcopy=False)
+    assert [u.state for u in trials] == [TrialState.FAIL, TrialState.WAITING]
+    assert trials[1].params == trials[0].params
+    assert RetryHeartbeatStaleTrialCallback.retried_trial_number(trials[1]) == 0
+    assert slots(trials) == {0: 0, 1: 0}
+    assert tally(trials).interrupted == 1 and tally(trials).waiting == 1
+
+
+def test_outcome_from_result_or_from_the_exit_code(tmp_path: Path):
+    (tmp_path / "trial.log").write_text("epoch 1\nKilled\n")
+    out = read_outcome(tmp_path, -9)
+    assert out.state == "failed"
+    assert out.reason == ("trial process was killed by SIGKILL (out of memory?) without a result; "
+                          "last output: Killed")
+    assert read_outcome(tmp_path, 3).reason.startswith("trial process exited with code 3 without a result")
+    (tmp_path / "result.json").write_text(json.dumps({
+        "state": "complete", "reason": None, "values": [0.5, 1.25],
+        "metrics": {"val/acc1": 0.5, "epochs": 2.0}, "params_m": 0.7, "latency_ms": 1.25}))
+    out = read_outcome(tmp_path, 0)
+    assert (out.state, out.values) == ("complete", [0.5, 1.25])
+    assert out.attrs == {"val/acc1": 0.5, "epochs": 2.0, "params_m": 0.7, "latency_ms": 1.25}
+
+
+@pytest.mark.parametrize("pruner", ["median", "hyperband"])
+def test_trial_process_reports_reach_the_study_for_each_pruner(tmp_path: Path, monkeypatch, pruner):
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    config = PrunerConfig(name=pruner, n_startup_trials=1)
+    study = optuna.create_study(study_name="s", storage=open_storage(url), direction="maximize",
+                                pruner=make_pruner(config, 4))
+    for value in (0.9, 0.8):  # finished trials to compare with
+        t = study.ask()
+        for epoch in (1, 2, 3, 4):
+            t.report(value, epoch)
+        study.tell(t, value)
+    asked = study.ask()
+    monkeypatch.setenv(STORAGE_ENV, url)
+    request = {"study": "s", "trial_id": asked._trial_id, "pruner": to_dict(config), "epochs": 4}
+    child = _connect(request)
+    child.report(0.1, 1)
+    child.report(0.1, 2)
+    pruned = bool(child.should_prune())  # hyperband: depends on the trial's bracket, but it must answer
+    assert pruned or pruner == "hyperband"  # median: far below both finished trials
+    assert study.get_trials()[2].intermediate_values == {1: 0.1, 2: 0.1}
+    assert [exit_code({"state": "failed", "reason": "diverged: nan"}, r) for r in (0, 1)] == [1, 0]
+    assert exit_code({"state": "failed", "reason": "crashed: x"}, 1) == 1
+
+
+def test_workers_join_only_a_study_made_from_the_same_file(tiny_study, tmp_path: Path):
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    _, config = load_study_config(tiny_study())
+    storage = open_storage(url)
+    join = functools.partial(join_study, storage, "tiny", sampler=optuna.samplers.RandomSampler(),
+                             pruner=optuna.pruners.NopPruner())
+    join(config)
+    moved = with_overrides(config, ["base.data.root=/x", "base.trainer.devices=2", "budget.n_trials=7"])
+    assert join(moved).study_name == "tiny"  # where the data lies, devices and n_trials may differ
+    other = with_overrides(config, ["space.stages.3.op=[conv, pssa]", "space.stages.3.shift=[]"])
+    with pytest.raises(ConfigError) as err:
+        join(other)
+    assert str(err.value) == (f"--storage {url}: study 'tiny' there was made from a different study file "
+                              "(space.stages.3.op: stored ['conv', 'pssa', 'xvol_pssa'], now ['conv', "
+                              "'pssa']); use another --storage, or the study file it was made from")
+    with pytest.raises(ConfigError, match=r"\(optim.lr: stored 0.1, now 0.05\)"):
+        join(with_overrides(config, ["base.optim.lr=0.05"]))

@@ -1,0 +1,124 @@
+"""`lab.py study list|run|status`: run architecture searches from studies/*.yaml and look at them."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from xvol_lab.errors import ConfigError
+from xvol_lab.study.config import list_study_files, load_study_config
+from xvol_lab.study.progress import make_view
+from xvol_lab.study.storage import default_storage_url
+from xvol_lab.study.summary import progress_text, status
+from xvol_lab.study.worker import run_study
+
+RUN_HELP = """\
+Run study NAME (a file studies/NAME.yaml, or a path to a study YAML file) until it has
+budget.n_trials finished trials. Run the same command again to resume after an interruption,
+or in several shells / on several machines with one --storage to share the work.
+Each trial trains in its own process; files go to <runs>/<study>/trial_<n>/.
+"""
+
+
+RUNS = Path("runs")
+RUNS_HELP = "runs folder: <runs>/<study>/ holds study.db and the trial folders (default: runs)"
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"got {text!r}, expected an integer >= 1") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"got {value}, expected an integer >= 1")
+    return value
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    """Add the `study` command group."""
+    p = subparsers.add_parser("study", help="architecture searches (Optuna) from studies/*.yaml")
+    sub = p.add_subparsers(dest="study_command", metavar="{list,run,status}", required=True)
+
+    ls = sub.add_parser("list", help="the shipped studies and the state of their default storage")
+    ls.add_argument("--runs", type=Path, default=RUNS, metavar="DIR", help=RUNS_HELP)
+    ls.set_defaults(func=cmd_list)
+
+    run = sub.add_parser("run", help="run (or resume, or join) a study", description=RUN_HELP,
+                         formatter_class=argparse.RawDescriptionHelpFormatter)
+    run.add_argument("name", metavar="NAME", help="a study in studies/ or a path to a study YAML file")
+    run.add_argument("--trials", type=_positive, metavar="N",
+                     help="finished trials to end with (budget.n_trials)")
+    run.add_argument("--storage", metavar="URL",
+                     help="Optuna RDB URL shared by the workers "
+                          "(default: sqlite:///<runs>/<study>/study.db), "
+                          "e.g. postgresql+psycopg://user:pass@host/db")
+    run.add_argument("--devices", type=_positive, metavar="N", help="processes (devices) per trial and node")
+    run.add_argument("--nodes", type=_positive, metavar="M",
+                     help="nodes per trial (inside a SLURM allocation)")
+    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", nargs="+",
+                     help="override study keys, e.g. base.data.name=imagefolder budget.epochs=90")
+    run.add_argument("--runs", type=Path, default=RUNS, metavar="DIR", help=RUNS_HELP)
+    live = run.add_mutually_exclusive_group()
+    live.add_argument("--live", dest="live", action="store_true", default=None,
+                      help="live panel (default on a terminal)")
+    live.add_argument("--no-live", dest="live", action="store_false",
+                      help="log lines instead of the live panel")
+    run.set_defaults(func=cmd_run)
+
+    st = sub.add_parser("status", help="trials, counts and the best trial of a study")
+    st.add_argument("name", metavar="NAME", help="a study in studies/ or a path to a study YAML file")
+    st.add_argument("--storage", metavar="URL", help="Optuna RDB URL (default: the study's SQLite file)")
+    st.add_argument("--runs", type=Path, default=RUNS, metavar="DIR", help=RUNS_HELP)
+    st.set_defaults(func=cmd_status)
+
+
+def _sigterm(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt  # SLURM preemption, `kill`: stop the trial and queue it again, like Ctrl-C
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Work on the study until its budget is spent."""
+    overrides = [text for group in args.overrides for text in group]
+    for flag, key in (("trials", "budget.n_trials"), ("devices", "base.trainer.devices"),
+                      ("nodes", "base.trainer.num_nodes")):
+        if getattr(args, flag) is not None:
+            overrides.append(f"{key}={getattr(args, flag)}")
+    name, config = load_study_config(args.name, overrides)
+    url = args.storage or default_storage_url(args.runs, name)
+    previous = signal.signal(signal.SIGTERM, _sigterm)
+    try:
+        run_study(name, config, runs=args.runs, storage_url=url, view=make_view(args.live))
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    for line in status(name, config, url)[1]:
+        print(line)
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    """The shipped studies with their sampler, budget and progress in their default storage."""
+    for path in list_study_files():
+        try:
+            name, config = load_study_config(path)
+        except ConfigError as err:
+            print(f"{path.stem:<18} invalid: {err}")
+            continue
+        print(f"{name:<18} {config.sampler.name:<6} {config.n_trials:>3} trials  "
+              f"{progress_text(name, config, args.runs)}")
+        print(f"{'':<18} {' '.join(config.description.split())}")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """Every trial of the study, the counts and the best trial."""
+    name, config = load_study_config(args.name)
+    table, lines = status(name, config, args.storage or default_storage_url(args.runs, name))
+    console = Console(highlight=False)
+    console.print(table)
+    for line in lines:
+        console.print(line, markup=False)
+    return 0

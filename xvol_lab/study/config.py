@@ -1,0 +1,361 @@
+"""Study files (`studies/*.yaml`): what a study searches, what it optimises, how, and for how long.
+
+A `StudyConfig` is built with `xvol_lab.schema.from_dict`, so every unknown key, wrong type and bad
+value is a `ConfigError` naming its key path; `load_study_config` prefixes the file name
+(``studies/x.yaml: space.stages.3.op.1: got 'foo', expected one of conv, sa, ...``).
+Everything is checked here, before a storage or a run folder exists.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from xvol_lab.config import RunConfig, Task
+from xvol_lab.errors import ConfigError
+from xvol_lab.models import BackboneSpec
+from xvol_lab.ops import OPS, op_options
+from xvol_lab.ops.options import check_dirs, check_kernel_size, check_shift, check_stack, resolve_heads
+from xvol_lab.schema import from_dict, parse_override, to_dict, with_overrides
+from xvol_lab.tasks import metrics
+
+# Objectives measured by the study itself on the deploy form of the trained model (batch 1).
+LATENCY_MS = "latency_ms"
+PARAMS_M = "params_m"
+MEASURED = (LATENCY_MS, PARAMS_M)
+# The operator options a stage may search, in the order they are suggested.
+OPTION_NAMES = ("kernel_size", "heads", "shift", "dirs", "stack")
+STAGES = (1, 2, 3, 4)
+_OPTION_CHECKS = {"kernel_size": check_kernel_size, "shift": check_shift, "dirs": check_dirs,
+                  "stack": check_stack}
+# Where `lab.py study run NAME` looks for NAME.yaml.
+STUDIES_DIR = Path(__file__).resolve().parents[2] / "studies"
+
+
+def epoch_metrics() -> tuple[str, ...]:
+    """The per-epoch metric names the tasks log (`xvol_lab.tasks.metrics`)."""
+    return tuple(v for k, v in vars(metrics).items() if k.isupper() and isinstance(v, str))
+
+
+def _listing(values: Any) -> str:
+    return ", ".join(str(v) for v in values)
+
+
+def _distinct(name: str, values: tuple[Any, ...]) -> None:
+    seen: list[Any] = []
+    for value in values:
+        if any(value == s and type(value) is type(s) for s in seen):
+            raise ValueError(f"{name}: got {value!r} twice, expected distinct values")
+        seen.append(value)
+
+
+@dataclass(frozen=True)
+class StageChoice:
+    """One stage's choices: an operator from `op`, then each option of the chosen operator that
+    has choices here (an empty list keeps the base model's value). Options are suggested only for
+    operators that take them (`xvol_lab.ops.op_options`)."""
+
+    op: tuple[str, ...] = ()
+    kernel_size: tuple[int, ...] = ()
+    heads: tuple[int | None, ...] = ()
+    shift: tuple[int, ...] = ()
+    dirs: tuple[int, ...] = ()
+    stack: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.op:
+            raise ValueError("op: got [], expected a list of operators")
+        for i, op in enumerate(self.op):
+            if op not in OPS:
+                raise ValueError(f"op.{i}: got {op!r}, expected one of {_listing(OPS)}")
+        _distinct("op", self.op)
+        for name in OPTION_NAMES:
+            values = getattr(self, name)
+            if not values:
+                continue
+            if not any(name in op_options(op) for op in self.op):
+                takers = [op for op in OPS if name in op_options(op)]
+                raise ValueError(f"{name}: no operator in [{_listing(self.op)}] takes it; expected it only "
+                                 f"with {_listing(takers)}")
+            _distinct(name, values)
+            for j, value in enumerate(values):
+                if name in _OPTION_CHECKS:
+                    try:
+                        _OPTION_CHECKS[name](value)
+                    except ValueError as err:
+                        raise ValueError(f"{name}.{j}: {str(err).split(': ', 1)[1]}") from None
+                elif value is not None and value < 1:
+                    raise ValueError(f"{name}.{j}: got {value}, expected a positive integer or null (auto)")
+
+
+@dataclass(frozen=True)
+class SpaceConfig:
+    """The search space. Without `place`, every stage listed in `stages` draws from its choices.
+    With `place` (a list of stage numbers, 0 = none), one parameter ``place`` picks the single
+    stage that draws from its choices; the other stages keep the base model."""
+
+    stages: dict[str, StageChoice] = field(default_factory=dict)
+    place: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.stages:
+            raise ValueError("stages: got nothing, expected choices for at least one stage (1-4)")
+        for key in self.stages:
+            if key not in {str(i) for i in STAGES}:
+                raise ValueError(f"stages.{key}: unknown stage; expected 1, 2, 3 or 4")
+        if not self.place:
+            return
+        _distinct("place", self.place)
+        for j, where in enumerate(self.place):
+            if where not in (0, *STAGES):
+                raise ValueError(f"place.{j}: got {where!r}, expected 0 (no stage) or a stage 1-4")
+            if where and str(where) not in self.stages:
+                raise ValueError(f"place.{j}: got {where}, expected a stage listed under stages "
+                                 f"({_listing(sorted(self.stages))})")
+        for key in self.stages:
+            if int(key) not in self.place:
+                raise ValueError(f"stages.{key}: stage {key} is not in place {list(self.place)}; "
+                                 f"expected only the placed stages")
+
+    def stage_choices(self) -> dict[int, StageChoice]:
+        """The choices by stage number, in stage order."""
+        return {int(k): v for k, v in sorted(self.stages.items())}
+
+
+@dataclass(frozen=True)
+class ObjectiveConfig:
+    """One objective: a metric the task logs (best epoch) or one the study measures, and its direction."""
+
+    metric: str = metrics.VAL_ACC1
+    direction: Literal["maximize", "minimize"] = "maximize"
+
+    def __post_init__(self) -> None:
+        names = (*epoch_metrics(), *MEASURED)
+        if self.metric not in names:
+            raise ValueError(f"metric: got {self.metric!r}, expected one of {_listing(names)}")
+
+
+@dataclass(frozen=True)
+class SamplerConfig:
+    """How points are chosen: TPE (`n_startup_trials` random first), random, the full grid, or
+    NSGA-II (`population_size`). The seed makes a single-worker study repeatable."""
+
+    name: Literal["tpe", "random", "grid", "nsga2"] = "tpe"
+    seed: int = 0
+    n_startup_trials: int = 10
+    population_size: int = 8
+
+    def __post_init__(self) -> None:
+        if self.n_startup_trials < 0:
+            raise ValueError(f"n_startup_trials: got {self.n_startup_trials}, expected an integer >= 0")
+        if self.population_size < 2:
+            raise ValueError(f"population_size: got {self.population_size}, expected an integer >= 2")
+
+
+@dataclass(frozen=True)
+class PrunerConfig:
+    """Early stopping of poor trials from their per-epoch values of the first objective:
+    median (after `n_startup_trials` finished trials and `n_warmup_steps` epochs) or hyperband
+    (`min_resource` epochs, `reduction_factor`; the maximum is budget.epochs)."""
+
+    name: Literal["none", "median", "hyperband"] = "none"
+    n_startup_trials: int = 5
+    n_warmup_steps: int = 0
+    min_resource: int = 1
+    reduction_factor: int = 3
+
+    def __post_init__(self) -> None:
+        for name, low in (("n_startup_trials", 0), ("n_warmup_steps", 0), ("min_resource", 1),
+                          ("reduction_factor", 2)):
+            if getattr(self, name) < low:
+                raise ValueError(f"{name}: got {getattr(self, name)}, expected an integer >= {low}")
+
+
+@dataclass(frozen=True)
+class BudgetConfig:
+    """`n_trials` finished trials (null: the grid's size, grid studies only), `epochs` per trial
+    (replaces base.trainer.max_epochs)."""
+
+    n_trials: int | None = None
+    epochs: int = 3
+
+    def __post_init__(self) -> None:
+        if self.n_trials is not None and self.n_trials < 1:
+            raise ValueError(f"n_trials: got {self.n_trials}, expected an integer >= 1")
+        if self.epochs < 1:
+            raise ValueError(f"epochs: got {self.epochs}, expected an integer >= 1")
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    """A whole study file. See studies/README.md for every key."""
+
+    description: str = ""
+    task: Task = "classification"
+    base: RunConfig = field(default_factory=RunConfig)
+    space: SpaceConfig | None = None
+    objectives: tuple[ObjectiveConfig, ...] = (ObjectiveConfig(),)
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    pruner: PrunerConfig = field(default_factory=PrunerConfig)
+    budget: BudgetConfig = field(default_factory=BudgetConfig)
+    enqueue: tuple[dict[str, Any], ...] = ()
+    heartbeat: int = 10
+
+    def __post_init__(self) -> None:
+        from xvol_lab.study.space import check_point, expand_space  # space.py imports this module
+
+        if self.space is None:
+            raise ValueError("space: missing, expected a search space (stages, and optionally place)")
+        if self.base.task != self.task:
+            raise ValueError(f"base.task: got {self.base.task!r}, expected the study's task {self.task!r}")
+        if not self.objectives:
+            raise ValueError("objectives: got [], expected at least one {metric, direction}")
+        _distinct("objectives", tuple(o.metric for o in self.objectives))
+        if self.pruner.name != "none":
+            if len(self.objectives) > 1:
+                raise ValueError(f"pruner.name: got {self.pruner.name!r}, expected 'none' with several "
+                                 "objectives (Optuna prunes single-objective studies only)")
+            if self.objectives[0].metric in MEASURED:
+                raise ValueError(f"pruner.name: got {self.pruner.name!r}, expected 'none' for objective "
+                                 f"{self.objectives[0].metric} (measured once, after training)")
+        if self.heartbeat < 1:
+            raise ValueError(f"heartbeat: got {self.heartbeat}, expected an integer >= 1 (seconds)")
+        self._check_heads()
+        for j, point in enumerate(self.enqueue):
+            check_point(self.space, self.base.model, point, f"enqueue.{j}")
+        if self.sampler.name == "grid":
+            size = len(expand_space(self.space, self.base.model))
+            if self.budget.n_trials is not None and self.budget.n_trials > size:
+                raise ValueError(f"budget.n_trials: got {self.budget.n_trials}, expected at most {size} "
+                                 f"(the number of distinct grid points)")
+        elif self.budget.n_trials is None:
+            raise ValueError(f"budget.n_trials: got null, expected an integer >= 1 (only grid studies "
+                             f"default to the grid size; sampler is {self.sampler.name!r})")
+
+    def _check_heads(self) -> None:
+        assert self.space is not None
+        widths = self.base.model.widths
+        for i, choice in self.space.stage_choices().items():
+            for j, heads in enumerate(choice.heads):
+                try:
+                    resolve_heads(heads, widths[i - 1])
+                except ValueError:
+                    raise ValueError(f"space.stages.{i}.heads.{j}: got {heads}, expected a positive divisor "
+                                     f"of the stage width {widths[i - 1]}") from None
+
+    @property
+    def directions(self) -> list[str]:
+        """Optuna directions, one per objective."""
+        return [o.direction for o in self.objectives]
+
+    @property
+    def metric_names(self) -> list[str]:
+        """Objective metric names, in order."""
+        return [o.metric for o in self.objectives]
+
+    @functools.cached_property
+    def plan(self) -> tuple[dict[str, Any], ...]:
+        """Points the first trials take, in order: the `enqueue` list, then (grid) every other grid point."""
+        from xvol_lab.study.space import expand_space, spec_of
+
+        assert self.space is not None
+        points = list(self.enqueue)
+        if self.sampler.name == "grid":
+            taken = {spec_of(self.space, self.base.model, p) for p in points}
+            points += [p for p in expand_space(self.space, self.base.model)
+                       if spec_of(self.space, self.base.model, p) not in taken]
+        return tuple(points)
+
+    @property
+    def n_trials(self) -> int:
+        """Finished trials the study ends with."""
+        return self.budget.n_trials if self.budget.n_trials is not None else len(self.plan)
+
+    def run_config(self, spec: BackboneSpec) -> RunConfig:
+        """The base run config with the trial's architecture and the budget's epochs."""
+        trainer = dataclasses.replace(self.base.trainer, max_epochs=self.budget.epochs)
+        return dataclasses.replace(self.base, model=spec, trainer=trainer)
+
+    def identity(self) -> dict[str, Any]:
+        """What workers sharing one study must agree on: all that changes results, not where the data
+        lies, how it is loaded, the devices, or the budget's n_trials."""
+        data = to_dict(self)
+        base = data["base"]
+        dataset = {k: v for k, v in base["data"].items() if k not in ("root", "num_workers")}
+        return {k: data[k] for k in ("task", "space", "objectives", "sampler", "pruner", "enqueue")} | {
+            "epochs": self.budget.epochs, "seed": base["seed"], "data": dataset, "model": base["model"],
+            "optim": base["optim"]}
+
+
+# ---- files ------------------------------------------------------------------------------------------
+_EPOCHS_KEY = ("base", "trainer", "max_epochs")
+
+
+def resolve_study_path(name: str | Path) -> Path:
+    """NAME (a file in studies/, with or without .yaml) or a path to a YAML file."""
+    text = str(name)
+    path = Path(text)
+    if path.suffix in (".yaml", ".yml") or path.parent != Path("."):
+        if not path.is_file():
+            raise ConfigError(f"{text}: no such study file")
+        return path
+    path = STUDIES_DIR / f"{text}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in STUDIES_DIR.glob("*.yaml"))
+        raise ConfigError(f"study {text!r}: no {_display(path)}; expected one of {_listing(known)} or a "
+                          f"path to a .yaml file")
+    return path
+
+
+def _display(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def study_name(path: Path) -> str:
+    """The study's name: its file name without .yaml."""
+    return path.stem
+
+
+def load_study_config(name: str | Path, overrides: Sequence[str] = ()) -> tuple[str, StudyConfig]:
+    """(name, config) of study NAME with ``key.path=value`` `overrides` applied; errors name the file."""
+    path = resolve_study_path(name)
+    shown = _display(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as err:
+        raise ConfigError(f"{shown}: cannot read ({err.strerror or err})") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{shown}: invalid YAML: {' '.join(str(err).split())}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{shown}: got {type(data).__name__}, expected a mapping of study keys")
+    trainer = (data.get("base") or {}).get("trainer") if isinstance(data.get("base"), dict) else None
+    if isinstance(trainer, dict) and "max_epochs" in trainer:
+        raise ConfigError(f"{shown}: {'.'.join(_EPOCHS_KEY)}: set by budget.epochs; expected no value here")
+    try:
+        config = from_dict(StudyConfig, data)
+    except ConfigError as err:
+        raise ConfigError(f"{shown}: {err}") from None
+    for text in overrides:
+        keys, _ = parse_override(text)
+        if tuple(keys) == _EPOCHS_KEY:
+            raise ConfigError(f"--set {text}: set budget.epochs instead "
+                              "(it replaces base.trainer.max_epochs)")
+        try:
+            config = with_overrides(config, [text])
+        except ConfigError as err:
+            raise ConfigError(f"--set {text}: {shown}: {err}") from None
+    return study_name(path), config
+
+
+def list_study_files() -> list[Path]:
+    """The shipped study files, by name."""
+    return sorted(STUDIES_DIR.glob("*.yaml"))

@@ -1,0 +1,105 @@
+"""Starting and stopping the process that trains one trial.
+
+A trial runs ``python -m xvol_lab.study.trial TRIAL_DIR`` (one process), under
+``torch.distributed.run --standalone`` (several devices on this machine) or under ``srun`` (inside
+a SLURM allocation, always used there for multi-process trials). The trial process is the leader
+of a new process group (killed as a whole) and gets a pipe on stdin that nothing writes to: when
+the study process dies, even by SIGKILL, the pipe closes and every trial process that sees the end
+of its stdin kills itself (`watch_lifeline`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import stat
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+from xvol_lab.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+LIFELINE_ENV = "XVOL_LIFELINE"
+STORAGE_ENV = "XVOL_STUDY_STORAGE"
+TRIAL_MODULE = "xvol_lab.study.trial"
+PACKAGE_ROOT = Path(__file__).resolve().parents[2]
+
+
+def trial_command(trial_dir: Path, devices: int, nodes: int) -> list[str]:
+    """The command that trains the trial in `trial_dir` on `nodes` x `devices` processes."""
+    if devices < 1 or nodes < 1:
+        raise ConfigError(f"--devices {devices} --nodes {nodes}: expected numbers >= 1 for study trials")
+    script = ["-m", TRIAL_MODULE, str(trial_dir)]
+    if devices * nodes == 1:
+        return [sys.executable, *script]
+    if "SLURM_JOB_ID" in os.environ:
+        return ["srun", f"--nodes={nodes}", f"--ntasks-per-node={devices}", "--kill-on-bad-exit=1",
+                sys.executable, *script]
+    if nodes > 1:
+        raise ConfigError(f"--nodes {nodes}: multi-node trials run through srun inside a SLURM allocation "
+                          "(SLURM_JOB_ID is not set); see studies/README.md")
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={devices}",
+            *script]
+
+
+def start_trial(command: list[str], log_file: Path, storage_url: str) -> subprocess.Popen[bytes]:
+    """Start `command` in a new process group, output to `log_file`, with the lifeline on stdin."""
+    env = dict(os.environ)
+    env[STORAGE_ENV] = storage_url
+    env[LIFELINE_ENV] = "1"
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PACKAGE_ROOT), env.get("PYTHONPATH")) if p)
+    with log_file.open("ab") as out:
+        return subprocess.Popen(command, stdin=subprocess.PIPE, stdout=out, stderr=subprocess.STDOUT, env=env,
+                                start_new_session=True)
+
+
+def stop_trial(proc: subprocess.Popen[bytes], grace: float = 10.0) -> None:
+    """Close the lifeline, SIGTERM the process group, SIGKILL it after `grace` seconds."""
+    if proc.stdin is not None and not proc.stdin.closed:
+        proc.stdin.close()
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, None)):
+        if proc.poll() is not None:
+            break
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            break
+        try:
+            proc.wait(wait)
+        except subprocess.TimeoutExpired:
+            continue
+    try:  # whatever is left in the group (data loader workers)
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def watch_lifeline() -> None:
+    """In a trial process started by `start_trial`: die with the study process.
+
+    A thread reads stdin, which the study process never writes to; end of file means the study
+    process is gone, and this process kills its process group (itself if it does not lead one).
+    Only where the lifeline was set up and stdin is a pipe or socket (not under srun's /dev/null).
+    """
+    if os.environ.get(LIFELINE_ENV) != "1":
+        return
+    mode = os.fstat(0).st_mode
+    if not (stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)):
+        return
+
+    def watch() -> None:
+        try:
+            while os.read(0, 4096):
+                pass
+        except OSError:
+            pass
+        log.error("the study process is gone: stopping this trial")
+        if os.getpgrp() == os.getpid():
+            os.killpg(os.getpid(), signal.SIGKILL)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    threading.Thread(target=watch, name="xvol-lifeline", daemon=True).start()

@@ -1,0 +1,127 @@
+"""The trial process: ``python -m xvol_lab.study.trial TRIAL_DIR`` trains the trial the study asked for.
+
+It reads TRIAL_DIR/trial.json (run config, objectives, pruning), calls
+`xvol_lab.tasks.runner.fit` with a progress file and (single objective with a pruner) a per-epoch
+reporter to the study's storage (URL in the environment), measures the deploy form, and writes
+TRIAL_DIR/result.json: ``{state: complete|pruned|failed, reason, values, metrics, params_m,
+latency_ms}``. Under DDP every process runs this module; only global rank 0 opens the storage and
+writes files. The exit code is 0 unless the trial failed.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import optuna
+import torch
+
+from xvol_lab.config import RunConfig
+from xvol_lab.schema import from_dict
+from xvol_lab.study.callbacks import ProgressFile, PruningReporter
+from xvol_lab.study.config import MEASURED, PrunerConfig
+from xvol_lab.study.files import PROGRESS, REQUEST, RESULT, read_json, write_json
+from xvol_lab.study.launch import STORAGE_ENV, watch_lifeline
+from xvol_lab.study.measure import measure
+from xvol_lab.study.samplers import make_pruner
+from xvol_lab.study.storage import open_storage
+from xvol_lab.tasks import NonFiniteLossError, fit
+
+log = logging.getLogger("xvol_lab.study.trial")
+DIVERGED = "diverged: "
+
+
+def global_rank() -> int:
+    """This process's rank from the launcher's environment (torchrun, srun), 0 when alone."""
+    for name in ("RANK", "SLURM_PROCID"):
+        if os.environ.get(name, "").isdigit():
+            return int(os.environ[name])
+    return 0
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0] if text else ''}".rstrip(": ")
+
+
+def _connect(request: dict[str, Any]) -> optuna.trial.Trial:
+    storage = open_storage(os.environ[STORAGE_ENV])
+    pruner = make_pruner(from_dict(PrunerConfig, request["pruner"]), request["epochs"])
+    study = optuna.load_study(study_name=request["study"], storage=storage, pruner=pruner,
+                              sampler=optuna.samplers.RandomSampler())
+    return optuna.trial.Trial(study, request["trial_id"])
+
+
+def train(request: dict[str, Any], trial_dir: Path) -> dict[str, Any]:
+    """Train the requested trial; the outcome as written to result.json."""
+    config = from_dict(RunConfig, request["config"])
+    progress = ProgressFile(trial_dir / PROGRESS)
+    callbacks: list[Any] = [progress]
+    reporter = None
+    if request.get("report"):
+        reporter = PruningReporter(lambda: _connect(request), request["report"])
+        callbacks.append(reporter)
+    try:
+        metrics = fit(config, trial_dir, callbacks=callbacks, progress=False)
+    except NonFiniteLossError as err:
+        return {"state": "failed", "reason": f"{DIVERGED}{err}"}
+    except torch.OutOfMemoryError as err:
+        return {"state": "failed", "reason": f"out of memory: {_first_line(err)}"}
+    except Exception as err:
+        log.exception("trial failed")
+        kind = "out of memory" if "out of memory" in str(err).lower() else "crashed"
+        return {"state": "failed", "reason": f"{kind}: {_first_line(err)}"}
+    if reporter is not None and reporter.pruned:
+        return {"state": "pruned", "reason": reporter.pruned, "metrics": metrics}
+    outcome: dict[str, Any] = {"state": "complete", "metrics": metrics}
+    if global_rank() != 0:
+        return outcome
+    outcome.update(measure(config.model, progress.num_classes or config.data.num_classes,
+                           config.data.image_size, progress.device))
+    values = []
+    for name in request["objectives"]:
+        value = outcome.get(name) if name in MEASURED else metrics.get(name)
+        if value is None or not math.isfinite(value):
+            return {**outcome, "state": "failed",
+                    "reason": f"objective {name} is {value} (logged: {', '.join(sorted(metrics))})"}
+        values.append(value)
+    return {**outcome, "values": values}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the trial process."""
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print("usage: python -m xvol_lab.study.trial TRIAL_DIR", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    watch_lifeline()
+    trial_dir = Path(args[0])
+    request = read_json(trial_dir / REQUEST)
+    if request is None:
+        print(f"{trial_dir / REQUEST}: missing or not JSON", file=sys.stderr)
+        return 2
+    outcome = train(request, trial_dir)
+    if global_rank() == 0:
+        write_json(trial_dir / RESULT, {"reason": None, **outcome})
+        log.info("trial %s %s%s", request["trial_number"], outcome["state"],
+                 f": {outcome['reason']}" if outcome.get("reason") else "")
+    return exit_code(outcome, global_rank())
+
+
+def exit_code(outcome: dict[str, Any], rank: int) -> int:
+    """1 for a failed trial, so that torch.distributed.run / srun stop the other processes at once;
+    0 on ranks > 0 for a divergence, which every process detects at the same step (rank 0 must
+    not be stopped before it writes result.json)."""
+    if outcome["state"] != "failed":
+        return 0
+    return 0 if rank != 0 and outcome["reason"].startswith(DIVERGED) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
