@@ -1,4 +1,4 @@
-"""`lab.py study list|run|status`: run architecture searches from studies/*.yaml and look at them."""
+"""`lab.py study list|run|status|report|export`: run the searches of studies/*.yaml and use them."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from typing import Any
 
 from rich.console import Console
 
+from xvol_lab.cli.report import add_study_commands
 from xvol_lab.errors import ConfigError
 from xvol_lab.study.config import list_study_files, load_study_config
 from xvol_lab.study.progress import make_view
@@ -41,7 +42,7 @@ def _positive(text: str) -> int:
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     """Add the `study` command group."""
     p = subparsers.add_parser("study", help="architecture searches (Optuna) from studies/*.yaml")
-    sub = p.add_subparsers(dest="study_command", metavar="{list,run,status}", required=True)
+    sub = p.add_subparsers(dest="study_command", metavar="{list,run,status,report,export}", required=True)
 
     ls = sub.add_parser("list", help="the shipped studies and the state of their default storage")
     ls.add_argument("--runs", type=Path, default=RUNS, metavar="DIR", help=RUNS_HELP)
@@ -74,6 +75,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     st.add_argument("--storage", metavar="URL", help="Optuna RDB URL (default: the study's SQLite file)")
     st.add_argument("--runs", type=Path, default=RUNS, metavar="DIR", help=RUNS_HELP)
     st.set_defaults(func=cmd_status)
+    add_study_commands(sub)
 
 
 def _sigterm(signum: int, frame: Any) -> None:
