@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import platform
 import re
 import statistics
@@ -44,6 +45,21 @@ def time_interleaved(fns: dict[str, Callable[[], object]], repeats: int, warmup:
     return {k: statistics.median(v) for k, v in samples.items()}
 
 
+def saved_activation_mib(fn: Callable[[], object]) -> float:
+    """MiB of the tensors autograd saves for backward during ``fn()`` (each storage counted once):
+    the activation memory of training, exact and independent of the allocator."""
+    seen: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        seen[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn()
+    return sum(seen.values()) / 2**20
+
+
 def write_section(title: str, body: str, path: Path = BENCHMARKS_MD) -> None:
     """Replace (or append) the ``## title`` section of BENCHMARKS.md, leaving the other sections alone."""
     header = "# Benchmarks\n\nWritten by `benchmarks/*.py`; ratios are measured side by side in one run.\n"
@@ -54,7 +70,9 @@ def write_section(title: str, body: str, path: Path = BENCHMARKS_MD) -> None:
         text = pattern.sub(lambda _: section + "\n", text).rstrip() + "\n"
     else:
         text = text.rstrip() + "\n\n" + section
-    path.write_text(text)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)  # atomic: a crash leaves the old file, never a half-written one
 
 
 def markdown_table(header: list[str], rows: list[list[object]]) -> str:

@@ -1,0 +1,240 @@
+"""Training throughput and peak memory; writes the "Training throughput" section of BENCHMARKS.md.
+
+    python benchmarks/train.py [--quick] [--device cuda] [--no-write]
+
+Side by side in one run (interleaved repeats; a ratio is the median of the per-repeat ratios):
+  - xvol_lab resnet18 with every stage 'conv' against torchvision's resnet18 (target >= 0.95),
+  - the Lightning loop (`ClassificationTask`, as `fit` trains it) against a bare PyTorch loop on the
+    same model, optimiser, schedule and data (target >= 0.95),
+  - resnet18 with 'xvol_pssa' in stage 3 against all-conv (reported).
+Memory: the activations autograd saves for backward (exact, allocator-independent), and the peak
+memory of training: on CUDA `torch.cuda.max_memory_allocated` above the model and data; on CPU the
+growth of the peak resident set size (VmHWM, Linux) over a few steps, each variant in a fresh process.
+Time is wall time on CUDA and process CPU time on CPU (one thread by default), so that a busy shared
+machine does not distort the ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import re
+import statistics
+import subprocess
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import lightning.pytorch as L
+import torch
+import torch.nn.functional as F
+import torchvision
+from lightning.pytorch.callbacks import Callback
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _report import device_name, markdown_table, saved_activation_mib, sync, write_section  # noqa: E402
+
+from xvol_lab.config import OptimConfig  # noqa: E402
+from xvol_lab.models import BackboneSpec, build_classifier  # noqa: E402
+from xvol_lab.schema import to_dict  # noqa: E402
+from xvol_lab.tasks import ClassificationTask  # noqa: E402
+from xvol_lab.tasks.optim import build_optimizer, build_scheduler  # noqa: E402
+
+NUM_CLASSES = 10
+OPTIM = OptimConfig(name="sgd", lr=0.01, warmup_epochs=0.0)
+CONV = BackboneSpec.preset("resnet18")  # imagenet stem, full width
+PSSA3 = CONV.with_stage(3, op="xvol_pssa")
+VARIANTS = {  # name -> (model builder, loop)
+    "torchvision resnet18": (lambda: torchvision.models.resnet18(num_classes=NUM_CLASSES), "bare"),
+    "resnet18 all-conv": (lambda: build_classifier(CONV, NUM_CLASSES), "bare"),
+    "resnet18 all-conv, Lightning loop": (lambda: ClassificationTask(to_dict(CONV), NUM_CLASSES,
+                                                                     to_dict(OPTIM)), "lightning"),
+    "resnet18 xvol_pssa stage 3": (lambda: build_classifier(PSSA3, NUM_CLASSES), "bare"),
+}
+
+
+def make_loader(batch: int, size: int, steps: int) -> DataLoader:
+    """`steps` batches of random images and labels, the same for every variant."""
+    gen = torch.Generator().manual_seed(0)
+    images = torch.randn(batch * steps, 3, size, size, generator=gen)
+    labels = torch.randint(0, NUM_CLASSES, (batch * steps,), generator=gen)
+    return DataLoader(TensorDataset(images, labels), batch_size=batch, shuffle=False)
+
+
+def clock(device: torch.device) -> float:
+    """Wall time on CUDA; on CPU this process's CPU time, which other processes on a shared machine
+    cannot inflate (with one intra-op thread and in-process data loading, it is the work done)."""
+    return time.perf_counter() if device.type == "cuda" else time.process_time()
+
+
+def bare_loop(model: nn.Module, loader: DataLoader, device: torch.device, warmup: int) -> float:
+    """Seconds for the batches after the first `warmup`: forward, cross-entropy, backward, SGD, schedule."""
+    model.to(device).train()
+    optimizer = build_optimizer(model, OPTIM)
+    scheduler = build_scheduler(optimizer, OPTIM, len(loader), 1)
+    start = 0.0
+    for i, (images, labels) in enumerate(loader):
+        if i == warmup:
+            sync(device)
+            start = clock(device)
+        images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+        optimizer.zero_grad(set_to_none=True)
+        F.cross_entropy(model(images), labels).backward()
+        optimizer.step()
+        scheduler.step()
+    sync(device)
+    return clock(device) - start
+
+
+class _Timer(Callback):
+    def __init__(self, warmup: int, device: torch.device) -> None:
+        self.warmup, self.device, self.start, self.end = warmup, device, 0.0, 0.0
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if batch_idx == self.warmup:
+            sync(self.device)
+            self.start = clock(self.device)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        sync(self.device)
+        self.end = clock(self.device)
+
+
+def lightning_loop(task: ClassificationTask, loader: DataLoader, device: torch.device, warmup: int) -> float:
+    """Seconds for the batches after the first `warmup` of one `Trainer.fit` epoch (no validation)."""
+    timer = _Timer(warmup, device)
+    trainer = L.Trainer(max_epochs=1, accelerator=device.type, devices=1, logger=False, callbacks=[timer],
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                        limit_val_batches=0, num_sanity_val_steps=0)
+    trainer.fit(task, train_dataloaders=loader)
+    return timer.end - timer.start
+
+
+def runner(name: str, device: torch.device, loader: DataLoader, warmup: int) -> Callable[[], float]:
+    build, loop = VARIANTS[name]
+    model = build()
+    return lambda: (lightning_loop if loop == "lightning" else bare_loop)(model, loader, device, warmup)
+
+
+def peak_memory_mib(name: str, device: torch.device, batch: int, size: int) -> float:
+    """Training memory above the built model and data, over 4 steps (see the module docstring)."""
+    if device.type == "cuda":
+        loader = make_loader(batch, size, 4)
+        run = runner(name, device, loader, 1)
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        run()
+        return (torch.cuda.max_memory_allocated() - base) / 2**20
+    out = subprocess.run([sys.executable, __file__, "--memory-of", name, "--batch", str(batch),
+                          "--size", str(size), "--threads", str(torch.get_num_threads())],
+                         capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])["mib"]
+
+
+def activation_mib(name: str, images: torch.Tensor, labels: torch.Tensor) -> float:
+    """MiB autograd saves for backward in one training forward of a fresh `name` model (on CPU)."""
+    model = VARIANTS[name][0]().train()
+    return saved_activation_mib(lambda: F.cross_entropy(model(images), labels))
+
+
+def _peak_rss_mib(reset: bool = False) -> float:
+    """Peak resident set size of this process (VmHWM), optionally reset to the current size first.
+
+    Not `ru_maxrss`: after fork + exec that starts at the parent's peak, hiding a child's growth.
+    """
+    if reset:
+        Path("/proc/self/clear_refs").write_text("5")  # Linux: reset the peak RSS to the current RSS
+    status = Path("/proc/self/status").read_text()
+    return int(re.search(r"^VmHWM:\s+(\d+) kB", status, re.M).group(1)) / 1024
+
+
+def _memory_child(name: str, batch: int, size: int) -> None:
+    """In a fresh process: peak RSS growth while training `name` for 4 steps (printed as JSON)."""
+    device = torch.device("cpu")
+    run = runner(name, device, make_loader(batch, size, 4), 1)
+    base = _peak_rss_mib(reset=True)
+    run()
+    print(json.dumps({"mib": _peak_rss_mib() - base}))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer steps and repeats (smoke run)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--batch", type=int, default=None, help="images per step (default 16 CPU, 64 CUDA)")
+    parser.add_argument("--size", type=int, default=None, help="image size (default 64 CPU, 224 CUDA)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="CPU intra-op threads (default 1: steady figures on a shared machine)")
+    parser.add_argument("--no-write", action="store_true", help="print, do not touch BENCHMARKS.md")
+    parser.add_argument("--memory-of", help=argparse.SUPPRESS)  # internal: one CPU memory measurement
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    batch = args.batch or (64 if device.type == "cuda" else 16)
+    size = args.size or (224 if device.type == "cuda" else 64)
+    torch.set_num_threads(args.threads)
+    logging.getLogger("lightning").setLevel(logging.ERROR)
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore")
+    if args.memory_of:
+        _memory_child(args.memory_of, batch, size)
+        return
+    warmup, steps, repeats = (2, 4, 3) if args.quick else (3, 15, 5)
+    torch.manual_seed(0)
+    loader = make_loader(batch, size, warmup + steps)
+    runs = {name: runner(name, device, loader, warmup) for name in VARIANTS}
+    samples: dict[str, list[float]] = {name: [] for name in VARIANTS}
+    names = list(VARIANTS)
+    for r in range(repeats):
+        for name in names[r % len(names):] + names[:r % len(names)]:  # rotate the order each repeat
+            samples[name].append(steps * batch / runs[name]())
+    speed = {name: statistics.median(v) for name, v in samples.items()}
+    memory = {name: peak_memory_mib(name, device, batch, size) for name in VARIANTS}
+    images, labels = next(iter(loader))
+    activations = {name: activation_mib(name, images, labels) for name in VARIANTS}
+
+    def ratio(a: str, b: str) -> float:
+        """Median over repeats of the ratio within each repeat (paired: both measured moments apart)."""
+        return statistics.median(x / y for x, y in zip(samples[a], samples[b], strict=True))
+
+    conv = "resnet18 all-conv"
+    ratios = [
+        ("resnet18 all-conv / torchvision resnet18", ratio(conv, "torchvision resnet18"), 0.95),
+        ("Lightning loop / bare loop (all-conv)", ratio("resnet18 all-conv, Lightning loop", conv), 0.95),
+        ("xvol_pssa stage 3 / all-conv", ratio("resnet18 xvol_pssa stage 3", conv), None),
+    ]
+    rows = [[name, f"{speed[name]:.1f}", f"{min(samples[name]):.1f} to {max(samples[name]):.1f}",
+             f"{memory[name]:.0f}", f"{activations[name]:.1f}"] for name in VARIANTS]
+    ratio_rows = [[label, f"{value:.3f}", "reported" if target is None else f">= {target}",
+                   "" if target is None else ("met" if value >= target else "MISSED")]
+                  for label, value, target in ratios]
+    memory_note = ("peak CUDA allocation above model and data" if device.type == "cuda" else
+                   "growth of peak RSS over 4 steps in a fresh process (includes optimiser state and "
+                   "allocator slack; coarse, about +-10 MiB run to run)")
+    memory_note += "; saved activations: the tensors autograd keeps for backward in one forward (exact)"
+    body = "\n".join([
+        f"Device: {device_name(device)}; torch {torch.__version__}, lightning {L.__version__}. "
+        f"Batch {batch} of {size} px random images, {NUM_CLASSES} classes, imagenet stem, width 1.0; "
+        f"SGD momentum 0.9; {steps} timed steps after {warmup} warm-up steps, {repeats} interleaved "
+        f"repeats (order rotated); a ratio is the median of its per-repeat ratios. "
+        f"Clock: {'wall time' if device.type == 'cuda' else 'process CPU time'}. Peak memory: {memory_note}.",
+        "", markdown_table(["ratio", "value", "target", ""], ratio_rows),
+        "", markdown_table(["variant", "train images/s (median)", "min to max", "peak memory MiB",
+                                "saved activations MiB"], rows),
+    ])
+    suffix = "" if device.type == "cpu" else f", {device.type}"
+    title = f"Training throughput (benchmarks/train.py{suffix})"
+    if not args.no_write:
+        write_section(title, body)
+    print(body)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,214 @@
+"""The run configuration: what `lab.py train` and every study trial train, as one typed dataclass.
+
+A `RunConfig` holds the task, the seed, the data (`DataConfig`), the architecture (`BackboneSpec`),
+the optimiser (`OptimConfig`) and the Lightning trainer settings (`TrainerConfig`). YAML files are
+read by `load_run_config`: a file gives only the keys it changes; the rest keep the defaults below
+(sized for a laptop CPU: 32 px shapes, resnet18 with a small stem at width 0.25, a few epochs).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, get_args
+
+import yaml
+
+from xvol_lab.data import DataConfig
+from xvol_lab.errors import ConfigError
+from xvol_lab.models import BackboneSpec
+from xvol_lab.schema import from_dict, parse_override, to_dict, with_overrides
+
+Task = Literal["classification"]
+Precision = Literal["32-true", "bf16-mixed", "16-mixed", "64-true"]
+# Strategies that run this script once per process (so `fit` returns its metrics in every process).
+Strategy = Literal["auto", "ddp", "ddp_find_unused_parameters_true"]
+Accelerator = Literal["auto", "cpu", "gpu", "cuda", "mps"]
+
+PRECISIONS: tuple[str, ...] = get_args(Precision)
+STRATEGIES: tuple[str, ...] = get_args(Strategy)
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_limit(name: str, value: int | float) -> None:
+    """Lightning's batch limits: an int is a number of batches, a float a fraction of the loader."""
+    if _is_int(value):
+        if value < 1:
+            raise ValueError(f"{name}: got {value}, expected an integer >= 1 (batches) "
+                             "or a fraction in (0, 1]")
+    elif not 0.0 < value <= 1.0:
+        raise ValueError(f"{name}: got {value}, expected a fraction in (0, 1] or an integer >= 1 (batches)")
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """Optimiser and learning-rate schedule.
+
+    The schedule is stepped every optimiser step: a linear warmup over `warmup_epochs`, then
+    'cosine' (to 0 at the last step), 'step' (times `step_gamma` at each epoch in
+    `step_milestones`) or 'constant'. Weight decay skips BatchNorm parameters and biases.
+    """
+
+    name: Literal["sgd", "adamw"] = "sgd"
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 5e-4
+    schedule: Literal["cosine", "step", "constant"] = "cosine"
+    warmup_epochs: float = 1.0
+    step_milestones: tuple[int, ...] = ()
+    step_gamma: float = 0.1
+    label_smoothing: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not self.lr > 0:
+            raise ValueError(f"lr: got {self.lr}, expected a number > 0")
+        if not 0.0 <= self.momentum < 1.0:
+            raise ValueError(f"momentum: got {self.momentum}, expected a number in [0, 1)")
+        if self.nesterov and (self.name != "sgd" or self.momentum == 0):
+            raise ValueError("nesterov: got true, expected false unless name is 'sgd' with momentum > 0")
+        if not self.weight_decay >= 0:
+            raise ValueError(f"weight_decay: got {self.weight_decay}, expected a number >= 0")
+        if not self.warmup_epochs >= 0:
+            raise ValueError(f"warmup_epochs: got {self.warmup_epochs}, expected a number >= 0")
+        milestones = self.step_milestones
+        if any(not _is_int(m) or m < 1 for m in milestones) or list(milestones) != sorted(set(milestones)):
+            raise ValueError(f"step_milestones: got {list(milestones)}, expected increasing epochs >= 1")
+        if not 0.0 < self.step_gamma <= 1.0:
+            raise ValueError(f"step_gamma: got {self.step_gamma}, expected a number in (0, 1]")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ValueError(f"label_smoothing: got {self.label_smoothing}, expected a number in [0, 1)")
+
+
+@dataclass(frozen=True)
+class TrainerConfig:
+    """The `lightning.Trainer` arguments a run may set (see the Lightning docs for each)."""
+
+    max_epochs: int = 5
+    accelerator: Accelerator = "auto"
+    devices: int = 1
+    num_nodes: int = 1
+    strategy: Strategy = "auto"
+    precision: Precision = "32-true"
+    limit_train_batches: int | float = 1.0
+    limit_val_batches: int | float = 1.0
+    deterministic: bool = False
+    log_every_n_steps: int = 10
+    gradient_clip_val: float | None = None
+    check_val_every_n_epoch: int = 1
+
+    def __post_init__(self) -> None:
+        for name in ("max_epochs", "num_nodes", "log_every_n_steps", "check_val_every_n_epoch"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}: got {getattr(self, name)}, expected an integer >= 1")
+        if self.check_val_every_n_epoch > self.max_epochs:  # no validation: no best checkpoint
+            raise ValueError(f"check_val_every_n_epoch: got {self.check_val_every_n_epoch}, expected at most "
+                             f"max_epochs ({self.max_epochs})")
+        if self.devices < 1 and self.devices != -1:
+            raise ValueError(f"devices: got {self.devices}, expected an integer >= 1 or -1 (all)")
+        _check_limit("limit_train_batches", self.limit_train_batches)
+        _check_limit("limit_val_batches", self.limit_val_batches)  # > 0: the best checkpoint needs val
+        if self.gradient_clip_val is not None and not self.gradient_clip_val > 0:
+            raise ValueError(f"gradient_clip_val: got {self.gradient_clip_val}, "
+                             "expected a number > 0 or null")
+
+
+def default_model() -> BackboneSpec:
+    """resnet18 with the 32 px stem at a quarter of the width: trains on a laptop CPU in minutes."""
+    return BackboneSpec.preset("resnet18", stem="small", width_mult=0.25)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything one training run depends on; saved as run_dir/config.yaml."""
+
+    task: Task = "classification"
+    seed: int = 0
+    data: DataConfig = field(default_factory=DataConfig)
+    model: BackboneSpec = field(default_factory=default_model)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+
+
+def _merge(base: dict[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
+    """`base` with `update` merged in, section by section (lists and values are replaced)."""
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _read(path: Path, kind: str) -> Any:
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read {kind} file ({err.strerror or err})") from None
+    try:
+        return json.loads(text) if kind == "JSON" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as err:
+        detail = " ".join(str(err).split())
+        raise ConfigError(f"{path}: invalid {kind}: {detail}") from None
+
+
+def load_spec(path: str | Path) -> BackboneSpec:
+    """A `BackboneSpec` from a JSON file (``BackboneSpec.to_json`` / a run's spec.json)."""
+    path = Path(path)
+    data = _read(path, "JSON")
+    try:
+        return from_dict(BackboneSpec, data)
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from None
+
+
+def load_run_config(path: str | Path | None = None, overrides: Iterable[str] = (), *,
+                    arch: str | Path | None = None) -> RunConfig:
+    """The defaults, updated by the YAML file `path` (if any), the spec file `arch` (replaces `model`),
+    then the ``key.path=value`` `overrides`, in that order.
+
+    Every error is a one-line `ConfigError` naming the file or override, the key and what was expected.
+    """
+    data = to_dict(RunConfig())
+    if path is not None:
+        path = Path(path)
+        loaded = _read(path, "YAML")
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: got {type(loaded).__name__}, expected a mapping of sections "
+                              f"({', '.join(data)})")
+        try:
+            config = from_dict(RunConfig, _merge(data, loaded or {}))
+        except ConfigError as err:
+            raise ConfigError(f"{path}: {err}") from None
+    else:
+        config = from_dict(RunConfig, data)
+    if arch is not None:
+        config = dataclasses.replace(config, model=load_spec(arch))
+    return apply_overrides(config, overrides)
+
+
+def apply_overrides(config: RunConfig, overrides: Iterable[str], label: str = "--set") -> RunConfig:
+    """`config` with each ``key.path=value`` applied in turn; an error names `label` and the item."""
+    for text in overrides:
+        parse_override(text)  # a malformed item names itself
+        try:
+            config = with_overrides(config, [text])
+        except ConfigError as err:
+            raise ConfigError(f"{label} {text}: {err}") from None
+    return config
+
+
+def dump_run_config(config: RunConfig) -> str:
+    """YAML text that `load_run_config` reads back to an equal `RunConfig`."""
+    return yaml.safe_dump(to_dict(config), sort_keys=False)
+
+
+__all__ = ["OptimConfig", "RunConfig", "TrainerConfig", "apply_overrides", "default_model", "dump_run_config",
+           "load_run_config", "load_spec"]

@@ -1,0 +1,156 @@
+"""`fit`: one training run from a `RunConfig`, with its files under one run directory.
+
+Layout of ``run_dir``::
+
+    config.yaml        the RunConfig (written first; `load_run_config` reads it back)
+    spec.json          the BackboneSpec alone (`lab.py train --arch` reads it)
+    metrics.csv        every logged metric (CSVLogger), hparams.yaml
+    tb/                TensorBoard events
+    checkpoints/       best.ckpt (best epoch by the task's monitor) and last.ckpt
+    results.json       what `fit` returned (written at the end)
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import os
+import tempfile
+import warnings
+from collections.abc import Iterable
+from pathlib import Path
+
+import lightning.pytorch as L
+import torch
+from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint, RichProgressBar
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_only
+
+from xvol_lab.config import RunConfig, dump_run_config
+from xvol_lab.data import build_datamodule
+from xvol_lab.errors import ConfigError
+from xvol_lab.schema import to_dict
+from xvol_lab.tasks.callbacks import EpochHistory
+from xvol_lab.tasks.classification import ClassificationTask
+from xvol_lab.tasks.metrics import MONITOR
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_DIR = "checkpoints"
+METRICS_CSV = "metrics.csv"
+RESULTS_JSON = "results.json"
+
+
+def write_text(path: Path, text: str) -> None:
+    """Write `text` to `path` atomically (a temporary file in the same folder, then os.replace)."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", newline="") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def resolve_resume(run_dir: Path, resume: str | Path | None) -> Path | None:
+    """The checkpoint to resume from: a path, or ``'last'`` for run_dir/checkpoints/last.ckpt."""
+    if resume is None:
+        return None
+    path = run_dir / CHECKPOINT_DIR / "last.ckpt" if str(resume) == "last" else Path(resume)
+    if not path.is_file():
+        raise ConfigError(f"resume: {path}: no such checkpoint")
+    return path
+
+
+def _rows_before(path: Path, global_step: int) -> tuple[list[str], list[dict[str, str]]]:
+    """Header and rows of the CSV log `path` logged before optimiser step `global_step`."""
+    if not path.is_file():
+        return [], []
+    with path.open(newline="") as f:
+        reader = csv.DictReader(f)
+        rows = [r for r in reader if r.get("step") and int(r["step"]) < global_step]
+        return list(reader.fieldnames or []), rows
+
+
+def _csv_logger(run_dir: Path, resume: Path | None) -> CSVLogger:
+    """A CSVLogger writing run_dir/metrics.csv; on resume it keeps the rows logged before the checkpoint."""
+    logger = CSVLogger(run_dir, name="", version="")
+    if rank_zero_only.rank != 0:
+        return logger
+    fieldnames: list[str] = []
+    rows: list[dict[str, str]] = []
+    if resume is not None:
+        step = torch.load(resume, map_location="cpu", weights_only=True)["global_step"]
+        fieldnames, rows = _rows_before(run_dir / METRICS_CSV, step)
+    with warnings.catch_warnings():  # on resume it warns of deleting metrics.csv; the rows are kept below
+        warnings.filterwarnings("ignore", message="Experiment logs directory")
+        writer = logger.experiment  # created now, before other files land in run_dir (else it warns)
+    if rows:
+        out = io.StringIO()
+        table = csv.DictWriter(out, fieldnames=sorted(fieldnames))
+        table.writeheader()
+        table.writerows(rows)
+        write_text(run_dir / METRICS_CSV, out.getvalue())
+        writer.metrics_keys = sorted(fieldnames)  # new rows are appended under the same header
+    return logger
+
+
+def build_trainer(config: RunConfig, run_dir: Path, *, callbacks: Iterable[Callback] = (),
+                  progress: bool = True, resume: Path | None = None) -> L.Trainer:
+    """The Lightning Trainer of a run: checkpoints, CSV + TensorBoard logs, LR monitor, progress bar."""
+    monitor, mode = MONITOR[config.task]
+    t = config.trainer
+    extra = [RichProgressBar()] if progress else []
+    return L.Trainer(
+        max_epochs=t.max_epochs, accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes,
+        strategy=t.strategy, precision=t.precision, limit_train_batches=t.limit_train_batches,
+        limit_val_batches=t.limit_val_batches, deterministic=t.deterministic,
+        log_every_n_steps=t.log_every_n_steps, gradient_clip_val=t.gradient_clip_val,
+        check_val_every_n_epoch=t.check_val_every_n_epoch, default_root_dir=run_dir,
+        logger=[_csv_logger(run_dir, resume),
+                TensorBoardLogger(run_dir, name="tb", version="", default_hp_metric=False)],
+        callbacks=[
+            ModelCheckpoint(dirpath=run_dir / CHECKPOINT_DIR, filename="best", monitor=monitor, mode=mode,
+                            save_top_k=1, save_last=True, auto_insert_metric_name=False,
+                            enable_version_counter=False),
+            EpochHistory(monitor, mode), LearningRateMonitor(logging_interval="step"), *extra, *callbacks],
+        enable_progress_bar=progress, enable_model_summary=progress,
+    )
+
+
+def fit(config: RunConfig, run_dir: str | Path, *, callbacks: Iterable[Callback] = (), progress: bool = True,
+        resume: str | Path | None = None) -> dict[str, float]:
+    """Train `config` with its files under `run_dir`; returns the best epoch's metrics.
+
+    The result holds the task's ``val/*`` metrics and the ``train/*`` epoch means of the best epoch
+    (by ``MONITOR[config.task]``), ``best_epoch`` (counted from 1) and ``epochs`` (epochs trained),
+    all floats. `resume` is a checkpoint path or ``'last'`` (run_dir/checkpoints/last.ckpt).
+
+    Multi-process runs (strategy 'ddp') execute the calling script once per process and every
+    process returns the same dict (the metrics are synchronised across processes); only global
+    rank 0 writes files. A diverging run raises `NonFiniteLossError` (on every process).
+    """
+    run_dir = Path(run_dir)
+    resume_path = resolve_resume(run_dir, resume)
+    L.seed_everything(config.seed, workers=True, verbose=False)
+    datamodule = build_datamodule(config.data)
+    task = ClassificationTask(to_dict(config.model), datamodule.num_classes, to_dict(config.optim))
+    if rank_zero_only.rank == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / RESULTS_JSON).unlink(missing_ok=True)  # a stale result must not outlive a failed run
+    trainer = build_trainer(config, run_dir, callbacks=callbacks, progress=progress, resume=resume_path)
+    if rank_zero_only.rank == 0:
+        write_text(run_dir / "config.yaml", dump_run_config(config))
+        write_text(run_dir / "spec.json", config.model.to_json() + "\n")
+    trainer.fit(task, datamodule=datamodule, ckpt_path=resume_path)
+    history = next(cb for cb in trainer.callbacks if isinstance(cb, EpochHistory))
+    result = {**history.best(), "epochs": float(trainer.current_epoch)}
+    if trainer.is_global_zero:
+        write_text(run_dir / RESULTS_JSON, json.dumps(result, indent=2) + "\n")
+        monitor = MONITOR[config.task][0]
+        log.info("%s: best %s %.4f at epoch %d of %d", run_dir, monitor, result.get(monitor, float("nan")),
+                 result.get("best_epoch", 0), result["epochs"])
+    return result
