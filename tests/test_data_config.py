@@ -20,7 +20,8 @@ def test_defaults_match_the_shared_interface():
 
 @pytest.mark.parametrize("changes, message", [
     ({"name": "mnist"},
-     "name: got 'mnist', expected one of 'shapes', 'shapes-context', 'imagefolder', 'cifar10'"),
+     "name: got 'mnist', expected one of 'shapes', 'shapes-context', 'imagefolder', 'cifar10', "
+     "'shapes-seg', 'masks', 'shapes-coco', 'coco'"),
     ({"root": ""}, "root: got '', expected a folder path"),
     ({"image_size": 4}, "image_size: got 4, expected an integer >= 8"),
     ({"image_size": 12}, "image_size: got 12, expected an integer >= 16 for shapes"),

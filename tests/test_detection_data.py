@@ -18,6 +18,7 @@ from xvol_lab.data import shapes_coco as sc
 from xvol_lab.data.canvas import shape_mask
 from xvol_lab.data.coco import CocoDataModule, CocoInstances, detection_transforms
 from xvol_lab.errors import ConfigError
+from xvol_lab.schema import from_dict
 
 # pycocotools' mask.decode trips a numpy 2 DeprecationWarning (copy keyword) on every call.
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
@@ -234,7 +235,7 @@ def test_polygons_match_the_painted_shape():
 
 
 def test_generated_files_load_as_a_datamodule(shapes_root):
-    cfg = DataConfig(name="imagefolder", root=str(shapes_root), image_size=64, batch_size=4, num_workers=0,
+    cfg = DataConfig(name="shapes-coco", root=str(shapes_root), image_size=64, batch_size=4, num_workers=0,
                      num_train=PARAMS.num_train, num_val=PARAMS.num_val, num_classes=PARAMS.num_classes)
     dm = sc.ShapesCocoDataModule(cfg)  # DataConfig's name is for build_datamodule; not read here
     assert dm.num_classes == 3
@@ -245,7 +246,7 @@ def test_generated_files_load_as_a_datamodule(shapes_root):
     assert all(img.shape == (3, 64, 64) for img in images)
     assert all(t["masks"].shape[0] == len(t["boxes"]) == len(t["labels"]) for t in targets)
     assert len(dm.val_set) == 6 and dm.classes == list(sc.CLASS_SHAPES[:3])
-    plain = CocoDataModule(DataConfig(name="imagefolder", root=str(sc.shapes_coco_dir(shapes_root, PARAMS))))
+    plain = CocoDataModule(DataConfig(name="coco", root=str(sc.shapes_coco_dir(shapes_root, PARAMS))))
     assert plain.num_classes == 3
 
 
@@ -256,12 +257,12 @@ def test_coco_2017_layout_and_missing_split(tmp_path):
         path.rename(tmp_path / f"annotations/instances_{split}2017.json")
         (tmp_path / "img").rename(tmp_path / f"{split}2017")
         path = write_instances(tmp_path, base_instances(), IMAGES)
-    dm = CocoDataModule(DataConfig(name="imagefolder", root=str(tmp_path), image_size=40, num_workers=0))
+    dm = CocoDataModule(DataConfig(name="coco", root=str(tmp_path), image_size=40, num_workers=0))
     assert dm.num_classes == 3
     dm.setup()
     assert len(dm.train_set) == len(dm.val_set) == 3
     with pytest.raises(ConfigError, match="^coco: no val annotations; expected .*instances_val.json or "):
-        _ = CocoDataModule(DataConfig(name="imagefolder", root=str(tmp_path / "nowhere"))).num_classes
+        _ = CocoDataModule(DataConfig(name="coco", root=str(tmp_path / "nowhere"))).num_classes
 
 
 def _generate(root: str) -> None:
@@ -299,6 +300,5 @@ def test_foreign_or_bad_parameters_are_config_errors(tmp_path, shapes_root):
     moved.symlink_to(folder)
     with pytest.raises(ConfigError, match=r"instances_val\.json: made by .*'seed': 0.*expected .*'seed': 5"):
         sc.generate_shapes_coco(tmp_path, sc.ShapesCocoParams(**{**PARAMS.info()["params"], "seed": 5}))
-    cfg = DataConfig(name="imagefolder", root=str(tmp_path), num_classes=12)
     with pytest.raises(ConfigError, match=r"^data\.num_classes: got 12, expected at most 9 for shapes-coco"):
-        sc.ShapesCocoDataModule(cfg)
+        from_dict(DataConfig, {"name": "shapes-coco", "root": str(tmp_path), "num_classes": 12}, "data")

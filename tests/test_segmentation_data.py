@@ -20,9 +20,7 @@ IGNORED = (slice(6, 14), slice(24, 36))  # label 255 (green)
 
 
 def config(root: Path, **changes) -> DataConfig:
-    # The segmentation datamodules read root, image_size, batch size and workers (and, for shapes-seg,
-    # the generator fields), not `name`; 'imagefolder' skips the checks made for other generators.
-    fields = {"name": "imagefolder", "root": str(root), "image_size": 32, "batch_size": 4,
+    fields = {"name": "masks", "root": str(root), "image_size": 32, "batch_size": 4,
               "num_workers": 0} | changes
     return DataConfig(**fields)
 

@@ -16,12 +16,11 @@ from xvol_lab.data import DataConfig
 from xvol_lab.data import shapes_seg as gen
 from xvol_lab.data.canvas import SHAPES, shape_mask
 from xvol_lab.errors import ConfigError
+from xvol_lab.schema import from_dict
 
 
 def small(root: Path, **changes) -> DataConfig:
-    # The generator reads root, image_size, num_train, num_val, num_classes and seed, not `name`
-    # ('imagefolder' skips the checks DataConfig makes for the classification generators).
-    fields = {"name": "imagefolder", "root": str(root), "num_train": 12, "num_val": 6, "num_classes": 5,
+    fields = {"name": "shapes-seg", "root": str(root), "num_train": 12, "num_val": 6, "num_classes": 5,
               "num_workers": 0} | changes
     return DataConfig(**fields)
 
@@ -86,10 +85,10 @@ def test_kinds_beyond_ten_split_the_hue_circle():
 
 
 def test_bad_settings_name_the_field(tmp_path):
-    with pytest.raises(ConfigError, match=r"^shapes-seg: image_size: got 8, expected an integer >= 16$"):
-        gen.generate(small(tmp_path, image_size=8))
-    with pytest.raises(ConfigError, match=r"^shapes-seg: num_classes: got 41, expected at most 40 "):
-        gen.generate(small(tmp_path, num_classes=41, num_train=41, num_val=41))
+    with pytest.raises(ConfigError, match=r"^image_size: got 8, expected an integer >= 16 for shapes-seg$"):
+        from_dict(DataConfig, {"name": "shapes-seg", "image_size": 8})
+    with pytest.raises(ConfigError, match=r"^num_classes: got 41, expected at most 40 for shapes-seg$"):
+        from_dict(DataConfig, {"name": "shapes-seg", "num_classes": 41})
     assert not (tmp_path / "shapes-seg").exists()
 
 

@@ -100,7 +100,7 @@ def confusion_miou(model: torch.nn.Module, dm: ShapesSegDataModule) -> tuple[flo
 
 
 def test_short_training_run_lowers_the_loss_and_logs_the_metrics(tmp_path):
-    cfg = DataConfig(name="imagefolder", root=str(tmp_path), image_size=32, num_train=48, num_val=16,
+    cfg = DataConfig(name="shapes-seg", root=str(tmp_path), image_size=32, num_train=48, num_val=16,
                      num_classes=4, batch_size=16, num_workers=0)
     dm = ShapesSegDataModule(cfg)
     optim = {"name": "adamw", "lr": 3e-3, "weight_decay": 0.0, "warmup_epochs": 0, "schedule": "constant"}

@@ -152,10 +152,14 @@ def _set_path(data: Any, keys: list[str], value: Any, done: str) -> None:
         _set_path(data[index], keys[1:], value, where)
 
 
-def with_overrides(obj: T, overrides: typing.Iterable[str]) -> T:
-    """A copy of dataclass `obj` with ``key.path=value`` overrides applied and re-validated."""
-    data = to_dict(obj)
+def apply_overrides(data: dict[str, Any], overrides: typing.Iterable[str]) -> dict[str, Any]:
+    """`data` (plain dicts/lists, e.g. from `to_dict`) with ``key.path=value`` overrides set in place."""
     for text in overrides:
         keys, value = parse_override(text)
         _set_path(data, keys, value, "")
-    return from_dict(type(obj), data)
+    return data
+
+
+def with_overrides(obj: T, overrides: typing.Iterable[str]) -> T:
+    """A copy of dataclass `obj` with ``key.path=value`` overrides applied and re-validated."""
+    return from_dict(type(obj), apply_overrides(to_dict(obj), overrides))

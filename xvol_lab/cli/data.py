@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 from collections import Counter
 
-from xvol_lab.data import DATASET_NAMES, SYNTHETIC_NAMES, DataConfig, build_datamodule, generate
+from xvol_lab.data import DATASET_NAMES, SYNTHETIC_NAMES, DataConfig, build_datamodule, generate_dataset
 from xvol_lab.data.synthetic import SyntheticDataModule
 from xvol_lab.errors import ConfigError
-from xvol_lab.schema import from_dict, with_overrides
+from xvol_lab.schema import apply_overrides, from_dict, to_dict
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -38,8 +38,8 @@ def _usage(parser: argparse.ArgumentParser) -> int:
 
 def config_from_args(args: argparse.Namespace) -> DataConfig:
     """DataConfig from NAME, --root and --set overrides (bad values raise ConfigError)."""
-    cfg = from_dict(DataConfig, {"name": args.name, "root": args.root})
-    return with_overrides(cfg, args.overrides)
+    data = to_dict(DataConfig()) | {"name": args.name, "root": args.root}
+    return from_dict(DataConfig, apply_overrides(data, args.overrides))
 
 
 def run_make(args: argparse.Namespace) -> int:
@@ -47,7 +47,7 @@ def run_make(args: argparse.Namespace) -> int:
     if cfg.name not in SYNTHETIC_NAMES:
         raise ConfigError(f"data make: {cfg.name!r} is not generated; expected one of "
                           f"{', '.join(SYNTHETIC_NAMES)} (see data/README.md for {cfg.name})")
-    print(generate(cfg))
+    print(generate_dataset(cfg))
     return 0
 
 
@@ -56,6 +56,10 @@ def run_info(args: argparse.Namespace) -> int:
     dm = build_datamodule(cfg)
     dm.setup("fit")
     where = dm.folder if isinstance(dm, SyntheticDataModule) else cfg.root
+    if not hasattr(dm.train_set, "targets"):  # segmentation / detection: no label per image
+        print(f"{cfg.name} at {where}: {len(dm.classes)} classes ({', '.join(map(str, dm.classes))})")
+        print(f"images: train {len(dm.train_set)}, val {len(dm.val_set)}")
+        return 0
     counts = {"train": Counter(dm.train_set.targets), "val": Counter(dm.val_set.targets)}
     width = max(len("total"), *(len(c) for c in dm.classes))
     print(f"{cfg.name} at {where}: {len(dm.classes)} classes")

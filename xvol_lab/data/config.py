@@ -5,25 +5,30 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, get_args
 
-DatasetName = Literal["shapes", "shapes-context", "imagefolder", "cifar10"]
+DatasetName = Literal["shapes", "shapes-context", "imagefolder", "cifar10",  # classification
+                      "shapes-seg", "masks",  # semantic segmentation
+                      "shapes-coco", "coco"]  # detection and instance segmentation
 DATASET_NAMES: tuple[str, ...] = get_args(DatasetName)
-SYNTHETIC_NAMES: tuple[str, ...] = ("shapes", "shapes-context")
+SYNTHETIC_NAMES: tuple[str, ...] = ("shapes", "shapes-context", "shapes-seg", "shapes-coco")
+# Synthetic classification sets: labels are balanced (label = index mod num_classes).
+BALANCED_NAMES: tuple[str, ...] = ("shapes", "shapes-context")
 
 # Synthetic classes are (shape, hue band) kinds: 10 shapes times at most 4 hue bands.
 MAX_SYNTHETIC_CLASSES = 40
 # Smallest image side at which the shapes stay recognisable (two corner shapes need more room).
-MIN_SYNTHETIC_SIZE = {"shapes": 16, "shapes-context": 32}
+MIN_SYNTHETIC_SIZE = {"shapes": 16, "shapes-context": 32, "shapes-seg": 16}
 
 
 @dataclass(frozen=True)
 class DataConfig:
     """A dataset and its loader settings.
 
-    `name` picks the dataset. For `shapes`/`shapes-context` the data is generated under
-    ``<root>/<name>/`` from `image_size`, `num_train`, `num_val`, `num_classes` and `seed`.
-    For `imagefolder`, `root` is the dataset folder (``<root>/train/<class>/*``); for `cifar10`
-    it holds ``cifar-10-batches-py/``; both take their classes and sizes from the files and
-    ignore `num_train`, `num_val`, `num_classes` and `seed`.
+    `name` picks the dataset. Synthetic sets (`shapes`, `shapes-context`, `shapes-seg`,
+    `shapes-coco`) are generated under ``<root>/<name>/`` from `image_size`, `num_train`,
+    `num_val`, `num_classes` and `seed`. For `imagefolder`, `masks` and `coco`, `root` is the dataset
+    folder (data/README.md has the layouts); for `cifar10` it holds ``cifar-10-batches-py/``; these
+    take their classes and sizes from the files and ignore `num_train`, `num_val`, `num_classes`
+    and `seed`.
     """
 
     name: DatasetName = "shapes"
@@ -47,12 +52,18 @@ class DataConfig:
         _check_min("num_workers", self.num_workers, 0)
         _check_min("num_classes", self.num_classes, 2)
         _check_min("seed", self.seed, 0)
-        if self.name not in SYNTHETIC_NAMES:
+        if self.name == "shapes-coco":
+            from xvol_lab.data.shapes_coco import ShapesCocoParams  # late: shapes_coco imports this module
+
+            ShapesCocoParams(self.image_size, self.num_train, self.num_val, self.num_classes, self.seed)
+        if self.name not in MIN_SYNTHETIC_SIZE:
             return
         _check_min("image_size", self.image_size, MIN_SYNTHETIC_SIZE[self.name], f" for {self.name}")
         if self.num_classes > MAX_SYNTHETIC_CLASSES:
             raise ValueError(f"num_classes: got {self.num_classes}, expected at most "
                              f"{MAX_SYNTHETIC_CLASSES} for {self.name}")
+        if self.name not in BALANCED_NAMES:
+            return
         # Labels are balanced (label = index mod num_classes), so every class needs a sample per split.
         _check_min("num_train", self.num_train, self.num_classes, f" (num_classes) for {self.name}")
         _check_min("num_val", self.num_val, self.num_classes, f" (num_classes) for {self.name}")

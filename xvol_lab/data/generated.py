@@ -88,7 +88,8 @@ def dataset_dir(cfg: DataConfig) -> Path:
 
 
 @contextmanager
-def _locked(path: Path) -> Iterator[None]:
+def locked(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on `path` (an fcntl lock file) for the `with` block: one generator at a time."""
     fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
@@ -104,7 +105,7 @@ def generate(cfg: DataConfig) -> Path:
         _read_manifest(target, cfg)
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    with _locked(target.parent / f".{target.name}.lock"):
+    with locked(target.parent / f".{target.name}.lock"):
         if (target / MANIFEST).is_file():  # another process made it while we waited
             _read_manifest(target, cfg)
             return target

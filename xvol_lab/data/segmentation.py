@@ -188,7 +188,6 @@ class ShapesSegDataModule(MasksDataModule):
     normalised with its own train mean/std (from the manifest)."""
 
     def __init__(self, cfg: DataConfig) -> None:
-        shapes_seg.check_config(cfg)
         super().__init__(cfg)
         self.root = shapes_seg.dataset_dir(cfg)
         self._manifest: dict[str, Any] | None = None

@@ -33,7 +33,7 @@ from pycocotools import mask as mask_utils
 from xvol_lab.data.canvas import GEOMETRY, SHAPES, Placement, add_blobs, background, paint, to_uint8
 from xvol_lab.data.coco import CocoDataModule
 from xvol_lab.data.config import DataConfig
-from xvol_lab.data.generated import SPLITS, _locked
+from xvol_lab.data.generated import SPLITS, locked
 from xvol_lab.data.shapes import place
 from xvol_lab.errors import ConfigError
 
@@ -195,7 +195,7 @@ def generate_shapes_coco(root: str | Path, params: ShapesCocoParams) -> Path:
         _check_complete(target, params)
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    with _locked(target.parent / f".{target.name}.lock"):
+    with locked(target.parent / f".{target.name}.lock"):
         if (target / COMPLETE).is_file():  # another process made it while we waited
             _check_complete(target, params)
             return target

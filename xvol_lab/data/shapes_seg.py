@@ -33,8 +33,8 @@ import numpy as np
 from PIL import Image
 
 from xvol_lab.data.canvas import Placement, add_blobs, background, paint, shape_mask, to_uint8
-from xvol_lab.data.config import MAX_SYNTHETIC_CLASSES, MIN_SYNTHETIC_SIZE, DataConfig
-from xvol_lab.data.generated import MANIFEST, SPLITS, _locked, dataset_params
+from xvol_lab.data.config import MIN_SYNTHETIC_SIZE, DataConfig
+from xvol_lab.data.generated import MANIFEST, SPLITS, dataset_params, locked
 from xvol_lab.data.shapes import kind_name, place
 from xvol_lab.errors import ConfigError
 
@@ -73,15 +73,6 @@ def draw(rng: np.random.Generator, num_classes: int,
     return to_uint8(img), mask, placements
 
 
-def check_config(cfg: DataConfig) -> None:
-    """The DataConfig fields shapes-seg needs: image_size >= 16, 2 <= num_classes <= 40."""
-    if cfg.image_size < MIN_SIZE:
-        raise ConfigError(f"{NAME}: image_size: got {cfg.image_size}, expected an integer >= {MIN_SIZE}")
-    if cfg.num_classes > MAX_SYNTHETIC_CLASSES:
-        raise ConfigError(f"{NAME}: num_classes: got {cfg.num_classes}, expected at most "
-                          f"{MAX_SYNTHETIC_CLASSES} (background + {MAX_SYNTHETIC_CLASSES - 1} shape kinds)")
-
-
 def dataset_dir(cfg: DataConfig) -> Path:
     """Where `cfg`'s dataset lives: ``<root>/shapes-seg/c{K}-s{S}-n{N}-v{V}-seed{seed}``."""
     return (Path(cfg.root) / NAME
@@ -90,11 +81,10 @@ def dataset_dir(cfg: DataConfig) -> Path:
 
 def generate(cfg: DataConfig) -> Path:
     """Generate `cfg`'s shapes-seg dataset unless it exists; returns its folder."""
-    check_config(cfg)
     target = dataset_dir(cfg)
     if not (target / MANIFEST).is_file():
         target.parent.mkdir(parents=True, exist_ok=True)
-        with _locked(target.parent / f".{target.name}.lock"):
+        with locked(target.parent / f".{target.name}.lock"):
             if not (target / MANIFEST).is_file():  # else another process made it while we waited
                 _generate_into(target, cfg)
     read_manifest(cfg)
