@@ -30,7 +30,8 @@ BAD = [
      "space.place.1: got 2, expected a stage listed under stages (3)"),
     ({"objectives": [{"metric": "val/acc", "direction": "maximize"}]},
      "objectives.0.metric: got 'val/acc', expected one of train/loss, train/acc1, val/loss, val/acc1, "
-     "val/acc5, latency_ms, params_m"),
+     "val/acc5, val/miou, val/pixel_acc, val/box_ap, val/box_ap50, val/box_ap75, val/mask_ap, val/mask_ap50, "
+     "latency_ms, params_m, flops_g, latency_batch_ms"),
     ({"objectives": [{"metric": "val/acc1", "direction": "up"}]},
      "objectives.0.direction: got 'up', expected one of 'maximize', 'minimize'"),
     ({"enqueue": [{"stage3.op": "sa"}]},

@@ -75,9 +75,13 @@ def test_empty_file_gives_the_defaults(tmp_path):
      "cfg.yaml: trainer.check_val_every_n_epoch: got 3, expected at most max_epochs (2)"),
     ("model: {stages: [{op: foo}, {}, {}, {}]}",
      "cfg.yaml: model.stages.0.op: got 'foo', expected one of conv"),
-    ("task: detection", "cfg.yaml: task: got 'detection', expected one of 'classification'"),
+    ("task: retrieval", "cfg.yaml: task: got 'retrieval', expected one of 'classification', "
+                        "'semantic_segmentation', 'detection', 'instance_segmentation'"),
+    ("task: detection", "cfg.yaml: data.name: got 'shapes' for task 'detection', expected one of "
+                        "shapes-coco, coco"),
     ("- 1\n- 2",
-     "cfg.yaml: got list, expected a mapping of sections (task, seed, data, model, optim, trainer)"),
+     "cfg.yaml: got list, expected a mapping of sections (task, seed, data, model, optim, trainer, "
+     "detector)"),
     ("optim: {lr: [1", "cfg.yaml: invalid YAML: "),
 ])
 def test_bad_file_names_the_file_and_key(tmp_path, monkeypatch, text, message):

@@ -20,9 +20,10 @@ import yaml
 from xvol_lab.data import DataConfig
 from xvol_lab.errors import ConfigError
 from xvol_lab.models import BackboneSpec
+from xvol_lab.models.detection import DetectorConfig
 from xvol_lab.schema import from_dict, parse_override, to_dict, with_overrides
 
-Task = Literal["classification"]
+Task = Literal["classification", "semantic_segmentation", "detection", "instance_segmentation"]
 Precision = Literal["32-true", "bf16-mixed", "16-mixed", "64-true"]
 # Strategies that run this script once per process (so `fit` returns its metrics in every process).
 Strategy = Literal["auto", "ddp", "ddp_find_unused_parameters_true"]
@@ -124,6 +125,15 @@ def default_model() -> BackboneSpec:
     return BackboneSpec.preset("resnet18", stem="small", width_mult=0.25)
 
 
+# The datasets each task reads (their loaders yield what the task's LightningModule expects).
+TASK_DATASETS: dict[str, tuple[str, ...]] = {
+    "classification": ("shapes", "shapes-context", "imagefolder", "cifar10"),
+    "semantic_segmentation": ("shapes-seg", "masks"),
+    "detection": ("shapes-coco", "coco"),
+    "instance_segmentation": ("shapes-coco", "coco"),
+}
+
+
 @dataclass(frozen=True)
 class RunConfig:
     """Everything one training run depends on; saved as run_dir/config.yaml."""
@@ -134,6 +144,14 @@ class RunConfig:
     model: BackboneSpec = field(default_factory=default_model)
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    detector: DetectorConfig = field(default_factory=DetectorConfig)  # detection tasks only
+
+    def __post_init__(self) -> None:
+        datasets = TASK_DATASETS[self.task]
+        if self.data.name not in datasets:
+            raise ValueError(f"data.name: got {self.data.name!r} for task {self.task!r}, expected one of "
+                             f"{', '.join(datasets)}")
+
 
 
 def _merge(base: dict[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:

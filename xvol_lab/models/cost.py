@@ -39,16 +39,17 @@ ELEMENTWISE_FLOPS = {aten.mul: _mul_flop, aten.addcmul: _addcmul_flop, aten.addc
                      aten.sum: _sum_flop}
 
 
-def count_flops(model: nn.Module, input_size: tuple[int, ...]) -> int:
-    """FLOPs of one forward pass of `model` (eval, no grad) on a zero input of `input_size`."""
-    param = next(model.parameters())
-    x = torch.zeros(input_size, device=param.device, dtype=param.dtype)
+def count_flops(model: nn.Module, inputs: Any) -> int:
+    """FLOPs of one forward pass of `model` (eval, no grad) on `inputs` (a batch, or a shape for zeros)."""
+    if isinstance(inputs, (tuple, torch.Size)) and all(isinstance(n, int) for n in inputs):
+        param = next(model.parameters())
+        inputs = torch.zeros(inputs, device=param.device, dtype=param.dtype)
     counter = FlopCounterMode(display=False, custom_mapping=ELEMENTWISE_FLOPS)
     training = model.training
     model.eval()
     try:
         with counter, torch.no_grad():
-            model(x)
+            model(inputs)
     finally:
         model.train(training)
     return counter.get_total_flops()

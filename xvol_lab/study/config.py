@@ -25,10 +25,13 @@ from xvol_lab.ops.options import check_dirs, check_kernel_size, check_shift, che
 from xvol_lab.schema import from_dict, parse_override, to_dict, with_overrides
 from xvol_lab.tasks import metrics
 
-# Objectives measured by the study itself on the deploy form of the trained model (batch 1).
+# Measured by the study itself on the deploy form of the trained model, after training: latency at
+# batch 1 and at the study's batch size, parameters, FLOPs of one image. Any of them can be an objective.
 LATENCY_MS = "latency_ms"
+LATENCY_BATCH_MS = "latency_batch_ms"
 PARAMS_M = "params_m"
-MEASURED = (LATENCY_MS, PARAMS_M)
+FLOPS_G = "flops_g"
+MEASURED = (LATENCY_MS, PARAMS_M, FLOPS_G, LATENCY_BATCH_MS)
 # The operator options a stage may search, in the order they are suggested.
 OPTION_NAMES = ("kernel_size", "heads", "shift", "dirs", "stack")
 STAGES = (1, 2, 3, 4)
@@ -340,6 +343,9 @@ def load_study_config(name: str | Path, overrides: Sequence[str] = ()) -> tuple[
     trainer = (data.get("base") or {}).get("trainer") if isinstance(data.get("base"), dict) else None
     if isinstance(trainer, dict) and "max_epochs" in trainer:
         raise ConfigError(f"{shown}: {'.'.join(_EPOCHS_KEY)}: set by budget.epochs; expected no value here")
+    base = data.get("base")
+    if isinstance(base, dict) and isinstance(data.get("task"), str):
+        base.setdefault("task", data["task"])  # the study's task is its runs' task
     try:
         config = from_dict(StudyConfig, data)
     except ConfigError as err:

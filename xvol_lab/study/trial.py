@@ -80,8 +80,7 @@ def train(request: dict[str, Any], trial_dir: Path) -> dict[str, Any]:
     outcome: dict[str, Any] = {"state": "complete", "metrics": metrics}
     if global_rank() != 0:
         return outcome
-    outcome.update(measure(config.model, progress.num_classes or config.data.num_classes,
-                           config.data.image_size, progress.device))
+    outcome.update(measure(config, progress.num_classes or config.data.num_classes, progress.device))
     values = []
     for name in request["objectives"]:
         value = outcome.get(name) if name in MEASURED else metrics.get(name)

@@ -27,7 +27,7 @@ from optuna.trial import TrialState
 
 from xvol_lab.config import RunConfig
 from xvol_lab.schema import to_dict
-from xvol_lab.study.config import StudyConfig
+from xvol_lab.study.config import MEASURED, StudyConfig
 from xvol_lab.study.files import LOG, PROGRESS, REQUEST, RESULT, read_json, write_json
 from xvol_lab.study.launch import start_trial, stop_trial, trial_command
 from xvol_lab.study.ledger import VOID, Tally, is_fresh, slots, tally
@@ -99,7 +99,7 @@ def read_outcome(trial_dir: Path, returncode: int) -> Outcome:
         return Outcome("failed", f"trial process {_exit_text(returncode)} without a result"
                        + (f"; last output: {last}" if last else ""))
     attrs = {k: v for k, v in (result.get("metrics") or {}).items()}
-    attrs.update({k: result[k] for k in ("params_m", "latency_ms") if k in result})
+    attrs.update({k: result[k] for k in MEASURED if k in result})
     return Outcome(result["state"], result.get("reason"), result.get("values"), attrs)
 
 

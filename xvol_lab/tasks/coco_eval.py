@@ -21,11 +21,8 @@ from torch import Tensor
 from torch.nn import functional as F
 from torchvision.models.detection.transform import resize_boxes
 
-VAL_BOX_AP = "val/box_ap"
-VAL_BOX_AP50 = "val/box_ap50"
-VAL_BOX_AP75 = "val/box_ap75"
-VAL_MASK_AP = "val/mask_ap"
-VAL_MASK_AP50 = "val/mask_ap50"
+from xvol_lab.tasks.metrics import VAL_BOX_AP, VAL_BOX_AP50, VAL_BOX_AP75, VAL_MASK_AP, VAL_MASK_AP50
+
 # COCOeval iouType -> (metric name, index into COCOeval.stats): AP@[.5:.95], AP@.5, AP@.75.
 METRICS: dict[str, tuple[tuple[str, int], ...]] = {
     "bbox": ((VAL_BOX_AP, 0), (VAL_BOX_AP50, 1), (VAL_BOX_AP75, 2)),

@@ -31,10 +31,9 @@ from lightning.pytorch.utilities import rank_zero_only
 from xvol_lab.config import RunConfig, dump_run_config
 from xvol_lab.data import build_datamodule
 from xvol_lab.errors import ConfigError
-from xvol_lab.schema import to_dict
 from xvol_lab.tasks.callbacks import EpochHistory
-from xvol_lab.tasks.classification import ClassificationTask
 from xvol_lab.tasks.metrics import MONITOR
+from xvol_lab.tasks.registry import build_task
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +136,7 @@ def fit(config: RunConfig, run_dir: str | Path, *, callbacks: Iterable[Callback]
     resume_path = resolve_resume(run_dir, resume)
     L.seed_everything(config.seed, workers=True, verbose=False)
     datamodule = build_datamodule(config.data)
-    task = ClassificationTask(to_dict(config.model), datamodule.num_classes, to_dict(config.optim))
+    task = build_task(config, datamodule.num_classes)
     if rank_zero_only.rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / RESULTS_JSON).unlink(missing_ok=True)  # a stale result must not outlive a failed run

@@ -17,11 +17,8 @@ from xvol_lab.models import BackboneSpec
 from xvol_lab.models.semantic_fpn import build_semantic_fpn
 from xvol_lab.schema import from_dict
 from xvol_lab.tasks.errors import NonFiniteLossError
-from xvol_lab.tasks.metrics import TRAIN_LOSS, VAL_LOSS
+from xvol_lab.tasks.metrics import TRAIN_LOSS, VAL_LOSS, VAL_MIOU, VAL_PIXEL_ACC
 from xvol_lab.tasks.optim import build_optimizer, build_scheduler
-
-VAL_MIOU = "val/miou"
-VAL_PIXEL_ACC = "val/pixel_acc"
 
 
 def segmentation_metrics(num_classes: int) -> MetricCollection:

@@ -20,14 +20,12 @@ from optuna.trial import FrozenTrial, TrialState
 from xvol_lab.errors import ConfigError
 from xvol_lab.models import BackboneSpec, StageSpec, build_classifier
 from xvol_lab.models.cost import count_flops
-from xvol_lab.study.config import StudyConfig, load_study_config
+from xvol_lab.study.config import FLOPS_G, StudyConfig, load_study_config
 from xvol_lab.study.ledger import RETRY_OF, VOID, Tally, counted, tally
 from xvol_lab.study.space import spec_of
 from xvol_lab.study.storage import default_storage_url, find_study, open_storage, shown_url, sqlite_file
 
 # Measurements the lead adds to a trial's user attrs (read when present).
-FLOPS_G = "flops_g"
-LATENCY_BATCH_MS = "latency_batch_ms"
 # The operators by their names in the paper.
 DISPLAY = {"conv": "conv", "sa": "SA", "pssa": "PSSA", "xvol_sa": "X-volution(SA)",
            "xvol_pssa": "X-volution(PSSA)"}

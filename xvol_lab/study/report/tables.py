@@ -18,10 +18,8 @@ from optuna.trial import FrozenTrial
 
 from xvol_lab.models import BackboneSpec
 from xvol_lab.ops import OPS
-from xvol_lab.study.config import LATENCY_MS, PARAMS_M, STAGES
+from xvol_lab.study.config import FLOPS_G, LATENCY_BATCH_MS, LATENCY_MS, PARAMS_M, STAGES
 from xvol_lab.study.report.source import (
-    FLOPS_G,
-    LATENCY_BATCH_MS,
     StudyData,
     arch_key,
     changed_stages,
