@@ -213,14 +213,23 @@ def load_run_config(path: str | Path | None = None, overrides: Iterable[str] = (
 
 
 def apply_overrides(config: RunConfig, overrides: Iterable[str], label: str = "--set") -> RunConfig:
-    """`config` with each ``key.path=value`` applied in turn; an error names `label` and the item."""
+    """`config` with the ``key.path=value`` `overrides` applied; an error names `label` and the item.
+
+    They are validated together, so values that only fit each other (a task and its dataset) can be
+    changed in one go; when that fails, the first item that fails on its own is named.
+    """
+    overrides = list(overrides)
     for text in overrides:
         parse_override(text)  # a malformed item names itself
-        try:
-            config = with_overrides(config, [text])
-        except ConfigError as err:
-            raise ConfigError(f"{label} {text}: {err}") from None
-    return config
+    try:
+        return with_overrides(config, overrides)
+    except ConfigError as together:
+        for text in overrides:
+            try:
+                config = with_overrides(config, [text])
+            except ConfigError as err:
+                raise ConfigError(f"{label} {text}: {err}") from None
+        raise ConfigError(f"{label} {' '.join(overrides)}: {together}") from None
 
 
 def dump_run_config(config: RunConfig) -> str:

@@ -25,8 +25,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     for p in (make, info):
         p.add_argument("name", metavar="NAME", help=f"dataset: {', '.join(DATASET_NAMES)}")
         p.add_argument("--root", default=DataConfig.root, help="dataset root (default: %(default)s)")
-        p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                       help="DataConfig field, e.g. --set num_train=500 (repeatable)")
+        p.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
+                       help="DataConfig fields, e.g. --set num_train=500 image_size=64 (repeatable)")
     make.set_defaults(func=run_make)
     info.set_defaults(func=run_info)
 

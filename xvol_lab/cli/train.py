@@ -1,4 +1,4 @@
-"""`lab.py train`: train one classifier from a config file, an architecture spec and overrides."""
+"""`lab.py train`: train one model (any task) from a config file, an architecture spec and overrides."""
 
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--arch", metavar="SPEC.json", type=Path,
                    help="architecture spec JSON (a run's spec.json or BackboneSpec.to_json()); "
                         "replaces model")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+    p.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
                    help="override one config value, e.g. optim.lr=0.05 or model.stages.2.op=xvol_pssa "
                         "(repeatable, applied last; values are parsed as YAML)")
     p.add_argument("--run-dir", metavar="DIR", type=Path,
