@@ -21,26 +21,18 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _report import device_name, markdown_table, time_interleaved, write_section  # noqa: E402
+from _report import (  # noqa: E402
+    device_name,
+    markdown_table,
+    saved_activation_mib,
+    time_interleaved,
+    write_section,
+)
 
 from xvol_lab.ops import OPS, create_op, reparameterize  # noqa: E402
 
 STAGES = [(64, 56), (128, 28), (256, 14), (512, 7)]  # ResNet stage (channels, resolution) at 224 px
 GROWTH_SIZES = [28, 40, 56, 80, 112]
-
-
-def saved_activation_mb(fn: Callable[[], torch.Tensor]) -> float:
-    """MB of tensors autograd saves for backward during ``fn()`` (distinct storages counted once)."""
-    seen: dict[int, int] = {}
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        storage = t.untyped_storage()
-        seen[storage.data_ptr()] = storage.nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        fn()
-    return sum(seen.values()) / 2**20
 
 
 def peak_mb(fn: Callable[[], object], device: torch.device) -> float:
@@ -50,7 +42,7 @@ def peak_mb(fn: Callable[[], object], device: torch.device) -> float:
         base = torch.cuda.memory_allocated()
         fn()
         return (torch.cuda.max_memory_allocated() - base) / 2**20
-    return saved_activation_mb(fn)
+    return saved_activation_mib(fn)
 
 
 def build(name: str, channels: int, device: torch.device) -> nn.Module:
@@ -82,7 +74,7 @@ def stage_table(device: torch.device, batch: int, repeats: int) -> tuple[str, di
         mods = {n: build(n, channels, device).train() for n in names}
         fwd = time_interleaved({n: no_grad_fwd(m, x) for n, m in mods.items()}, repeats, device=device)
         both = time_interleaved({n: fwd_bwd(m, xg) for n, m in mods.items()}, repeats, device=device)
-        mem = {n: peak_mb(lambda m=m: m(xg).sum(), device) for n, m in mods.items()}
+        mem = {n: peak_mb(lambda m=m, xg=xg: m(xg).sum(), device) for n, m in mods.items()}
         for n in names:
             at[(n, channels)] = both[n] / both["nn.Conv2d"]
             rows.append([f"{channels}x{size}x{size}", n, f"{fwd[n] / fwd['nn.Conv2d']:.2f}",
@@ -118,7 +110,8 @@ def growth_exponents(device: torch.device, channels: int, batch: int, repeats: i
             xs.append(math.log(size * size))
             ys.append(math.log(t))
         mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
-        out[name] = sum((a - mx) * (b - my) for a, b in zip(xs, ys, strict=True)) / sum((a - mx) ** 2 for a in xs)
+        covariance = sum((a - mx) * (b - my) for a, b in zip(xs, ys, strict=True))
+        out[name] = covariance / sum((a - mx) ** 2 for a in xs)
     return out
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import optuna
 
+from xvol_lab.cli.args import positive_int
 from xvol_lab.study.export import ExportCheckError, export_study
 from xvol_lab.study.report import FORMATS, load_study_data, write_report
 
@@ -27,14 +28,6 @@ on validation images (exit code 1 otherwise, and nothing is written).
 """
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"got {text!r}, expected an integer >= 1") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"got {value}, expected an integer >= 1")
-    return value
 
 
 def _common(parser: argparse.ArgumentParser, what: str) -> None:
@@ -59,7 +52,7 @@ def add_study_commands(study_subparsers: argparse._SubParsersAction) -> None:
                                          help="the best trial(s) as spec, checkpoints, ONNX, model card",
                                          formatter_class=argparse.RawDescriptionHelpFormatter)
     _common(export, "export")
-    export.add_argument("--top", type=_positive, metavar="K",
+    export.add_argument("--top", type=positive_int, metavar="K",
                         help="export the K best trials (several objectives: by Pareto rank)")
     export.set_defaults(func=cmd_export)
 

@@ -9,6 +9,7 @@ from typing import Any
 
 from rich.console import Console
 
+from xvol_lab.cli.args import positive_int
 from xvol_lab.cli.report import add_study_commands
 from xvol_lab.errors import ConfigError
 from xvol_lab.study.config import list_study_files, load_study_config
@@ -29,14 +30,6 @@ RUNS = Path("runs")
 RUNS_HELP = "runs folder: <runs>/<study>/ holds study.db and the trial folders (default: runs)"
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"got {text!r}, expected an integer >= 1") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"got {value}, expected an integer >= 1")
-    return value
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -51,14 +44,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     run = sub.add_parser("run", help="run (or resume, or join) a study", description=RUN_HELP,
                          formatter_class=argparse.RawDescriptionHelpFormatter)
     run.add_argument("name", metavar="NAME", help="a study in studies/ or a path to a study YAML file")
-    run.add_argument("--trials", type=_positive, metavar="N",
+    run.add_argument("--trials", type=positive_int, metavar="N",
                      help="finished trials to end with (budget.n_trials)")
     run.add_argument("--storage", metavar="URL",
                      help="Optuna RDB URL shared by the workers "
                           "(default: sqlite:///<runs>/<study>/study.db), "
                           "e.g. postgresql+psycopg://user:pass@host/db")
-    run.add_argument("--devices", type=_positive, metavar="N", help="processes (devices) per trial and node")
-    run.add_argument("--nodes", type=_positive, metavar="M",
+    run.add_argument("--devices", type=positive_int, metavar="N",
+                     help="processes (devices) per trial and node")
+    run.add_argument("--nodes", type=positive_int, metavar="M",
                      help="nodes per trial (inside a SLURM allocation)")
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", nargs="+",
                      help="override study keys, e.g. base.data.name=imagefolder budget.epochs=90")

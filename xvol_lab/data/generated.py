@@ -98,31 +98,40 @@ def locked(path: Path) -> Iterator[None]:
         os.close(fd)  # closing releases the lock
 
 
-def generate(cfg: DataConfig) -> Path:
-    """Generate `cfg`'s synthetic dataset unless it exists; returns its folder."""
-    target = dataset_dir(cfg)
-    if (target / MANIFEST).is_file():
-        _read_manifest(target, cfg)
-        return target
+def generate_folder(target: Path, marker: str, write: Callable[[Path], None]) -> bool:
+    """Make dataset folder `target` atomically, once, whatever the number of concurrent callers.
+
+    `write(tmp)` fills a temporary folder beside `target` that must end holding the file `marker`;
+    it is then renamed into place, so an interrupted run never leaves a `target` that loads, and a
+    later run clears its leftovers. Returns True if this call generated the folder.
+    """
+    if (target / marker).is_file():
+        return False
     target.parent.mkdir(parents=True, exist_ok=True)
     with locked(target.parent / f".{target.name}.lock"):
-        if (target / MANIFEST).is_file():  # another process made it while we waited
-            _read_manifest(target, cfg)
-            return target
+        if (target / marker).is_file():  # another process made it while we waited
+            return False
         if target.exists():
-            raise ConfigError(f"{target}: exists but has no {MANIFEST}; delete it to regenerate")
+            raise ConfigError(f"{target}: exists but has no {marker}; delete it to regenerate")
         for stale in target.parent.glob(f".{target.name}.tmp-*"):  # left by a killed run
             shutil.rmtree(stale, ignore_errors=True)
         start = time.perf_counter()
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
         try:
-            _write(tmp, cfg)
+            write(tmp)
             os.replace(tmp, target)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-    log.info("generated %s (%d train, %d val images) in %.1f s", target, cfg.num_train, cfg.num_val,
-             time.perf_counter() - start)
+    log.info("generated %s in %.1f s", target, time.perf_counter() - start)
+    return True
+
+
+def generate(cfg: DataConfig) -> Path:
+    """Generate `cfg`'s synthetic dataset unless it exists; returns its folder."""
+    target = dataset_dir(cfg)
+    generate_folder(target, MANIFEST, lambda tmp: _write(tmp, cfg))
+    _read_manifest(target, cfg)
     return target
 
 

@@ -18,10 +18,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import shutil
-import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,7 +29,7 @@ from pycocotools import mask as mask_utils
 from xvol_lab.data.canvas import GEOMETRY, SHAPES, Placement, add_blobs, background, paint, to_uint8
 from xvol_lab.data.coco import CocoDataModule
 from xvol_lab.data.config import DataConfig
-from xvol_lab.data.generated import SPLITS, locked
+from xvol_lab.data.generated import SPLITS, generate_folder
 from xvol_lab.data.shapes import place
 from xvol_lab.errors import ConfigError
 
@@ -191,28 +187,8 @@ def shapes_coco_dir(root: str | Path, params: ShapesCocoParams) -> Path:
 def generate_shapes_coco(root: str | Path, params: ShapesCocoParams) -> Path:
     """Generate the dataset of `params` under `root` unless it exists; returns its folder."""
     target = shapes_coco_dir(root, params)
-    if (target / COMPLETE).is_file():
+    if not generate_folder(target, COMPLETE, lambda tmp: _write(tmp, params)):
         _check_complete(target, params)
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with locked(target.parent / f".{target.name}.lock"):
-        if (target / COMPLETE).is_file():  # another process made it while we waited
-            _check_complete(target, params)
-            return target
-        if target.exists():
-            raise ConfigError(f"{target}: exists but has no {COMPLETE}; delete it to regenerate")
-        for stale in target.parent.glob(f".{target.name}.tmp-*"):  # left by a killed run
-            shutil.rmtree(stale, ignore_errors=True)
-        start = time.perf_counter()
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-        try:
-            _write(tmp, params)
-            os.replace(tmp, target)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-    log.info("generated %s (%d train, %d val images) in %.1f s", target, params.num_train, params.num_val,
-             time.perf_counter() - start)
     return target
 
 

@@ -22,10 +22,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import shutil
-import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +30,7 @@ from PIL import Image
 
 from xvol_lab.data.canvas import Placement, add_blobs, background, paint, shape_mask, to_uint8
 from xvol_lab.data.config import MIN_SYNTHETIC_SIZE, DataConfig
-from xvol_lab.data.generated import MANIFEST, SPLITS, dataset_params, locked
+from xvol_lab.data.generated import MANIFEST, SPLITS, dataset_params, generate_folder
 from xvol_lab.data.shapes import kind_name, place
 from xvol_lab.errors import ConfigError
 
@@ -82,30 +78,9 @@ def dataset_dir(cfg: DataConfig) -> Path:
 def generate(cfg: DataConfig) -> Path:
     """Generate `cfg`'s shapes-seg dataset unless it exists; returns its folder."""
     target = dataset_dir(cfg)
-    if not (target / MANIFEST).is_file():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with locked(target.parent / f".{target.name}.lock"):
-            if not (target / MANIFEST).is_file():  # else another process made it while we waited
-                _generate_into(target, cfg)
+    generate_folder(target, MANIFEST, lambda tmp: _write(tmp, cfg))
     read_manifest(cfg)
     return target
-
-
-def _generate_into(target: Path, cfg: DataConfig) -> None:
-    if target.exists():
-        raise ConfigError(f"{target}: exists but has no {MANIFEST}; delete it to regenerate")
-    for stale in target.parent.glob(f".{target.name}.tmp-*"):  # left by a killed run
-        shutil.rmtree(stale, ignore_errors=True)
-    start = time.perf_counter()
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    try:
-        _write(tmp, cfg)
-        os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    log.info("generated %s (%d train, %d val images) in %.1f s", target, cfg.num_train, cfg.num_val,
-             time.perf_counter() - start)
 
 
 def _write(folder: Path, cfg: DataConfig) -> None:
