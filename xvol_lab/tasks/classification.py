@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import lightning.pytorch as L
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics import MetricCollection
@@ -14,9 +12,8 @@ from torchmetrics.classification import MulticlassAccuracy
 from xvol_lab.config import OptimConfig
 from xvol_lab.models import BackboneSpec, build_classifier
 from xvol_lab.schema import from_dict
-from xvol_lab.tasks.errors import NonFiniteLossError
+from xvol_lab.tasks.base import TaskModule
 from xvol_lab.tasks.metrics import TRAIN_LOSS, VAL_LOSS
-from xvol_lab.tasks.optim import build_optimizer, build_scheduler
 
 
 def accuracy_metrics(num_classes: int, split: str) -> MetricCollection:
@@ -26,7 +23,7 @@ def accuracy_metrics(num_classes: int, split: str) -> MetricCollection:
     return MetricCollection({"acc1": top(1), "acc5": top(5)}, prefix=f"{split}/")
 
 
-class ClassificationTask(L.LightningModule):
+class ClassificationTask(TaskModule):
     """Image classification with the `Classifier` of `spec` (a `BackboneSpec` as a dict).
 
     The constructor arguments are saved as hyper-parameters, so ``load_from_checkpoint`` rebuilds
@@ -54,10 +51,7 @@ class ClassificationTask(L.LightningModule):
         images, labels = batch
         logits = self.model(images)
         loss = self.criterion(logits, labels)
-        mean_loss = self.trainer.strategy.reduce(loss.detach(), reduce_op="mean")
-        if not torch.isfinite(mean_loss):
-            raise NonFiniteLossError(f"{TRAIN_LOSS} is {mean_loss.item()} at epoch {self.current_epoch}, "
-                                     f"step {self.global_step}")
+        mean_loss = self.mean_losses(loss)
         self.log(TRAIN_LOSS, mean_loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(labels))
         self.train_metrics.update(logits.detach(), labels)
         self.log_dict(self.train_metrics, on_step=False, on_epoch=True)
@@ -71,9 +65,3 @@ class ClassificationTask(L.LightningModule):
         self.val_metrics.update(logits, labels)
         self.log_dict(self.val_metrics, on_epoch=True, prog_bar=True)
 
-    def configure_optimizers(self) -> dict[str, Any]:
-        optimizer = build_optimizer(self.model, self.optim_config)
-        total_steps = int(self.trainer.estimated_stepping_batches)
-        scheduler = build_scheduler(optimizer, self.optim_config, total_steps, self.trainer.max_epochs)
-        return {"optimizer": optimizer,
-                "lr_scheduler": {"scheduler": scheduler, "interval": "step", "name": "lr"}}

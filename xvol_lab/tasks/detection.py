@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import lightning.pytorch as L
 import torch
 from torch import Tensor
 
@@ -14,6 +13,7 @@ from xvol_lab.data.coco import CocoInstances, Target
 from xvol_lab.models import BackboneSpec
 from xvol_lab.models.detection import DetectorConfig, build_detector
 from xvol_lab.schema import from_dict, to_dict
+from xvol_lab.tasks.base import TaskModule
 from xvol_lab.tasks.coco_eval import (
     VAL_BOX_AP,
     VAL_BOX_AP50,
@@ -27,14 +27,12 @@ from xvol_lab.tasks.coco_eval import (
     rescale_prediction,
     to_coco_results,
 )
-from xvol_lab.tasks.errors import NonFiniteLossError
 from xvol_lab.tasks.metrics import TRAIN_LOSS
-from xvol_lab.tasks.optim import build_optimizer, build_scheduler
 
 Batch = tuple[list[Tensor], list[Target]]
 
 
-class DetectionTask(L.LightningModule):
+class DetectionTask(TaskModule):
     """Detection (`masks` False: Faster R-CNN) or instance segmentation (Mask R-CNN) with the
     backbone of `spec` (a `BackboneSpec` as a dict) and the detector of `detector` (a
     `DetectorConfig` as a dict); `num_classes` counts object classes, without the background.
@@ -67,10 +65,7 @@ class DetectionTask(L.LightningModule):
         losses = self.model(images, targets)
         loss = sum(losses.values())
         names = [TRAIN_LOSS] + [f"train/{name}" for name in losses]
-        means = self.trainer.strategy.reduce(torch.stack([loss, *losses.values()]).detach(), reduce_op="mean")
-        if not torch.isfinite(means[0]):
-            raise NonFiniteLossError(f"{TRAIN_LOSS} is {means[0].item()} at epoch {self.current_epoch}, "
-                                     f"step {self.global_step}")
+        means = self.mean_losses(torch.stack([loss, *losses.values()]))
         for name, value in zip(names, means, strict=True):
             self.log(name, value, on_step=True, on_epoch=True, prog_bar=name == TRAIN_LOSS,
                      batch_size=len(images))
@@ -100,12 +95,6 @@ class DetectionTask(L.LightningModule):
         metrics = None if merged is None else evaluate(self._val_dataset().coco, merged, self.iou_types)
         self.log_dict(broadcast_metrics(metrics), prog_bar=True)
 
-    def configure_optimizers(self) -> dict[str, Any]:
-        optimizer = build_optimizer(self.model, self.optim_config)
-        steps = int(self.trainer.estimated_stepping_batches)
-        scheduler = build_scheduler(optimizer, self.optim_config, steps, self.trainer.max_epochs)
-        return {"optimizer": optimizer,
-                "lr_scheduler": {"scheduler": scheduler, "interval": "step", "name": "lr"}}
 
 
 __all__ = ["VAL_BOX_AP", "VAL_BOX_AP50", "VAL_BOX_AP75", "VAL_MASK_AP", "VAL_MASK_AP50",

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import lightning.pytorch as L
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics import MetricCollection
@@ -16,9 +14,8 @@ from xvol_lab.data.segmentation import IGNORE_INDEX
 from xvol_lab.models import BackboneSpec
 from xvol_lab.models.semantic_fpn import build_semantic_fpn
 from xvol_lab.schema import from_dict
-from xvol_lab.tasks.errors import NonFiniteLossError
+from xvol_lab.tasks.base import TaskModule
 from xvol_lab.tasks.metrics import TRAIN_LOSS, VAL_LOSS, VAL_MIOU, VAL_PIXEL_ACC
-from xvol_lab.tasks.optim import build_optimizer, build_scheduler
 
 
 def segmentation_metrics(num_classes: int) -> MetricCollection:
@@ -30,7 +27,7 @@ def segmentation_metrics(num_classes: int) -> MetricCollection:
     })
 
 
-class SegmentationTask(L.LightningModule):
+class SegmentationTask(TaskModule):
     """Semantic segmentation with the `SemanticFPN` of `spec` (a `BackboneSpec` as a dict).
 
     The constructor arguments are saved as hyper-parameters, so ``load_from_checkpoint`` rebuilds
@@ -57,10 +54,7 @@ class SegmentationTask(L.LightningModule):
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         images, masks = batch
         loss = self.criterion(self.model(images), masks)
-        mean_loss = self.trainer.strategy.reduce(loss.detach(), reduce_op="mean")
-        if not torch.isfinite(mean_loss):
-            raise NonFiniteLossError(f"{TRAIN_LOSS} is {mean_loss.item()} at epoch {self.current_epoch}, "
-                                     f"step {self.global_step}")
+        mean_loss = self.mean_losses(loss)
         self.log(TRAIN_LOSS, mean_loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(images))
         return loss
 
@@ -72,12 +66,6 @@ class SegmentationTask(L.LightningModule):
         self.val_metrics.update(logits, masks)
         self.log_dict(self.val_metrics, on_epoch=True, prog_bar=True)
 
-    def configure_optimizers(self) -> dict[str, Any]:
-        optimizer = build_optimizer(self.model, self.optim_config)
-        total_steps = int(self.trainer.estimated_stepping_batches)
-        scheduler = build_scheduler(optimizer, self.optim_config, total_steps, self.trainer.max_epochs)
-        return {"optimizer": optimizer,
-                "lr_scheduler": {"scheduler": scheduler, "interval": "step", "name": "lr"}}
 
 
 __all__ = ["VAL_MIOU", "VAL_PIXEL_ACC", "SegmentationTask", "segmentation_metrics"]
