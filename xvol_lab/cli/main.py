@@ -24,20 +24,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
-        try:
-            module = importlib.import_module(f"xvol_lab.cli.{name}")
-        except ModuleNotFoundError as err:
-            if err.name != f"xvol_lab.cli.{name}":
-                raise
-            stub = sub.add_parser(name, help="(not available yet)")
-            stub.set_defaults(func=lambda args, n=name: _missing(n))
-            continue
-        module.add_parser(sub)
+        importlib.import_module(f"xvol_lab.cli.{name}").add_parser(sub)
     return parser
-
-
-def _missing(name: str) -> int:
-    raise ConfigError(f"lab.py {name}: this command is not implemented yet")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
