@@ -147,7 +147,9 @@ def main() -> None:
             "exactly linear, tests/test_model_cost.py), but it is memory-bound: 9 shifted passes over "
             "(B, C, H, W) tensors that stop fitting in cache past ~56 px (nn.Conv2d shows the same effect, "
             "less). What would close it: a fused kernel (logits, softmax and aggregation in one pass per "
-            "tile) or the channels-last layout (1.7x on the PSSA part in a side experiment).")
+            "tile). Channels-last was tried: 1.7x on the PSSA kernel alone, but 0.9-1.4x per op once the op "
+            "converts NCHW inputs (slower at 56 px), so it was not merged; it pays only with a channels-last "
+            "network end to end.")
     if min(speedups) <= 1:
         verdict.append(
             "- Why the deploy form is not faster: in eval the train form's extra work is two BatchNorms "
