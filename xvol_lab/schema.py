@@ -13,6 +13,7 @@ with a message that starts with the field name (``"op: got 'foo', expected one o
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
@@ -22,6 +23,7 @@ import yaml
 from xvol_lab.errors import ConfigError
 
 T = TypeVar("T")
+_FLOAT_TEXT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 
 def _join(path: str, key: str | int) -> str:
@@ -76,6 +78,8 @@ def _coerce(tp: Any, value: Any, path: str) -> Any:
             return value
         return from_dict(tp, value, path)
     if tp is float:
+        if isinstance(value, str) and _FLOAT_TEXT.fullmatch(value.strip()):
+            return float(value)  # YAML 1.1 reads 1e-3 (no dot) as a string
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{path}: got {value!r}, expected a number")
         return float(value)
