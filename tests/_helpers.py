@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import multiprocessing
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 
@@ -24,3 +31,27 @@ def assert_close_scaled(actual: Tensor, expected: Tensor, tol: float) -> None:
     """The spec's bound |actual - expected| <= tol * max(1, |expected|), elementwise."""
     scale = expected.abs().clamp(min=1)
     torch.testing.assert_close(actual / scale, expected / scale, atol=tol, rtol=0)
+
+
+def writes_by_concurrent_callers(module: Any, generate: Callable[[Any], Any], cfg: Any, log: Path,
+                                 monkeypatch: Any, callers: int = 3) -> int:
+    """Run `generate(cfg)` in `callers` forked processes at once, with `module._write` slowed down and
+    logged, and return how many processes wrote the dataset (1 when the generation lock works)."""
+    real_write = module._write
+
+    def slow_logged_write(folder: Path, *args: Any) -> None:
+        with open(log, "a") as f:
+            f.write(f"{os.getpid()}\n")
+        time.sleep(0.5)  # the others arrive while this one writes
+        real_write(folder, *args)
+
+    monkeypatch.setattr(module, "_write", slow_logged_write)
+    ctx = multiprocessing.get_context("fork")  # children inherit the patched _write
+    procs = [ctx.Process(target=generate, args=(cfg,)) for _ in range(callers)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    monkeypatch.setattr(module, "_write", real_write)
+    assert [p.exitcode for p in procs] == [0] * callers
+    return len(log.read_text().splitlines())

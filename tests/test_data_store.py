@@ -1,12 +1,11 @@
 """Generated datasets on disk: atomic, lock-protected, and checked against their parameters."""
 
 import json
-import multiprocessing
 import os
-import time
 from pathlib import Path
 
 import pytest
+from _helpers import writes_by_concurrent_callers
 
 from xvol_lab.data import DataConfig, dataset_dir, generate
 from xvol_lab.data import generated as store
@@ -72,30 +71,9 @@ def test_existing_dataset_is_reused_untouched(tmp_path, monkeypatch):
     assert os.stat(folder / "manifest.json").st_mtime_ns == stamp
 
 
-def _generate_in_child(cfg: DataConfig) -> None:
-    generate(cfg)
-
-
 def test_concurrent_generators_make_the_dataset_once(tmp_path, monkeypatch):
     cfg = small(tmp_path)
-    log = tmp_path / "writes.log"
-    real_write = store._write
-
-    def slow_logged_write(folder, cfg):
-        with open(log, "a") as f:
-            f.write(f"{os.getpid()}\n")
-        time.sleep(0.5)  # the others arrive while this one writes
-        real_write(folder, cfg)
-
-    monkeypatch.setattr(store, "_write", slow_logged_write)
-    ctx = multiprocessing.get_context("fork")  # children inherit the patched _write
-    procs = [ctx.Process(target=_generate_in_child, args=(cfg,)) for _ in range(3)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(60)
-    assert [p.exitcode for p in procs] == [0, 0, 0]
-    assert len(log.read_text().splitlines()) == 1
+    assert writes_by_concurrent_callers(store, generate, cfg, tmp_path / "writes.log", monkeypatch) == 1
     assert leftovers(cfg) == []
     assert tree(dataset_dir(cfg)) == tree(generate(small(tmp_path / "single")))
 

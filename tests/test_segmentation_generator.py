@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import multiprocessing
 import os
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+from _helpers import writes_by_concurrent_callers
 from PIL import Image
 
 from xvol_lab.data import DataConfig
@@ -130,30 +129,8 @@ def test_existing_dataset_is_reused_and_a_foreign_one_refused(tmp_path, monkeypa
         gen.generate(cfg)
 
 
-def _generate_in_child(cfg: DataConfig) -> None:
-    gen.generate(cfg)
-
-
 def test_concurrent_callers_generate_the_dataset_once(tmp_path, monkeypatch):
     cfg = small(tmp_path)
-    log = tmp_path / "writes.log"
-    real_write = gen._write
-
-    def slow_logged_write(folder, cfg):
-        with open(log, "a") as f:
-            f.write(f"{os.getpid()}\n")
-        time.sleep(0.5)  # the others arrive while this one writes
-        real_write(folder, cfg)
-
-    monkeypatch.setattr(gen, "_write", slow_logged_write)
-    ctx = multiprocessing.get_context("fork")  # children inherit the patched _write
-    procs = [ctx.Process(target=_generate_in_child, args=(cfg,)) for _ in range(3)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(60)
-    assert [p.exitcode for p in procs] == [0, 0, 0]
-    assert len(log.read_text().splitlines()) == 1
+    assert writes_by_concurrent_callers(gen, gen.generate, cfg, tmp_path / "writes.log", monkeypatch) == 1
     assert leftovers(cfg) == []
-    monkeypatch.setattr(gen, "_write", real_write)
     assert tree(gen.dataset_dir(cfg)) == tree(gen.generate(small(tmp_path / "single")))
