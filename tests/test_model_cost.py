@@ -33,3 +33,13 @@ def test_deploy_form_costs_the_same_as_train_form():
     train, deploy = count_flops(model, (1, 3, 32, 32)), count_flops(reparameterize(model), (1, 3, 32, 32))
     assert abs(deploy - train) / train < 0.01
     assert model.training and torch.is_grad_enabled()  # the count leaves the model as it was
+
+
+def test_global_attention_flops_on_cpu_flash_kernel():
+    """Contiguous SDPA runs the CPU flash kernel; its product FLOPs are counted, not 0."""
+    c_in, c, h, w, heads = 8, 16, 6, 5, 2
+    op = create_op("sa", c_in, c, heads=heads).eval()
+    n = h * w
+    projections = 2 * c_in * 3 * c * n
+    attention = 2 * (2 * heads * n * n * (c // heads))  # q k^T and a v, 2 FLOPs per multiply-add
+    assert count_flops(op, (1, c_in, h, w)) == projections + attention

@@ -83,3 +83,42 @@ def test_stacking_propagates_context():
     x2[0, :, 2, 4] += 5.0  # two rows above the centre (4, 4)
     assert torch.equal(one(x)[0, :, 4, 4], one(x2)[0, :, 4, 4])
     assert not torch.allclose(two(x)[0, :, 4, 4], two(x2)[0, :, 4, 4])
+
+
+@pytest.mark.parametrize("name", ["pssa", "xvol_pssa", "sa"])
+def test_inference_mode_then_training_at_the_same_shape(name):
+    """A forward under inference_mode (validate before fit) must not poison any cached tensor."""
+    op = create_op(name, 4, 8)
+    x = torch.randn(2, 4, 7, 7)
+    with torch.inference_mode():
+        op(x)
+    op(x).sum().backward()
+    assert all(p.grad is not None for p in op.parameters())
+
+
+def test_global_attention_reaches_the_flash_kernel_on_cpu():
+    """sa feeds SDPA contiguous (B, heads, N, d): the flash backend accepts it, forward and backward."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    torch.manual_seed(0)
+    op = create_op("sa", 4, 8, heads=2)
+    x = torch.randn(2, 4, 6, 5, requires_grad=True)
+    expected = op(x)
+    with sdpa_kernel([SDPBackend.FLASH_ATTENTION]):
+        y = op(x)
+        y.sum().backward()
+    torch.testing.assert_close(y, expected)
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+
+
+def test_aggregation_keeps_the_value_dtype():
+    """CUDA autocast leaves softmax weights in float32: bf16 values must still give a bf16 output."""
+    from xvol_lab.ops.attention import pixel_shift_aggregate
+
+    taps = pssa_taps(1, 8)
+    weights = torch.rand(2, 2, len(taps), 5, 5).softmax(2)  # float32
+    v = torch.randn(2, 8, 5, 5, dtype=torch.bfloat16)
+    y = pixel_shift_aggregate(weights, v, taps, 1)
+    assert y.dtype == torch.bfloat16
+    expected = pixel_shift_aggregate(weights.double(), v.double(), taps, 1)
+    torch.testing.assert_close(y.double(), expected, atol=0.05, rtol=0.02)

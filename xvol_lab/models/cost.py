@@ -1,6 +1,8 @@
 """Model cost: FLOPs with `torch.utils.flop_counter`, counting PSSA's element-wise products too.
 
-The stock formulas cover convolutions, matrix products and fused attention. PSSA's cost is in
+The stock formulas cover convolutions, matrix products and fused attention on CUDA; the CPU flash
+attention kernel, which global attention reaches with contiguous inputs, has none, so its forward and
+backward get the stock SDPA formulas here. PSSA's cost is in
 element-wise products (``q * k(p+t)`` summed over the head, ``a * v(p+t)`` accumulated), which the
 stock counter skips; they are added here at one FLOP per multiply and one per add. The deploy form
 has no BatchNorm, so on it these formulas count PSSA and little else (activations are not counted).
@@ -13,7 +15,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
 aten = torch.ops.aten
 
@@ -34,9 +36,21 @@ def _sum_flop(self_shape: Any, *args: Any, out_shape: Any = None, **kwargs: Any)
     return _numel(self_shape) - _numel(out_shape)
 
 
+def _sdpa_flop(q_shape: Any, k_shape: Any, v_shape: Any, *args: Any, **kwargs: Any) -> int:
+    return sdpa_flop_count(q_shape, k_shape, v_shape)
+
+
+def _sdpa_backward_flop(grad_shape: Any, q_shape: Any, k_shape: Any, v_shape: Any, *args: Any,
+                        **kwargs: Any) -> int:
+    return sdpa_backward_flop_count(grad_shape, q_shape, k_shape, v_shape)
+
+
 # Keys are overload packets: FlopCounterMode looks ops up by packet.
 ELEMENTWISE_FLOPS = {aten.mul: _mul_flop, aten.addcmul: _addcmul_flop, aten.addcmul_: _addcmul_flop,
                      aten.sum: _sum_flop}
+SDPA_CPU_FLOPS = {aten._scaled_dot_product_flash_attention_for_cpu: _sdpa_flop,
+                  aten._scaled_dot_product_flash_attention_for_cpu_backward: _sdpa_backward_flop}
+EXTRA_FLOPS = {**ELEMENTWISE_FLOPS, **SDPA_CPU_FLOPS}
 
 
 def count_flops(model: nn.Module, inputs: Any) -> int:
@@ -44,7 +58,7 @@ def count_flops(model: nn.Module, inputs: Any) -> int:
     if isinstance(inputs, (tuple, torch.Size)) and all(isinstance(n, int) for n in inputs):
         param = next(model.parameters())
         inputs = torch.zeros(inputs, device=param.device, dtype=param.dtype)
-    counter = FlopCounterMode(display=False, custom_mapping=ELEMENTWISE_FLOPS)
+    counter = FlopCounterMode(display=False, custom_mapping=EXTRA_FLOPS)
     training = model.training
     model.eval()
     try:

@@ -28,12 +28,16 @@ def out_size(size: int, stride: int) -> int:
 
 @lru_cache(maxsize=256)
 def _invalid_taps(taps: tuple[Tap, ...], height: int, width: int, stride: int, device: str) -> Tensor:
-    """Bool (T, H', W'): True where p + t falls outside the image (excluded from the softmax)."""
-    ys = torch.arange(0, height, stride, device=device)
-    xs = torch.arange(0, width, stride, device=device)
-    masks = [((ys + ty < 0) | (ys + ty >= height))[:, None] | ((xs + tx < 0) | (xs + tx >= width))[None, :]
-             for ty, tx in taps]
-    return torch.stack(masks)
+    """Bool (T, H', W'): True where p + t falls outside the image (excluded from the softmax).
+
+    Built outside inference mode: a cached inference tensor could not be saved for a later backward.
+    """
+    with torch.inference_mode(False):
+        ys = torch.arange(0, height, stride, device=device)
+        xs = torch.arange(0, width, stride, device=device)
+        masks = [((ys + ty < 0) | (ys + ty >= height))[:, None]
+                 | ((xs + tx < 0) | (xs + tx >= width))[None, :] for ty, tx in taps]
+        return torch.stack(masks)
 
 
 def _shifted(padded: Tensor, tap: Tap, pad: int, out_hw: tuple[int, int], stride: int) -> Tensor:
@@ -63,11 +67,15 @@ def pixel_shift_aggregate(weights: Tensor, v: Tensor, taps: tuple[Tap, ...], str
                           out: Tensor | None = None) -> Tensor:
     """y_i(p) = sum_t a_i(p, t) v_i(p + t): (B, C, H', W') from weights (B, heads, T, H', W').
 
+    The result has the dtype of `v` (CUDA autocast leaves the softmax weights in float32; they must
+    not promote a bf16 value path to float32).
+
     With `out` (B, C, H', W') the sum is accumulated into it in place (fused multiply-adds, no
     temporaries); autograd-safe, since no backward needs the accumulator's old value.
     """
     b, heads, _, ho, wo = weights.shape
     c = v.shape[1]
+    weights = weights.to(v.dtype)
     pad = max(max(abs(ty), abs(tx)) for ty, tx in taps)
     vp = F.pad(v, (pad, pad, pad, pad))
     shifted = [_shifted(vp, t, pad, (ho, wo), stride).view(b, heads, c // heads, ho, wo) for t in taps]
@@ -95,11 +103,11 @@ def global_attention(q: Tensor, k: Tensor, v: Tensor, heads: int, out: Tensor | 
     """
     b, c, ho, wo = q.shape
     d = c // heads
-    qh = q.reshape(b, heads, d, ho * wo).transpose(2, 3)  # (B, heads, N', d)
-    kh = k.reshape(b, heads, d, -1).transpose(2, 3)  # (B, heads, N, d)
-    vh = v.reshape(b, heads, d, -1).transpose(2, 3)  # (B, heads, N, d)
-    if qh.dtype != vh.dtype:  # autocast may leave projections in different dtypes
-        qh, kh = qh.to(vh.dtype), kh.to(vh.dtype)
+    # Contiguous (B, heads, N, d): the flash and memory-efficient kernels need a unit-stride last
+    # dimension; strided views silently fall back to the math path (the whole score matrix saved).
+    qh = q.reshape(b, heads, d, ho * wo).transpose(2, 3).to(v.dtype).contiguous()  # (B, heads, N', d)
+    kh = k.reshape(b, heads, d, -1).transpose(2, 3).to(v.dtype).contiguous()  # (B, heads, N, d)
+    vh = v.reshape(b, heads, d, -1).transpose(2, 3).contiguous()  # (B, heads, N, d)
     y = F.scaled_dot_product_attention(qh, kh, vh)  # (B, heads, N', d)
     y = y.transpose(2, 3).reshape(b, c, ho, wo)
     return y if out is None else out.add_(y)
