@@ -17,6 +17,7 @@ import stat
 import subprocess
 import sys
 import threading
+from collections.abc import Mapping
 from pathlib import Path
 
 from xvol_lab.errors import ConfigError
@@ -46,15 +47,21 @@ def trial_command(trial_dir: Path, devices: int, nodes: int) -> list[str]:
             *script]
 
 
-def start_trial(command: list[str], log_file: Path, storage_url: str) -> subprocess.Popen[bytes]:
-    """Start `command` in a new process group, output to `log_file`, with the lifeline on stdin."""
-    env = dict(os.environ)
-    env[STORAGE_ENV] = storage_url
-    env[LIFELINE_ENV] = "1"
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PACKAGE_ROOT), env.get("PYTHONPATH")) if p)
+def start_trial(command: list[str], log_file: Path, storage_url: str, *,
+                env: Mapping[str, str] | None = None) -> subprocess.Popen[bytes]:
+    """Start `command` in a new process group, output to `log_file`, with the lifeline on stdin.
+
+    The trial sees this process's environment with `env` laid over it (e.g. ``CUDA_VISIBLE_DEVICES``
+    and thread counts of one of several concurrent trials).
+    """
+    full = dict(os.environ)
+    full.update(env or {})
+    full[STORAGE_ENV] = storage_url
+    full[LIFELINE_ENV] = "1"
+    full["PYTHONPATH"] = os.pathsep.join(p for p in (str(PACKAGE_ROOT), full.get("PYTHONPATH")) if p)
     with log_file.open("ab") as out:
-        return subprocess.Popen(command, stdin=subprocess.PIPE, stdout=out, stderr=subprocess.STDOUT, env=env,
-                                start_new_session=True)
+        return subprocess.Popen(command, stdin=subprocess.PIPE, stdout=out, stderr=subprocess.STDOUT,
+                                env=full, start_new_session=True)
 
 
 def stop_trial(proc: subprocess.Popen[bytes], grace: float = 10.0) -> None:
