@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import platform
 import re
 import statistics
@@ -11,6 +10,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+
+from xvol_lab.atomic import write_text
 
 BENCHMARKS_MD = Path(__file__).resolve().parent.parent / "BENCHMARKS.md"
 
@@ -70,9 +71,7 @@ def write_section(title: str, body: str, path: Path = BENCHMARKS_MD) -> None:
         text = pattern.sub(lambda _: section + "\n", text).rstrip() + "\n"
     else:
         text = text.rstrip() + "\n\n" + section
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)  # atomic: a crash leaves the old file, never a half-written one
+    write_text(path, text)  # atomic: a crash leaves the old file, never a half-written one
 
 
 def markdown_table(header: list[str], rows: list[list[object]]) -> str:

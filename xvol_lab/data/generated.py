@@ -20,7 +20,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -31,6 +30,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from xvol_lab.atomic import temp_dir
 from xvol_lab.data import context, shapes
 from xvol_lab.data.config import DataConfig
 from xvol_lab.errors import ConfigError
@@ -90,7 +90,7 @@ def dataset_dir(cfg: DataConfig) -> Path:
 @contextmanager
 def locked(path: Path) -> Iterator[None]:
     """Hold an exclusive lock on `path` (an fcntl lock file) for the `with` block: one generator at a time."""
-    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
+    fd = os.open(path, os.O_CREAT | os.O_RDONLY, 0o666)  # read-only: a colleague's lock file locks too
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
@@ -116,7 +116,7 @@ def generate_folder(target: Path, marker: str, write: Callable[[Path], None]) ->
         for stale in target.parent.glob(f".{target.name}.tmp-*"):  # left by a killed run
             shutil.rmtree(stale, ignore_errors=True)
         start = time.perf_counter()
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+        tmp = temp_dir(target)  # the usual folder mode, not mkdtemp's 0700
         try:
             write(tmp)
             os.replace(tmp, target)

@@ -3,13 +3,12 @@ saved with its spec, so `load_deploy` builds the deploy model directly, without 
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from xvol_lab.atomic import atomic_path
 from xvol_lab.errors import ConfigError
 from xvol_lab.models import BackboneSpec, build_classifier
 from xvol_lab.ops import reparameterize
@@ -30,14 +29,8 @@ def export_deploy(checkpoint: str | Path, out_path: str | Path) -> Path:
                "state_dict": deploy.state_dict()}
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out_path.parent, prefix=f".{out_path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_path(out_path) as tmp:
         torch.save(payload, tmp)
-        os.replace(tmp, out_path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return out_path
 
 

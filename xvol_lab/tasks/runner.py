@@ -16,8 +16,6 @@ import csv
 import io
 import json
 import logging
-import os
-import tempfile
 import warnings
 from collections.abc import Iterable
 from pathlib import Path
@@ -28,6 +26,7 @@ from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelChec
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 
+from xvol_lab.atomic import write_text
 from xvol_lab.config import RunConfig, dump_run_config
 from xvol_lab.data import build_datamodule
 from xvol_lab.errors import ConfigError
@@ -40,18 +39,6 @@ log = logging.getLogger(__name__)
 CHECKPOINT_DIR = "checkpoints"
 METRICS_CSV = "metrics.csv"
 RESULTS_JSON = "results.json"
-
-
-def write_text(path: Path, text: str) -> None:
-    """Write `text` to `path` atomically (a temporary file in the same folder, then os.replace)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def resolve_resume(run_dir: Path, resume: str | Path | None) -> Path | None:
