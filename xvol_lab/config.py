@@ -125,6 +125,21 @@ def default_model() -> BackboneSpec:
     return BackboneSpec.preset("resnet18", stem="small", width_mult=0.25)
 
 
+@dataclass(frozen=True)
+class InitConfig:
+    """Initial backbone weights (`xvol_lab.tasks.transfer`): `path` is a run folder, a Lightning
+    checkpoint, an export folder or a torchvision-format state dict file; `strict` refuses any
+    backbone tensor that is missing or has another shape, otherwise only the stages (stem,
+    layer1..layer4) whose tensors all match are loaded."""
+
+    path: str | None = None
+    strict: bool = True
+
+    def __post_init__(self) -> None:
+        if self.path is not None and not self.path:
+            raise ValueError("path: got '', expected a file or folder path, or null")
+
+
 # The datasets each task reads (their loaders yield what the task's LightningModule expects).
 TASK_DATASETS: dict[str, tuple[str, ...]] = {
     "classification": ("shapes", "shapes-context", "imagefolder", "cifar10"),
@@ -145,6 +160,7 @@ class RunConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     detector: DetectorConfig = field(default_factory=DetectorConfig)  # detection tasks only
+    init: InitConfig = field(default_factory=InitConfig)  # backbone weights to start from
 
     def __post_init__(self) -> None:
         datasets = TASK_DATASETS[self.task]
@@ -237,5 +253,5 @@ def dump_run_config(config: RunConfig) -> str:
     return yaml.safe_dump(to_dict(config), sort_keys=False)
 
 
-__all__ = ["OptimConfig", "RunConfig", "TrainerConfig", "apply_overrides", "default_model", "dump_run_config",
-           "load_run_config", "load_spec"]
+__all__ = ["InitConfig", "OptimConfig", "RunConfig", "TrainerConfig", "apply_overrides", "default_model",
+           "dump_run_config", "load_run_config", "load_spec"]

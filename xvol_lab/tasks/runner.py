@@ -33,6 +33,7 @@ from xvol_lab.errors import ConfigError
 from xvol_lab.tasks.callbacks import EpochHistory
 from xvol_lab.tasks.metrics import MONITOR
 from xvol_lab.tasks.registry import build_task
+from xvol_lab.tasks.transfer import init_backbone
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +125,8 @@ def fit(config: RunConfig, run_dir: str | Path, *, callbacks: Iterable[Callback]
     L.seed_everything(config.seed, workers=True, verbose=False)
     datamodule = build_datamodule(config.data)
     task = build_task(config, datamodule.num_classes)
+    if config.init.path is not None and resume_path is None:  # a resumed run has its own weights
+        init_backbone(task.model, config.init.path, strict=config.init.strict)
     if rank_zero_only.rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / RESULTS_JSON).unlink(missing_ok=True)  # a stale result must not outlive a failed run
