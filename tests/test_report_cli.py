@@ -15,6 +15,7 @@ from test_report_tables import (
     add,
     build_ablation_study,
     build_pareto_study,
+    build_seeded_study,
     metrics_of,
     one_thread,  # noqa: F401 (autouse fixture: tiny forward passes on one thread)
     open_study,
@@ -59,7 +60,7 @@ def test_report_md_links_every_table_and_plot(abl, capsys):
     assert capsys.readouterr().out.strip() == str(out / "report.md")
     names = {p.name for p in out.iterdir()}
     tables = {"trials.md", "ablation.md", "stage_effects.md", "importance.md", "best.md"}
-    plots = {"history.png", "stage_effects.png", "importance.png", "intermediate.png"}
+    plots = {"history.png", "stage_effects.png", "importance.png", "intermediate.png"}  # Optuna's, and ours
     assert names == {"report.md"} | tables | plots
     assert all((out / p).read_bytes().startswith(PNG) for p in plots)
     report = (out / "report.md").read_text()
@@ -71,7 +72,12 @@ def test_report_md_links_every_table_and_plot(abl, capsys):
     assert "12/12 finished" not in report and "8/12 finished (6 complete, 1 pruned, 1 failed)" in report
     assert "1 interrupted, 1 void" in report
     assert "val/acc1 0.8000 (trial 2)" in report
-    assert "| X-volution(PSSA, L=2) in stage 3 | 3 | 1, 2, 4 | 0.75 | 0.05 | 0.22 |" in report
+    assert "| X-volution(PSSA, L=2) in stage 3 | 3 | 0 | 0.75 [0.6258, 0.8742] | +0.22 |" in report
+    assert ("- X-volution(PSSA, L=2) in stage 3: too few paired seeds for an interval; not "
+            "distinguishable from all-conv at this budget (val/acc1 +0.22 (3 runs))") in report
+    assert "- seeds per configuration: 1 (0)" in report
+    assert "- trivial level: val/acc1 0.25 (chance, 1/4 classes)" in report
+    assert "Difference to all-conv (95% CI): not drawn (no configuration paired" in report
     trials_md = (out / "trials.md").read_text().splitlines()
     assert len(trials_md) == 2 + 12
     assert trials_md[3].startswith("| 1 | complete |  | conv | conv | xvol_pssa(L=2) | conv | 0.7 |")
@@ -92,12 +98,13 @@ def test_csv_tables_hold_the_stored_values(abl, tmp_path):
     stored = {t.number: t for t in data.study.get_trials()}
     assert read.set_index("number").loc[4, "val/acc1"] == stored[4].values[0]
     ablation = pd.read_csv(tmp_path / "r" / "ablation.csv")
-    assert ablation["Δ val/acc1"].tolist() == pytest.approx([0.0, 0.22, 0.07])
+    assert ablation["val/acc1 diff"].tolist() == pytest.approx([0.0, 0.22, 0.07])
 
 
 @pytest.mark.parametrize(("fmt", "suffix", "marks"), [
-    ("latex", ".tex", [r"\begin{tabular}", r"$\Delta$ val/acc1", "X-volution(PSSA, L=2) in stage 3"]),
-    ("html", ".html", ["<table", "<th>Δ val/acc1</th>", "<td>X-volution(PSSA, L=2) in stage 3</td>"]),
+    ("latex", ".tex", [r"\begin{tabular}", r"val/acc1 diff\_ci95\_low", r"GFLOPs (2$\times$MAC)",
+                       "X-volution(PSSA, L=2) in stage 3"]),
+    ("html", ".html", ["<table", "<th>val/acc1 p_holm</th>", "<td>X-volution(PSSA, L=2) in stage 3</td>"]),
 ])
 def test_latex_and_html_tables(abl, tmp_path, fmt, suffix, marks):
     path, runs = abl
@@ -122,6 +129,23 @@ def test_multi_objective_report_has_the_pareto_table_and_plot(tmp_path):
     report = (out / "report.md").read_text()
     assert "Pareto front: 4 trial(s)" in report and "## Pareto front" in report
     assert "Intermediate values: not drawn (no trial reported per-epoch values" in report
+
+
+def test_seeded_report_words_each_difference_and_draws_error_bars(tmp_path):
+    runs = tmp_path / "runs"
+    path = build_seeded_study(tmp_path)
+    assert lab("report", str(path), "--runs", str(runs)) == 0
+    out = runs / "seeded" / "report"
+    assert (out / "ablation.png").read_bytes().startswith(PNG)
+    report = (out / "report.md").read_text()
+    assert "- seeds per configuration: 3 to 4 (0, 1, 2, 3)" in report
+    assert ("- X-volution(PSSA, L=2) in stage 3: better than all-conv (val/acc1 +0.06, 95% CI [0.03516, "
+            "0.08484], Holm p 0.01827 (3 runs))") in report
+    assert ("- PSSA in stage 3; X-volution(SA) in stage 4: not distinguishable from all-conv at this budget "
+            "(val/acc1 +0.01, 95% CI [") in report
+    assert "| conv everywhere | 3 | 0, 1, 2 | 0.6 [0.3516, 0.8484] | baseline |  |  |" in report
+    assert ("| X-volution(PSSA, L=2) in stage 3 | 3 | 0, 1, 2 | 0.66 [0.3867, 0.9333] | +0.06 [0.03516, 0.08484] "
+            "| 0.01827 | * |") in report
 
 
 def test_report_of_a_study_given_by_storage_url(tmp_path):
@@ -153,7 +177,7 @@ def test_an_error_while_writing_leaves_the_old_report_untouched(abl, tmp_path, m
     out.mkdir()
     (out / "report.md").write_text("old report")
 
-    def broken(data):
+    def broken(*args):
         raise RuntimeError("disk full")
 
     monkeypatch.setattr(report_writer, "stage_effect_figure", broken)

@@ -5,14 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import optuna
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import FrozenTrial
 from rich.table import Table
 from rich.text import Text
 
 from xvol_lab.errors import ConfigError
 from xvol_lab.study.config import StudyConfig
-from xvol_lab.study.ledger import VOID, counted, tally
+from xvol_lab.study.ledger import tally
 from xvol_lab.study.progress import best_text, format_duration
+from xvol_lab.study.standing import best_trials, retried_as, state_and_reason
 from xvol_lab.study.storage import default_storage_url, find_study, open_storage, shown_url, sqlite_file
 
 
@@ -42,30 +43,19 @@ def counts_text(name: str, config: StudyConfig, trials: list[FrozenTrial]) -> st
             f"{c.void} void")
 
 
-def _note(trial: FrozenTrial, retried_as: dict[int, int]) -> str:
-    if trial.system_attrs.get(VOID):
-        return "void (budget taken by other workers)"
-    if trial.number in retried_as:
-        return f"interrupted, retried as trial {retried_as[trial.number]}"
-    for key in ("fail_reason", "prune_reason"):
-        if trial.user_attrs.get(key):
-            return str(trial.user_attrs[key])
-    return "interrupted (not retried)" if trial.state == TrialState.FAIL else ""
-
-
 def trial_table(config: StudyConfig, trials: list[FrozenTrial]) -> Table:
     """One row per trial: number, state, stage operators, objective values, epochs, time, why it ended."""
-    retried_as = {t.system_attrs["retry_history"][-1]: t.number for t in trials
-                  if t.system_attrs.get("retry_history")}
+    retries = retried_as(trials)
     table = Table("#", "state", "arch", *config.metric_names, "epochs", "time", "note", box=None)
     for t in trials:
+        state, reason = state_and_reason(t, retries)
         values = [f"{v:.4f}" for v in t.values] if t.values else [""] * len(config.metric_names)
         duration = ((t.datetime_complete - t.datetime_start).total_seconds()
                     if t.datetime_complete and t.datetime_start else None)
         epochs = t.user_attrs.get("epochs")
-        cells = [str(t.number), t.state.name.lower(), str(t.user_attrs.get("arch", "")), *values,
+        cells = [str(t.number), state, str(t.user_attrs.get("arch", "")), *values,
                  f"{epochs:g}" if isinstance(epochs, (int, float)) else "",
-                 format_duration(duration) if duration is not None else "", _note(t, retried_as)]
+                 format_duration(duration) if duration is not None else "", reason]
         table.add_row(*(Text(c) for c in cells))  # plain text: "[conv, sa]" is not markup
     return table
 
@@ -73,10 +63,9 @@ def trial_table(config: StudyConfig, trials: list[FrozenTrial]) -> Table:
 def best_lines(config: StudyConfig, trials: list[FrozenTrial]) -> list[str]:
     """The best value (or Pareto front) and, for one objective, the best trial's params and folder."""
     lines = [f"best: {best_text(trials, config.metric_names, config.directions)}"]
-    done = [t for t in counted(trials) if t.state == TrialState.COMPLETE and t.values]
-    if done and len(config.metric_names) == 1:
-        sign = 1.0 if config.directions[0] == "maximize" else -1.0
-        best = max(done, key=lambda t: sign * t.values[0])
+    best_list = best_trials(trials, config.directions)
+    if best_list and len(config.metric_names) == 1:
+        best = best_list[0]
         lines.append(f"best params: {best.params}  run dir: {best.user_attrs.get('run_dir', '?')}")
     return lines
 

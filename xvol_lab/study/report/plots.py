@@ -1,27 +1,49 @@
-"""The report's plots, drawn with matplotlib's object API (`matplotlib.figure.Figure`: no pyplot, no
-display, no global backend switch; PNG through Agg). A plot with nothing to draw raises `NoData`
-with the reason, which the report prints instead of the picture."""
+"""The report's plots. History, intermediate values, importances and the Pareto front are Optuna's
+(`optuna.visualization.matplotlib`) drawn from `counted_study` (the counted trials under their own
+numbers); the ablation and per-stage plots are drawn here because they show what Optuna's do not:
+means and paired differences with their 95% intervals as error bars. A plot with nothing to draw
+raises `NoData` with the reason, which the report prints instead of the picture.
+
+Optuna draws on pyplot figures: the caller saves a figure, then `close`s it.
+"""
 
 from __future__ import annotations
 
 import math
+import warnings
+from collections.abc import Callable
 
+import matplotlib.pyplot as plt
+import numpy as np
+import optuna
 import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
-from optuna.trial import FrozenTrial, TrialState
+from optuna.visualization import matplotlib as optuna_plots
 
-from xvol_lab.ops import OPS
+from xvol_lab.study.report.frame import CONFIGURATION, DEVICE
 from xvol_lab.study.report.source import StudyData
-from xvol_lab.study.report.tables import objective_column
-
-STATE_COLORS = {"complete": "tab:blue", "pruned": "tab:orange"}
-OTHER_COLOR = "tab:gray"
+from xvol_lab.study.report.tables import importance_target, objective_column
 
 
 class NoData(Exception):
     """The plot has nothing to draw; the message says why."""
+
+
+def close(figure: Figure) -> None:
+    """Release a figure (Optuna's are registered with pyplot)."""
+    plt.close(figure)
+
+
+def _optuna(draw: Callable[[], Axes | np.ndarray]) -> Axes:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        axes = draw()
+    return axes if isinstance(axes, Axes) else np.ravel(axes)[0]
+
+
+def _labels(data: StudyData) -> list[str]:
+    return [objective_column(m) for m in data.metric_names]
 
 
 def _require_complete(data: StudyData) -> None:
@@ -29,134 +51,109 @@ def _require_complete(data: StudyData) -> None:
         raise NoData("no complete trial yet")
 
 
-def history_figure(data: StudyData) -> Figure:
-    """Each objective against the trial number (complete trials), with the best so far (one objective)."""
+def history_figure(data: StudyData, study: optuna.Study) -> Figure:
+    """Optuna's optimization history of the first objective (the mean over seeds per trial)."""
     _require_complete(data)
-    k = len(data.metric_names)
-    fig = Figure(figsize=(7, 3 * k), layout="constrained")
-    axes = fig.subplots(k, 1, squeeze=False)[:, 0]
-    for i, (metric, direction) in enumerate(zip(data.metric_names, data.directions, strict=True)):
-        ax: Axes = axes[i]
-        xs = [t.number for t in data.complete]
-        ys = [t.values[i] for t in data.complete]
-        ax.scatter(xs, ys, color=STATE_COLORS["complete"], label="complete trial", zorder=3)
-        if k == 1:
-            pick = max if direction == "maximize" else min
-            best = [pick(ys[: j + 1]) for j in range(len(ys))]
-            ax.step(xs, best, where="post", color="tab:red", label="best so far")
-        ax.set_xlabel("trial")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_ylabel(f"{objective_column(metric)} ({direction})")
-        ax.legend(loc="best", fontsize="small")
-    fig.suptitle(f"{data.name}: optimization history")
-    return fig
+    label = _labels(data)[0]
+    ax = _optuna(lambda: optuna_plots.plot_optimization_history(
+        study, target=(lambda t: t.values[0]) if len(data.metric_names) > 1 else None, target_name=label))
+    ax.set_title(f"{data.name}: optimization history ({label})")
+    return ax.figure
 
 
-def stage_effect_figure(data: StudyData) -> Figure:
-    """Objective values of the complete trials by the operator of each searched stage (one panel
-    per stage and objective; a bar marks each operator's mean)."""
-    _require_complete(data)
-    stages = list(data.config.space.stage_choices())
-    k = len(data.metric_names)
-    fig = Figure(figsize=(3.2 * len(stages), 3 * k), layout="constrained")
-    axes = fig.subplots(k, len(stages), squeeze=False)
-    for row, metric in enumerate(data.metric_names):
-        for col, stage in enumerate(stages):
-            ax: Axes = axes[row, col]
-            by_op: dict[str, list[float]] = {}
-            for trial in data.complete:
-                spec = data.spec(trial)
-                if spec is not None:
-                    by_op.setdefault(spec.stages[stage - 1].op, []).append(trial.values[row])
-            ops = sorted(by_op, key=list(OPS).index)
-            for x, op in enumerate(ops):
-                values = by_op[op]
-                ax.scatter([x] * len(values), values, color=STATE_COLORS["complete"], alpha=0.6, zorder=3)
-                mean = sum(values) / len(values)
-                ax.hlines(mean, x - 0.3, x + 0.3, color="tab:red", zorder=4)
-            ax.set_xticks(range(len(ops)), ops, rotation=30, ha="right", fontsize="small")
-            ax.set_xlim(-0.6, len(ops) - 0.4)
-            ax.set_title(f"stage {stage}", fontsize="medium")
-            if col == 0:
-                ax.set_ylabel(objective_column(metric))
-    fig.suptitle(f"{data.name}: objective by operator (bar: mean)")
-    return fig
-
-
-def importance_figure(table: pd.DataFrame) -> Figure:
-    """Horizontal bars of `importance_table` (one group of bars per objective)."""
-    if table.empty:
-        raise NoData(table.attrs.get("note", "no parameter importances"))
-    labels = [c for c in table.columns if c != "parameter"]
-    fig = Figure(figsize=(7, 0.5 * len(table) * len(labels) + 1.5), layout="constrained")
-    ax = fig.subplots()
-    height = 0.8 / len(labels)
-    positions = list(range(len(table)))[::-1]
-    for j, label in enumerate(labels):
-        values = [0.0 if math.isnan(v) else v for v in table[label]]
-        ax.barh([p - j * height for p in positions], values, height=height, label=label)
-    ax.set_yticks([p - height * (len(labels) - 1) / 2 for p in positions], list(table["parameter"]))
-    ax.set_xlabel("importance (sums to 1)")
-    if len(labels) > 1:
-        ax.legend(loc="best", fontsize="small")
-    ax.set_title("parameter importance (Optuna)")
-    return fig
-
-
-def pareto_figure(data: StudyData) -> Figure:
-    """Every pair of objectives: complete trials, the Pareto front highlighted and numbered."""
-    if len(data.metric_names) < 2:
-        raise NoData("single-objective study: no Pareto front")
-    _require_complete(data)
-    counted = {t.number for t in data.complete}
-    front = [t for t in data.study.best_trials if t.number in counted]
-    pairs = [(i, j) for i in range(len(data.metric_names)) for j in range(i + 1, len(data.metric_names))]
-    fig = Figure(figsize=(5 * len(pairs), 4), layout="constrained")
-    axes = fig.subplots(1, len(pairs), squeeze=False)[0]
-    for ax, (i, j) in zip(axes, pairs, strict=True):
-        ax.scatter([t.values[i] for t in data.complete], [t.values[j] for t in data.complete],
-                   color=OTHER_COLOR, alpha=0.6, label="complete trial")
-        ordered = sorted(front, key=lambda t: (t.values[i], t.values[j]))
-        ax.plot([t.values[i] for t in ordered], [t.values[j] for t in ordered], "o-", color="tab:red",
-                label="Pareto front", zorder=3)
-        for t in ordered:
-            ax.annotate(str(t.number), (t.values[i], t.values[j]), textcoords="offset points", xytext=(4, 4),
-                        fontsize="small")
-        ax.set_xlabel(f"{objective_column(data.metric_names[i])} ({data.directions[i]})")
-        ax.set_ylabel(f"{objective_column(data.metric_names[j])} ({data.directions[j]})")
-        ax.legend(loc="best", fontsize="small")
-    fig.suptitle(f"{data.name}: Pareto front")
-    return fig
-
-
-def _curve(trial: FrozenTrial) -> tuple[list[int], list[float]]:
-    steps = sorted(trial.intermediate_values)
-    return steps, [trial.intermediate_values[s] for s in steps]
-
-
-def intermediate_figure(data: StudyData) -> Figure:
-    """The per-epoch values every trial reported to the pruner, coloured by how the trial ended."""
-    trials = [t for t in data.trials if t.intermediate_values]
-    if not trials:
+def intermediate_figure(data: StudyData, study: optuna.Study) -> Figure:
+    """Optuna's per-epoch values reported to the pruner, one line per counted trial."""
+    if not any(t.intermediate_values for t in study.get_trials(deepcopy=False)):
         raise NoData("no trial reported per-epoch values; trials report them only when the study has "
                      "a pruner")
-    fig = Figure(figsize=(7, 4), layout="constrained")
-    ax = fig.subplots()
-    labelled: set[str] = set()
-    for trial in trials:
-        state, _ = data.state(trial)
-        color = STATE_COLORS.get(state, OTHER_COLOR)
-        label = state if state in STATE_COLORS else "other"
-        xs, ys = _curve(trial)
-        ax.plot(xs, ys, "o-", color=color, alpha=0.7, markersize=3,
-                label=None if label in labelled else label)
-        labelled.add(label)
-        if trial.state == TrialState.PRUNED:
-            ax.annotate(str(trial.number), (xs[-1], ys[-1]), textcoords="offset points", xytext=(3, 3),
-                        fontsize="x-small")
-    ax.set_xlabel("epoch")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax = _optuna(lambda: optuna_plots.plot_intermediate_values(study))
     ax.set_ylabel(f"{data.metric_names[0]} (reported)")
-    ax.legend(loc="best", fontsize="small")
     ax.set_title(f"{data.name}: intermediate values")
+    return ax.figure
+
+
+def importance_figure(data: StudyData, study: optuna.Study, table: pd.DataFrame) -> Figure:
+    """Optuna's parameter importances of the first objective, as `importance_table` computes them."""
+    if table.empty:
+        raise NoData(table.attrs.get("note", "no parameter importances"))
+    label = _labels(data)[0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the evaluator's warnings are in the importance table's note
+        ax = _optuna(lambda: optuna_plots.plot_param_importances(
+            study, target=importance_target(data.directions, 0), target_name=label))
+    ax.set_title(f"{data.name}: parameter importance ({label})")
+    return ax.figure
+
+
+def pareto_figure(data: StudyData, study: optuna.Study) -> Figure:
+    """Optuna's Pareto front (2 or 3 objectives)."""
+    if len(data.metric_names) < 2:
+        raise NoData("single-objective study: no Pareto front")
+    if len(data.metric_names) > 3:
+        raise NoData("more than 3 objectives: see the Pareto table")
+    _require_complete(data)
+    ax = _optuna(lambda: optuna_plots.plot_pareto_front(study, target_names=_labels(data)))
+    return ax.figure
+
+
+def _yerr(table: pd.DataFrame, center: str, low: str, high: str) -> np.ndarray:
+    """Error bar lengths below and above `center` (0 where the interval is unknown, n < 2)."""
+    below = (table[center] - table[low]).fillna(0.0).to_numpy(dtype=float)
+    above = (table[high] - table[center]).fillna(0.0).to_numpy(dtype=float)
+    return np.vstack([below, above])
+
+
+def ablation_figure(data: StudyData, table: pd.DataFrame) -> Figure:
+    """Per objective: each configuration's paired difference to the all-conv baseline with its 95%
+    interval (`ablation_table`); a bar crossing the dashed zero line is not distinguishable."""
+    labels = _labels(data)
+    rows = table[table[f"{labels[0]} diff"].notna() & table[f"{labels[0]} diff_ci95_low"].notna()]
+    if rows.empty:
+        raise NoData(table.attrs.get("note") or "no configuration paired with the all-conv baseline by 2 or "
+                     "more seeds")
+    names = [c if DEVICE not in rows or not d else f"{c} [{d}]"
+             for c, d in zip(rows[CONFIGURATION], rows.get(DEVICE, [""] * len(rows)), strict=True)]
+    fig = Figure(figsize=(6 * len(labels), 0.5 * len(rows) + 1.8), layout="constrained")
+    axes = fig.subplots(1, len(labels), squeeze=False)[0]
+    for ax, label in zip(axes, labels, strict=True):
+        ys = list(range(len(rows)))[::-1]
+        ax.errorbar(rows[f"{label} diff"], ys, xerr=_yerr(rows, f"{label} diff", f"{label} diff_ci95_low",
+                                                          f"{label} diff_ci95_high"),
+                    fmt="o", capsize=4, color="tab:blue")
+        ax.axvline(0.0, color="tab:gray", linestyle="--")
+        ax.set_yticks(ys, names if ax is axes[0] else [""] * len(ys))
+        ax.set_xlabel(f"{label}: difference to all-conv (95% CI)")
+    fig.suptitle(f"{data.name}: paired difference to all-conv by seed")
+    return fig
+
+
+def stage_effect_figure(data: StudyData, table: pd.DataFrame) -> Figure:
+    """Per searched stage and objective: each operator's mean over its runs with the 95% interval
+    (`stage_effects_table`)."""
+    if table.empty:
+        raise NoData(table.attrs.get("note", "no complete trial yet"))
+    stages = list(dict.fromkeys(table["stage"]))
+    labels = _labels(data)
+    fig = Figure(figsize=(3.2 * len(stages), 3 * len(labels)), layout="constrained")
+    axes = fig.subplots(len(labels), len(stages), squeeze=False)
+    for row, label in enumerate(labels):
+        for col, stage in enumerate(stages):
+            ax: Axes = axes[row, col]
+            part = table[table["stage"] == stage].reset_index(drop=True)
+            ticks = [op if DEVICE not in part or not part.loc[i, DEVICE] else f"{op} [{part.loc[i, DEVICE]}]"
+                     for i, op in enumerate(part["op"])]
+            ax.errorbar(range(len(part)), part[f"{label} mean"],
+                        yerr=_yerr(part, f"{label} mean", f"{label} ci95_low", f"{label} ci95_high"),
+                        fmt="o", capsize=4, color="tab:blue")
+            for x, n in enumerate(part["n"]):
+                mean = part.loc[x, f"{label} mean"]
+                if not math.isnan(mean):
+                    ax.annotate(f"n={n}", (x, mean), textcoords="offset points", xytext=(6, 0),
+                                fontsize="x-small")
+            ax.set_xticks(range(len(part)), ticks, rotation=30, ha="right", fontsize="small")
+            ax.set_xlim(-0.6, len(part) - 0.4)
+            ax.set_title(f"stage {stage}", fontsize="medium")
+            if col == 0:
+                ax.set_ylabel(label)
+    fig.suptitle(f"{data.name}: objective by operator (mean, 95% CI)")
     return fig

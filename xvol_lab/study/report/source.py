@@ -21,11 +21,11 @@ from xvol_lab.errors import ConfigError
 from xvol_lab.models import BackboneSpec, StageSpec, build_classifier
 from xvol_lab.models.cost import count_flops
 from xvol_lab.study.config import FLOPS_G, StudyConfig, load_study_config
-from xvol_lab.study.ledger import RETRY_OF, VOID, Tally, counted, tally
+from xvol_lab.study.ledger import Tally, counted, tally
 from xvol_lab.study.space import spec_of
+from xvol_lab.study.standing import complete_trials, retried_as, state_and_reason
 from xvol_lab.study.storage import default_storage_url, find_study, open_storage, shown_url, sqlite_file
 
-# Measurements the lead adds to a trial's user attrs (read when present).
 # The operators by their names in the paper.
 DISPLAY = {"conv": "conv", "sa": "SA", "pssa": "PSSA", "xvol_sa": "X-volution(SA)",
            "xvol_pssa": "X-volution(PSSA)"}
@@ -92,11 +92,8 @@ class StudyData:
         self.name, self.config, self.study, self.url = name, config, study, url
         self.trials: list[FrozenTrial] = sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)
         self.counted: list[FrozenTrial] = counted(self.trials)
-        self.complete: list[FrozenTrial] = [t for t in self.counted
-                                            if t.state == TrialState.COMPLETE and t.values is not None]
-        # interrupted trial number -> the number of its retry
-        self.retried = {n: t.number for t in self.trials
-                        for n in t.system_attrs.get("retry_history", [])[-1:]}
+        self.complete: list[FrozenTrial] = complete_trials(self.trials)
+        self.retried = retried_as(self.trials)  # interrupted trial number -> the number of its retry
         self.tally: Tally = tally(self.trials)
         self._specs: dict[int, BackboneSpec | None] = {}
         self.bad_params: dict[int, str] = {}
@@ -130,17 +127,8 @@ class StudyData:
         return self._specs[trial.number]
 
     def state(self, trial: FrozenTrial) -> tuple[str, str]:
-        """(state, reason): complete, pruned, failed, running, waiting, interrupted or void."""
-        if trial.system_attrs.get(VOID):
-            return "void", str(trial.user_attrs.get("fail_reason", "budget taken by other workers"))
-        if trial.number in self.retried:
-            return "interrupted", f"retried as trial {self.retried[trial.number]}"
-        retry = f"retry of trial {trial.system_attrs[RETRY_OF]}" if RETRY_OF in trial.system_attrs else ""
-        if trial.state == TrialState.PRUNED:
-            return "pruned", str(trial.user_attrs.get("prune_reason") or retry)
-        if trial.state == TrialState.FAIL:
-            return "failed", str(trial.user_attrs.get("fail_reason") or "interrupted (not retried)")
-        return trial.state.name.lower(), retry
+        """(state, reason) as `xvol_lab.study.standing.state_and_reason` words them."""
+        return state_and_reason(trial, self.retried)
 
     def objective_values(self, trial: FrozenTrial) -> list[float]:
         """The objective values: stored for a complete trial, else the logged metrics (NaN if none)."""
@@ -149,8 +137,8 @@ class StudyData:
         return [number_attr(trial, m) for m in self.metric_names]
 
     def flops_g(self, trial: FrozenTrial) -> float:
-        """GFLOPs of one image through the deploy form: the stored measurement, else counted on the
-        deploy classifier of the spec (classification studies; NaN for other tasks)."""
+        """GFLOPs (2 per multiply-add) of one image through the deploy form: the stored measurement,
+        else counted on the deploy classifier of the spec (classification studies; NaN for other tasks)."""
         stored = number_attr(trial, FLOPS_G)
         if not math.isnan(stored):
             return stored

@@ -7,7 +7,6 @@ Table formats: md (pipe tables), csv (full precision), latex (``tabular``), html
 from __future__ import annotations
 
 import logging
-import math
 import os
 import secrets
 import shutil
@@ -20,8 +19,13 @@ from matplotlib.figure import Figure
 
 from xvol_lab.errors import ConfigError
 from xvol_lab.study.progress import best_text
+from xvol_lab.study.report.findings import ablation_findings, compact_ablation, trivial_text
+from xvol_lab.study.report.frame import counted_study
+from xvol_lab.study.report.markdown import format_number, markdown_table
 from xvol_lab.study.report.plots import (
     NoData,
+    ablation_figure,
+    close,
     history_figure,
     importance_figure,
     intermediate_figure,
@@ -30,7 +34,6 @@ from xvol_lab.study.report.plots import (
 )
 from xvol_lab.study.report.source import StudyData
 from xvol_lab.study.report.tables import (
-    DELTA,
     ablation_table,
     importance_table,
     pareto_table,
@@ -45,30 +48,6 @@ FORMATS = {"md": ".md", "csv": ".csv", "latex": ".tex", "html": ".html"}
 REPORT = "report.md"
 
 
-def format_number(value: object) -> str:
-    """A table cell: '' for NaN/None, integers without decimals, else 4 significant digits (1 decimal
-    from 100 up)."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return ""
-    if isinstance(value, float):
-        if value.is_integer() and abs(value) < 1e15:
-            return str(int(value))
-        return f"{value:.1f}" if abs(value) >= 100 else f"{value:.4g}"
-    return str(value)
-
-
-def markdown_table(table: pd.DataFrame) -> str:
-    """A GitHub pipe table of `table` (cells formatted by `format_number`, pipes escaped)."""
-    def cell(value: object) -> str:
-        return format_number(value).replace("|", "\\|").replace("\n", " ")
-
-    numeric = [pd.api.types.is_numeric_dtype(table[c]) for c in table.columns]
-    lines = ["| " + " | ".join(cell(c) for c in table.columns) + " |",
-             "|" + "|".join("---:" if n else "---" for n in numeric) + "|"]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in table.itertuples(index=False)]
-    return "\n".join(lines) + "\n"
-
-
 def render_table(table: pd.DataFrame, fmt: str) -> str:
     """`table` as text in format `fmt` (a key of `FORMATS`)."""
     formatters = [format_number] * len(table.columns)
@@ -78,7 +57,7 @@ def render_table(table: pd.DataFrame, fmt: str) -> str:
         return markdown_table(table)
     if fmt == "latex":
         text = table.to_latex(index=False, escape=True, na_rep="", formatters=formatters)
-        return text.replace(DELTA, r"$\Delta$")
+        return text.replace("×", r"$\times$")
     if fmt == "html":
         return table.to_html(index=False, na_rep="", formatters=formatters, border=0)
     raise ConfigError(f"--format: got {fmt!r}, expected one of {', '.join(FORMATS)}")
@@ -142,13 +121,18 @@ def report_tables(data: StudyData) -> dict[str, tuple[str, pd.DataFrame]]:
     }
 
 
-def _plots(data: StudyData, importance: pd.DataFrame) -> dict[str, tuple[str, Callable[[], Figure]]]:
+def _plots(data: StudyData,
+           tables: dict[str, tuple[str, pd.DataFrame]]) -> dict[str, tuple[str, Callable[[], Figure]]]:
+    study = counted_study(data)
     return {
-        "history": ("Optimization history", lambda: history_figure(data)),
-        "stage_effects": ("Objective by operator and stage", lambda: stage_effect_figure(data)),
-        "importance": ("Parameter importance", lambda: importance_figure(importance)),
-        "pareto": ("Pareto front", lambda: pareto_figure(data)),
-        "intermediate": ("Intermediate values", lambda: intermediate_figure(data)),
+        "ablation": ("Difference to all-conv (95% CI)", lambda: ablation_figure(data, tables["ablation"][1])),
+        "stage_effects": ("Objective by operator and stage (95% CI)",
+                          lambda: stage_effect_figure(data, tables["stage_effects"][1])),
+        "history": ("Optimization history", lambda: history_figure(data, study)),
+        "importance": ("Parameter importance",
+                       lambda: importance_figure(data, study, tables["importance"][1])),
+        "pareto": ("Pareto front", lambda: pareto_figure(data, study)),
+        "intermediate": ("Intermediate values", lambda: intermediate_figure(data, study)),
     }
 
 
@@ -159,8 +143,36 @@ def _header(data: StudyData) -> list[str]:
         lines += [" ".join(data.config.description.split()), ""]
     lines += [f"- storage: `{data.shown_url}`", f"- objectives: {objectives}",
               f"- trials: {counts_text(data.name, data.config, data.trials)}",
-              f"- best: {best_text(data.trials, data.metric_names, data.directions)}", ""]
-    return lines
+              f"- seeds per configuration: {seeds_text(data)}",
+              f"- best: {best_text(data.trials, data.metric_names, data.directions)}"]
+    trivial = trivial_text(data.config)
+    if trivial:
+        lines.append(f"- trivial level: {trivial}")
+    return [*lines, ""]
+
+
+def seeds_text(data: StudyData) -> str:
+    """``3 (0, 1, 2)``: the seeds the complete trials ran (the study's base.seed for old trials)."""
+    runs = [tuple(t.user_attrs.get("seeds") or [data.config.base.seed]) for t in data.complete]
+    if not runs:
+        return "none yet"
+    counts = sorted({len(r) for r in runs})
+    seeds = sorted({s for r in runs for s in r})
+    n = str(counts[0]) if len(counts) == 1 else f"{counts[0]} to {counts[-1]}"
+    return f"{n} ({', '.join(map(str, seeds))})"
+
+
+def _ablation_lines(data: StudyData, table: pd.DataFrame) -> list[str]:
+    """The ablation in report.md: the compact table (the file has every column) and one sentence per
+    configuration."""
+    if table.empty:
+        return []
+    lines = ["Mean over runs with its 95% t interval; difference to all-conv paired by seed with its "
+             "95% t interval; p: paired t-test, Holm-corrected across rows (`*`: below 0.05). "
+             "The table file adds std, the exact sign-flip p and the costs.", "",
+             markdown_table(compact_ablation(data, table))]
+    findings = ablation_findings(data, table)
+    return lines + ([*(f"- {f}" for f in findings), ""] if findings else [])
 
 
 def write_report(data: StudyData, out: Path, fmt: str = "md") -> Path:
@@ -184,17 +196,22 @@ def write_report(data: StudyData, out: Path, fmt: str = "md") -> Path:
             lines += [f"## {title}", ""]
             if "note" in table.attrs:
                 lines += [f"_Note: {table.attrs['note']}_", ""]
-            if not table.empty:
+            if stem == "ablation":
+                lines += _ablation_lines(data, table)
+            elif not table.empty:
                 lines += [markdown_table(table)]
         lines += ["## Plots", ""]
         skipped = []
-        for stem, (title, make) in _plots(data, tables["importance"][1]).items():
+        for stem, (title, make) in _plots(data, tables).items():
             try:
                 figure = make()
             except NoData as reason:
                 skipped.append(f"- {title}: not drawn ({reason})")
                 continue
-            figure.savefig(tmp / f"{stem}.png", dpi=100)
+            try:
+                figure.savefig(tmp / f"{stem}.png", dpi=100)
+            finally:
+                close(figure)
             lines += [f"### {title}", "", f"![{title}]({stem}.png)", ""]
         lines += skipped + ([""] if skipped else [])
         if data.bad_params:
