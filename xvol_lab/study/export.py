@@ -1,91 +1,87 @@
 """`export_study`: a study's best trial(s) as deployable folders, checked before they are kept.
 
-Each exported trial gets a folder ``trial_<n>/`` with::
+Any task. Each exported trial gets a folder ``trial_<n>/`` with::
 
     spec.json      the architecture (`lab.py train --arch spec.json`, `BackboneSpec.from_json`)
+    config.yaml    the trial's run config (`lab.py train --config config.yaml` retrains it)
     best.ckpt      the trained Lightning checkpoint (copied from the trial's run dir)
-    deploy.pt      the re-parameterized model (`xvol_lab.tasks.export_deploy` / `load_deploy`)
-    model.onnx     the deploy model in ONNX (opset 17), input ``images`` (N, C, S, S), output ``logits``
-    MODEL_CARD.md  metrics, params, FLOPs, latency, study and trial, spec, and the check below
+    deploy.pt      the re-parameterized network with its classes and preprocessing
+                   (`xvol_lab.tasks.export.load_deployed`; `lab.py predict` runs it)
+    model.onnx     the deploy network in ONNX (opset 17, fixed image size; `xvol_lab.tasks.onnx`)
+    MODEL_CARD.md  the task's metrics, params, FLOPs/MACs, latency, study and trial, spec, the check
 
-The check (`verify_export`): on a batch of validation images (random ones if the data cannot be
-loaded), the deploy model and the ONNX model (onnxruntime) must give the training model's logits
-y within ``1e-5 * max(1, |y|)`` and ``1e-4 * max(1, |y|)`` with the same argmax; otherwise
-`ExportCheckError`. The export folder is replaced whole, and only when every trial passed.
+The check (`verify_export`): on validation images of the trial's data (seeded random images when
+the data cannot be loaded), the deploy checkpoint and the ONNX model must reproduce the trained
+network (`xvol_lab.tasks.verify`: logits within 1e-5 / 1e-4 with the same class for classifiers,
+1e-4 for segmentation logits, matched boxes, scores and labels within tolerance and masks with an
+IoU of at least 0.99 for detectors); otherwise `ExportCheckError` (exit 1). The export folder is
+replaced whole, and only when every trial passed.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import importlib.util
 import logging
 import shutil
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 import torch
 from optuna.trial import FrozenTrial
-from torch import Tensor, nn
+from torch import Tensor
 
-from xvol_lab.config import load_run_config
-from xvol_lab.data import build_datamodule
+from xvol_lab.config import RunConfig, load_run_config
 from xvol_lab.errors import ConfigError
-from xvol_lab.models import BackboneSpec
 from xvol_lab.study.progress import pareto_front
 from xvol_lab.study.report.source import StudyData, configuration_label
 from xvol_lab.study.report.tables import STAGE_COLUMNS, objective_column, trials_table
 from xvol_lab.study.report.writer import format_number, markdown_table, staged_dir
-from xvol_lab.tasks import ClassificationTask, export_deploy, load_deploy
+from xvol_lab.tasks.export import (
+    TASK_MODULES,
+    Preprocess,
+    export_deploy,
+    load_deploy,
+    load_deployed,
+    load_trained,
+    preprocess_of,
+    validation_batch,
+)
+from xvol_lab.tasks.onnx import ONNX_FILE, OPSET, PROGRAM_FILE, export_portable, load_portable
+from xvol_lab.tasks.registry import DETECTION_TASKS
 from xvol_lab.tasks.runner import CHECKPOINT_DIR
+from xvol_lab.tasks.verify import DEPLOY_TOL, LOGITS_TOL, Comparison, compare_outputs
 
 log = logging.getLogger(__name__)
 
 SPEC = "spec.json"
+CONFIG = "config.yaml"
 CHECKPOINT = "best.ckpt"
 DEPLOY = "deploy.pt"
-ONNX = "model.onnx"
 CARD = "MODEL_CARD.md"
 INDEX = "README.md"
-OPSET = 17
-DEPLOY_TOL = 1e-5
-ONNX_TOL = 1e-4
 CHECK_IMAGES = 16
 
 
 class ExportCheckError(ConfigError):
-    """The deploy or ONNX model does not reproduce the training model's predictions."""
+    """The deploy or ONNX model does not reproduce the trained model's predictions."""
 
 
 @dataclass(frozen=True)
 class CheckResult:
-    """How closely the exported models follow the training model on `images` inputs (`source`)."""
+    """How closely the exported networks follow the trained one on `images` inputs (`source`)."""
 
     images: int
     source: str
-    deploy_error: float  # max |deploy - y| / max(1, |y|)
-    onnx_error: float  # max |onnx - y| / max(1, |y|)
-    argmax_agree: bool  # ONNX and training model pick the same class for every image
+    comparisons: tuple[Comparison, ...]
 
     def problems(self) -> list[str]:
         """What fails the check (empty when it passes)."""
-        out = []
-        if not self.deploy_error <= DEPLOY_TOL:
-            out.append(f"the deploy checkpoint differs: max |diff|/max(1,|y|) = {self.deploy_error:.2e} "
-                       f"> {DEPLOY_TOL:g}")
-        if not self.onnx_error <= ONNX_TOL:
-            out.append(f"the ONNX model differs: max |diff|/max(1,|y|) = {self.onnx_error:.2e} "
-                       f"> {ONNX_TOL:g}")
-        if not self.argmax_agree:
-            out.append("the ONNX model predicts another class for some images")
-        return out
+        return [f"the {c.artefact} differs: {c.summary}" for c in self.comparisons if not c.passed]
 
     def describe(self) -> str:
-        """One sentence for the model card."""
-        return (f"On {self.source}: deploy max |diff|/max(1,|y|) = {self.deploy_error:.2e} (at most "
-                f"{DEPLOY_TOL:g}); ONNX {self.onnx_error:.2e} (at most {ONNX_TOL:g}), same predicted class "
-                f"for {'every' if self.argmax_agree else 'NOT every'} image.")
+        """One paragraph for the model card."""
+        return f"On {self.source}: " + "; ".join(f"{c.artefact}: {c.summary}" for c in self.comparisons) + "."
 
 
 def pareto_fronts(trials: list[FrozenTrial], directions: list[str]) -> list[list[FrozenTrial]]:
@@ -115,78 +111,96 @@ def select_trials(data: StudyData, top: int | None = None) -> list[FrozenTrial]:
     return ordered[:top]
 
 
-def check_images(run_dir: Path, spec: BackboneSpec, data: StudyData,
-                 n: int = CHECK_IMAGES) -> tuple[Tensor, str]:
-    """Up to `n` validation images of the trial's data (its config.yaml), as prepared for training;
-    seeded random images of the study's size when the data is not there (none is generated here)."""
+def check_images(run_dir: Path, config: RunConfig,
+                 n: int = CHECK_IMAGES) -> tuple[Tensor | list[Tensor], str, Preprocess | None, list[str]]:
+    """Up to `n` validation images of the trial's data as the network takes them, where they come
+    from, the validation preprocessing and the class names; seeded random images (and no
+    preprocessing) when the data is not there (none is generated here)."""
     try:
-        config = load_run_config(run_dir / "config.yaml")
-        cfg = dataclasses.replace(config.data, num_workers=0, batch_size=n)
-        datamodule = build_datamodule(cfg)
-        datamodule.setup("validate")
-        images = next(iter(datamodule.val_dataloader()))[0][:n]
-        return images, f"{len(images)} validation images of {cfg.name}"
+        images, datamodule = validation_batch(config, n)
+        return (images, f"{len(images)} validation images of {config.data.name}",
+                preprocess_of(datamodule, config.task), list(datamodule.classes))
     except (ConfigError, OSError) as err:
         log.warning("%s: no validation images (%s); checking on random images", run_dir, err)
-        size = data.config.base.data.image_size
+        size = config.data.image_size
         generator = torch.Generator().manual_seed(0)
-        return torch.randn(n, spec.in_chans, size, size, generator=generator), f"{n} random images"
+        if config.task in DETECTION_TASKS:
+            images = list(torch.rand(n, config.model.in_chans, size, size, generator=generator))
+        else:
+            images = torch.randn(n, config.model.in_chans, size, size, generator=generator)
+        return images, f"{n} random images", None, []
 
 
-def export_onnx(model: nn.Module, path: Path, example: Tensor) -> None:
-    """Save `model` (eval) as ONNX at `path`: fixed image size, any batch size."""
-    with warnings.catch_warnings():  # the TorchScript exporter's deprecation and constant-folding notes
-        warnings.simplefilter("ignore")
-        torch.onnx.export(model.eval(), (example,), str(path), opset_version=OPSET, dynamo=False,
-                          input_names=["images"], output_names=["logits"],
-                          dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}})
-
-
-def _scaled_error(actual: Tensor, expected: Tensor) -> float:
-    return ((actual - expected).abs() / expected.abs().clamp(min=1)).max().item()
-
-
-def verify_export(folder: Path, images: Tensor, source: str = "the given images") -> CheckResult:
-    """Compare the deploy checkpoint and the ONNX model in `folder` with its training checkpoint."""
-    import onnxruntime
-
-    task = ClassificationTask.load_from_checkpoint(folder / CHECKPOINT, map_location="cpu")
-    deploy = load_deploy(folder / DEPLOY)
+def verify_export(folder: Path, images: Tensor | list[Tensor],
+                  source: str = "the given images") -> CheckResult:
+    """Compare the deploy checkpoint and the ONNX model in `folder` with its trained checkpoint."""
+    deployed = load_deployed(folder / DEPLOY)
+    task = deployed.config.task
+    trained = load_trained(folder / CHECKPOINT, task)
+    portable_file = folder / ONNX_FILE if (folder / ONNX_FILE).is_file() else folder / PROGRAM_FILE
+    portable_name = "ONNX model" if portable_file.name == ONNX_FILE else "torch.export program"
+    portable = load_portable(portable_file, task)
     with torch.no_grad():
-        expected = task.model.eval()(images)
-        deployed = deploy(images)
-    session = onnxruntime.InferenceSession(str(folder / ONNX), providers=["CPUExecutionProvider"])
-    onnx_out = torch.from_numpy(session.run(None, {"images": images.numpy()})[0])
-    return CheckResult(images=len(images), source=source, deploy_error=_scaled_error(deployed, expected),
-                       onnx_error=_scaled_error(onnx_out, expected),
-                       argmax_agree=bool((onnx_out.argmax(1) == expected.argmax(1)).all()))
+        expected = trained.model(images)
+        outputs = {"deploy checkpoint": deployed.network(images), portable_name: portable(images)}
+    tolerances = {"deploy checkpoint": DEPLOY_TOL if task == "classification" else LOGITS_TOL,
+                  portable_name: LOGITS_TOL}
+    comparisons = tuple(compare_outputs(task, name, out, expected, tolerances[name])
+                        for name, out in outputs.items())
+    return CheckResult(images=len(images), source=source, comparisons=comparisons)
 
 
-def model_card(data: StudyData, trial: FrozenTrial, spec: BackboneSpec, row: pd.Series,
-               check: CheckResult) -> str:
+ONNX_IO = {
+    "classification": "input `images` (N, {c}, {s}, {s}) normalised like the validation data, output "
+                      "`logits`",
+    "semantic_segmentation": "input `images` (N, {c}, {s}, {s}) normalised like the validation data, output "
+                             "`logits` (N, classes, {s}, {s})",
+    "detection": "input `image` ({c}, {s}, {s}) in [0, 1], one per call, outputs `boxes` (xyxy), `labels`, "
+                 "`scores`",
+    "instance_segmentation": "input `image` ({c}, {s}, {s}) in [0, 1], one per call, outputs `boxes` (xyxy), "
+                             "`labels`, `scores`, `masks` (K, 1, {s}, {s})",
+}
+
+
+def model_card(data: StudyData, trial: FrozenTrial, config: RunConfig, row: pd.Series,
+               check: CheckResult, fallback: str | None = None) -> str:
     """The MODEL_CARD.md text of an exported trial (`row`: its line of `trials_table`)."""
+    spec = config.model
     objectives = ", ".join(f"{objective_column(m)} {format_number(v)} ({d})"
                            for m, v, d in zip(data.metric_names, trial.values, data.directions, strict=True))
     hidden = {"number", "state", "reason", *STAGE_COLUMNS}
-    shown = {k: format_number(v) for k, v in row.items() if k not in hidden and format_number(v)}
+    shown = {k: format_number(v) if not isinstance(v, str) else v for k, v in row.items()
+             if k not in hidden and (isinstance(v, str) and v or format_number(v))}
     values = pd.DataFrame({"quantity": list(shown), "value": list(shown.values())})
     stages = pd.DataFrame({"stage": [1, 2, 3, 4], "operator": [row[c] for c in STAGE_COLUMNS]})
+    io = ONNX_IO[config.task].format(c=spec.in_chans, s=config.data.image_size)
     return "\n".join([
         f"# {spec.describe()}", "",
-        f"Study `{data.name}` (`{data.shown_url}`), trial {trial.number}: {configuration_label(spec)}.", "",
+        f"Study `{data.name}` (`{data.shown_url}`), trial {trial.number}: {config.task} on "
+        f"{config.data.name}, {configuration_label(spec)}.", "",
         f"Objectives: {objectives}.", "",
         "## Metrics and cost",
-        "Metrics of the best epoch; params, latency and FLOPs of the deploy form (one image).", "",
+        "The task's metrics of the best epoch; params, latency and FLOPs of the trained deploy network on "
+        "validation images. FLOPs count a multiply-add as 2 (`GFLOPs (2×MAC)`); `GMACs` count it once, "
+        "the unit of torchvision's and the paper's figures.", "",
         markdown_table(values),
         "## Architecture", "", markdown_table(stages), "```json", spec.to_json(), "```", "",
         "## Files", "",
         f"- `{SPEC}`: the spec; `lab.py train --arch {SPEC}` retrains it, `BackboneSpec.from_json` reads it",
-        f"- `{CHECKPOINT}`: the trained checkpoint (`ClassificationTask.load_from_checkpoint`)",
-        f"- `{DEPLOY}`: the re-parameterized model (`xvol_lab.tasks.load_deploy`)",
-        f"- `{ONNX}`: the deploy model, ONNX opset {OPSET}; input `images` (N, {spec.in_chans}, "
-        f"{data.config.base.data.image_size}, {data.config.base.data.image_size}) normalised like the "
-        "training data, output `logits`", "",
+        f"- `{CONFIG}`: the run config; `lab.py train --config {CONFIG}` retrains the trial",
+        f"- `{CHECKPOINT}`: the trained checkpoint (`{type_name(config.task)}.load_from_checkpoint`; "
+        f"`init.path=<this folder>` starts another task's backbone from it)",
+        f"- `{DEPLOY}`: the re-parameterized network with its classes and preprocessing "
+        "(`xvol_lab.tasks.export.load_deployed`; `lab.py predict <this folder> IMAGES... --out DIR`)",
+        (f"- `{ONNX_FILE}`: the deploy network, ONNX opset {OPSET}, fixed image size; {io}"
+         if fallback is None else
+         f"- `{PROGRAM_FILE}`: the deploy network as a `torch.export` program (`torch.export.load`), "
+         f"dynamic batch; no `{ONNX_FILE}`: {fallback}"), "",
         "## Check", "", check.describe(), ""])
+
+
+def type_name(task: str) -> str:
+    return TASK_MODULES[task].__name__
 
 
 def export_trial(data: StudyData, trial: FrozenTrial, folder: Path, row: pd.Series) -> CheckResult:
@@ -196,27 +210,30 @@ def export_trial(data: StudyData, trial: FrozenTrial, folder: Path, row: pd.Seri
     if checkpoint is None or not checkpoint.is_file():
         raise ConfigError(f"study {data.name}, trial {trial.number}: no checkpoint at "
                           f"{checkpoint or '(no run_dir recorded)'}; expected the trial's best.ckpt")
+    run_dir = Path(run_dir)
+    config = load_run_config(run_dir / CONFIG)
     folder.mkdir()
     shutil.copy2(checkpoint, folder / CHECKPOINT)
-    spec = ClassificationTask.load_from_checkpoint(folder / CHECKPOINT, map_location="cpu").spec
+    shutil.copy2(run_dir / CONFIG, folder / CONFIG)
+    spec = load_trained(folder / CHECKPOINT, config.task).spec
     (folder / SPEC).write_text(spec.to_json() + "\n")
-    export_deploy(folder / CHECKPOINT, folder / DEPLOY)
-    images, source = check_images(Path(run_dir), spec, data)
-    export_onnx(load_deploy(folder / DEPLOY), folder / ONNX, images[:1])
+    images, source, preprocess, classes = check_images(run_dir, config)
+    export_deploy(folder / CHECKPOINT, folder / DEPLOY, config, classes=classes, preprocess=preprocess)
+    try:
+        _, fallback = export_portable(load_deploy(folder / DEPLOY), folder, images[0], config.task)
+    except RuntimeError as err:
+        raise ExportCheckError(f"study {data.name}, trial {trial.number}: {err}") from None
     check = verify_export(folder, images, source)
     if check.problems():
         raise ExportCheckError(f"study {data.name}, trial {trial.number}: {'; '.join(check.problems())} "
                                f"(on {source})")
-    (folder / CARD).write_text(model_card(data, trial, spec, row, check))
+    (folder / CARD).write_text(model_card(data, trial, config, row, check, fallback))
     return check
 
 
 def export_study(data: StudyData, out: Path, top: int | None = None) -> list[Path]:
     """Export the selected trials (`select_trials`) to folder `out` (replaced whole, only if every
     trial passes its check); returns the trial folders."""
-    if data.config.task != "classification":
-        raise ConfigError(f"study {data.name}: task {data.config.task!r}; export handles classification "
-                          "studies (a deploy checkpoint of a classifier)")
     missing = [name for name in ("onnx", "onnxruntime") if importlib.util.find_spec(name) is None]
     if missing:
         raise ConfigError(f"export: {', '.join(missing)} not installed; expected the onnx extra "
@@ -229,7 +246,8 @@ def export_study(data: StudyData, out: Path, top: int | None = None) -> list[Pat
         index = table.loc[[t.number for t in trials],
                           ["number", *STAGE_COLUMNS, *(objective_column(m) for m in data.metric_names)]]
         (tmp / INDEX).write_text(f"# Export of study `{data.name}`\n\nOne folder per trial "
-                                 f"(`trial_<number>/`), each with {SPEC}, {CHECKPOINT}, {DEPLOY}, {ONNX} "
-                                 f"and {CARD}.\n\n" + markdown_table(index.reset_index(drop=True)))
+                                 f"(`trial_<number>/`), each with {SPEC}, {CONFIG}, {CHECKPOINT}, {DEPLOY}, "
+                                 f"{ONNX_FILE} (or {PROGRAM_FILE}) and {CARD}.\n\n"
+                                 + markdown_table(index.reset_index(drop=True)))
     log.info("exported %d trial(s) of %s to %s", len(trials), data.name, out)
     return [Path(out) / f"trial_{t.number}" for t in trials]

@@ -1,32 +1,133 @@
-"""Deploy export: a trained checkpoint re-parameterized (one dynamic convolution per X-volution) and
-saved with its spec, so `load_deploy` builds the deploy model directly, without the training form."""
+"""Deploy export: a trained checkpoint of any task re-parameterized (one dynamic convolution per
+X-volution) and saved with everything needed to run it on new images.
+
+A deploy file holds ``config`` (the `RunConfig` as a dict: task, spec, detector), ``num_classes``,
+``state_dict`` (deploy-form weights), ``classes`` (class names, label order) and ``preprocess``
+(`Preprocess` as a dict: the validation pipeline's resizing and normalisation), so `load_deployed`
+builds the deploy network directly, without the training form, and `Preprocess.transform` prepares
+an image file exactly as validation did.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import lightning.pytorch as L
 import torch
-from torch import nn
+from torch import Tensor, nn
+from torchvision.transforms import v2
 
 from xvol_lab.atomic import atomic_path
+from xvol_lab.config import RunConfig
 from xvol_lab.errors import ConfigError
-from xvol_lab.models import BackboneSpec, build_classifier
 from xvol_lab.ops import reparameterize
 from xvol_lab.schema import from_dict, to_dict
 from xvol_lab.tasks.classification import ClassificationTask
+from xvol_lab.tasks.detection import DetectionTask
+from xvol_lab.tasks.registry import DETECTION_TASKS, build_network
+from xvol_lab.tasks.segmentation import SegmentationTask
 
-DEPLOY_KEYS = ("spec", "num_classes", "state_dict")
+DEPLOY_KEYS = ("config", "num_classes", "state_dict", "classes", "preprocess")
+TASK_MODULES: dict[str, type[L.LightningModule]] = {
+    "classification": ClassificationTask, "semantic_segmentation": SegmentationTask,
+    "detection": DetectionTask, "instance_segmentation": DetectionTask}
 
 
-def export_deploy(checkpoint: str | Path, out_path: str | Path) -> Path:
-    """Save the deploy form of the model in the Lightning `checkpoint` as
-    ``{'spec': dict, 'num_classes': int, 'state_dict': deploy weights}`` at `out_path` (atomically)."""
+@dataclass(frozen=True)
+class Preprocess:
+    """How validation prepared an image: `steps` (("resize", size) with an int for the short side or
+    [h, w]; ("center_crop", size)) on the uint8 image, then a fixed `size` x `size` (detectors keep
+    the aspect ratio instead), then ``x / 255`` normalised by `mean` and `std` (None: detectors
+    normalise inside the network)."""
+
+    size: int
+    steps: tuple[tuple[str, Any], ...] = ()
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    fixed_size: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain types (the deploy file is read with ``weights_only=True``)."""
+        return {"size": self.size, "steps": [[name, size] for name, size in self.steps],
+                "mean": None if self.mean is None else list(self.mean),
+                "std": None if self.std is None else list(self.std), "fixed_size": self.fixed_size}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Preprocess:
+        mean, std = data["mean"], data["std"]
+        return cls(size=int(data["size"]), steps=tuple((str(n), s) for n, s in data["steps"]),
+                   mean=None if mean is None else tuple(mean), std=None if std is None else tuple(std),
+                   fixed_size=bool(data["fixed_size"]))
+
+    def transform(self) -> v2.Compose:
+        """PIL image -> float32 tensor (3, H, W) as the network takes it."""
+        ops: list[v2.Transform] = [v2.ToImage()]
+        for name, size in self.steps:
+            size = list(size) if isinstance(size, (list, tuple)) else size
+            ops.append(v2.Resize(size, antialias=True) if name == "resize" else v2.CenterCrop(size))
+        if self.fixed_size:
+            ops.append(v2.Resize([self.size, self.size], antialias=True))  # a no-op when already that size
+        ops.append(v2.ToDtype(torch.float32, scale=True))
+        if self.mean is not None:
+            ops.append(v2.Normalize(list(self.mean), list(self.std or ())))
+        return v2.Compose(ops)
+
+
+def _walk(transform: Any) -> Iterator[Any]:
+    """The leaf transforms of `transform` (v2.Compose nested any depth), in order."""
+    children = getattr(transform, "transforms", None)
+    if isinstance(children, (list, tuple)):
+        for child in children:
+            yield from _walk(child)
+    else:
+        yield transform
+
+
+def preprocess_of(datamodule: L.LightningDataModule, task: str) -> Preprocess:
+    """The validation preprocessing of a set-up `datamodule` (its val set's transform, and the
+    normalisation it applies after the batch transfer, or inside the transform)."""
+    val_set = datamodule.val_set
+    transform = getattr(val_set, "transform", None) or getattr(val_set, "transforms", None)
+    steps: list[tuple[str, Any]] = []
+    mean = std = None
+    for t in _walk(transform):
+        if isinstance(t, v2.Resize):
+            steps.append(("resize", t.size[0] if len(t.size) == 1 else list(t.size)))
+        elif isinstance(t, v2.CenterCrop):
+            steps.append(("center_crop", list(t.size)))
+        elif isinstance(t, v2.Normalize):
+            mean, std = tuple(t.mean), tuple(t.std)
+    normalize = getattr(datamodule, "normalize", None)
+    if getattr(normalize, "mean", None) is not None:
+        mean, std = tuple(normalize.mean), tuple(normalize.std)
+    return Preprocess(size=int(datamodule.image_size), steps=tuple(steps), mean=mean, std=std,
+                      fixed_size=task not in DETECTION_TASKS)
+
+
+def load_trained(checkpoint: str | Path, task: str) -> L.LightningModule:
+    """The LightningModule of `task` in the Lightning `checkpoint`, on the CPU, in eval mode."""
     if not Path(checkpoint).is_file():
         raise ConfigError(f"{checkpoint}: no such checkpoint")
-    task = ClassificationTask.load_from_checkpoint(checkpoint, map_location="cpu")
+    return TASK_MODULES[task].load_from_checkpoint(checkpoint, map_location="cpu").eval()
+
+
+def export_deploy(checkpoint: str | Path, out_path: str | Path, config: RunConfig | None = None, *,
+                  classes: Sequence[str] = (), preprocess: Preprocess | None = None) -> Path:
+    """Save the deploy form of the model in the Lightning `checkpoint` of `config.task` (default: a
+    classifier of the checkpoint's spec) at `out_path`, atomically; see the module doc."""
+    if config is None:
+        spec = load_trained(checkpoint, "classification").spec
+        config = RunConfig(model=spec)
+    task = load_trained(checkpoint, config.task)
+    config = dataclasses.replace(config, model=task.spec)
     deploy = reparameterize(task.model.eval())
-    payload = {"spec": to_dict(task.spec), "num_classes": task.model.num_classes,
-               "state_dict": deploy.state_dict()}
+    num_classes = int(task.hparams["num_classes"])
+    payload = {"config": to_dict(config), "num_classes": num_classes, "state_dict": deploy.state_dict(),
+               "classes": list(classes), "preprocess": None if preprocess is None else preprocess.to_dict()}
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(out_path) as tmp:
@@ -34,13 +135,58 @@ def export_deploy(checkpoint: str | Path, out_path: str | Path) -> Path:
     return out_path
 
 
-def load_deploy(path: str | Path) -> nn.Module:
-    """The deploy-form classifier saved by `export_deploy`, in eval mode."""
-    if not Path(path).is_file():
+@dataclass(frozen=True)
+class Deployed:
+    """A deploy file loaded: the network (eval mode) and what it needs to run on images."""
+
+    network: nn.Module
+    config: RunConfig
+    num_classes: int
+    classes: tuple[str, ...]
+    preprocess: Preprocess | None
+
+
+def load_deployed(path: str | Path) -> Deployed:
+    """The deploy file `path` (`export_deploy`) with its network rebuilt in deploy form."""
+    path = Path(path)
+    if not path.is_file():
         raise ConfigError(f"{path}: no such deploy file")
-    payload = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises several types for a damaged file
+        raise ConfigError(f"{path}: cannot read the deploy file ({type(err).__name__})") from None
     if not isinstance(payload, dict) or set(payload) != set(DEPLOY_KEYS):
         raise ConfigError(f"{path}: not a deploy export; expected the keys {', '.join(DEPLOY_KEYS)}")
-    model = build_classifier(from_dict(BackboneSpec, payload["spec"]), payload["num_classes"], deploy=True)
-    model.load_state_dict(payload["state_dict"])
-    return model.eval()
+    config = from_dict(RunConfig, payload["config"])
+    network = build_network(config, payload["num_classes"], deploy=True)
+    try:
+        network.load_state_dict(payload["state_dict"])
+    except RuntimeError:
+        raise ConfigError(f"{path}: the weights do not fit the network of its config "
+                          f"({config.task}, {config.model.describe()})") from None
+    preprocess = payload["preprocess"]
+    return Deployed(network.eval(), config, payload["num_classes"], tuple(payload["classes"]),
+                    None if preprocess is None else Preprocess.from_dict(preprocess))
+
+
+def load_deploy(path: str | Path) -> nn.Module:
+    """The deploy-form network saved by `export_deploy`, in eval mode."""
+    return load_deployed(path).network
+
+
+def validation_batch(config: RunConfig, n: int) -> tuple[Tensor | list[Tensor], L.LightningDataModule]:
+    """Up to `n` validation images of `config`'s data, as the network takes them (normalised after
+    the transfer like training), and the set-up datamodule. Raises `ConfigError`/`OSError` when the
+    data is not there (nothing is generated here)."""
+    from xvol_lab.data import build_datamodule
+
+    cfg = dataclasses.replace(config.data, num_workers=0, batch_size=n)
+    datamodule = build_datamodule(cfg)
+    datamodule.setup("validate")
+    batch = next(iter(datamodule.val_dataloader()))
+    images = datamodule.on_after_batch_transfer(batch, 0)[0][:n]
+    return images, datamodule
+
+
+__all__ = ["DEPLOY_KEYS", "TASK_MODULES", "Deployed", "Preprocess", "export_deploy", "load_deploy",
+           "load_deployed", "load_trained", "preprocess_of", "validation_batch"]
