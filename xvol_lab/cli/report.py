@@ -9,6 +9,7 @@ from pathlib import Path
 import optuna
 
 from xvol_lab.cli.args import positive_int
+from xvol_lab.cli.storage_args import add_storage_arguments, storage_argument
 from xvol_lab.study.export import ExportCheckError, export_study
 from xvol_lab.study.report import FORMATS, load_study_data, write_report
 
@@ -34,7 +35,7 @@ def _common(parser: argparse.ArgumentParser, what: str) -> None:
     parser.add_argument("name", metavar="NAME", help="a study in studies/ or a path to a study YAML file")
     parser.add_argument("--out", type=Path, metavar="DIR",
                         help=f"{what} folder (default: <runs>/<study>/{what})")
-    parser.add_argument("--storage", metavar="URL", help="Optuna RDB URL (default: the study's SQLite file)")
+    add_storage_arguments(parser)
     parser.add_argument("--runs", type=Path, default=Path("runs"), metavar="DIR",
                         help="runs folder (default: runs)")
 
@@ -60,7 +61,7 @@ def add_study_commands(study_subparsers: argparse._SubParsersAction) -> None:
 def cmd_report(args: argparse.Namespace) -> int:
     """Write the report folder and print where report.md is."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    data = load_study_data(args.name, runs=args.runs, storage_url=args.storage)
+    data = load_study_data(args.name, runs=args.runs, storage_url=storage_argument(args))
     path = write_report(data, args.out or args.runs / data.name / "report", args.format)
     print(path)
     return 0
@@ -69,7 +70,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     """Export and check the best trial(s); print each folder. Exit 1 if a check fails."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    data = load_study_data(args.name, runs=args.runs, storage_url=args.storage)
+    data = load_study_data(args.name, runs=args.runs, storage_url=storage_argument(args))
     try:
         folders = export_study(data, args.out or args.runs / data.name / "export", args.top)
     except ExportCheckError as err:

@@ -11,6 +11,7 @@ from rich.console import Console
 
 from xvol_lab.cli.args import positive_int
 from xvol_lab.cli.report import add_study_commands
+from xvol_lab.cli.storage_args import add_storage_arguments, storage_argument
 from xvol_lab.errors import ConfigError
 from xvol_lab.study.config import list_study_files, load_study_config
 from xvol_lab.study.progress import make_view
@@ -46,10 +47,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     run.add_argument("name", metavar="NAME", help="a study in studies/ or a path to a study YAML file")
     run.add_argument("--trials", type=positive_int, metavar="N",
                      help="finished trials to end with (budget.n_trials)")
-    run.add_argument("--storage", metavar="URL",
-                     help="Optuna RDB URL shared by the workers "
-                          "(default: sqlite:///<runs>/<study>/study.db), "
-                          "e.g. postgresql+psycopg://user:pass@host/db")
+    add_storage_arguments(run)
     run.add_argument("--devices", type=positive_int, metavar="N",
                      help="processes (devices) per trial and node")
     run.add_argument("--nodes", type=positive_int, metavar="M",
@@ -66,7 +64,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
     st = sub.add_parser("status", help="trials, counts and the best trial of a study")
     st.add_argument("name", metavar="NAME", help="a study in studies/ or a path to a study YAML file")
-    st.add_argument("--storage", metavar="URL", help="Optuna RDB URL (default: the study's SQLite file)")
+    add_storage_arguments(st)
     st.add_argument("--runs", type=Path, default=RUNS, metavar="DIR", help=RUNS_HELP)
     st.set_defaults(func=cmd_status)
     add_study_commands(sub)
@@ -84,7 +82,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         if getattr(args, flag) is not None:
             overrides.append(f"{key}={getattr(args, flag)}")
     name, config = load_study_config(args.name, overrides)
-    url = args.storage or default_storage_url(args.runs, name)
+    url = storage_argument(args) or default_storage_url(args.runs, name)
     previous = signal.signal(signal.SIGTERM, _sigterm)
     try:
         run_study(name, config, runs=args.runs, storage_url=url, view=make_view(args.live))
@@ -112,7 +110,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     """Every trial of the study, the counts and the best trial."""
     name, config = load_study_config(args.name)
-    table, lines = status(name, config, args.storage or default_storage_url(args.runs, name))
+    table, lines = status(name, config, storage_argument(args) or default_storage_url(args.runs, name))
     console = Console(highlight=False)
     console.print(table)
     for line in lines:

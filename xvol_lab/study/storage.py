@@ -10,11 +10,15 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import random
+import re
+import stat
 import time
 import warnings
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 import optuna
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
@@ -27,11 +31,44 @@ log = logging.getLogger(__name__)
 IDENTITY = "xvol:study"
 GRACE_FACTOR = 3
 OPEN_ATTEMPTS = 3
+STORAGE_ENV = "XVOL_STORAGE"  # the storage URL, for workers that are given no --storage
+MIN_SECRET = 3  # shorter "passwords" are not searched for in free text (they would mask every word)
+_USER_PASSWORD = re.compile(r"(://[^/?#@:]*:)(.*)@")  # greedy: up to the last @
+_QUERY_PASSWORD = re.compile(r"([?&]password=)([^&#]*)", re.IGNORECASE)
 
 
 def default_storage_url(runs: Path, name: str) -> str:
-    """``sqlite:///<runs>/<name>/study.db`` (absolute)."""
-    return f"sqlite:///{(runs / name / 'study.db').resolve()}"
+    """The storage of a study given no ``--storage``: ``$XVOL_STORAGE`` if set (a server shared by
+    the workers, the password kept off the command line), else ``sqlite:///<runs>/<name>/study.db``."""
+    return os.environ.get(STORAGE_ENV) or f"sqlite:///{(runs / name / 'study.db').resolve()}"
+
+
+def read_storage_file(path: Path) -> str:
+    """The storage URL in file `path` (its first line that is not blank or a ``#`` comment); the file
+    must be readable by its owner only, since the URL may hold the database password."""
+    try:
+        mode = path.stat().st_mode
+    except OSError as err:
+        raise ConfigError(f"--storage-file {path}: {err.strerror or err}") from None
+    if not stat.S_ISREG(mode):
+        raise ConfigError(f"--storage-file {path}: not a file; expected a file holding the storage URL")
+    if mode & 0o044:
+        shown = f"{stat.S_IMODE(mode):04o}"
+        raise ConfigError(f"--storage-file {path}: group or others can read it (mode {shown}); expected a "
+                          f"file only its owner can read (chmod 600 {path})")
+    try:
+        lines = [line.strip() for line in path.read_text().splitlines()]
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"--storage-file {path}: cannot read it ({err})") from None
+    url = next((line for line in lines if line and not line.startswith("#")), None)
+    if url is None:
+        raise ConfigError(f"--storage-file {path}: empty; expected a storage URL on its first line")
+    return url
+
+
+def has_password(url: str) -> bool:
+    """Whether `url` carries a password (in its user part or as a ``password=`` query parameter)."""
+    return shown_url(url) != url
 
 
 def sqlite_file(url: str) -> Path | None:
@@ -41,13 +78,24 @@ def sqlite_file(url: str) -> Path | None:
 
 
 def shown_url(url: str) -> str:
-    """`url` with any password masked, for messages."""
-    try:
-        import sqlalchemy
+    """`url` with any password masked, for messages, logs, reports and trial attributes.
 
-        return sqlalchemy.engine.make_url(url).render_as_string(hide_password=True)
-    except Exception:  # not a URL at all: the caller reports it
-        return url
+    Does not parse the URL: everything between the user name and the last ``@`` becomes ``***``
+    (also in URLs no parser accepts, and with an unencoded ``@`` in the password), and so do
+    ``password=`` query parameters."""
+    masked = _USER_PASSWORD.sub(r"\1***@", url, count=1)
+    return _QUERY_PASSWORD.sub(r"\1***", masked)
+
+
+def redact(text: str, url: str) -> str:
+    """`text` (e.g. a driver's error message) with the password of `url` masked wherever it appears."""
+    text = text.replace(url, shown_url(url))
+    secrets = {m.group(2) for pattern in (_USER_PASSWORD, _QUERY_PASSWORD) for m in pattern.finditer(url)}
+    secrets |= {unquote(secret) for secret in secrets}
+    for secret in sorted(secrets, key=len, reverse=True):
+        if len(secret) >= MIN_SECRET:
+            text = text.replace(secret, "***")
+    return text
 
 
 def open_storage(url: str, *, heartbeat: int | None = None, create: bool = True) -> RDBStorage:
@@ -79,7 +127,7 @@ def open_storage(url: str, *, heartbeat: int | None = None, create: bool = True)
                 attempt += 1
                 time.sleep(1.0 + random.random())
                 continue
-            detail = " ".join(str(err).split())[:300]
+            detail = redact(" ".join(str(err).split()), url)[:300]
             raise ConfigError(f"--storage {shown_url(url)}: cannot open ({detail})") from None
 
 

@@ -1,0 +1,33 @@
+"""The storage options shared by the study commands: ``--storage URL`` or ``--storage-file PATH``
+(else ``$XVOL_STORAGE``, else the study's SQLite file; see `xvol_lab.study.storage`)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from xvol_lab.study.storage import STORAGE_ENV, has_password, read_storage_file
+
+log = logging.getLogger(__name__)
+
+
+def add_storage_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the mutually exclusive ``--storage`` and ``--storage-file`` to `parser`."""
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--storage", metavar="URL",
+                       help=f"Optuna RDB URL shared by the workers (default: ${STORAGE_ENV}, else "
+                            "sqlite:///<runs>/<study>/study.db); a password here is visible to every user "
+                            f"of the machine (ps): use ${STORAGE_ENV} or --storage-file for one")
+    group.add_argument("--storage-file", type=Path, metavar="PATH",
+                       help="a file only you can read (chmod 600) holding the storage URL on its first line")
+
+
+def storage_argument(args: argparse.Namespace) -> str | None:
+    """The storage URL given by ``--storage`` or ``--storage-file``, or None (ConfigError for a bad file)."""
+    if getattr(args, "storage_file", None) is not None:
+        return read_storage_file(args.storage_file)
+    if args.storage is not None and has_password(args.storage):
+        log.warning("--storage carries a password, which every user of this machine can read (ps); "
+                    "put the URL in $%s or in a file given with --storage-file", STORAGE_ENV)
+    return args.storage
