@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import torch
 import torchvision
+from torch.utils.flop_counter import FlopCounterMode
 
 from xvol_lab.models import BackboneSpec, build_classifier
-from xvol_lab.models.cost import count_flops
+from xvol_lab.models.cost import EXTRA_FLOPS, count_flops
 from xvol_lab.ops import create_op, reparameterize
 
 
@@ -16,7 +17,22 @@ def test_all_conv_resnet_counts_like_torchvision():
     assert count_flops(ours, (1, 3, 64, 64)) == count_flops(theirs, (1, 3, 64, 64))
 
 
-def test_pssa_flops_by_hand():
+def test_pssa_flops_by_hand_fused_kernels():
+    c_in, c, h, w, taps = 8, 16, 6, 5, 9
+    op = create_op("pssa", c_in, c, heads=2)
+    n = h * w
+    projections = 2 * c_in * 3 * c * n
+    assert count_flops(op, (1, c_in, h, w)) == projections + 4 * taps * c * n
+    x = torch.randn(1, c_in, h, w, requires_grad=True)
+    counter = FlopCounterMode(display=False, custom_mapping=EXTRA_FLOPS)
+    with counter:
+        op.attn(x).sum().backward()
+    backward = 10 * taps * c * n + 2 * projections  # fused backward; input and weight gradients
+    assert counter.get_total_flops() == 2 * projections + 4 * taps * c * n + (c * n - 1) + backward
+
+
+def test_pssa_flops_by_hand_composite_path(monkeypatch):
+    monkeypatch.setattr("xvol_lab.ops.layers.pssa_backend", lambda device, dtype: "torch")
     c_in, c, h, w, taps = 8, 16, 6, 5, 9
     op = create_op("pssa", c_in, c, heads=2).eval()
     n = h * w

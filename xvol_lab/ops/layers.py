@@ -6,10 +6,11 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from xvol_lab.ops.attention import global_attention, pixel_shift_attention, pixel_shift_weights, pssa_taps
+from xvol_lab.ops.pssa_fused import fused_pixel_shift_attention, project_qkv
+from xvol_lab.ops.pssa_kernels import compute_dtype, pssa_backend
 
 
 @dataclass(frozen=True)
@@ -44,16 +45,19 @@ class AttentionLayer(nn.Module):
 
     def project(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """q (B, C, H', W') on the stride grid; k, v (B, C, H, W)."""
-        c, w, b = self.out_chs, self.qkv.weight, self.qkv.bias
-        if self.stride == 1:
-            q, k, v = F.conv2d(x, w, b).chunk(3, dim=1)
-            return q, k, v
-        q = F.conv2d(x[:, :, :: self.stride, :: self.stride], w[:c], None if b is None else b[:c])
-        k, v = F.conv2d(x, w[c:], None if b is None else b[c:]).chunk(2, dim=1)
-        return q, k, v
+        return project_qkv(x, self.qkv.weight, self.qkv.bias, self.out_chs, self.stride)
 
     def forward(self, x: Tensor, out: Tensor | None = None) -> Tensor:
-        """Attention output (B, C_out, H', W'); added in place to `out` when given."""
+        """Attention output (B, C_out, H', W'); with `out`, out + attention (possibly `out` updated).
+
+        PSSA runs the fused kernels where `pssa_backend` has one for the device and dtype (no flag);
+        the composite path otherwise.
+        """
+        if self.cfg.mode == "pssa":
+            dtype = compute_dtype(x)
+            if pssa_backend(x.device, dtype) != "torch":
+                return fused_pixel_shift_attention(x, self.qkv.weight, self.qkv.bias, self.out_chs,
+                                                   self.cfg.heads, self.cfg.taps, self.stride, dtype, out)
         q, k, v = self.project(x)
         if self.cfg.mode == "sa":
             return global_attention(q, k, v, self.cfg.heads, out)

@@ -1,0 +1,150 @@
+"""Fused PSSA kernels against the composite path and the dense reference; dispatch and fallback."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+
+import pytest
+import torch
+
+from xvol_lab.ops import create_op, pssa_taps
+from xvol_lab.ops import pssa_kernels as kernels
+from xvol_lab.ops.attention import pixel_shift_attention
+from xvol_lab.ops.layers import AttentionConfig, AttentionLayer
+from xvol_lab.ops.pssa_fused import fused_pixel_shift_attention, project_qkv
+from xvol_lab.ops.reference import attention_reference
+
+pytestmark = pytest.mark.skipif(not kernels.cpu_kernels_available(), reason="no C++ toolchain")
+
+# (H, W): tiny images where every pixel is a border one (L=3 leaves only the centre tap on 3x3),
+# odd sizes, and sizes large enough for the vector blocks (16 float / 8 double lanes) plus tails.
+SIZES = [(3, 3), (9, 7), (20, 19)]
+OPTIONS = [(s, L, d, h) for s, L, d, h in itertools.product([1, 2], [1, 2, 3], [4, 8], [1, 2, 4])]
+
+
+def _inputs(c_in, c, size, dtype, seed=0, base=False):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(2, c_in, *size, generator=gen, dtype=dtype)
+    w = torch.randn(3 * c, c_in, 1, 1, generator=gen, dtype=dtype) / c_in ** 0.5
+    b = torch.randn(3 * c, generator=gen, dtype=dtype)
+    return x, w, b
+
+
+def _composite(x, w, b, c, heads, taps, stride, base=None):
+    q, k, v = project_qkv(x, w, b, c, stride)
+    y = pixel_shift_attention(q, k, v, heads, taps, stride)
+    return y if base is None else base + y
+
+
+@pytest.mark.parametrize("size", SIZES, ids=[f"{h}x{w}" for h, w in SIZES])
+@pytest.mark.parametrize("stride,shift,dirs,heads", OPTIONS)
+def test_fused_forward_matches_the_composite_path(stride, shift, dirs, heads, size):
+    taps = pssa_taps(shift, dirs)
+    for dtype, tol in ((torch.float64, dict(atol=1e-12, rtol=1e-12)),
+                       (torch.float32, dict(atol=1e-5, rtol=1e-5))):
+        x, w, b = _inputs(5, 8, size, dtype)
+        fused = fused_pixel_shift_attention(x, w, b, 8, heads, taps, stride, dtype)
+        torch.testing.assert_close(fused, _composite(x, w, b, 8, heads, taps, stride), **tol)
+
+
+@pytest.mark.parametrize("size", [(9, 7), (20, 19)], ids=["9x7", "20x19"])
+@pytest.mark.parametrize("stride,shift,dirs,heads", OPTIONS)
+def test_fused_gradients_match_the_composite_path(stride, shift, dirs, heads, size):
+    taps = pssa_taps(shift, dirs)
+    ho, wo = -(-size[0] // stride), -(-size[1] // stride)
+    x, w, b = _inputs(5, 8, size, torch.float64)
+    base = torch.randn(2, 8, ho, wo, dtype=torch.float64)
+    grad = torch.randn(2, 8, ho, wo, dtype=torch.float64)
+    leaves = [t.clone().requires_grad_(True) for t in (x, w, b, base)]
+    fused = fused_pixel_shift_attention(*leaves[:3], 8, heads, taps, stride, torch.float64, base=leaves[3])
+    got = torch.autograd.grad(fused, leaves, grad)
+    ref_leaves = [t.clone().requires_grad_(True) for t in (x, w, b, base)]
+    ref = _composite(*ref_leaves[:3], 8, heads, taps, stride, base=ref_leaves[3])
+    expected = torch.autograd.grad(ref, ref_leaves, grad)
+    torch.testing.assert_close(fused, ref, atol=1e-12, rtol=1e-12)
+    for g, e in zip(got, expected, strict=True):
+        torch.testing.assert_close(g, e, atol=1e-11, rtol=1e-11)
+
+
+@pytest.mark.parametrize("stride,shift,dirs", [(1, 1, 8), (1, 2, 4), (2, 1, 8), (2, 3, 4)])
+def test_fused_gradcheck(stride, shift, dirs):
+    x, w, b = _inputs(3, 4, (5, 6), torch.float64, seed=1)
+    args = [t.requires_grad_(True) for t in (x, w, b)]
+    taps = pssa_taps(shift, dirs)
+    assert torch.autograd.gradcheck(
+        lambda x, w, b: fused_pixel_shift_attention(x, w, b, 4, 2, taps, stride, torch.float64), args)
+
+
+@pytest.mark.parametrize("stride,stack", [(1, 2), (2, 3)])
+def test_stacked_op_matches_the_dense_reference(stride, stack):
+    torch.manual_seed(0)
+    op = create_op("pssa", 4, 8, stride, heads=2, shift=2, stack=stack).double()
+    x = torch.randn(2, 4, 11, 10, dtype=torch.float64)
+    y = op.attn(x)
+    ref = x
+    for layer in op.attn:
+        ref = attention_reference(layer, ref)
+    torch.testing.assert_close(y, ref, atol=1e-12, rtol=1e-12)
+
+
+def test_training_saves_only_the_layer_input():
+    """The fused layer keeps x (and the weights) for backward: no q, k, v, no shifted copies."""
+    layer = AttentionLayer(8, 16, 1, AttentionConfig("pssa", 2))
+    x = torch.randn(2, 8, 12, 12, requires_grad=True)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        layer(x)
+    assert sum(t.numel() for t in saved) == x.numel() + layer.qkv.weight.numel()
+
+
+def test_dispatch_picks_the_fastest_available_backend(monkeypatch):
+    assert kernels.pssa_backend("cpu", torch.float32) == "cpu"
+    assert kernels.pssa_backend("cpu", torch.float64) == "cpu"
+    assert kernels.pssa_backend("cpu", torch.bfloat16) == "torch"
+    monkeypatch.setattr(kernels, "triton_kernels_available", lambda: True)
+    assert kernels.pssa_backend("cuda", torch.bfloat16) == "triton"
+    assert kernels.pssa_backend("cuda", torch.float32) == "triton"
+    assert kernels.pssa_backend("cuda", torch.float64) == "torch"
+    monkeypatch.setattr(kernels, "triton_kernels_available", lambda: False)
+    assert kernels.pssa_backend("cuda", torch.float16) == "torch"
+    assert kernels.pssa_backend("meta", torch.float32) == "torch"
+
+
+def _fused_calls(fn) -> int:
+    """How many times `fn()` runs the fused forward kernel."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        fn()
+    return sum(e.count for e in prof.key_averages() if e.key == "xvol::pssa_fwd")
+
+
+def test_create_op_runs_the_dispatched_kernel_by_default():
+    op = create_op("xvol_pssa", 4, 8)
+    x = torch.randn(1, 4, 6, 6)
+    assert _fused_calls(lambda: op(x)) == 1
+    assert _fused_calls(lambda: op.double()(x.double())) == 1
+    op.float()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert _fused_calls(lambda: op(x)) == 0  # CPU bf16: the composite path
+        assert op(x).dtype == torch.bfloat16
+
+
+def test_build_failure_falls_back_with_one_warning(monkeypatch, caplog):
+    import torch.utils.cpp_extension as cpp_extension
+
+    def no_compiler(**kwargs):
+        raise RuntimeError("Error building extension: g++ not found")
+
+    monkeypatch.setattr(cpp_extension, "load", no_compiler)
+    kernels.cpu_kernels_available.cache_clear()
+    try:
+        with caplog.at_level(logging.WARNING, logger="xvol_lab.ops.pssa_kernels"):
+            assert kernels.pssa_backend("cpu", torch.float32) == "torch"
+            assert kernels.pssa_backend("cpu", torch.float64) == "torch"
+        assert len(caplog.records) == 1 and "g++ not found" in caplog.records[0].getMessage()
+        y = create_op("pssa", 4, 8)(torch.randn(1, 4, 5, 5))  # the composite path, no crash
+        assert y.shape == (1, 8, 5, 5)
+    finally:
+        monkeypatch.undo()
+        kernels.cpu_kernels_available.cache_clear()
+    assert kernels.cpu_kernels_available()

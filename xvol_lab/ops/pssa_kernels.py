@@ -1,0 +1,107 @@
+"""Fused PSSA kernels: the `xvol::pssa_fwd` / `xvol::pssa_bwd` ops, their backends, and dispatch.
+
+One pass per tile computes the logits, the softmax over the valid taps and the aggregation; the backward
+recomputes the products from q, k, v instead of saving T shifted copies. Backends:
+- "cpu": a C++ extension (pssa_cpu.cpp, OpenMP via ATen's parallel_for), JIT-built once and cached under
+  torch's extensions directory; float32 and float64.
+- "triton": Triton kernels on CUDA (pssa_triton.py); float32, float16, bfloat16 (float32 accumulation).
+- "torch": the composite path of `xvol_lab.ops.attention` (every other device or dtype, or when a
+  kernel cannot be built: logged once, never an error).
+`pssa_backend(device, dtype)` picks the fastest one available; layers call it, so no flag is needed.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+log = logging.getLogger(__name__)
+
+torch.library.define("xvol::pssa_fwd",
+                     "(Tensor q, Tensor k, Tensor v, Tensor? base, int heads, int[] taps, int stride) "
+                     "-> Tensor")
+torch.library.define("xvol::pssa_bwd",
+                     "(Tensor grad, Tensor q, Tensor k, Tensor v, int heads, int[] taps, int stride) "
+                     "-> (Tensor, Tensor, Tensor)")
+
+
+@torch.library.register_fake("xvol::pssa_fwd")
+def _pssa_fwd_fake(q: Tensor, k: Tensor, v: Tensor, base: Tensor | None, heads: int, taps: list[int],
+                   stride: int) -> Tensor:
+    return torch.empty_like(q, memory_format=torch.contiguous_format)
+
+
+@torch.library.register_fake("xvol::pssa_bwd")
+def _pssa_bwd_fake(grad: Tensor, q: Tensor, k: Tensor, v: Tensor, heads: int, taps: list[int],
+                   stride: int) -> tuple[Tensor, Tensor, Tensor]:
+    return tuple(torch.empty_like(t, memory_format=torch.contiguous_format) for t in (q, k, v))
+
+
+CPU_DTYPES = (torch.float32, torch.float64)
+CUDA_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def _cpu_build_flags() -> tuple[str, list[str]]:
+    """Extension name and compiler flags for this CPU's vector ISA (the name keys torch's build cache,
+    so a cache shared between machines never hands an AVX-512 build to a CPU without it)."""
+    capability = torch.backends.cpu.get_cpu_capability()  # "DEFAULT", "AVX2", "AVX512", ...
+    isa = {"AVX2": ["-mavx2", "-mfma"], "AVX512": ["-mavx512f", "-mavx512dq", "-mavx2", "-mfma"]}
+    flags = ["-O3", "-fopenmp", "-ffp-contract=fast", *isa.get(capability, [])]
+    return f"xvol_pssa_cpu_{capability.lower()}", flags
+
+
+@functools.cache
+def cpu_kernels_available() -> bool:
+    """Build (first call per machine, cached on disk) and load the C++ kernels; False, with one logged
+    warning, when that fails (no compiler, no write access)."""
+    from torch.utils.cpp_extension import load
+
+    name, flags = _cpu_build_flags()
+    try:
+        load(name=name, sources=[str(Path(__file__).with_name("pssa_cpu.cpp"))], extra_cflags=flags,
+             is_python_module=False, verbose=False)
+    except Exception as err:  # noqa: BLE001 - any build failure means: use the composite path
+        log.warning("PSSA C++ kernels unavailable (%s: %s); using the composite torch path",
+                    type(err).__name__, str(err).strip().splitlines()[-1] if str(err).strip() else "")
+        return False
+    return True
+
+
+@functools.cache
+def triton_kernels_available() -> bool:
+    """Triton importable (it ships with the CUDA build of torch) and a CUDA device present."""
+    if not torch.cuda.is_available():
+        return False
+    try:
+        from xvol_lab.ops import pssa_triton  # noqa: F401
+    except Exception as err:  # noqa: BLE001 - e.g. no triton: use the composite path
+        log.warning("PSSA Triton kernels unavailable (%s: %s); using the composite torch path",
+                    type(err).__name__, err)
+        return False
+    return True
+
+
+def pssa_backend(device: torch.device | str, dtype: torch.dtype) -> str:
+    """Which PSSA implementation runs for tensors of `dtype` on `device`: "cpu", "triton" or "torch"."""
+    device = torch.device(device)
+    if device.type == "cpu" and dtype in CPU_DTYPES and cpu_kernels_available():
+        return "cpu"
+    if device.type == "cuda" and dtype in CUDA_DTYPES and triton_kernels_available():
+        return "triton"
+    return "torch"
+
+
+def compute_dtype(x: Tensor) -> torch.dtype:
+    """The dtype the q/k/v projections of `x` come out in (autocast's, when it is on for x's device)."""
+    if torch.is_autocast_enabled(x.device.type) and x.dtype.is_floating_point:
+        return torch.get_autocast_dtype(x.device.type)
+    return x.dtype
+
+
+def flat_taps(taps: tuple[tuple[int, int], ...]) -> list[int]:
+    """(ty0, tx0, ty1, tx1, ...): the op schema's int[] form of the taps."""
+    return [o for tap in taps for o in tap]
