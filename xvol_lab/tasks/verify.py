@@ -5,8 +5,9 @@ classification whether the predicted class is the same for every image. Detectio
 prediction of the trained model is matched to one of the export's with the same label and the
 highest box IoU; matched boxes and scores must agree within `BOX_TOL` (scaled like logits) and
 `SCORE_TOL`, masks (thresholded at 0.5) with an IoU of at least `MASK_IOU`. A prediction left
-unmatched is a failure, unless its score is within `SCORE_TOL` of the lowest score the other side
-kept (it sits at the score threshold or the per-image cut, where a rounding difference decides).
+unmatched is a failure, unless the other side kept at least as many detections of that image, all
+scoring at least this one's score minus `SCORE_TOL` (a swap at the per-image cut, where a rounding
+difference decides).
 """
 
 from __future__ import annotations
@@ -60,14 +61,18 @@ def _mask_iou(a: Tensor, b: Tensor) -> float:
     return 1.0 if union == 0 else (a & b).sum().item() / union
 
 
+def _at_cut(score: float, other: Tensor, own_count: int) -> bool:
+    """Whether a prediction with `score` that the other side (`other` scores) lacks may have been
+    swapped out at the per-image cut: the other side kept as many, down to about this score."""
+    return len(other) >= own_count and score <= other.min().item() + SCORE_TOL
+
+
 def compare_detections(artefact: str, actual: Detections, expected: Detections) -> Comparison:
     """Detections of the same images matched as the module doc says."""
     matched = unmatched = marginal = 0
     box_error = score_error = 0.0
     mask_iou = 1.0
     for got, want in zip(actual, expected, strict=True):
-        floor_got = got["scores"].min().item() if len(got["scores"]) else 1.0
-        floor_want = want["scores"].min().item() if len(want["scores"]) else 1.0
         free = torch.ones(len(got["boxes"]), dtype=torch.bool)
         ious = box_iou(want["boxes"].float(), got["boxes"].float()) if len(got["boxes"]) else None
         for i in range(len(want["boxes"])):
@@ -79,7 +84,7 @@ def compare_detections(artefact: str, actual: Detections, expected: Detections) 
                 if ious[i, j] < 0.5:
                     j = None
             if j is None:
-                if want["scores"][i].item() <= floor_got + SCORE_TOL:
+                if _at_cut(want["scores"][i].item(), got["scores"], len(want["scores"])):
                     marginal += 1
                 else:
                     unmatched += 1
@@ -91,7 +96,7 @@ def compare_detections(artefact: str, actual: Detections, expected: Detections) 
             if "masks" in want:
                 mask_iou = min(mask_iou, _mask_iou(got["masks"][j], want["masks"][i]))
         for j in torch.nonzero(free).flatten().tolist():
-            if got["scores"][j].item() <= floor_want + SCORE_TOL:
+            if _at_cut(got["scores"][j].item(), want["scores"], len(got["scores"])):
                 marginal += 1
             else:
                 unmatched += 1
