@@ -42,6 +42,6 @@ def test_launch_commands(tmp_path: Path, monkeypatch):
     with pytest.raises(ConfigError, match="--nodes 2: multi-node trials run through srun"):
         trial_command(tmp_path, 1, 2)
     monkeypatch.setenv("SLURM_JOB_ID", "42")
-    srun = trial_command(tmp_path, 4, 2)
-    assert srun[:4] == ["srun", "--nodes=2", "--ntasks-per-node=4", "--kill-on-bad-exit=1"]
-    assert srun[5:] == ["-m", "xvol_lab.study.trial", str(tmp_path)]
+    srun = trial_command(tmp_path, 4, 2)  # the flags one by one: tests/test_study_launch.py
+    assert srun[:4] == ["srun", "--nodes=2", "--ntasks=8", "--ntasks-per-node=4"]
+    assert srun[-3:] == ["-m", "xvol_lab.study.trial", str(tmp_path)]

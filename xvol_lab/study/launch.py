@@ -1,11 +1,11 @@
 """Starting and stopping the process that trains one trial.
 
 A trial runs ``python -m xvol_lab.study.trial TRIAL_DIR`` (one process), under
-``torch.distributed.run --standalone`` (several devices on this machine) or under ``srun`` (inside
-a SLURM allocation, always used there for multi-process trials). The trial process is the leader
-of a new process group (killed as a whole) and gets a pipe on stdin that nothing writes to: when
-the study process dies, even by SIGKILL, the pipe closes and every trial process that sees the end
-of its stdin kills itself (`watch_lifeline`).
+``torch.distributed.run --standalone`` (several devices on this machine) or as an ``srun`` step
+(inside a SLURM allocation, always used there for multi-process trials; `xvol_lab.study.slurm`).
+The trial process is the leader of a new process group (killed as a whole) and gets a pipe on
+stdin that nothing writes to: when the study process dies, even by SIGKILL, the pipe closes and
+every trial process that sees the end of its stdin kills itself (`watch_lifeline`).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from xvol_lab.errors import ConfigError
+from xvol_lab.study import slurm
 
 log = logging.getLogger(__name__)
 
@@ -30,19 +31,28 @@ TRIAL_MODULE = "xvol_lab.study.trial"
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]
 
 
-def trial_command(trial_dir: Path, devices: int, nodes: int) -> list[str]:
-    """The command that trains the trial in `trial_dir` on `nodes` x `devices` processes."""
+def trial_command(trial_dir: Path, devices: int, nodes: int,
+                  env: Mapping[str, str] | None = None) -> list[str]:
+    """The command that trains the trial in `trial_dir` on `nodes` x `devices` processes.
+
+    One process: the trial module itself. Several, inside a SLURM allocation: an ``srun`` step
+    (`xvol_lab.study.slurm.srun_command`). Several on this machine: torch.distributed.run
+    ``--standalone``, whose rendezvous binds a port the kernel picks free (port 0), so concurrent
+    trials never share one. Multi-node trials outside SLURM are refused: torchrun would have to be
+    started on every node (``--nnodes --rdzv-endpoint``), which one study process cannot do.
+    """
+    env = os.environ if env is None else env
     if devices < 1 or nodes < 1:
         raise ConfigError(f"--devices {devices} --nodes {nodes}: expected numbers >= 1 for study trials")
     script = ["-m", TRIAL_MODULE, str(trial_dir)]
     if devices * nodes == 1:
         return [sys.executable, *script]
-    if "SLURM_JOB_ID" in os.environ:
-        return ["srun", f"--nodes={nodes}", f"--ntasks-per-node={devices}", "--kill-on-bad-exit=1",
-                sys.executable, *script]
+    if slurm.in_allocation(env):
+        return slurm.srun_command(script, devices, nodes, env, sys.executable)
     if nodes > 1:
         raise ConfigError(f"--nodes {nodes}: multi-node trials run through srun inside a SLURM allocation "
-                          "(SLURM_JOB_ID is not set); see studies/README.md")
+                          "(SLURM_JOB_ID is not set); elsewhere (e.g. Kubernetes) run one study process per "
+                          "node with --nodes 1 and a shared --storage; see studies/README.md")
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={devices}",
             *script]
 
@@ -52,10 +62,10 @@ def start_trial(command: list[str], log_file: Path, storage_url: str, *,
     """Start `command` in a new process group, output to `log_file`, with the lifeline on stdin.
 
     The trial sees this process's environment with `env` laid over it (e.g. ``CUDA_VISIBLE_DEVICES``
-    and thread counts of one of several concurrent trials).
+    and thread counts of one of several concurrent trials), less the SLURM variables it must not
+    see (`xvol_lab.study.slurm.trial_environment`).
     """
-    full = dict(os.environ)
-    full.update(env or {})
+    full = slurm.trial_environment(command, {**os.environ, **(env or {})})
     full[STORAGE_ENV] = storage_url
     full[LIFELINE_ENV] = "1"
     full["PYTHONPATH"] = os.pathsep.join(p for p in (str(PACKAGE_ROOT), full.get("PYTHONPATH")) if p)

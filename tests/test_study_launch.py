@@ -1,0 +1,112 @@
+"""How trials are launched inside and outside SLURM (fake SLURM variables, no cluster needed): the
+srun step's flags, a free port per trial, --overlap and a bounded wait inside a step, the refusals,
+and what a trial process started by an srun-started worker sees (rank 0, no SLURM variables)."""
+
+from __future__ import annotations
+
+import socket
+import sys
+from pathlib import Path
+
+import pytest
+
+from xvol_lab.errors import ConfigError
+from xvol_lab.study import slurm
+from xvol_lab.study.launch import start_trial, stop_trial, trial_command
+
+TRIAL = ["-m", "xvol_lab.study.trial"]
+
+
+def flags(command: list[str]) -> dict[str, str]:
+    """``--name=value`` options of an srun command (before the python executable) by name."""
+    options = command[1:command.index(sys.executable)]
+    return dict((o[2:].split("=", 1) + [""])[:2] for o in options)
+
+
+def master_port(command: list[str]) -> int:
+    export = flags(command)["export"]
+    assert export.startswith("ALL,MASTER_PORT=")
+    return int(export.split("=")[-1])
+
+
+def test_a_multi_process_trial_in_a_batch_script_is_one_exact_srun_step(tmp_path):
+    env = {"SLURM_JOB_ID": "42", "SLURM_CPUS_PER_TASK": "6", "SLURM_GPUS_ON_NODE": "4"}
+    command = trial_command(tmp_path, 4, 2, env)
+    assert command[0] == "srun" and command[-3:] == [*TRIAL, str(tmp_path)]
+    got = flags(command)
+    assert {k: v for k, v in got.items() if k != "export"} == {
+        "nodes": "2", "ntasks": "8", "ntasks-per-node": "4", "exact": "", "cpus-per-task": "6",
+        "gpus-per-node": "4", "gpu-bind": "none", "kill-on-bad-exit": "1",
+        "immediate": str(slurm.STEP_WAIT_S)}
+    # no GPUs in the allocation: none asked for; CPUs shared out between the tasks of the node
+    cpu_only = flags(trial_command(tmp_path, 4, 1, {"SLURM_JOB_ID": "42", "SLURM_CPUS_ON_NODE": "16"}))
+    assert cpu_only["cpus-per-task"] == "4" and "gpus-per-node" not in cpu_only and "overlap" not in cpu_only
+
+
+def test_every_trial_gets_its_own_free_rendezvous_port(tmp_path):
+    env = {"SLURM_JOB_ID": "42"}
+    ports = [master_port(trial_command(tmp_path, 2, 1, env)) for _ in range(2)]
+    assert ports[0] != ports[1]
+    for port in ports:
+        with socket.socket() as sock:
+            sock.bind(("", port))  # free: binding it does not raise EADDRINUSE
+
+
+def test_a_trial_started_from_inside_a_step_overlaps_it(tmp_path):
+    one_task = {"SLURM_JOB_ID": "42", "SLURM_STEP_ID": "0", "SLURM_STEP_NUM_TASKS": "1"}  # srun --pty bash
+    got = flags(trial_command(tmp_path, 2, 2, one_task))
+    assert "overlap" in got and got["immediate"] == str(slurm.STEP_WAIT_S) and "nodelist" not in got
+    per_node = {**one_task, "SLURM_STEP_NUM_TASKS": "4", "SLURMD_NODENAME": "gpu07"}  # one worker per node
+    got = flags(trial_command(tmp_path, 2, 1, per_node))
+    assert "overlap" in got and got["nodelist"] == "gpu07"  # its trials stay on its own node
+    with pytest.raises(ConfigError, match=r"--nodes 2: this study process is one of 4 tasks of an srun step.*"
+                                          r"lab.py study submit"):
+        trial_command(tmp_path, 2, 2, per_node)
+
+
+def test_refusals_name_the_right_way(tmp_path):
+    with pytest.raises(ConfigError, match=r"--devices 8: this allocation has 4 GPU\(s\) per node"):
+        trial_command(tmp_path, 8, 1, {"SLURM_JOB_ID": "42", "SLURM_GPUS_ON_NODE": "4"})
+    with pytest.raises(ConfigError, match=r"--nodes 2: multi-node trials run through srun .*Kubernetes.* "
+                                          r"--nodes 1"):
+        trial_command(tmp_path, 1, 2, {})
+    assert trial_command(tmp_path, 2, 1, {})[1:5] == ["-m", "torch.distributed.run", "--standalone",
+                                                     "--nproc-per-node=2"]
+
+
+def test_trial_environment_hides_slurm_unless_srun_starts_the_trial():
+    env = {"SLURM_JOB_ID": "42", "SLURM_PROCID": "3", "SLURM_NTASKS": "4", "SLURM_GPUS_PER_TASK": "1",
+           "SLURM_NODELIST": "gpu[01-02]", "PATH": "/bin"}
+    assert slurm.trial_environment(["python", "-m", "x"], env) == {"PATH": "/bin"}
+    assert slurm.trial_environment(["srun", "--nodes=1", "python"], env) == {
+        "SLURM_JOB_ID": "42", "SLURM_PROCID": "3", "SLURM_NODELIST": "gpu[01-02]", "PATH": "/bin"}
+
+
+def run_probe(tmp_path: Path, code: str, **kwargs) -> str:
+    log = tmp_path / "probe.log"
+    proc = start_trial([sys.executable, "-c", code], log, "sqlite:///unused.db", **kwargs)
+    try:
+        proc.wait(120)
+    finally:
+        stop_trial(proc)
+    assert proc.returncode == 0, log.read_text()
+    return log.read_text().strip().splitlines()[-1]
+
+
+def test_a_worker_started_by_srun_starts_rank_0_trials(tmp_path, monkeypatch):
+    """An srun-started worker (rank 3 of 4) used to pass SLURM_PROCID=3 to its one-process trials,
+    which then wrote no result: the trial must be rank 0 to itself and to Lightning."""
+    for name, value in {"SLURM_JOB_ID": "42", "SLURM_STEP_ID": "0", "SLURM_PROCID": "3", "SLURM_LOCALID": "3",
+                        "SLURM_NODEID": "1", "SLURM_NTASKS": "4", "SLURM_NTASKS_PER_NODE": "2",
+                        "SLURM_JOB_NAME": "study"}.items():
+        monkeypatch.setenv(name, value)
+    command = trial_command(tmp_path, 1, 1)
+    assert command == [sys.executable, *TRIAL, str(tmp_path)]
+    seen = run_probe(tmp_path, "import os; from xvol_lab.study.trial import global_rank; "
+                               "from lightning.fabric.plugins.environments import SLURMEnvironment as S; "
+                               "from lightning.pytorch.utilities import rank_zero_only as r; "
+                               "print(global_rank(), r.rank, S.detect(), "
+                               "[k for k in os.environ if k.startswith('SLURM_')], "
+                               "os.environ['CUDA_VISIBLE_DEVICES'])",
+                     env={"CUDA_VISIBLE_DEVICES": "2,3"})
+    assert seen == "0 0 False [] 2,3", seen
