@@ -48,7 +48,7 @@ def test_reads_train_and_test_batches_pixel_exact(tmp_path):
     assert dm.train_set.targets == sum((batches[f"data_batch_{k}"][1] for k in range(1, 6)), [])
     # row layout: 1024 red, then green, then blue values, each row-major over 32x32
     raw, labels = batches["test_batch"]
-    x, y = next(iter(dm.val_dataloader()))
+    x, y = dm.on_after_batch_transfer(next(iter(dm.val_dataloader())), 0)
     assert x.shape == (3, 3, 32, 32) and y.tolist() == labels
     mean, std = torch.tensor([0.4914, 0.4822, 0.4465]), torch.tensor([0.2470, 0.2435, 0.2616])
     pixels = x * std[:, None, None] + mean[:, None, None]

@@ -13,8 +13,8 @@ from xvol_lab.schema import from_dict, to_dict, with_overrides
 def test_defaults_match_the_shared_interface():
     cfg = DataConfig()
     assert to_dict(cfg) == {"name": "shapes", "root": "data", "image_size": 32, "batch_size": 64,
-                            "num_workers": 2, "num_train": 2000, "num_val": 500, "num_classes": 10,
-                            "seed": 0}
+                            "num_workers": None, "num_train": 2000, "num_val": 500, "num_classes": 10,
+                            "seed": 0, "pin_memory": None, "persistent_workers": None}
     assert from_dict(DataConfig, to_dict(cfg)) == cfg
 
 

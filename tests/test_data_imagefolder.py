@@ -35,7 +35,7 @@ def test_loads_both_splits_with_labels_from_folders(tmp_path):
     assert dm.classes == ["blue", "red"]
     assert (len(dm.train_set), len(dm.val_set)) == (10, 6)
     assert [len(y) for _, y in dm.train_dataloader()] == [4, 4]
-    xs, ys = zip(*dm.val_dataloader(), strict=True)
+    xs, ys = zip(*(dm.on_after_batch_transfer(b, 0) for b in dm.val_dataloader()), strict=True)
     x, y = torch.cat(xs), torch.cat(ys)
     assert x.shape == (6, 3, 16, 16) and x.dtype == torch.float32
     # un-normalise: label 0 images are blue, label 1 images red

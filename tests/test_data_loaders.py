@@ -6,10 +6,13 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torchvision.transforms import v2
 
 from xvol_lab.data import DataConfig, build_datamodule
+from xvol_lab.data.base import UnpaddedDistributedSampler, auto_num_workers
+from xvol_lab.data.device import DeviceNormalize
 from xvol_lab.data.images import UnreadableImageError, load_rgb
-from xvol_lab.data.transforms import IMAGENET_MEAN, IMAGENET_STD, imagenet_eval, imagenet_train, to_tensor
+from xvol_lab.data.transforms import imagenet_eval, imagenet_train, to_tensor
 from xvol_lab.errors import ConfigError
 
 
@@ -31,15 +34,17 @@ def test_batches_have_the_promised_shapes_and_labels(tmp_path, name, size, class
     val = list(dm.val_dataloader())
     assert [len(y) for _, y in val] == [16, 4]
     x, y = val[0]
-    assert x.shape == (16, 3, size, size) and x.dtype == torch.float32
+    assert x.shape == (16, 3, size, size) and x.dtype == torch.uint8  # a quarter of float32's bytes
     assert y.dtype == torch.int64
+    x, y = dm.on_after_batch_transfer(val[0], 0)  # on the device: float32, normalised
+    assert x.shape == (16, 3, size, size) and x.dtype == torch.float32 and y.dtype == torch.int64
     labels = torch.cat([y for _, y in val])
     assert sorted(labels.tolist()) == sorted(i % classes for i in range(20))
 
 
 def test_train_images_are_normalised_by_their_own_statistics(tmp_path):
     dm = ready(tmp_path)
-    x = torch.stack([dm.train_set[i][0] for i in range(len(dm.train_set))])  # (40, 3, 32, 32)
+    x = dm.normalize.images(torch.stack([img for img, _ in dm.train_set]))  # (40, 3, 32, 32)
     assert x.mean((0, 2, 3)).abs().max() < 1e-4
     assert (x.std((0, 2, 3)) - 1).abs().max() < 1e-3
     raw = np.asarray(Image.open(dm.train_set.samples[0][0]), dtype=np.float32) / 255
@@ -55,6 +60,73 @@ def test_loader_settings(tmp_path, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert dm.val_dataloader().pin_memory
     assert not ready(tmp_path).train_dataloader().persistent_workers
+    explicit = ready(tmp_path, num_workers=2, pin_memory=False, persistent_workers=False).val_dataloader()
+    assert not explicit.pin_memory and not explicit.persistent_workers
+
+
+def test_loader_defaults_are_sized_from_the_machine(tmp_path, monkeypatch):
+    assert [auto_num_workers(p, cpus=64) for p in (1, 8, 16, 64)] == [16, 7, 3, 1]
+    assert auto_num_workers(1, cpus=2) == 1 and auto_num_workers(4, cpus=2) == 1
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(12)))
+    dm = ready(tmp_path, num_workers=None)
+    loader = dm.val_dataloader()
+    assert loader.num_workers == 11 and loader.persistent_workers
+
+    class FakeTrainer:  # what the loaders read of a 4-GPU trainer
+        from lightning.pytorch.accelerators import CUDAAccelerator
+        accelerator, num_devices, world_size, global_rank = CUDAAccelerator(), 4, 1, 0
+
+    dm.trainer = FakeTrainer()
+    loader = dm.train_dataloader()
+    assert loader.num_workers == 2 and loader.pin_memory  # 12 CPUs / 4 processes, minus the trainer's
+
+
+@pytest.mark.parametrize("size, replicas", [(41, 2), (7, 3), (8, 4)])
+def test_unpadded_sampler_visits_every_sample_once(size, replicas):
+    parts = [list(UnpaddedDistributedSampler(range(size), replicas, rank)) for rank in range(replicas)]
+    assert sorted(i for part in parts for i in part) == list(range(size))
+    assert [len(UnpaddedDistributedSampler(range(size), replicas, r)) for r in range(replicas)] == \
+        [len(p) for p in parts]
+    assert max(map(len, parts)) - min(map(len, parts)) <= 1
+
+
+def test_eval_loader_under_several_processes_has_no_duplicates(tmp_path):
+    dm = ready(tmp_path, num_val=21, num_classes=3, batch_size=4)
+
+    class Rank:
+        accelerator, num_devices, world_size = None, 2, 2
+
+        def __init__(self, rank):
+            self.global_rank = rank
+
+    seen = []
+    for rank in (0, 1):
+        dm.trainer = Rank(rank)
+        loader = dm.val_dataloader()
+        assert isinstance(loader.sampler, UnpaddedDistributedSampler)  # Lightning keeps it
+        seen += [int(y) for _, labels in loader for y in labels]
+    assert len(seen) == 21 and sorted(seen) == sorted(dm.val_set.targets)
+    dm.trainer = Rank(0)
+    dm.trainer.world_size = 30
+    with pytest.raises(ConfigError, match="the validation set has 21 samples, fewer than the 30 processes"):
+        dm.val_dataloader()
+
+
+def test_uint8_batches_normalised_on_the_device_equal_the_float_path(tmp_path):
+    """The former worker-side path (ToDtype + Normalize per image) and the new one (uint8 batch, then
+    DeviceNormalize on the batch) give the same tensors: the same kernels, so bit for bit on CPU."""
+    dm = ready(tmp_path)
+    images = [load_rgb(path) for path, _ in dm.val_set.samples[:6]]
+    mean, std = dm.normalize.mean, dm.normalize.std  # the dataset's own statistics
+    old = torch.stack([to_tensor(mean, std)(img) for img in images])
+    x, _ = dm.on_after_batch_transfer(next(iter(dm.val_dataloader())), 0)
+    torch.testing.assert_close(x[:6], old, rtol=0, atol=0)
+    # ImageNet eval: resize + centre crop, then the float path, as imagenet_eval used to end
+    imagenet = DeviceNormalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    crop = v2.Compose([v2.Resize(18, antialias=True), v2.CenterCrop(16)])
+    old = torch.stack([to_tensor(imagenet.mean, imagenet.std)(crop(img)) for img in images])
+    new = imagenet.images(torch.stack([imagenet_eval(16)(img) for img in images]))
+    torch.testing.assert_close(new, old, rtol=0, atol=0)
 
 
 def test_setup_before_prepare_data_says_how_to_make_the_data(tmp_path):
@@ -99,15 +171,15 @@ def test_load_rgb_converts_to_rgb(tmp_path):
 def test_transform_sizes():
     img = Image.fromarray(np.random.default_rng(0).integers(0, 256, (50, 70, 3), dtype=np.uint8))
     for size in (16, 32):
-        assert imagenet_train(size, IMAGENET_MEAN, IMAGENET_STD)(img).shape == (3, size, size)
-        assert imagenet_eval(size, IMAGENET_MEAN, IMAGENET_STD)(img).shape == (3, size, size)
-    assert imagenet_eval(224, IMAGENET_MEAN, IMAGENET_STD).transforms[0].size == [256]
-    assert imagenet_eval(32, IMAGENET_MEAN, IMAGENET_STD).transforms[0].size == [36]
+        assert imagenet_train(size)(img).shape == (3, size, size)
+        assert imagenet_eval(size)(img).shape == (3, size, size)
+    assert imagenet_eval(224).transforms[0].size == [256]
+    assert imagenet_eval(32).transforms[0].size == [36]
     # eval = centre crop of the resized image: a 70x50 image of two halves keeps the middle
     two = np.zeros((50, 70, 3), np.uint8)
     two[:, 35:] = 255
-    out = imagenet_eval(16, (0, 0, 0), (1, 1, 1))(Image.fromarray(two))
-    assert out[:, :, :7].max() < 0.05 and out[:, :, 9:].min() > 0.95
+    out = imagenet_eval(16)(Image.fromarray(two))
+    assert out.dtype == torch.uint8 and out[:, :, :7].max() < 13 and out[:, :, 9:].min() > 242
 
 
 def test_to_tensor_normalises():

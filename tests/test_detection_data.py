@@ -91,7 +91,8 @@ def test_polygons_rle_crowds_empty_images_and_labels(tmp_path, caplog):
     assert ds.category_ids == [3, 7, 42] and ds.classes == ["circle", "ring", "star"]
     assert len(ds) == 3
     image, target = ds[0]  # image 10: a polygon and an RLE; the crowd is left out
-    assert image.shape == (3, 40, 40) and image.dtype == torch.float32 and 0.35 < image.mean() < 0.36
+    assert image.shape == (3, 40, 40) and image.dtype == torch.uint8
+    assert 0.35 < image.float().mean() / 255 < 0.36
     assert target["image_id"] == 10 and target["orig_size"] == (40, 40)
     assert target["labels"].tolist() == [1, 3]  # category 3 -> 1, 42 -> 3
     expected_boxes = torch.tensor([[2.0, 4.0, 12.0, 12.0], [20.0, 20.0, 30.0, 30.0]])

@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader, Subset
 from torchmetrics.detection import MeanAveragePrecision
 
 from xvol_lab.data.coco import CocoInstances, collate_lists, detection_transforms
+from xvol_lab.data.device import DeviceNormalize
 from xvol_lab.data.shapes_coco import ShapesCocoParams, generate_shapes_coco
 from xvol_lab.models import BackboneSpec
 from xvol_lab.schema import to_dict
@@ -246,7 +247,10 @@ def test_training_steps_lower_the_summed_loss(folder, masks):
                         enable_model_summary=False, enable_checkpointing=False, callbacks=[recorder])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        trainer.fit(task, DataLoader(Subset(train, [0, 1]), batch_size=2, collate_fn=collate_lists))
+        # collate, then what the datamodule does after the transfer (uint8 -> float in [0, 1])
+        loader = DataLoader(Subset(train, [0, 1]), batch_size=2,
+                            collate_fn=lambda b: DeviceNormalize()(collate_lists(b)))
+        trainer.fit(task, loader)
     terms = ["loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_reg"] + ["loss_mask"] * masks
     logged = {k: float(v) for k, v in trainer.callback_metrics.items() if not k.endswith(("_step", "_epoch"))}
     assert set(logged) == {"train/loss"} | {f"train/{t}" for t in terms}

@@ -90,7 +90,8 @@ def confusion_miou(model: torch.nn.Module, dm: ShapesSegDataModule) -> tuple[flo
     k = dm.num_classes
     confusion = np.zeros((k, k), np.int64)
     with torch.no_grad():
-        for images, masks in dm.val_dataloader():
+        for batch in dm.val_dataloader():
+            images, masks = dm.on_after_batch_transfer(batch, 0)
             pred = model(images).argmax(1)
             keep = masks != IGNORE_INDEX
             np.add.at(confusion, (masks[keep].numpy(), pred[keep].numpy()), 1)
@@ -123,6 +124,6 @@ def test_short_training_run_lowers_the_loss_and_logs_the_metrics(tmp_path):
     # the checkpoint rebuilds the architecture from its hyper-parameters
     trainer.save_checkpoint(tmp_path / "last.ckpt")
     loaded = SegmentationTask.load_from_checkpoint(tmp_path / "last.ckpt", map_location="cpu").eval()
-    images, _ = next(iter(dm.val_dataloader()))
+    images, _ = dm.on_after_batch_transfer(next(iter(dm.val_dataloader())), 0)
     with torch.no_grad():
         torch.testing.assert_close(loaded(images), task(images))

@@ -1,5 +1,6 @@
 """Two-process DDP on CPU (gloo) through `lab.py train`: the run completes, both processes join,
-rank 0 writes one run directory, and the metrics are those of the whole validation set."""
+rank 0 writes one run directory, and the metrics are those of the whole validation set, every
+image counted once (41 images: DistributedSampler would pad to 42 with a duplicate)."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def test_ddp_two_cpu_processes_return_metrics(tmp_path):
     overrides = [f"data.root={tmp_path / 'data'}", "data.image_size=16", "data.num_classes=4",
-                 "data.num_train=64", "data.num_val=40", "data.batch_size=8", "data.num_workers=0",
+                 "data.num_train=64", "data.num_val=41", "data.batch_size=8", "data.num_workers=0",
                  "model.width_mult=0.125", "trainer.accelerator=cpu", "trainer.log_every_n_steps=1"]
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     # no --run-dir: the worker process must reuse the timestamped directory that rank 0 chose
@@ -37,13 +38,14 @@ def test_ddp_two_cpu_processes_return_metrics(tmp_path):
     result = json.loads((run_dir / "results.json").read_text())
     assert result["epochs"] == 2.0 and result["best_epoch"] in (1.0, 2.0)
 
-    # the synchronised metrics equal an evaluation of the best checkpoint on all 40 images
+    # the synchronised metrics equal an evaluation of the best checkpoint on all 41 images, each once
+    # (21 on one process, 20 on the other: an unweighted mean of the two would differ too)
     task = ClassificationTask.load_from_checkpoint(run_dir / "checkpoints" / "best.ckpt", map_location="cpu")
     dm = build_datamodule(load_run_config(run_dir / "config.yaml").data)
     dm.setup("fit")
-    batches = list(dm.val_dataloader())
+    batches = [dm.on_after_batch_transfer(b, 0) for b in dm.val_dataloader()]
     images, labels = torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches])
-    assert len(labels) == 40
+    assert len(labels) == 41
     with torch.no_grad():
         logits = task.eval()(images)
     assert result[VAL_ACC1] == pytest.approx((logits.argmax(1) == labels).float().mean().item(), abs=1e-6)

@@ -83,7 +83,7 @@ def val_batches(config: RunConfig) -> list[tuple[torch.Tensor, torch.Tensor]]:
     dm = build_datamodule(config.data)
     dm.prepare_data()
     dm.setup("fit")
-    return list(dm.val_dataloader())
+    return [dm.on_after_batch_transfer(batch, 0) for batch in dm.val_dataloader()]
 
 
 @pytest.fixture(scope="module")

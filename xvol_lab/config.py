@@ -28,8 +28,13 @@ Precision = Literal["32-true", "bf16-mixed", "16-mixed", "64-true"]
 # Strategies that run this script once per process (so `fit` returns its metrics in every process).
 Strategy = Literal["auto", "ddp", "ddp_find_unused_parameters_true"]
 Accelerator = Literal["auto", "cpu", "gpu", "cuda", "mps"]
+# torch.compile backends a run may ask for: inductor generates kernels (needs a C compiler on CPU);
+# aot_eager and eager only trace (fast to compile, no speed-up: for tests and debugging).
+CompileBackend = Literal["inductor", "aot_eager", "eager"]
+LrScaling = Literal["none", "linear", "sqrt"]
 
 PRECISIONS: tuple[str, ...] = get_args(Precision)
+COMPILE_BACKENDS: tuple[str, ...] = get_args(CompileBackend)
 STRATEGIES: tuple[str, ...] = get_args(Strategy)
 
 
@@ -66,6 +71,8 @@ class OptimConfig:
     step_milestones: tuple[int, ...] = ()
     step_gamma: float = 0.1
     label_smoothing: float = 0.0
+    lr_scaling: LrScaling = "none"
+    reference_batch: int = 256
 
     def __post_init__(self) -> None:
         if not self.lr > 0:
@@ -85,11 +92,34 @@ class OptimConfig:
             raise ValueError(f"step_gamma: got {self.step_gamma}, expected a number in (0, 1]")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ValueError(f"label_smoothing: got {self.label_smoothing}, expected a number in [0, 1)")
+        if not _is_int(self.reference_batch) or self.reference_batch < 1:
+            raise ValueError(f"reference_batch: got {self.reference_batch}, expected an integer >= 1")
+
+    def scaled_lr(self, global_batch: int) -> float:
+        """The learning rate a run with `global_batch` images per optimiser step uses.
+
+        `lr` is the rate at `reference_batch` images per step; 'linear' scales it by
+        global_batch / reference_batch (Goyal et al., 2017), 'sqrt' by the square root of that
+        ratio (suits AdamW better), 'none' keeps it.
+        """
+        ratio = global_batch / self.reference_batch
+        return self.lr * {"none": 1.0, "linear": ratio, "sqrt": ratio ** 0.5}[self.lr_scaling]
 
 
 @dataclass(frozen=True)
 class TrainerConfig:
-    """The `lightning.Trainer` arguments a run may set (see the Lightning docs for each)."""
+    """The `lightning.Trainer` arguments a run may set (see the Lightning docs for each), and how
+    the network executes.
+
+    `deterministic: true` runs deterministic algorithms; on CUDA, where some backward kernels
+    (bilinear upsampling, NLL loss, RoI Align) have no deterministic version, it becomes
+    Lightning's ``"warn"`` (warn, don't raise). `sync_batchnorm` (SyncBatchNorm across
+    processes; it needs CUDA) defaults (null) to on for the dense tasks under multi-GPU DDP, where
+    each GPU sees a few images, off otherwise. `accumulate_grad_batches` batches make one optimiser
+    step. `compile` runs the network through `torch.compile` with `compile_backend` (detection:
+    the backbone and FPN alone); `channels_last` stores the network and its image batches in the
+    channels-last memory format.
+    """
 
     max_epochs: int = 5
     accelerator: Accelerator = "auto"
@@ -103,9 +133,15 @@ class TrainerConfig:
     log_every_n_steps: int = 10
     gradient_clip_val: float | None = None
     check_val_every_n_epoch: int = 1
+    sync_batchnorm: bool | None = None
+    accumulate_grad_batches: int = 1
+    compile: bool = False
+    compile_backend: CompileBackend = "inductor"
+    channels_last: bool = False
 
     def __post_init__(self) -> None:
-        for name in ("max_epochs", "num_nodes", "log_every_n_steps", "check_val_every_n_epoch"):
+        for name in ("max_epochs", "num_nodes", "log_every_n_steps", "check_val_every_n_epoch",
+                     "accumulate_grad_batches"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}: got {getattr(self, name)}, expected an integer >= 1")
         if self.check_val_every_n_epoch > self.max_epochs:  # no validation: no best checkpoint

@@ -10,6 +10,7 @@ import numpy as np
 
 from xvol_lab.data.base import ImageDataModule
 from xvol_lab.data.config import DataConfig
+from xvol_lab.data.device import DeviceNormalize
 from xvol_lab.data.images import ArrayImageDataset
 from xvol_lab.data.transforms import CIFAR10_MEAN, CIFAR10_STD, cifar_eval, cifar_train
 from xvol_lab.errors import ConfigError
@@ -94,6 +95,6 @@ class Cifar10DataModule(ImageDataModule):
         size = self.cfg.image_size
         train_images, train_labels = read_batches(folder, TRAIN_BATCHES, self._num_classes)
         val_images, val_labels = read_batches(folder, (VAL_BATCH,), self._num_classes)
-        self.train_set = ArrayImageDataset(train_images, train_labels,
-                                           cifar_train(size, CIFAR10_MEAN, CIFAR10_STD))
-        self.val_set = ArrayImageDataset(val_images, val_labels, cifar_eval(size, CIFAR10_MEAN, CIFAR10_STD))
+        self.train_set = ArrayImageDataset(train_images, train_labels, cifar_train(size))
+        self.val_set = ArrayImageDataset(val_images, val_labels, cifar_eval(size))
+        self.normalize = DeviceNormalize(CIFAR10_MEAN, CIFAR10_STD)

@@ -24,13 +24,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from lightning.pytorch import LightningDataModule
 from pycocotools.coco import COCO
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
+from xvol_lab.data.base import ImageDataModule
 from xvol_lab.data.config import DataConfig
 from xvol_lab.data.images import load_rgb
 from xvol_lab.errors import ConfigError
@@ -48,8 +48,9 @@ SPLITS = ("train", "val")
 LAYOUTS = (("annotations/instances_{split}.json", "images/{split}"),
            ("annotations/instances_{split}2017.json", "{split}2017"))
 
-# Last steps of every pipeline: uint8 image -> float in [0, 1]; tv_tensors -> plain tensors.
-TO_TENSORS = (v2.ToDtype(torch.float32, scale=True), v2.ToPureTensor())
+# Last step of every pipeline: tv_tensors -> plain tensors (the image stays uint8; the datamodule
+# scales it to [0, 1] on the device, and torchvision's detectors normalise it).
+TO_TENSORS = (v2.ToPureTensor(),)
 
 Target = dict[str, Any]
 Transform = Callable[[tv_tensors.Image, Target], tuple[Tensor, Target]]
@@ -112,12 +113,12 @@ def quiet_coco(data: dict[str, Any]) -> COCO:
 
 
 class CocoInstances(Dataset):
-    """One split: ``(image, target)`` pairs, the image a float tensor (3, H, W) in [0, 1].
+    """One split: ``(image, target)`` pairs, the image a uint8 tensor (3, H, W).
 
     The target holds ``boxes`` (N, 4) XYXY float, ``labels`` (N,) in 1..K, ``masks`` (N, H, W)
     uint8 when `masks`, ``image_id`` and ``orig_size`` (height, width of the file, i.e. the
     coordinates of the annotations). `transforms` takes and returns ``(image, target)`` with
-    tv_tensors (`detection_transforms`); without it the image is only converted to float.
+    tv_tensors (`detection_transforms`); without it the image is returned as it is.
     ``coco`` is the pycocotools index of the whole file (crowds included), for evaluation;
     ``category_ids[label - 1]`` is the category of a label.
     """
@@ -223,30 +224,23 @@ def split_paths(root: Path, split: str) -> tuple[Path, Path]:
     raise ConfigError(f"coco: no {split} annotations; expected {tried} (see data/README.md)")
 
 
-class CocoDataModule(LightningDataModule):
+class CocoDataModule(ImageDataModule):
     """Train and val `CocoInstances` under ``cfg.root``, batched as lists (`collate_lists`).
 
     Both splits are resized to ``cfg.image_size`` (short side); validation targets keep
     ``orig_size`` so predictions can be mapped back to the annotations' coordinates.
-    `num_classes` is the number of categories (without the background).
+    `num_classes` is the number of categories (without the background). Images are scaled to
+    [0, 1] on the device (the detector normalises them).
     """
 
     def __init__(self, cfg: DataConfig, *, masks: bool = True) -> None:
-        super().__init__()
-        self.cfg = cfg
+        super().__init__(cfg)
         self.masks = masks
-        self.train_set: CocoInstances | None = None
-        self.val_set: CocoInstances | None = None
-        self.classes: list[str] = []
         self._num_classes: int | None = None
 
     @property
     def root(self) -> Path:
         return Path(self.cfg.root)
-
-    @property
-    def image_size(self) -> int:
-        return self.cfg.image_size
 
     @property
     def num_classes(self) -> int:
@@ -272,16 +266,5 @@ class CocoDataModule(LightningDataModule):
         self.train_set, self.val_set, self.classes = train, val, train.classes
         self._num_classes = len(train.classes)
 
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, train=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, train=False)
-
-    def _loader(self, dataset: CocoInstances | None, *, train: bool) -> DataLoader:
-        if dataset is None:
-            raise RuntimeError(f"{type(self).__name__}: call setup() before asking for a dataloader")
-        cfg = self.cfg
-        return DataLoader(dataset, batch_size=cfg.batch_size, shuffle=train, collate_fn=collate_lists,
-                          drop_last=train and len(dataset) >= cfg.batch_size, num_workers=cfg.num_workers,
-                          pin_memory=torch.cuda.is_available(), persistent_workers=cfg.num_workers > 0)
+    def _loader(self, dataset: Dataset | None, *, train: bool, **extra: Any) -> DataLoader:
+        return super()._loader(dataset, train=train, collate_fn=collate_lists, **extra)

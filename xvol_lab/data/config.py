@@ -29,17 +29,23 @@ class DataConfig:
     folder (data/README.md has the layouts); for `cifar10` it holds ``cifar-10-batches-py/``; these
     take their classes and sizes from the files and ignore `num_train`, `num_val`, `num_classes`
     and `seed`.
+
+    Loader settings left null are sized from the machine (xvol_lab/data/base.py): `num_workers`
+    from the usable CPUs shared among the node's training processes, `pin_memory` on when training
+    on CUDA, `persistent_workers` on whenever there are workers.
     """
 
     name: DatasetName = "shapes"
     root: str = "data"
     image_size: int = 32
     batch_size: int = 64
-    num_workers: int = 2
+    num_workers: int | None = None
     num_train: int = 2000
     num_val: int = 500
     num_classes: int = 10
     seed: int = 0
+    pin_memory: bool | None = None
+    persistent_workers: bool | None = None
 
     def __post_init__(self) -> None:
         if self.name not in DATASET_NAMES:
@@ -49,7 +55,8 @@ class DataConfig:
             raise ValueError("root: got '', expected a folder path")
         _check_min("image_size", self.image_size, 8)
         _check_min("batch_size", self.batch_size, 1)
-        _check_min("num_workers", self.num_workers, 0)
+        if self.num_workers is not None:
+            _check_min("num_workers", self.num_workers, 0)
         _check_min("num_classes", self.num_classes, 2)
         _check_min("seed", self.seed, 0)
         if self.name == "shapes-coco":

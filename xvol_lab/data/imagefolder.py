@@ -8,6 +8,7 @@ from torchvision.datasets import ImageFolder
 
 from xvol_lab.data.base import ImageDataModule
 from xvol_lab.data.config import DataConfig
+from xvol_lab.data.device import DeviceNormalize
 from xvol_lab.data.images import Transform, load_rgb
 from xvol_lab.data.transforms import IMAGENET_MEAN, IMAGENET_STD, imagenet_eval, imagenet_train
 from xvol_lab.errors import ConfigError
@@ -35,7 +36,7 @@ def _differences(train: list[str], val: list[str]) -> str:
 
 
 class ImageFolderDataModule(ImageDataModule):
-    """torchvision `ImageFolder` on both splits, with ImageNet-style transforms."""
+    """torchvision `ImageFolder` on both splits, with ImageNet-style transforms and normalisation."""
 
     def __init__(self, cfg: DataConfig) -> None:
         super().__init__(cfg)
@@ -57,8 +58,9 @@ class ImageFolderDataModule(ImageDataModule):
             raise ConfigError(f"imagefolder: class folders of {train_dir} and {val_dir} differ: "
                               f"{_differences(classes, class_folders(val_dir))}")
         size = self.cfg.image_size
-        self.train_set = self._folder(train_dir, imagenet_train(size, IMAGENET_MEAN, IMAGENET_STD))
-        self.val_set = self._folder(val_dir, imagenet_eval(size, IMAGENET_MEAN, IMAGENET_STD))
+        self.train_set = self._folder(train_dir, imagenet_train(size))
+        self.val_set = self._folder(val_dir, imagenet_eval(size))
+        self.normalize = DeviceNormalize(IMAGENET_MEAN, IMAGENET_STD)
         self.classes = classes
         self._num_classes = len(classes)
 

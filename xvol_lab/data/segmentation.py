@@ -6,7 +6,8 @@ Layout of a `masks` dataset (``DataConfig.root`` is the dataset folder)::
     <root>/images/{train,val}/<stem>.jpg|.jpeg|.png
     <root>/masks/{train,val}/<stem>.png  8-bit labels (mode L or P), same size as the image; 255 = ignore
 
-A sample is (image (3, S, S) float normalised, mask (S, S) int64). Training: random scale (shorter
+A sample is (image (3, S, S) uint8, mask (S, S) int64); the datamodule normalises the images on the
+device after the batch transfer. Training: random scale (shorter
 side in [S/2, 2S)), random S x S crop (padding: image 0, mask 255 = ignore), horizontal flip;
 evaluation: resize to S x S. Masks are resampled with nearest neighbour, so labels stay labels.
 A missing classes.txt, split folder or mask raises `ConfigError` in `setup`; a mask whose size
@@ -31,6 +32,7 @@ from torchvision.transforms import v2
 from xvol_lab.data import shapes_seg
 from xvol_lab.data.base import ImageDataModule
 from xvol_lab.data.config import DataConfig
+from xvol_lab.data.device import DeviceNormalize
 from xvol_lab.data.images import UnreadableImageError, load_rgb
 from xvol_lab.data.transforms import IMAGENET_MEAN, IMAGENET_STD, Stats
 from xvol_lab.errors import ConfigError
@@ -100,27 +102,21 @@ def load_mask(path: Path) -> np.ndarray:
     return np.array(img, dtype=np.uint8)
 
 
-def segmentation_train(image_size: int, mean: Stats, std: Stats) -> v2.Compose:
-    """Random scale (shorter side in [S/2, 2S)), random S x S crop (padding 0 / ignore), h-flip, normalise."""
+def segmentation_train(image_size: int) -> v2.Compose:
+    """Random scale (shorter side in [S/2, 2S)), random S x S crop (padding 0 / ignore), h-flip."""
     return v2.Compose([
         v2.ToImage(),
         v2.RandomResize(image_size // 2, 2 * image_size),
         v2.RandomCrop(image_size, pad_if_needed=True,
                       fill={tv_tensors.Image: 0, tv_tensors.Mask: IGNORE_INDEX}),
         v2.RandomHorizontalFlip(),
-        v2.ToDtype({tv_tensors.Image: torch.float32, "others": None}, scale=True),
-        v2.Normalize(mean, std),
+        v2.ToPureTensor(),
     ])
 
 
-def segmentation_eval(image_size: int, mean: Stats, std: Stats) -> v2.Compose:
-    """Resize to S x S (mask: nearest), normalise."""
-    return v2.Compose([
-        v2.ToImage(),
-        v2.Resize((image_size, image_size)),
-        v2.ToDtype({tv_tensors.Image: torch.float32, "others": None}, scale=True),
-        v2.Normalize(mean, std),
-    ])
+def segmentation_eval(image_size: int) -> v2.Compose:
+    """Resize to S x S (mask: nearest)."""
+    return v2.Compose([v2.ToImage(), v2.Resize((image_size, image_size)), v2.ToPureTensor()])
 
 
 class SegmentationDataset(Dataset):
@@ -148,7 +144,7 @@ class SegmentationDataset(Dataset):
                                f"0..{self.num_classes - 1} ({self.num_classes} classes in "
                                f"{self.classes_file}; {IGNORE_INDEX} = ignore)")
         image, mask = self.transform(image, tv_tensors.Mask(torch.from_numpy(mask)))
-        return image, mask.as_subclass(Tensor).long()
+        return image, mask.long()
 
 
 class MasksDataModule(ImageDataModule):
@@ -178,9 +174,10 @@ class MasksDataModule(ImageDataModule):
         size, (mean, std) = self.cfg.image_size, self.normalization()
         classes_file = self.root / CLASSES_FILE
         self.train_set = SegmentationDataset(pairs["train"], classes_file, self._num_classes,
-                                             segmentation_train(size, mean, std))
+                                             segmentation_train(size))
         self.val_set = SegmentationDataset(pairs["val"], classes_file, self._num_classes,
-                                           segmentation_eval(size, mean, std))
+                                           segmentation_eval(size))
+        self.normalize = DeviceNormalize(tuple(mean), tuple(std))
 
 
 class ShapesSegDataModule(MasksDataModule):

@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from xvol_lab.data.base import ImageDataModule
+from xvol_lab.data.device import DeviceNormalize
 from xvol_lab.data.generated import dataset_dir, generate, read_generated
 from xvol_lab.data.images import ImageListDataset
-from xvol_lab.data.transforms import to_tensor
+from xvol_lab.data.transforms import to_uint8
 
 
 class SyntheticDataModule(ImageDataModule):
@@ -32,7 +33,7 @@ class SyntheticDataModule(ImageDataModule):
         if self.train_set is not None:
             return
         data = read_generated(self.cfg)
-        transform = to_tensor(data.mean, data.std)
-        self.train_set = ImageListDataset(data.samples["train"], transform)
-        self.val_set = ImageListDataset(data.samples["val"], transform)
+        self.train_set = ImageListDataset(data.samples["train"], to_uint8())
+        self.val_set = ImageListDataset(data.samples["val"], to_uint8())
+        self.normalize = DeviceNormalize(tuple(data.mean), tuple(data.std))
         self.classes = data.classes

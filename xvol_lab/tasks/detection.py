@@ -30,6 +30,9 @@ from xvol_lab.tasks.coco_eval import (
 from xvol_lab.tasks.metrics import TRAIN_LOSS
 
 Batch = tuple[list[Tensor], list[Target]]
+# The terms torchvision's Faster R-CNN returns in training (Mask R-CNN adds MASK_LOSS).
+BOX_LOSSES = ("loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_reg")
+MASK_LOSS = "loss_mask"
 
 
 class DetectionTask(TaskModule):
@@ -38,7 +41,9 @@ class DetectionTask(TaskModule):
     `DetectorConfig` as a dict); `num_classes` counts object classes, without the background.
 
     Training logs ``train/loss`` (the sum) and each torchvision term (``train/loss_classifier``, ...),
-    averaged over processes; a NaN or infinite sum raises `NonFiniteLossError`. Validation
+    epoch means over all processes; a NaN or infinite sum raises `NonFiniteLossError`. With
+    `trainer.compile` the backbone and FPN are compiled, not torchvision's detection ops around
+    them (data-dependent shapes: proposals, NMS, RoI Align). Validation
     expects one DataLoader over a `CocoInstances` (batches from `collate_lists`); predictions are
     mapped back to each image's ``orig_size``, converted to COCO results, gathered once per image
     across processes, scored by COCOeval on rank 0 and broadcast, then logged as ``val/box_ap``,
@@ -47,7 +52,8 @@ class DetectionTask(TaskModule):
 
     def __init__(self, spec: dict[str, Any], num_classes: int, optim: dict[str, Any] | None = None,
                  detector: dict[str, Any] | None = None, masks: bool = False) -> None:
-        super().__init__()
+        self.terms = BOX_LOSSES + ((MASK_LOSS,) if masks else ())
+        super().__init__([TRAIN_LOSS, *(f"train/{term}" for term in self.terms)])
         self.save_hyperparameters()
         self.spec = from_dict(BackboneSpec, spec)
         self.optim_config = from_dict(OptimConfig, optim or {})
@@ -63,13 +69,15 @@ class DetectionTask(TaskModule):
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
         images, targets = batch
         losses = self.model(images, targets)
+        if set(losses) != set(self.terms):
+            raise RuntimeError(f"torchvision returned the losses {sorted(losses)}, "
+                               f"expected {sorted(self.terms)}")
         loss = sum(losses.values())
-        names = [TRAIN_LOSS] + [f"train/{name}" for name in losses]
-        means = self.mean_losses(torch.stack([loss, *losses.values()]))
-        for name, value in zip(names, means, strict=True):
-            self.log(name, value, on_step=True, on_epoch=True, prog_bar=name == TRAIN_LOSS,
-                     batch_size=len(images))
+        self.log_train_losses([loss, *(losses[term] for term in self.terms)], batch_size=len(images))
         return loss
+
+    def compile_target(self) -> torch.nn.Module:
+        return self.model.backbone
 
     def _val_dataset(self) -> CocoInstances:
         dataset = getattr(self.trainer.val_dataloaders, "dataset", None)

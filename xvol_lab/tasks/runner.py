@@ -31,6 +31,7 @@ from xvol_lab.config import RunConfig, dump_run_config
 from xvol_lab.data import build_datamodule
 from xvol_lab.errors import ConfigError
 from xvol_lab.tasks.callbacks import EpochHistory
+from xvol_lab.tasks.execution import deterministic_mode, effective_optim, sync_batchnorm
 from xvol_lab.tasks.metrics import MONITOR
 from xvol_lab.tasks.registry import build_task
 from xvol_lab.tasks.transfer import init_backbone
@@ -87,14 +88,16 @@ def _csv_logger(run_dir: Path, resume: Path | None) -> CSVLogger:
 
 def build_trainer(config: RunConfig, run_dir: Path, *, callbacks: Iterable[Callback] = (),
                   progress: bool = True, resume: Path | None = None) -> L.Trainer:
-    """The Lightning Trainer of a run: checkpoints, CSV + TensorBoard logs, LR monitor, progress bar."""
+    """The Lightning Trainer of a run: checkpoints, CSV + TensorBoard logs, LR monitor, progress bar;
+    `deterministic` and `sync_batchnorm` resolved for the hardware (`xvol_lab.tasks.execution`)."""
     monitor, mode = MONITOR[config.task]
     t = config.trainer
     extra = [RichProgressBar()] if progress else []
     return L.Trainer(
         max_epochs=t.max_epochs, accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes,
         strategy=t.strategy, precision=t.precision, limit_train_batches=t.limit_train_batches,
-        limit_val_batches=t.limit_val_batches, deterministic=t.deterministic,
+        limit_val_batches=t.limit_val_batches, deterministic=deterministic_mode(t),
+        sync_batchnorm=sync_batchnorm(config), accumulate_grad_batches=t.accumulate_grad_batches,
         log_every_n_steps=t.log_every_n_steps, gradient_clip_val=t.gradient_clip_val,
         check_val_every_n_epoch=t.check_val_every_n_epoch, default_root_dir=run_dir,
         logger=[_csv_logger(run_dir, resume),
@@ -115,6 +118,8 @@ def fit(config: RunConfig, run_dir: str | Path, *, callbacks: Iterable[Callback]
     The result holds the task's ``val/*`` metrics and the ``train/*`` epoch means of the best epoch
     (by ``MONITOR[config.task]``), ``best_epoch`` (counted from 1) and ``epochs`` (epochs trained),
     all floats. `resume` is a checkpoint path or ``'last'`` (run_dir/checkpoints/last.ckpt).
+    The learning rate is scaled to the global batch as `optim.lr_scaling` says; the network runs
+    channels-last and/or compiled as `trainer.channels_last` and `trainer.compile` say.
 
     Multi-process runs (strategy 'ddp') execute the calling script once per process and every
     process returns the same dict (the metrics are synchronised across processes); only global
@@ -131,6 +136,9 @@ def fit(config: RunConfig, run_dir: str | Path, *, callbacks: Iterable[Callback]
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / RESULTS_JSON).unlink(missing_ok=True)  # a stale result must not outlive a failed run
     trainer = build_trainer(config, run_dir, callbacks=callbacks, progress=progress, resume=resume_path)
+    task.optim_config = effective_optim(config, trainer.world_size)
+    backend = config.trainer.compile_backend if config.trainer.compile else None
+    task.prepare_network(channels_last=config.trainer.channels_last, compile_backend=backend)
     if rank_zero_only.rank == 0:
         write_text(run_dir / "config.yaml", dump_run_config(config))
         write_text(run_dir / "spec.json", config.model.to_json() + "\n")

@@ -14,8 +14,8 @@ from xvol_lab.data.segmentation import IGNORE_INDEX
 from xvol_lab.models import BackboneSpec
 from xvol_lab.models.semantic_fpn import build_semantic_fpn
 from xvol_lab.schema import from_dict
-from xvol_lab.tasks.base import TaskModule
-from xvol_lab.tasks.metrics import TRAIN_LOSS, VAL_LOSS, VAL_MIOU, VAL_PIXEL_ACC
+from xvol_lab.tasks.base import TaskModule, batch_mean, per_sample
+from xvol_lab.tasks.metrics import VAL_LOSS, VAL_MIOU, VAL_PIXEL_ACC
 
 
 def segmentation_metrics(num_classes: int) -> MetricCollection:
@@ -32,9 +32,10 @@ class SegmentationTask(TaskModule):
 
     The constructor arguments are saved as hyper-parameters, so ``load_from_checkpoint`` rebuilds
     the exact architecture. Logs ``train/loss`` (cross-entropy over the labelled pixels, label-smoothed
-    as the optimiser config says, averaged over processes) and per epoch ``val/loss`` (plain
-    cross-entropy), ``val/miou`` and ``val/pixel_acc``; pixels labelled 255 count nowhere. A NaN or
-    infinite training loss raises `NonFiniteLossError` on every process, before the optimiser step.
+    as the optimiser config says) and per epoch ``val/loss`` (plain cross-entropy, batches weighted
+    by their images), ``val/miou`` and ``val/pixel_acc`` over the whole validation set (every image
+    once, across processes); pixels labelled 255 count nowhere. A NaN or infinite training loss
+    raises `NonFiniteLossError` on every process (`TaskModule`).
     """
 
     def __init__(self, spec: dict[str, Any], num_classes: int, optim: dict[str, Any] | None = None,
@@ -47,22 +48,23 @@ class SegmentationTask(TaskModule):
         self.criterion = nn.CrossEntropyLoss(ignore_index=IGNORE_INDEX,
                                              label_smoothing=self.optim_config.label_smoothing)
         self.val_metrics = segmentation_metrics(num_classes)
+        self.val_loss = batch_mean()
 
     def forward(self, x: Tensor) -> Tensor:
         return self.model(x)
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         images, masks = batch
-        loss = self.criterion(self.model(images), masks)
-        mean_loss = self.mean_losses(loss)
-        self.log(TRAIN_LOSS, mean_loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(images))
+        loss = self.criterion(self.model(self.images_in(images)), masks)
+        self.log_train_losses([loss], batch_size=len(images))
         return loss
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         images, masks = batch
-        logits = self.model(images)  # (B, num_classes, H, W)
-        self.log(VAL_LOSS, F.cross_entropy(logits, masks, ignore_index=IGNORE_INDEX), on_epoch=True,
-                 sync_dist=True, prog_bar=True, batch_size=len(images))
+        logits = self.model(self.images_in(images))  # (B, num_classes, H, W)
+        loss = F.cross_entropy(logits, masks, ignore_index=IGNORE_INDEX)
+        self.val_loss.update(per_sample(loss, len(images)))
+        self.log(VAL_LOSS, self.val_loss, on_epoch=True, prog_bar=True, batch_size=len(images))
         self.val_metrics.update(logits, masks)
         self.log_dict(self.val_metrics, on_epoch=True, prog_bar=True)
 
