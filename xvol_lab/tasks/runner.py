@@ -31,6 +31,7 @@ from xvol_lab.config import RunConfig, dump_run_config
 from xvol_lab.data import build_datamodule
 from xvol_lab.errors import ConfigError
 from xvol_lab.tasks.callbacks import EpochHistory
+from xvol_lab.tasks.cluster import cluster_plugins
 from xvol_lab.tasks.execution import deterministic_mode, effective_optim, sync_batchnorm
 from xvol_lab.tasks.metrics import MONITOR
 from xvol_lab.tasks.registry import build_task
@@ -108,6 +109,7 @@ def build_trainer(config: RunConfig, run_dir: Path, *, callbacks: Iterable[Callb
                             enable_version_counter=False),
             EpochHistory(monitor, mode), LearningRateMonitor(logging_interval="step"), *extra, *callbacks],
         enable_progress_bar=progress, enable_model_summary=progress,
+        plugins=cluster_plugins(t.accelerator, t.devices),  # SLURMEnvironment under srun
     )
 
 
