@@ -1,4 +1,5 @@
-"""`lab.py study report|export`: the report folder of a study, and its best trials as deployable files."""
+"""`lab.py study report|export|results`: the report folder of a study, its best trials as deployable
+files, and RESULTS.md (the paper's claims against the shipped studies' storages)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from xvol_lab.cli.args import positive_int
 from xvol_lab.cli.storage_args import add_storage_arguments, storage_argument
 from xvol_lab.study.export import ExportCheckError, export_study
 from xvol_lab.study.report import FORMATS, load_study_data, write_report
+from xvol_lab.study.results import RESULTS_MD, write_results
 
 REPORT_HELP = """\
 Write the report of study NAME to a folder (default <runs>/<study>/report/): report.md with the
@@ -28,7 +30,12 @@ Each export is checked: the deploy and ONNX models must reproduce the trained mo
 on validation images (exit code 1 otherwise, and nothing is written).
 """
 
-
+RESULTS_HELP = """Write RESULTS.md from the storages of the shipped studies (<runs>/<study>/study.db): the paper's
+claims (X-volution beats conv in stage 3; replacing stage 4 hurts ResNet-50; PSSA is about as
+good as global SA), each reproduced, contradicted or not distinguishable at this budget, with
+the measured ablations (intervals, paired differences), each study's budget and the commands
+that regenerate it. A study without a storage is listed as not run.
+"""
 
 
 def _common(parser: argparse.ArgumentParser, what: str) -> None:
@@ -41,7 +48,7 @@ def _common(parser: argparse.ArgumentParser, what: str) -> None:
 
 
 def add_study_commands(study_subparsers: argparse._SubParsersAction) -> None:
-    """Add `report` and `export` to the `lab.py study` sub-commands."""
+    """Add `report`, `export` and `results` to the `lab.py study` sub-commands."""
     report = study_subparsers.add_parser("report", help="tables, plots and report.md of a study",
                                          description=REPORT_HELP,
                                          formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -56,6 +63,15 @@ def add_study_commands(study_subparsers: argparse._SubParsersAction) -> None:
     export.add_argument("--top", type=positive_int, metavar="K",
                         help="export the K best trials (several objectives: by Pareto rank)")
     export.set_defaults(func=cmd_export)
+
+    results = study_subparsers.add_parser("results", description=RESULTS_HELP,
+                                          help="RESULTS.md: the paper's claims against the storages",
+                                          formatter_class=argparse.RawDescriptionHelpFormatter)
+    results.add_argument("--out", type=Path, default=Path(RESULTS_MD), metavar="FILE",
+                         help=f"where to write it (default: {RESULTS_MD})")
+    results.add_argument("--runs", type=Path, default=Path("runs"), metavar="DIR",
+                         help="runs folder holding <study>/study.db (default: runs)")
+    results.set_defaults(func=cmd_results)
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -78,4 +94,11 @@ def cmd_export(args: argparse.Namespace) -> int:
         return 1
     for folder in folders:
         print(folder)
+    return 0
+
+
+def cmd_results(args: argparse.Namespace) -> int:
+    """Write RESULTS.md and print its path."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    print(write_results(args.out, args.runs))
     return 0

@@ -1,0 +1,308 @@
+"""RESULTS.md: the lab's measured ablations beside the paper's qualitative claims, written from the
+studies' storages (`lab.py study results`), never by hand.
+
+Each claim is checked on the studies that test it (`CLAIMS`), on each study's first objective:
+
+- "beats" / "hurts": a configuration against the all-conv baseline, the rows of the study's
+  ablation table (`xvol_lab.study.report.ablation_table`): reproduced when the difference is
+  distinguishable (95% interval excludes 0 and Holm-corrected paired t-test p < 0.05) in the
+  claim's direction, contradicted when distinguishable the other way, otherwise not
+  distinguishable at this budget;
+- "about as good as": two configurations paired by seed (one test, no correction): contradicted
+  when distinguishable, reproduced when the whole 95% interval of the difference lies within
+  ±`EQUIVALENCE_MARGIN`, otherwise not distinguishable at this budget.
+
+A study whose storage is missing (or empty) is listed as not run; a claim no shipped study can test
+says so.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from xvol_lab import atomic
+from xvol_lab.errors import ConfigError
+from xvol_lab.study import stats
+from xvol_lab.study.config import StudyConfig, list_study_files, load_study_config
+from xvol_lab.study.report import StudyData, ablation_table, load_study_data
+from xvol_lab.study.report.findings import (
+    BETTER,
+    SAME,
+    WORSE,
+    compact_ablation,
+    interval,
+    signed,
+    trivial_text,
+    verdict,
+)
+from xvol_lab.study.report.frame import CHANGED, CONFIGURATION, SEED, seed_frame
+from xvol_lab.study.report.markdown import format_number, markdown_table
+from xvol_lab.study.report.tables import objective_column
+from xvol_lab.study.report.writer import seeds_text
+from xvol_lab.study.storage import default_storage_url, shown_url, sqlite_file
+
+log = logging.getLogger(__name__)
+
+REPRODUCED, CONTRADICTED = "reproduced", "contradicted"
+NOT_DISTINGUISHABLE = "not distinguishable at this budget"
+NOT_RUN = "not run"
+EQUIVALENCE_MARGIN = 0.01  # "about as good": the paired difference's 95% interval within ±1 point
+XVOL = ("xvol_sa", "xvol_pssa")
+RULES = ("Each claim of the paper is checked on the studies that test it, on their first objective. "
+         "Reproduced / contradicted: the 95% t interval of the difference paired by seed excludes 0 and the "
+         "paired t-test p (Holm-corrected across an ablation's rows) is below 0.05, in / against the claim's "
+         "direction; otherwise not distinguishable at this budget. \"About as good\": reproduced when the "
+         "whole interval lies within ±{margin}, contradicted when the two are distinguishable.")
+RESULTS_MD = "RESULTS.md"
+STORAGE = "study.db"  # <runs>/<study>/study.db: `default_storage_url` without $XVOL_STORAGE
+COMMAND = "python lab.py study results"
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """One comparison in one study: `first` against `second` on `metric`, and what it says."""
+
+    study: str
+    first: str
+    second: str
+    metric: str
+    diff: float
+    low: float
+    high: float
+    p: float  # Holm-corrected across the ablation's rows, or a single test's p
+    p_kind: str  # "Holm" or "paired t"
+    seeds: str
+    verdict: str
+
+
+@dataclass(frozen=True)
+class StudyResult:
+    """A study as RESULTS.md shows it: its study file, its data (None when not run) and why not."""
+
+    name: str
+    config: StudyConfig
+    data: StudyData | None
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A claim of the paper, the studies that test it, and how to read them (`evidence`)."""
+
+    text: str
+    studies: Callable[[dict[str, StudyResult]], list[str]]
+    evidence: Callable[[StudyResult], list[Evidence]]
+    untested: str
+
+
+def _first_metric(data: StudyData) -> tuple[str, str]:
+    return objective_column(data.metric_names[0]), data.directions[0]
+
+
+def _rows_against_baseline(result: StudyResult, stage: int, hurts: bool) -> list[Evidence]:
+    """Rows of the ablation that put an X-volution in `stage` only, against all-conv."""
+    data = result.data
+    assert data is not None
+    table = ablation_table(data)
+    frame = seed_frame(data)
+    baseline = table.attrs.get("baseline")
+    if baseline is None:
+        return []
+    configs = frame.drop_duplicates(CONFIGURATION).set_index(CONFIGURATION)
+    label, direction = _first_metric(data)
+    out = []
+    for _, row in table.iterrows():
+        name = row[CONFIGURATION]
+        if configs.loc[name, CHANGED] != (stage,) or configs.loc[name, f"stage{stage} op"] not in XVOL:
+            continue
+        found = verdict(row[f"{label} diff"], row[f"{label} diff_ci95_low"], row[f"{label} diff_ci95_high"],
+                        row[f"{label} p_holm"], direction)
+        wanted, against = (WORSE, BETTER) if hurts else (BETTER, WORSE)
+        word = {wanted: REPRODUCED, against: CONTRADICTED}.get(found, NOT_DISTINGUISHABLE)
+        out.append(Evidence(result.name, name, baseline, label, row[f"{label} diff"],
+                            row[f"{label} diff_ci95_low"], row[f"{label} diff_ci95_high"],
+                            row[f"{label} p_holm"], "Holm", row["seeds"], word))
+    return out
+
+
+def _by_seed(frame: pd.DataFrame, stage: int, op: str, metric: str) -> tuple[str, dict[int, float]]:
+    """The configuration with `op` in `stage` only, and its value by seed (repeats averaged)."""
+    rows = frame[(frame[CHANGED] == (stage,)) & (frame[f"stage{stage} op"] == op)]
+    if rows.empty:
+        return "", {}
+    name = str(rows[CONFIGURATION].iloc[0])
+    rows = rows[rows[CONFIGURATION] == name]
+    return name, {int(s): float(v) for s, v in rows.groupby(SEED)[metric].mean().items()}
+
+
+def _equivalence(result: StudyResult, first: str, second: str) -> list[Evidence]:
+    """`first` against `second` in stage 3, paired by seed (the "about as good" rule)."""
+    data = result.data
+    assert data is not None
+    frame = seed_frame(data)
+    metric, (label, direction) = data.metric_names[0], _first_metric(data)
+    name_a, a = _by_seed(frame, 3, first, metric)
+    name_b, b = _by_seed(frame, 3, second, metric)
+    if not a or not b:
+        return []
+    pair = stats.paired(a, b)
+    found = verdict(pair.diff, pair.ci95_low, pair.ci95_high, pair.p, direction)
+    if found in (BETTER, WORSE):
+        word = CONTRADICTED
+    elif found == SAME and -EQUIVALENCE_MARGIN <= pair.ci95_low and pair.ci95_high <= EQUIVALENCE_MARGIN:
+        word = REPRODUCED
+    else:
+        word = NOT_DISTINGUISHABLE
+    seeds = ", ".join(map(str, sorted(set(a) & set(b))))
+    return [Evidence(result.name, name_a, name_b, label, pair.diff, pair.ci95_low, pair.ci95_high, pair.p,
+                     "paired t", seeds, word)]
+
+
+def _named(*names: str) -> Callable[[dict[str, StudyResult]], list[str]]:
+    return lambda results: [n for n in names if n in results]
+
+
+def _resnet50(results: dict[str, StudyResult]) -> list[str]:
+    """Studies whose backbone is a ResNet-50 and whose space can put an operator in stage 4."""
+    return [name for name, r in results.items() if r.config.base.model.name == "resnet50"
+            and r.config.space is not None and 4 in r.config.space.stage_choices()]
+
+
+CLAIMS = (
+    Claim("X-volution beats conv when placed in stage 3", _named("op_ablation", "stage_ablation"),
+          lambda r: _rows_against_baseline(r, 3, hurts=False),
+          "not tested: neither op_ablation nor stage_ablation is a shipped study"),
+    Claim("Replacing stage 4 hurts ResNet-50", _resnet50,
+          lambda r: _rows_against_baseline(r, 4, hurts=True),
+          "not tested: no study with ResNet-50 at this budget"),
+    Claim("PSSA is about as good as global SA", _named("op_ablation"),
+          lambda r: _equivalence(r, "xvol_pssa", "xvol_sa") + _equivalence(r, "pssa", "sa"),
+          "not tested: op_ablation is not a shipped study"),
+)
+
+
+def shown_storage(runs: Path, name: str) -> str:
+    """``runs/op_ablation/study.db`` as given (not resolved), or the shared server's URL."""
+    url = default_storage_url(runs, name)
+    return str(runs / name / STORAGE) if sqlite_file(url) is not None else shown_url(url)
+
+
+def _storage_exists(runs: Path, name: str) -> bool:
+    path = sqlite_file(default_storage_url(runs, name))
+    return path is None or path.is_file()
+
+
+def load_results(runs: Path, study_files: Sequence[Path]) -> dict[str, StudyResult]:
+    """Every study file's storage under `runs`, by study name; a missing or empty one as not run.
+    ConfigError: a study file that does not load."""
+    results = {}
+    for path in study_files:
+        name, config = load_study_config(path)
+        if not _storage_exists(runs, name):
+            results[name] = StudyResult(name, config, None, f"no storage at {shown_storage(runs, name)}")
+            continue
+        try:
+            results[name] = StudyResult(name, config, load_study_data(path, runs=runs))
+        except ConfigError as err:
+            results[name] = StudyResult(name, config, None, str(err))
+    return results
+
+
+def claim_verdict(evidence: Sequence[Evidence]) -> str:
+    """The claim's verdict: the evidence's common verdict, or ``mixed`` naming each."""
+    verdicts = list(dict.fromkeys(e.verdict for e in evidence))
+    if len(verdicts) == 1:
+        return verdicts[0]
+    where = {v: ", ".join(f"{e.study} ({e.first})" for e in evidence if e.verdict == v) for v in verdicts}
+    return "mixed: " + "; ".join(f"{v} in {w}" for v, w in where.items())
+
+
+def _evidence_table(evidence: Sequence[Evidence]) -> pd.DataFrame:
+    return pd.DataFrame([{"study": e.study, "comparison": f"{e.first} vs {e.second}", "metric": e.metric,
+                          "diff [95% CI]": f"{signed(e.diff)} {interval(e.low, e.high)}".strip(),
+                          "p": f"{format_number(float(e.p))} ({e.p_kind})" if not math.isnan(e.p) else "",
+                          "seeds": e.seeds, "verdict": e.verdict} for e in evidence])
+
+
+def regenerate_command(name: str) -> str:
+    """The commands that rerun a study and rewrite its report and RESULTS.md."""
+    return f"`python lab.py study run {name} && python lab.py study report {name} && {COMMAND}`"
+
+
+def budget_text(data: StudyData) -> str:
+    """Seeds, epochs, data (name, size, images, classes) and backbone of the study."""
+    d = data.config.base.data
+    return (f"seeds per configuration {seeds_text(data)}, {data.config.budget.epochs} epochs, data {d.name} "
+            f"{d.image_size} px, {d.num_train} train / {d.num_val} val images, {d.num_classes} classes, "
+            f"backbone {data.config.base.model.describe()}")
+
+
+def _claim_lines(claim: Claim, results: dict[str, StudyResult]) -> list[str]:
+    lines = [f"## {claim.text}", ""]
+    names = claim.studies(results)
+    if not names:
+        return lines + [f"**Verdict: {claim.untested}**", ""]
+    evidence: list[Evidence] = []
+    notes = []
+    for name in names:
+        result = results[name]
+        if result.data is None:
+            notes.append(f"- {name}: {NOT_RUN} ({result.reason})")
+            continue
+        found = claim.evidence(result)
+        evidence += found
+        if not found:
+            notes.append(f"- {name}: no complete configuration (with an all-conv baseline) tests the claim")
+    if evidence:
+        lines += [f"**Verdict: {claim_verdict(evidence)}**", "", markdown_table(_evidence_table(evidence))]
+    else:
+        lines += [f"**Verdict: not tested ({', '.join(names)}: no result yet)**", ""]
+    return lines + notes + ([""] if notes else [])
+
+
+def _study_lines(result: StudyResult, runs: Path) -> list[str]:
+    lines = [f"### {result.name}", ""]
+    if result.data is None:
+        return lines + [f"{NOT_RUN} ({result.reason}); run: {regenerate_command(result.name)}", ""]
+    data = result.data
+    lines += [f"- budget: {budget_text(data)}", f"- storage: `{shown_storage(runs, result.name)}`"]
+    trivial = trivial_text(data.config)
+    if trivial:
+        lines.append(f"- trivial level: {trivial}")
+    lines += [f"- regenerate: {regenerate_command(result.name)}", ""]
+    table = ablation_table(data)
+    if not table.empty:
+        lines.append(markdown_table(compact_ablation(data, table)))
+    return lines
+
+
+def results_markdown(results: dict[str, StudyResult], runs: Path) -> str:
+    """The text of RESULTS.md."""
+    lines = ["# Results", "", f"Written by `{COMMAND}` from the study storages; do not edit by hand.", "",
+             RULES.format(margin=format_number(EQUIVALENCE_MARGIN)), ""]
+    for claim in CLAIMS:
+        lines += _claim_lines(claim, results)
+    used = list(dict.fromkeys(n for claim in CLAIMS for n in claim.studies(results)))
+    lines += ["## Studies", ""]
+    for name in used:
+        lines += _study_lines(results[name], runs)
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def write_results(out: Path = Path(RESULTS_MD), runs: Path = Path("runs"),
+                  study_files: Sequence[Path] | None = None) -> Path:
+    """Write RESULTS.md to `out` (atomically) from the storages under `runs`; returns `out`."""
+    files = list_study_files() if study_files is None else list(study_files)
+    text = results_markdown(load_results(runs, files), runs)
+    try:
+        atomic.write_text(out, text)
+    except OSError as err:
+        raise ConfigError(f"{out}: cannot write the results there ({err.strerror or err})") from None
+    log.info("results written to %s", out)
+    return out
