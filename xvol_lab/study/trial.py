@@ -80,7 +80,7 @@ def train(request: dict[str, Any], trial_dir: Path) -> dict[str, Any]:
     outcome: dict[str, Any] = {"state": "complete", "metrics": metrics}
     if global_rank() != 0:
         return outcome
-    outcome.update(measure(config, progress.num_classes or config.data.num_classes, progress.device))
+    outcome.update(measure(config, progress.device, run_dir=trial_dir))
     values = []
     for name in request["objectives"]:
         value = outcome.get(name) if name in MEASURED else metrics.get(name)
