@@ -218,10 +218,11 @@ def test_selection_multi_objective_front_then_next_front(tmp_path):
 def test_check_images_are_validation_images_or_seeded_random_ones(trained, tmp_path):
     _, _, run_dir, _ = trained
     config = load_run_config(run_dir / "config.yaml")
-    images, source, preprocess, classes = check_images(run_dir, config)
+    images, source, info = check_images(run_dir, config)
     assert source == "16 validation images of shapes" and torch.equal(images, val_images(run_dir, 16))
-    assert preprocess.size == 16 and len(preprocess.mean) == 3 and len(classes) == NUM_CLASSES
+    assert info.preprocess.size == 16 and len(info.preprocess.mean) == 3 and len(info.classes) == NUM_CLASSES
+    assert info.category_ids == ()
     moved = dataclasses.replace(config, data=dataclasses.replace(config.data, root=str(tmp_path / "gone")))
-    random, source, preprocess, classes = check_images(tmp_path / "moved", moved)
-    assert source == "16 random images" and random.shape == (16, 3, 16, 16) and preprocess is None
+    random, source, info = check_images(tmp_path / "moved", moved)
+    assert source == "16 random images" and random.shape == (16, 3, 16, 16) and info is None
     assert torch.equal(random, check_images(tmp_path / "moved", moved)[0])

@@ -121,7 +121,8 @@ def test_instance_segmentation_export_reproduces_boxes_labels_scores_and_masks(i
     images, _ = validation_batch(config, 4)
     trained = load_trained(folder / "best.ckpt", "instance_segmentation")
     deployed = load_deployed(folder / "deploy.pt")
-    assert len(deployed.classes) == 3 and not deployed.preprocess.fixed_size
+    assert len(deployed.classes) == 3 and deployed.category_ids == (1, 2, 3)
+    assert not deployed.preprocess.fixed_size
     assert deployed.preprocess.mean is None  # the detector normalises inside
     with torch.no_grad():
         expected, got = trained.model(images), deployed.network(images)

@@ -39,12 +39,12 @@ from xvol_lab.study.report.tables import STAGE_COLUMNS, objective_column, trials
 from xvol_lab.study.report.writer import format_number, markdown_table, staged_dir
 from xvol_lab.tasks.export import (
     TASK_MODULES,
-    Preprocess,
+    DataInfo,
+    data_info,
     export_deploy,
     load_deploy,
     load_deployed,
     load_trained,
-    preprocess_of,
     validation_batch,
 )
 from xvol_lab.tasks.onnx import ONNX_FILE, OPSET, PROGRAM_FILE, export_portable, load_portable
@@ -112,14 +112,14 @@ def select_trials(data: StudyData, top: int | None = None) -> list[FrozenTrial]:
 
 
 def check_images(run_dir: Path, config: RunConfig,
-                 n: int = CHECK_IMAGES) -> tuple[Tensor | list[Tensor], str, Preprocess | None, list[str]]:
+                 n: int = CHECK_IMAGES) -> tuple[Tensor | list[Tensor], str, DataInfo | None]:
     """Up to `n` validation images of the trial's data as the network takes them, where they come
-    from, the validation preprocessing and the class names; seeded random images (and no
-    preprocessing) when the data is not there (none is generated here)."""
+    from, and the data's preprocessing and classes; seeded random images (and no `DataInfo`) when
+    the data is not there (none is generated here)."""
     try:
         images, datamodule = validation_batch(config, n)
-        return (images, f"{len(images)} validation images of {config.data.name}",
-                preprocess_of(datamodule, config.task), list(datamodule.classes))
+        source = f"{len(images)} validation images of {config.data.name}"
+        return images, source, data_info(datamodule, config.task)
     except (ConfigError, OSError) as err:
         log.warning("%s: no validation images (%s); checking on random images", run_dir, err)
         size = config.data.image_size
@@ -128,7 +128,7 @@ def check_images(run_dir: Path, config: RunConfig,
             images = list(torch.rand(n, config.model.in_chans, size, size, generator=generator))
         else:
             images = torch.randn(n, config.model.in_chans, size, size, generator=generator)
-        return images, f"{n} random images", None, []
+        return images, f"{n} random images", None
 
 
 def verify_export(folder: Path, images: Tensor | list[Tensor],
@@ -217,8 +217,8 @@ def export_trial(data: StudyData, trial: FrozenTrial, folder: Path, row: pd.Seri
     shutil.copy2(run_dir / CONFIG, folder / CONFIG)
     spec = load_trained(folder / CHECKPOINT, config.task).spec
     (folder / SPEC).write_text(spec.to_json() + "\n")
-    images, source, preprocess, classes = check_images(run_dir, config)
-    export_deploy(folder / CHECKPOINT, folder / DEPLOY, config, classes=classes, preprocess=preprocess)
+    images, source, info = check_images(run_dir, config)
+    export_deploy(folder / CHECKPOINT, folder / DEPLOY, config, info)
     try:
         _, fallback = export_portable(load_deploy(folder / DEPLOY), folder, images[0], config.task)
     except RuntimeError as err:

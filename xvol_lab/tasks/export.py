@@ -2,8 +2,9 @@
 X-volution) and saved with everything needed to run it on new images.
 
 A deploy file holds ``config`` (the `RunConfig` as a dict: task, spec, detector), ``num_classes``,
-``state_dict`` (deploy-form weights), ``classes`` (class names, label order) and ``preprocess``
-(`Preprocess` as a dict: the validation pipeline's resizing and normalisation), so `load_deployed`
+``state_dict`` (deploy-form weights), ``classes`` (class names, label order), ``category_ids``
+(detectors: the dataset's category id of each label 1..K) and ``preprocess`` (`Preprocess` as a
+dict: the validation pipeline's resizing and normalisation), so `load_deployed`
 builds the deploy network directly, without the training form, and `Preprocess.transform` prepares
 an image file exactly as validation did.
 """
@@ -11,7 +12,7 @@ an image file exactly as validation did.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,7 @@ from xvol_lab.tasks.detection import DetectionTask
 from xvol_lab.tasks.registry import DETECTION_TASKS, build_network
 from xvol_lab.tasks.segmentation import SegmentationTask
 
-DEPLOY_KEYS = ("config", "num_classes", "state_dict", "classes", "preprocess")
+DEPLOY_KEYS = ("config", "num_classes", "state_dict", "classes", "category_ids", "preprocess")
 TASK_MODULES: dict[str, type[L.LightningModule]] = {
     "classification": ClassificationTask, "semantic_segmentation": SegmentationTask,
     "detection": DetectionTask, "instance_segmentation": DetectionTask}
@@ -87,6 +88,21 @@ def _walk(transform: Any) -> Iterator[Any]:
         yield transform
 
 
+@dataclass(frozen=True)
+class DataInfo:
+    """What a deploy file keeps of the data: preprocessing, class names, detectors' category ids."""
+
+    preprocess: Preprocess
+    classes: tuple[str, ...]
+    category_ids: tuple[int, ...] = ()
+
+
+def data_info(datamodule: L.LightningDataModule, task: str) -> DataInfo:
+    """`DataInfo` of a set-up `datamodule` of `task`."""
+    category_ids = getattr(datamodule.val_set, "category_ids", ()) if task in DETECTION_TASKS else ()
+    return DataInfo(preprocess_of(datamodule, task), tuple(datamodule.classes), tuple(map(int, category_ids)))
+
+
 def preprocess_of(datamodule: L.LightningDataModule, task: str) -> Preprocess:
     """The validation preprocessing of a set-up `datamodule` (its val set's transform, and the
     normalisation it applies after the batch transfer, or inside the transform)."""
@@ -115,8 +131,8 @@ def load_trained(checkpoint: str | Path, task: str) -> L.LightningModule:
     return TASK_MODULES[task].load_from_checkpoint(checkpoint, map_location="cpu").eval()
 
 
-def export_deploy(checkpoint: str | Path, out_path: str | Path, config: RunConfig | None = None, *,
-                  classes: Sequence[str] = (), preprocess: Preprocess | None = None) -> Path:
+def export_deploy(checkpoint: str | Path, out_path: str | Path, config: RunConfig | None = None,
+                  info: DataInfo | None = None) -> Path:
     """Save the deploy form of the model in the Lightning `checkpoint` of `config.task` (default: a
     classifier of the checkpoint's spec) at `out_path`, atomically; see the module doc."""
     if config is None:
@@ -127,7 +143,9 @@ def export_deploy(checkpoint: str | Path, out_path: str | Path, config: RunConfi
     deploy = reparameterize(task.model.eval())
     num_classes = int(task.hparams["num_classes"])
     payload = {"config": to_dict(config), "num_classes": num_classes, "state_dict": deploy.state_dict(),
-               "classes": list(classes), "preprocess": None if preprocess is None else preprocess.to_dict()}
+               "classes": list(info.classes) if info else [],
+               "category_ids": list(info.category_ids) if info else [],
+               "preprocess": info.preprocess.to_dict() if info else None}
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(out_path) as tmp:
@@ -143,6 +161,7 @@ class Deployed:
     config: RunConfig
     num_classes: int
     classes: tuple[str, ...]
+    category_ids: tuple[int, ...]
     preprocess: Preprocess | None
 
 
@@ -166,6 +185,7 @@ def load_deployed(path: str | Path) -> Deployed:
                           f"({config.task}, {config.model.describe()})") from None
     preprocess = payload["preprocess"]
     return Deployed(network.eval(), config, payload["num_classes"], tuple(payload["classes"]),
+                    tuple(payload["category_ids"]),
                     None if preprocess is None else Preprocess.from_dict(preprocess))
 
 
@@ -188,5 +208,5 @@ def validation_batch(config: RunConfig, n: int) -> tuple[Tensor | list[Tensor], 
     return images, datamodule
 
 
-__all__ = ["DEPLOY_KEYS", "TASK_MODULES", "Deployed", "Preprocess", "export_deploy", "load_deploy",
-           "load_deployed", "load_trained", "preprocess_of", "validation_batch"]
+__all__ = ["DEPLOY_KEYS", "TASK_MODULES", "DataInfo", "Deployed", "Preprocess", "data_info", "export_deploy",
+           "load_deploy", "load_deployed", "load_trained", "preprocess_of", "validation_batch"]
