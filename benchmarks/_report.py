@@ -9,9 +9,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pandas as pd
 import torch
 
 from xvol_lab.atomic import write_text
+from xvol_lab.markdown import markdown_table as frame_table
 
 BENCHMARKS_MD = Path(__file__).resolve().parent.parent / "BENCHMARKS.md"
 
@@ -75,7 +77,5 @@ def write_section(title: str, body: str, path: Path = BENCHMARKS_MD) -> None:
 
 
 def markdown_table(header: list[str], rows: list[list[object]]) -> str:
-    """A GitHub-flavoured Markdown table."""
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines)
+    """A GitHub-flavoured Markdown table of `rows` under `header` (`xvol_lab.markdown`)."""
+    return frame_table(pd.DataFrame(rows, columns=header))

@@ -144,8 +144,8 @@ def test_seeded_report_words_each_difference_and_draws_error_bars(tmp_path):
     assert ("- PSSA in stage 3; X-volution(SA) in stage 4: not distinguishable from all-conv at this budget "
             "(val/acc1 +0.01, 95% CI [") in report
     assert "| conv everywhere | 3 | 0, 1, 2 | 0.6 [0.3516, 0.8484] | baseline |  |  |" in report
-    assert ("| X-volution(PSSA, L=2) in stage 3 | 3 | 0, 1, 2 | 0.66 [0.3867, 0.9333] | +0.06 [0.03516, 0.08484] "
-            "| 0.01827 | * |") in report
+    assert ("| X-volution(PSSA, L=2) in stage 3 | 3 | 0, 1, 2 | 0.66 [0.3867, 0.9333] "
+            "| +0.06 [0.03516, 0.08484] | 0.01827 | * |") in report
 
 
 def test_report_of_a_study_given_by_storage_url(tmp_path):

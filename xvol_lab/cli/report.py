@@ -30,7 +30,8 @@ Each export is checked: the deploy and ONNX models must reproduce the trained mo
 on validation images (exit code 1 otherwise, and nothing is written).
 """
 
-RESULTS_HELP = """Write RESULTS.md from the storages of the shipped studies (<runs>/<study>/study.db): the paper's
+RESULTS_HELP = """\
+Write RESULTS.md from the storages of the shipped studies (<runs>/<study>/study.db): the paper's
 claims (X-volution beats conv in stage 3; replacing stage 4 hurts ResNet-50; PSSA is about as
 good as global SA), each reproduced, contradicted or not distinguishable at this budget, with
 the measured ablations (intervals, paired differences), each study's budget and the commands

@@ -28,6 +28,7 @@ import pandas as pd
 
 from xvol_lab import atomic
 from xvol_lab.errors import ConfigError
+from xvol_lab.markdown import format_number, markdown_table
 from xvol_lab.study import stats
 from xvol_lab.study.config import StudyConfig, list_study_files, load_study_config
 from xvol_lab.study.report import StudyData, ablation_table, load_study_data
@@ -42,7 +43,6 @@ from xvol_lab.study.report.findings import (
     verdict,
 )
 from xvol_lab.study.report.frame import CHANGED, CONFIGURATION, SEED, seed_frame
-from xvol_lab.study.report.markdown import format_number, markdown_table
 from xvol_lab.study.report.tables import objective_column
 from xvol_lab.study.report.writer import seeds_text
 from xvol_lab.study.storage import default_storage_url, shown_url, sqlite_file

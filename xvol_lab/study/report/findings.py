@@ -12,10 +12,10 @@ import math
 
 import pandas as pd
 
+from xvol_lab.markdown import format_number
 from xvol_lab.study import stats
 from xvol_lab.study.config import StudyConfig
 from xvol_lab.study.report.frame import CONFIGURATION, DEVICE
-from xvol_lab.study.report.markdown import format_number
 from xvol_lab.study.report.source import StudyData
 from xvol_lab.study.report.tables import objective_column
 

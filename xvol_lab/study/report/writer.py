@@ -18,10 +18,10 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from xvol_lab.errors import ConfigError
+from xvol_lab.markdown import format_number, markdown_table
 from xvol_lab.study.progress import best_text
 from xvol_lab.study.report.findings import ablation_findings, compact_ablation, trivial_text
 from xvol_lab.study.report.frame import counted_study
-from xvol_lab.study.report.markdown import format_number, markdown_table
 from xvol_lab.study.report.plots import (
     NoData,
     ablation_figure,
