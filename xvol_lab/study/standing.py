@@ -41,18 +41,23 @@ def complete_trials(trials: Iterable[FrozenTrial]) -> list[FrozenTrial]:
                   key=lambda t: t.number)
 
 
+def in_memory_study(directions: Sequence[str]) -> optuna.Study:
+    """A new in-memory study with `directions`, created without Optuna's log line."""
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        return optuna.create_study(directions=list(directions))
+    finally:
+        optuna.logging.set_verbosity(verbosity)
+
+
 def best_trials(trials: Sequence[FrozenTrial], directions: Sequence[str]) -> list[FrozenTrial]:
     """The counted complete trials that no other dominates (`Study.best_trials` of an in-memory study
     holding their values), best first objective first, ties by number."""
     done = complete_trials(trials)
     if not done:
         return []
-    verbosity = optuna.logging.get_verbosity()
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    try:
-        study = optuna.create_study(directions=list(directions))
-    finally:
-        optuna.logging.set_verbosity(verbosity)
+    study = in_memory_study(directions)
     study.add_trials([create_trial(values=list(t.values)) for t in done])  # numbered 0.. like `done`
     front = [done[t.number] for t in study.best_trials]
     sign = 1.0 if directions[0] == "maximize" else -1.0

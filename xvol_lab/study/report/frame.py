@@ -26,6 +26,7 @@ from xvol_lab.study.report.source import (
     is_all_conv,
     number_attr,
 )
+from xvol_lab.study.standing import in_memory_study
 
 TRIAL = "trial"
 CONFIGURATION = "configuration"
@@ -97,12 +98,7 @@ def latency_devices(frame: pd.DataFrame) -> list[str]:
 def counted_study(data: StudyData) -> optuna.Study:
     """The stored trials in an in-memory study under the same numbers: counted complete and pruned
     trials with their params, values and per-epoch values; every other trial as an empty FAIL."""
-    verbosity = optuna.logging.get_verbosity()
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    try:
-        study = optuna.create_study(directions=data.directions)
-    finally:
-        optuna.logging.set_verbosity(verbosity)
+    study = in_memory_study(data.directions)
     complete = {t.number for t in data.complete}
     pruned = {t.number for t in counted(data.trials) if t.state == TrialState.PRUNED}
     trials = []

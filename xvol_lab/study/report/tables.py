@@ -154,13 +154,7 @@ def ablation_table(data: StudyData) -> pd.DataFrame:
     moments = grouped[data.metric_names].agg(["mean", "std", "count"])
     by_seed = frame.groupby([*keys, SEED])[data.metric_names].mean()
     for metric, label in zip(data.metric_names, labels, strict=True):
-        n = moments[(metric, "count")].to_numpy()
-        half = [stats.t_halfwidth(sd, int(k)) for sd, k in zip(moments[(metric, "std")], n, strict=True)]
-        table[f"{label} mean"] = moments[(metric, "mean")].to_numpy()
-        table[f"{label} std"] = moments[(metric, "std")].to_numpy()
-        table[f"{label} n"] = n
-        table[f"{label} ci95_low"] = table[f"{label} mean"] - half
-        table[f"{label} ci95_high"] = table[f"{label} mean"] + half
+        _add_interval(table, label, moments[metric], with_n=True)
         diffs = [_paired_to_baseline(by_seed[metric], key, baseline)
                  for key in table[keys].itertuples(index=False, name=None)]
         for kind, values in zip(("diff", "diff_ci95_low", "diff_ci95_high", "p", "p_exact"),
@@ -188,6 +182,16 @@ def ablation_table(data: StudyData) -> pd.DataFrame:
     if notes:
         table.attrs["note"] = "; ".join(notes)
     return table
+
+
+def _add_interval(table: pd.DataFrame, label: str, moments: pd.DataFrame, *, with_n: bool) -> None:
+    """Columns ``<label> mean, std[, n], ci95_low, ci95_high`` from groupby moments (mean, std, count)."""
+    mean, std, n = (moments[k].to_numpy() for k in ("mean", "std", "count"))
+    half = [stats.t_halfwidth(sd, int(k)) for sd, k in zip(std, n, strict=True)]
+    table[f"{label} mean"], table[f"{label} std"] = mean, std
+    if with_n:
+        table[f"{label} n"] = n
+    table[f"{label} ci95_low"], table[f"{label} ci95_high"] = mean - half, mean + half
 
 
 def _paired_to_baseline(values: pd.Series, key: tuple,
@@ -238,11 +242,7 @@ def stage_effects_table(data: StudyData) -> pd.DataFrame:
     table = grouped.agg(n=(SEED, "size")).reset_index()
     for metric, label, direction in zip(data.metric_names, labels, data.directions, strict=True):
         moments = grouped[metric].agg(["mean", "std", "count", "max", "min"])
-        half = [stats.t_halfwidth(sd, int(k)) for sd, k in zip(moments["std"], moments["count"], strict=True)]
-        table[f"{label} mean"] = moments["mean"].to_numpy()
-        table[f"{label} std"] = moments["std"].to_numpy()
-        table[f"{label} ci95_low"] = moments["mean"].to_numpy() - half
-        table[f"{label} ci95_high"] = moments["mean"].to_numpy() + half
+        _add_interval(table, label, moments, with_n=False)
         table[f"{label} best"] = moments["max" if direction == "maximize" else "min"].to_numpy()
     op_order = list(OPS)
     table = table.sort_values(["stage", "op"], kind="stable",
