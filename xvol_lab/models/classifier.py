@@ -1,4 +1,8 @@
-"""Image classifier: backbone + global average pool + linear layer (torchvision's ResNet head)."""
+"""Image classifier: backbone + global average pool + linear layer (torchvision's ResNet head).
+
+The pool is a mean over the spatial dimensions rather than `nn.AdaptiveAvgPool2d(1)`: the same
+numbers, and its backward has a deterministic CUDA kernel (AdaptiveAvgPool2d's does not, so
+``torch.use_deterministic_algorithms(True)`` would raise at the first backward)."""
 
 from __future__ import annotations
 
@@ -9,7 +13,7 @@ from xvol_lab.models.spec import BackboneSpec
 
 
 class Classifier(nn.Module):
-    """``fc(flatten(avgpool(backbone(x))))``: logits (B, num_classes)."""
+    """``fc(backbone(x).mean((2, 3)))``: logits (B, num_classes)."""
 
     def __init__(self, spec: BackboneSpec, num_classes: int, *, deploy: bool = False,
                  zero_init_residual: bool = False) -> None:
@@ -19,12 +23,10 @@ class Classifier(nn.Module):
         self.spec = spec
         self.num_classes = num_classes
         self.backbone = Backbone(spec, deploy=deploy, zero_init_residual=zero_init_residual)
-        self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.flatten = nn.Flatten(1)
         self.fc = nn.Linear(self.backbone.num_features, num_classes)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.fc(self.flatten(self.avgpool(self.backbone(x))))
+        return self.fc(self.backbone(x).mean((2, 3)))  # global average pool: (B, C)
 
 
 def build_classifier(spec: BackboneSpec, num_classes: int, *, deploy: bool = False,
