@@ -3,12 +3,14 @@ replacement, and bad input (unknown study, no storage, empty study, unwritable f
 
 from __future__ import annotations
 
+import io
 import math
 from pathlib import Path
 
 import pandas as pd
 import pytest
 from optuna.trial import TrialState
+from rich.console import Console
 from test_report_tables import (
     CONV,
     XPSSA2,
@@ -27,6 +29,7 @@ from xvol_lab.errors import ConfigError
 from xvol_lab.study.report import load_study_data, trials_table, write_report
 from xvol_lab.study.report import writer as report_writer
 from xvol_lab.study.storage import default_storage_url
+from xvol_lab.study.summary import trial_table
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -81,6 +84,21 @@ def test_report_md_links_every_table_and_plot(abl, capsys):
     trials_md = (out / "trials.md").read_text().splitlines()
     assert len(trials_md) == 2 + 12
     assert trials_md[3].startswith("| 1 | complete |  | conv | conv | xvol_pssa(L=2) | conv | 0.7 |")
+
+
+def test_status_and_report_word_every_trial_alike(abl):
+    """`lab.py study status` and the report's trials table give each trial one state and reason."""
+    path, runs = abl
+    data = load_study_data(path, runs=runs)
+    console = Console(width=400, record=True, file=io.StringIO())
+    console.print(trial_table(data.config, data.trials))
+    lines = {int(line.split()[0]): line for line in console.export_text().splitlines()[1:] if line.strip()}
+    table = trials_table(data)
+    assert len(lines) == len(table) == 12
+    for number, state, reason in zip(table["number"], table["state"], table["reason"], strict=True):
+        assert lines[number].split()[1] == state
+        assert lines[number].rstrip().endswith(reason)
+    assert lines[3].split()[1] == "interrupted" and lines[3].rstrip().endswith("retried as trial 4")
 
 
 def test_csv_tables_hold_the_stored_values(abl, tmp_path):
