@@ -39,6 +39,13 @@ inline void prefetch_row(const scalar_t* row, int64_t n) {
   for (int64_t i = 0; i < n; i += 64 / static_cast<int64_t>(sizeof(scalar_t))) __builtin_prefetch(row + i);
 }
 
+template <typename T>
+struct View {  // an NCHW tensor whose (C, H, W) block is contiguous; sb: its batch stride
+  T* p = nullptr;
+  int64_t sb = 0, plane = 0, C = 1;
+  T* ch(int64_t c) const { return p + (c / C) * sb + (c % C) * plane; }  // channel c counted over the batch
+};
+
 struct Geometry {
   int64_t B, heads, d, H, W, Ho, Wo, T;
   std::vector<int64_t> ty, tx, lo, hi;  // tap offsets; valid output columns [lo, hi) of each tap
@@ -57,12 +64,12 @@ struct Geometry {
   }
   // Prefetch channel ch's rows of q-like (H', W') and k-like (H, W) tensors for output row yo.
   template <typename scalar_t>
-  void prefetch(const scalar_t* qlike, const scalar_t* klike, int64_t ch, int64_t yo, int64_t s) const {
+  void prefetch(View<const scalar_t> qlike, View<const scalar_t> klike, int64_t ch, int64_t yo, int64_t s) const {
     if (yo >= Ho) return;
-    if (qlike) prefetch_row(qlike + (ch * Ho + yo) * Wo, Wo);
+    if (qlike.p) prefetch_row(qlike.ch(ch) + yo * Wo, Wo);
     for (int64_t oy : dy) {
       const int64_t r = yo * s + oy;
-      if (r >= 0 && r < H) prefetch_row(klike + (ch * H + r) * W, W);
+      if (r >= 0 && r < H) prefetch_row(klike.ch(ch) + r * W, W);
     }
   }
   bool row_valid(int64_t t, int64_t yo, int64_t s) const {
@@ -73,9 +80,9 @@ struct Geometry {
 
 // Softmax weights a[t * Wo + xo] of output row (bh, yo): 0 for taps outside the image.
 template <typename scalar_t, int S>
-void attention_row(const scalar_t* q, const scalar_t* k, const Geometry& g, int64_t bh, int64_t yo,
+void attention_row(View<const scalar_t> q, View<const scalar_t> k, const Geometry& g, int64_t bh, int64_t yo,
                    scalar_t* a, scalar_t* m, scalar_t* sum) {
-  const int64_t Wo = g.Wo, plane_o = g.Ho * g.Wo, plane = g.H * g.W;
+  const int64_t Wo = g.Wo;
   const scalar_t neg_inf = -std::numeric_limits<scalar_t>::infinity();
   const scalar_t scale = scalar_t(1) / std::sqrt(scalar_t(g.d));
   std::fill(a, a + g.T * Wo, neg_inf);
@@ -84,11 +91,11 @@ void attention_row(const scalar_t* q, const scalar_t* k, const Geometry& g, int6
   }
   for (int64_t c = 0; c < g.d; ++c) {
     const int64_t ch = bh * g.d + c;
-    const scalar_t* qrow = q + ch * plane_o + yo * Wo;
+    const scalar_t* qrow = q.ch(ch) + yo * Wo;
     g.prefetch(q, k, ch, yo + 1, S);
     for (int64_t t = 0; t < g.T; ++t) {
       if (!g.row_valid(t, yo, S)) continue;
-      const scalar_t* krow = k + ch * plane + (yo * S + g.ty[t]) * g.W + g.tx[t];
+      const scalar_t* krow = k.ch(ch) + (yo * S + g.ty[t]) * g.W + g.tx[t];
       scalar_t* aw = a + t * Wo;
       for (int64_t xo = g.lo[t]; xo < g.hi[t]; ++xo) aw[xo] += qrow[xo] * krow[xo * S];
     }
@@ -113,7 +120,8 @@ void attention_row(const scalar_t* q, const scalar_t* k, const Geometry& g, int6
 }
 
 template <typename scalar_t, int S>
-void forward_impl(const scalar_t* q, const scalar_t* k, const scalar_t* v, const scalar_t* base, scalar_t* y,
+void forward_impl(View<const scalar_t> q, View<const scalar_t> k, View<const scalar_t> v, View<const scalar_t> base,
+                  View<scalar_t> y,
                   const Geometry& g) {
   const int64_t Wo = g.Wo, plane_o = g.Ho * g.Wo, plane = g.H * g.W;
   at::parallel_for(0, g.B * g.heads * g.Ho, 1, [&](int64_t begin, int64_t end) {
@@ -123,16 +131,16 @@ void forward_impl(const scalar_t* q, const scalar_t* k, const scalar_t* v, const
       attention_row<scalar_t, S>(q, k, g, bh, yo, a.data(), m.data(), sum.data());
       for (int64_t c = 0; c < g.d; ++c) {
         const int64_t ch = bh * g.d + c;
-        scalar_t* yrow = y + ch * plane_o + yo * Wo;
+        scalar_t* yrow = y.ch(ch) + yo * Wo;
         g.prefetch(base, v, ch, yo + 1, S);
-        if (base) {
-          std::copy(base + ch * plane_o + yo * Wo, base + ch * plane_o + (yo + 1) * Wo, yrow);
+        if (base.p) {
+          std::copy(base.ch(ch) + yo * Wo, base.ch(ch) + (yo + 1) * Wo, yrow);
         } else {
           std::fill(yrow, yrow + Wo, scalar_t(0));
         }
         for (int64_t t = 0; t < g.T; ++t) {
           if (!g.row_valid(t, yo, S)) continue;
-          const scalar_t* vrow = v + ch * plane + (yo * S + g.ty[t]) * g.W + g.tx[t];
+          const scalar_t* vrow = v.ch(ch) + (yo * S + g.ty[t]) * g.W + g.tx[t];
           const scalar_t* aw = a.data() + t * Wo;
           for (int64_t xo = g.lo[t]; xo < g.hi[t]; ++xo) yrow[xo] += aw[xo] * vrow[xo * S];
         }
@@ -142,8 +150,9 @@ void forward_impl(const scalar_t* q, const scalar_t* k, const scalar_t* v, const
 }
 
 template <typename scalar_t, int S>
-void backward_impl(const scalar_t* gy, const scalar_t* q, const scalar_t* k, const scalar_t* v, scalar_t* dq,
-                   scalar_t* dk, scalar_t* dv, scalar_t* A, scalar_t* DS, const Geometry& g) {
+void backward_impl(View<const scalar_t> gy, View<const scalar_t> q, View<const scalar_t> k, View<const scalar_t> v,
+                   View<scalar_t> dq, View<scalar_t> dk, View<scalar_t> dv, scalar_t* A, scalar_t* DS,
+                   const Geometry& g) {
   const int64_t Wo = g.Wo, plane_o = g.Ho * g.Wo, plane = g.H * g.W;
   const scalar_t scale = scalar_t(1) / std::sqrt(scalar_t(g.d));
   // Pass 1: per output row, the weights a and the logit gradients ds (kept for pass 2), and dq.
@@ -157,11 +166,11 @@ void backward_impl(const scalar_t* gy, const scalar_t* q, const scalar_t* k, con
       attention_row<scalar_t, S>(q, k, g, bh, yo, arow.data(), m.data(), sum.data());
       for (int64_t c = 0; c < g.d; ++c) {
         const int64_t ch = bh * g.d + c;
-        const scalar_t* grow = gy + ch * plane_o + yo * Wo;
+        const scalar_t* grow = gy.ch(ch) + yo * Wo;
         g.prefetch(gy, v, ch, yo + 1, S);
         for (int64_t t = 0; t < g.T; ++t) {
           if (!g.row_valid(t, yo, S)) continue;
-          const scalar_t* vrow = v + ch * plane + (yo * S + g.ty[t]) * g.W + g.tx[t];
+          const scalar_t* vrow = v.ch(ch) + (yo * S + g.ty[t]) * g.W + g.tx[t];
           scalar_t* dat = da.data() + t * Wo;
           for (int64_t xo = g.lo[t]; xo < g.hi[t]; ++xo) dat[xo] += grow[xo] * vrow[xo * S];
         }
@@ -180,11 +189,11 @@ void backward_impl(const scalar_t* gy, const scalar_t* q, const scalar_t* k, con
       }
       for (int64_t c = 0; c < g.d; ++c) {
         const int64_t ch = bh * g.d + c;
-        scalar_t* dqrow = dq + ch * plane_o + yo * Wo;
+        scalar_t* dqrow = dq.ch(ch) + yo * Wo;
         std::fill(dqrow, dqrow + Wo, scalar_t(0));
         for (int64_t t = 0; t < g.T; ++t) {
           if (!g.row_valid(t, yo, S)) continue;
-          const scalar_t* krow = k + ch * plane + (yo * S + g.ty[t]) * g.W + g.tx[t];
+          const scalar_t* krow = k.ch(ch) + (yo * S + g.ty[t]) * g.W + g.tx[t];
           const scalar_t* dst = ds + t * plane_o + yo * Wo;
           for (int64_t xo = g.lo[t]; xo < g.hi[t]; ++xo) dqrow[xo] += dst[xo] * krow[xo * S];
         }
@@ -199,16 +208,16 @@ void backward_impl(const scalar_t* gy, const scalar_t* q, const scalar_t* k, con
       const scalar_t* ds = DS + bh * g.T * plane_o;
       for (int64_t c = 0; c < g.d; ++c) {
         const int64_t ch = bh * g.d + c;
-        scalar_t* dkrow = dk + ch * plane + r * g.W;
-        scalar_t* dvrow = dv + ch * plane + r * g.W;
+        scalar_t* dkrow = dk.ch(ch) + r * g.W;
+        scalar_t* dvrow = dv.ch(ch) + r * g.W;
         std::fill(dkrow, dkrow + g.W, scalar_t(0));
         std::fill(dvrow, dvrow + g.W, scalar_t(0));
         for (int64_t t = 0; t < g.T; ++t) {
           const int64_t off = r - g.ty[t];
           if (off < 0 || off % S != 0 || off / S >= g.Ho) continue;
           const int64_t yo = off / S;
-          const scalar_t* qrow = q + ch * plane_o + yo * Wo;
-          const scalar_t* grow = gy + ch * plane_o + yo * Wo;
+          const scalar_t* qrow = q.ch(ch) + yo * Wo;
+          const scalar_t* grow = gy.ch(ch) + yo * Wo;
           const scalar_t* dst = ds + t * plane_o + yo * Wo;
           const scalar_t* aw = a + t * plane_o + yo * Wo;
           scalar_t* dkt = dkrow + g.tx[t];
@@ -342,7 +351,8 @@ inline void pixel_weights(const scalar_t* q, const scalar_t* k, const Geometry& 
 }
 
 template <typename scalar_t, int T>
-void forward_flat(const scalar_t* q, const scalar_t* k, const scalar_t* v, const scalar_t* base, scalar_t* y,
+void forward_flat(View<const scalar_t> q, View<const scalar_t> k, View<const scalar_t> v, View<const scalar_t> base,
+                  View<scalar_t> y,
                   const Geometry& g) {
   using V = typename Lanes<scalar_t>::V;
   constexpr int N = Lanes<scalar_t>::N;
@@ -351,9 +361,10 @@ void forward_flat(const scalar_t* q, const scalar_t* k, const scalar_t* v, const
   const scalar_t scale = scalar_t(1) / std::sqrt(scalar_t(g.d));
   at::parallel_for(0, g.B * g.heads * nb, 8, [&](int64_t begin, int64_t end) {
     for (int64_t job = begin; job < end; ++job) {
-      const int64_t bh = job / nb, p0 = (job % nb) * N, o = bh * g.d * P;
-      const scalar_t *qb = q + o, *kb = k + o, *vb = v + o, *bb = base ? base + o : nullptr;
-      scalar_t* yb = y + o;
+      const int64_t bh = job / nb, p0 = (job % nb) * N;
+      const int64_t ch0 = bh * g.d;
+      const scalar_t *qb = q.ch(ch0), *kb = k.ch(ch0), *vb = v.ch(ch0), *bb = base.p ? base.ch(ch0) : nullptr;
+      scalar_t* yb = y.ch(ch0);
       if (f.safe(p0, N, +1)) {
         V lg[T] = {};
         for (int64_t c = 0; c < g.d; ++c) {
@@ -391,8 +402,9 @@ void forward_flat(const scalar_t* q, const scalar_t* k, const scalar_t* v, const
 }
 
 template <typename scalar_t, int T>
-void backward_flat(const scalar_t* gy, const scalar_t* q, const scalar_t* k, const scalar_t* v, scalar_t* dq,
-                   scalar_t* dk, scalar_t* dv, scalar_t* A, scalar_t* DS, const Geometry& g) {
+void backward_flat(View<const scalar_t> gy, View<const scalar_t> q, View<const scalar_t> k, View<const scalar_t> v,
+                   View<scalar_t> dq, View<scalar_t> dk, View<scalar_t> dv, scalar_t* A, scalar_t* DS,
+                   const Geometry& g) {
   using V = typename Lanes<scalar_t>::V;
   constexpr int N = Lanes<scalar_t>::N;
   const Flat f(g);
@@ -401,9 +413,10 @@ void backward_flat(const scalar_t* gy, const scalar_t* q, const scalar_t* k, con
   // Pass 1: a, ds = a (da - <a, da>) / sqrt(d) into A, DS (bh, T, P); dq = sum_t ds_t k(p + t).
   at::parallel_for(0, g.B * g.heads * nb, 8, [&](int64_t begin, int64_t end) {
     for (int64_t job = begin; job < end; ++job) {
-      const int64_t bh = job / nb, p0 = (job % nb) * N, o = bh * g.d * P;
-      const scalar_t *qb = q + o, *kb = k + o, *vb = v + o, *gb = gy + o;
-      scalar_t *dqb = dq + o, *Ab = A + bh * T * P, *DSb = DS + bh * T * P;
+      const int64_t bh = job / nb, p0 = (job % nb) * N;
+      const int64_t ch0 = bh * g.d;
+      const scalar_t *qb = q.ch(ch0), *kb = k.ch(ch0), *vb = v.ch(ch0), *gb = gy.ch(ch0);
+      scalar_t *dqb = dq.ch(ch0), *Ab = A + bh * T * P, *DSb = DS + bh * T * P;
       if (f.safe(p0, N, +1)) {
         V a[T] = {}, da[T] = {};
         for (int64_t c = 0; c < g.d; ++c) {
@@ -456,9 +469,10 @@ void backward_flat(const scalar_t* gy, const scalar_t* q, const scalar_t* k, con
   // tap t is invalid at r - t, which also covers the row wrap-around of the flat offsets).
   at::parallel_for(0, g.B * g.heads * nb, 8, [&](int64_t begin, int64_t end) {
     for (int64_t job = begin; job < end; ++job) {
-      const int64_t bh = job / nb, r0 = (job % nb) * N, o = bh * g.d * P;
-      const scalar_t *qb = q + o, *gb = gy + o, *Ab = A + bh * T * P, *DSb = DS + bh * T * P;
-      scalar_t *dkb = dk + o, *dvb = dv + o;
+      const int64_t bh = job / nb, r0 = (job % nb) * N;
+      const int64_t ch0 = bh * g.d;
+      const scalar_t *qb = q.ch(ch0), *gb = gy.ch(ch0), *Ab = A + bh * T * P, *DSb = DS + bh * T * P;
+      scalar_t *dkb = dk.ch(ch0), *dvb = dv.ch(ch0);
       if (f.safe(r0, N, -1)) {
         V a[T], ds[T];
         for (int t = 0; t < T; ++t) {
@@ -506,54 +520,73 @@ void check_inputs(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
   TORCH_CHECK(q.scalar_type() == k.scalar_type() && q.scalar_type() == v.scalar_type(), "pssa: mixed dtypes");
 }
 
+// The tensor itself when its (C, H, W) block per batch element is contiguous (e.g. a channel chunk
+// of the q/k/v projection), else a contiguous copy.
+at::Tensor planes(const at::Tensor& t, at::ScalarType dtype) {
+  const at::Tensor u = t.to(dtype);
+  const bool ok = u.stride(3) == 1 && u.stride(2) == u.size(3) && u.stride(1) == u.size(2) * u.size(3);
+  return ok ? u : u.contiguous();
+}
+
+template <typename T>
+View<T> view(const at::Tensor& t) {
+  T* p;
+  if constexpr (std::is_const_v<T>) {
+    p = t.const_data_ptr<std::remove_const_t<T>>();
+  } else {
+    p = t.mutable_data_ptr<T>();
+  }
+  return {p, t.stride(0), t.size(2) * t.size(3), t.size(1)};
+}
+
 at::Tensor pssa_fwd(const at::Tensor& q_, const at::Tensor& k_, const at::Tensor& v_,
                     const c10::optional<at::Tensor>& base_, int64_t heads, at::IntArrayRef taps, int64_t stride) {
   check_inputs(q_, k_, v_, heads, taps, stride);
-  const at::Tensor q = q_.contiguous(), k = k_.contiguous(), v = v_.contiguous();
+  const auto dtype = q_.scalar_type();
+  const at::Tensor q = planes(q_, dtype), k = planes(k_, dtype), v = planes(v_, dtype);
   at::Tensor base;
   if (base_.has_value()) {
-    base = base_->to(q.scalar_type()).contiguous();
-    TORCH_CHECK(base.sizes() == q.sizes(), "pssa: base must have q's shape");
+    TORCH_CHECK(base_->sizes() == q.sizes(), "pssa: base must have q's shape");
+    base = planes(*base_, dtype);
   }
-  at::Tensor y = at::empty_like(q);
+  at::Tensor y = at::empty(q.sizes(), q.options().memory_format(at::MemoryFormat::Contiguous));
   const Geometry g(q, k, heads, taps, stride);
-  AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "pssa_fwd", [&] {
-    const scalar_t* b = base.defined() ? base.const_data_ptr<scalar_t>() : nullptr;
-    if (stride == 1 && (g.T == 9 || g.T == 5)) {
-      auto run = g.T == 9 ? forward_flat<scalar_t, 9> : forward_flat<scalar_t, 5>;
-      run(q.const_data_ptr<scalar_t>(), k.const_data_ptr<scalar_t>(), v.const_data_ptr<scalar_t>(), b,
-          y.mutable_data_ptr<scalar_t>(), g);
-    } else if (stride == 1) {
-      forward_impl<scalar_t, 1>(q.const_data_ptr<scalar_t>(), k.const_data_ptr<scalar_t>(),
-                                v.const_data_ptr<scalar_t>(), b, y.mutable_data_ptr<scalar_t>(), g);
-    } else {
-      forward_impl<scalar_t, 2>(q.const_data_ptr<scalar_t>(), k.const_data_ptr<scalar_t>(),
-                                v.const_data_ptr<scalar_t>(), b, y.mutable_data_ptr<scalar_t>(), g);
-    }
+  AT_DISPATCH_FLOATING_TYPES(dtype, "pssa_fwd", [&] {
+    using C = const scalar_t;
+    const View<C> b = base.defined() ? view<C>(base) : View<C>{};
+    auto run = stride == 2 ? forward_impl<scalar_t, 2>
+               : g.T == 9  ? forward_flat<scalar_t, 9>
+               : g.T == 5  ? forward_flat<scalar_t, 5>
+                           : forward_impl<scalar_t, 1>;
+    run(view<C>(q), view<C>(k), view<C>(v), b, view<scalar_t>(y), g);
   });
   return y;
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> pssa_bwd(const at::Tensor& gy_, const at::Tensor& q_,
-                                                        const at::Tensor& k_, const at::Tensor& v_, int64_t heads,
-                                                        at::IntArrayRef taps, int64_t stride) {
+// Returns dq (B, C, H', W') and dkv (B, 2C, H, W): dk and dv stacked as the projection lays them out.
+std::tuple<at::Tensor, at::Tensor> pssa_bwd(const at::Tensor& gy_, const at::Tensor& q_, const at::Tensor& k_,
+                                            const at::Tensor& v_, int64_t heads, at::IntArrayRef taps,
+                                            int64_t stride) {
   check_inputs(q_, k_, v_, heads, taps, stride);
-  const at::Tensor q = q_.contiguous(), k = k_.contiguous(), v = v_.contiguous();
-  const at::Tensor gy = gy_.to(q.scalar_type()).contiguous();
-  at::Tensor dq = at::empty_like(q), dk = at::empty_like(k), dv = at::empty_like(v);
+  const auto dtype = q_.scalar_type();
+  const at::Tensor q = planes(q_, dtype), k = planes(k_, dtype), v = planes(v_, dtype), gy = planes(gy_, dtype);
+  const auto opts = q.options().memory_format(at::MemoryFormat::Contiguous);
+  at::Tensor dq = at::empty(q.sizes(), opts);
+  at::Tensor dkv = at::empty({k.size(0), 2 * k.size(1), k.size(2), k.size(3)}, opts);
+  const at::Tensor dk = dkv.narrow(1, 0, k.size(1)), dv = dkv.narrow(1, k.size(1), k.size(1));
   const Geometry g(q, k, heads, taps, stride);
-  at::Tensor A = at::empty({g.B * g.heads, g.T, g.Ho, g.Wo}, q.options());
+  at::Tensor A = at::empty({g.B * g.heads, g.T, g.Ho, g.Wo}, opts);
   at::Tensor DS = at::empty_like(A);
-  AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "pssa_bwd", [&] {
+  AT_DISPATCH_FLOATING_TYPES(dtype, "pssa_bwd", [&] {
+    using C = const scalar_t;
     auto run = stride == 2 ? backward_impl<scalar_t, 2>
                : g.T == 9  ? backward_flat<scalar_t, 9>
                : g.T == 5  ? backward_flat<scalar_t, 5>
                            : backward_impl<scalar_t, 1>;
-    run(gy.const_data_ptr<scalar_t>(), q.const_data_ptr<scalar_t>(), k.const_data_ptr<scalar_t>(),
-        v.const_data_ptr<scalar_t>(), dq.mutable_data_ptr<scalar_t>(), dk.mutable_data_ptr<scalar_t>(),
-        dv.mutable_data_ptr<scalar_t>(), A.mutable_data_ptr<scalar_t>(), DS.mutable_data_ptr<scalar_t>(), g);
+    run(view<C>(gy), view<C>(q), view<C>(k), view<C>(v), view<scalar_t>(dq), view<scalar_t>(dk),
+        view<scalar_t>(dv), A.mutable_data_ptr<scalar_t>(), DS.mutable_data_ptr<scalar_t>(), g);
   });
-  return {dq, dk, dv};
+  return {dq, dkv};
 }
 
 }  // namespace

@@ -31,18 +31,17 @@ def project_qkv(x: Tensor, weight: Tensor, bias: Tensor | None, out_chs: int,
     return q, k, v
 
 
-def _projection_backward(x: Tensor, weight: Tensor, dq: Tensor, dk: Tensor, dv: Tensor, stride: int,
+def _projection_backward(x: Tensor, weight: Tensor, dq: Tensor, dkv: Tensor, stride: int,
                          bias: bool) -> tuple[Tensor, Tensor, Tensor | None]:
-    """Gradients of `project_qkv` for x, weight and (when it has one) bias, given those of q, k, v."""
+    """Gradients of `project_qkv` for x, weight and (when it has one) bias, given those of q and (k, v)."""
     c = dq.shape[1]
-    if stride == 1:
-        dqkv = torch.cat([dq, dk, dv], 1)
-        return (conv2d_input(x.shape, weight, dqkv), conv2d_weight(x, weight.shape, dqkv),
-                dqkv.sum((0, 2, 3)) if bias else None)
-    xs = x[:, :, ::stride, ::stride]
-    dkv = torch.cat([dk, dv], 1)
+    xs = x if stride == 1 else x[:, :, ::stride, ::stride]
     dx = conv2d_input(x.shape, weight[c:], dkv)
-    dx[:, :, ::stride, ::stride] += conv2d_input(xs.shape, weight[:c], dq)
+    dxq = conv2d_input(xs.shape, weight[:c], dq)
+    if stride == 1:
+        dx += dxq
+    else:
+        dx[:, :, ::stride, ::stride] += dxq
     dw = torch.cat([conv2d_weight(xs, weight[:c].shape, dq), conv2d_weight(x, weight[c:].shape, dkv)])
     return dx, dw, torch.cat([dq.sum((0, 2, 3)), dkv.sum((0, 2, 3))]) if bias else None
 
@@ -68,8 +67,8 @@ class _FusedPSSA(torch.autograd.Function):
         xc, wc = x.to(dtype), weight.to(dtype)
         with torch.autocast(x.device.type, enabled=False):
             q, k, v = project_qkv(xc, wc, None if bias is None else bias.to(dtype), out_chs, stride)
-            dq, dk, dv = torch.ops.xvol.pssa_bwd(grad.to(dtype), q, k, v, heads, taps, stride)
-            dx, dw, db = _projection_backward(xc, wc, dq, dk, dv, stride, bias is not None)
+            dq, dkv = torch.ops.xvol.pssa_bwd(grad.to(dtype), q, k, v, heads, taps, stride)
+            dx, dw, db = _projection_backward(xc, wc, dq, dkv, stride, bias is not None)
         return (dx.to(x.dtype), dw.to(weight.dtype), None if bias is None else db.to(bias.dtype),
                 grad if ctx.needs_input_grad[3] else None, None, None, None, None, None)
 

@@ -26,7 +26,7 @@ torch.library.define("xvol::pssa_fwd",
                      "-> Tensor")
 torch.library.define("xvol::pssa_bwd",
                      "(Tensor grad, Tensor q, Tensor k, Tensor v, int heads, int[] taps, int stride) "
-                     "-> (Tensor, Tensor, Tensor)")
+                     "-> (Tensor, Tensor)")
 
 
 @torch.library.register_fake("xvol::pssa_fwd")
@@ -37,8 +37,10 @@ def _pssa_fwd_fake(q: Tensor, k: Tensor, v: Tensor, base: Tensor | None, heads: 
 
 @torch.library.register_fake("xvol::pssa_bwd")
 def _pssa_bwd_fake(grad: Tensor, q: Tensor, k: Tensor, v: Tensor, heads: int, taps: list[int],
-                   stride: int) -> tuple[Tensor, Tensor, Tensor]:
-    return tuple(torch.empty_like(t, memory_format=torch.contiguous_format) for t in (q, k, v))
+                   stride: int) -> tuple[Tensor, Tensor]:
+    """(dq, dkv): dkv stacks dk and dv on the channel axis, as the projection lays k and v out."""
+    b, c, h, w = k.shape
+    return torch.empty_like(q, memory_format=torch.contiguous_format), k.new_empty(b, 2 * c, h, w)
 
 
 CPU_DTYPES = (torch.float32, torch.float64)
