@@ -14,7 +14,7 @@ log = logging.getLogger("xvol_lab")
 
 # Command groups, in `--help` order. Each module defines `add_parser(subparsers)`; the parser it
 # adds sets `func(args) -> int`.
-COMMANDS = ("train", "study", "data", "bench")
+COMMANDS = ("train", "study", "predict", "data", "bench")
 
 
 def build_parser() -> argparse.ArgumentParser:
