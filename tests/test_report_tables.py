@@ -30,6 +30,7 @@ from xvol_lab.study.report import (
     stage_effects_table,
     trials_table,
 )
+from xvol_lab.study.report.frame import seed_frame
 from xvol_lab.study.report.source import configuration_label
 from xvol_lab.study.report.tables import STAT_KINDS
 from xvol_lab.study.storage import default_storage_url
@@ -290,6 +291,26 @@ def test_seeded_ablation_has_intervals_paired_differences_tests_and_holm(seeded)
     assert mixed["val/acc1 p_holm"] == pytest.approx(max(2 * p_xvol, p_mixed))
     assert (xvol["val/acc1 sig"], mixed["val/acc1 sig"]) == ("*", "")
     assert mixed["params (M)"] == pytest.approx(0.04)
+
+
+def test_runs_frame_reads_per_seed_values_and_leaves_missing_ones_out(tmp_path):
+    path = write_study_file(tmp_path, "frame")
+    study = open_study(tmp_path / "runs", "frame", ["maximize"])
+    attrs = {"seeds": [4, 5, 6], "per_seed": {"val/acc1": [0.5, None, 0.7]}, **metrics_of(0.6, flops_g=0.2)}
+    add(study, XPSSA2, [0.6], attrs=attrs)
+    add(study, CONV, [0.4], attrs=metrics_of(0.4, flops_g=0.1))  # stored before seeds: base.seed 0
+    data = load_study_data(path, runs=tmp_path / "runs")
+    frame = seed_frame(data)
+    assert frame["trial"].tolist() == [0, 0, 0, 1] and frame["seed"].tolist() == [4, 5, 6, 0]
+    assert frame.loc[[0, 2, 3], "val/acc1"].tolist() == [0.5, 0.7, 0.4]
+    assert math.isnan(frame.loc[1, "val/acc1"])
+    assert frame["flops_g"].tolist() == [0.2, 0.2, 0.2, 0.1]  # the same for every seed
+    assert frame["latency_ms"].isna().tolist() == [True, True, True, False]  # not per seed: unknown
+    assert frame["changed stages"].tolist() == [(3,)] * 3 + [()]
+    assert frame["stage3 op"].tolist() == ["xvol_pssa"] * 3 + ["conv"]
+    row = ablation_table(data).set_index("configuration").loc["X-volution(PSSA, L=2) in stage 3"]
+    assert row["val/acc1 n"] == 2 and row["val/acc1 mean"] == pytest.approx(0.6)
+    assert math.isnan(row["val/acc1 diff"])  # no seed in common with the baseline (seed 0): no pair
 
 
 def test_seeded_stage_effects_carry_intervals(seeded):
