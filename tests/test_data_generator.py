@@ -13,7 +13,6 @@ from PIL import Image
 
 from xvol_lab.data import DataConfig, generate
 from xvol_lab.data.canvas import SHAPES, Placement, shape_mask
-from xvol_lab.data.context import class_names as context_classes
 from xvol_lab.data.shapes import class_names as shape_classes
 
 
@@ -99,26 +98,6 @@ def test_more_classes_than_shapes_split_the_hue_circle(tmp_path):
         band = int(r["label"]) // 10
         assert r["shape"] == SHAPES[int(r["label"]) % 10]
         assert band / 2 - 0.01 <= hue <= (band + 1) / 2 + 0.01
-
-
-def test_context_labels_follow_from_the_two_corners(tmp_path):
-    size = 32
-    folder = generate(small(tmp_path, "shapes-context", num_classes=5, num_train=200, num_val=20))
-    rows = index_rows(folder)
-    assert context_classes(5) == ["00-match", "01-offset1", "02-offset2", "03-offset3", "04-offset4"]
-    for r in rows:
-        a, b = int(r["kind_a"]), int(r["kind_b"])
-        assert int(r["label"]) == (b - a) % 5
-        assert (r["a_shape"], r["b_shape"]) == (SHAPES[a], SHAPES[b])
-        ax, ay, bx, by = (float(r[k]) for k in ("a_x", "a_y", "b_x", "b_y"))
-        assert ay < size / 2 < by  # a on top, b below
-        assert (ax < size / 2 < bx) if r["diagonal"] == "main" else (bx < size / 2 < ax)
-    train = [r for r in rows if r["split"] == "train"]
-    assert Counter(r["diagonal"] for r in train)["main"] in range(70, 131)
-    # either corner alone says nothing about the label: every kind shows up under every label
-    for corner in ("kind_a", "kind_b"):
-        pairs = Counter((int(r["label"]), int(r[corner])) for r in train)
-        assert len(pairs) == 25 and max(pairs.values()) <= 20
 
 
 def test_two_thousand_images_generate_in_seconds(tmp_path):

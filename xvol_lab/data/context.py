@@ -1,20 +1,34 @@
-"""`shapes-context`: two shapes in opposite corners; the class relates the two.
+"""`shapes-context`: two small shapes far apart; the class is the hue offset between them.
 
-With K classes, the top shape has kind a and the bottom shape kind b = (a + label) mod K, both
-drawn from the `shapes` kinds: label 0 means the two match, label k means b is k kinds after a.
-Kind a is uniform and independent of the label, and so is kind b, so one corner alone tells
-nothing about the class: an operator has to relate both corners (K = 2 is same/different).
-The diagonal (top-left/bottom-right or top-right/bottom-left) is random.
+With K classes the hue circle holds K evenly spaced hues. Shape *a* (the upper one) has hue index
+a, uniform; shape *b* has hue index (a + label) mod K. Label 0 (`match`) means both have the same
+hue, label k (`offset{k}`) that b's hue is k steps after a's; K = 2 is same/different colour.
+Each shape's hue alone is uniform whatever the label, so one shape tells nothing about the class:
+a network has to relate both (the linear head after global average pooling cannot do it from
+pooled colour statistics either: "same" is an XOR-like function of where each hue occurs).
+
+The two shapes are placed at random, but always at least ``GAP * image_size`` pixels apart
+(Chebyshev distance between their nearest pixels; `relation_gap`): at 48 px that is 27 px, more
+than the 25 px theoretical receptive field of stage 2 of the small-stem ResNet-18, so no unit of
+stages 1-2 sees both shapes. Shape kind, size, rotation, colour noise and background clutter are
+nuisances independent of the label (no distractor blobs: coloured blobs of the shapes' size would
+be decoys of the very attribute compared). data/README.md says why it is built so.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from xvol_lab.data.canvas import add_blobs, background, paint, to_uint8
-from xvol_lab.data.shapes import place
+from xvol_lab.data.canvas import GEOMETRY, MAX_ANGLE, SHAPES, Placement, background, hsv, paint, to_uint8
 
-VERSION = 1
+VERSION = 2
+
+RADIUS = (0.06, 0.075)  # shape radius, as a fraction of the image side
+GAP = 0.56  # smallest Chebyshev gap between the two shapes' outlines, as a fraction of the side
+HUE_JITTER = 0.3  # each hue is drawn within +-HUE_JITTER/2 of a step of the K-hue circle
+# How far a shape reaches from its centre, in units of its radius (the square's corner; any angle).
+EXTENT = max(float(np.linalg.norm(points, axis=1).max())
+             for polys in GEOMETRY.values() for points, _ in polys)
 
 
 def class_names(num_classes: int) -> list[str]:
@@ -22,21 +36,38 @@ def class_names(num_classes: int) -> list[str]:
     return [f"{k:02d}-" + ("match" if k == 0 else f"offset{k}") for k in range(num_classes)]
 
 
+def relation_gap(a: Placement, b: Placement) -> float:
+    """Chebyshev distance in pixels between the discs (radius x EXTENT) that hold the two shapes."""
+    centre = max(abs(a.x - b.x), abs(a.y - b.y))
+    return centre - EXTENT * (a.radius + b.radius)
+
+
+def _centres(rng: np.random.Generator, radius: float, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Two centres uniform in the image whose shapes are at least GAP * size apart (rejection sampling)."""
+    margin = EXTENT * radius
+    while True:
+        a, b = rng.uniform(margin, size - margin, (2, 2))
+        if max(abs(a - b)) - 2 * margin >= GAP * size:
+            return (a, b) if (a[1], a[0]) <= (b[1], b[0]) else (b, a)  # a is the upper one
+
+
 def draw(rng: np.random.Generator, label: int, num_classes: int, size: int) -> tuple[np.ndarray, dict]:
     """One (size, size, 3) uint8 image of class `label` and its metadata."""
-    img = background(rng, size)
-    add_blobs(rng, img, int(rng.integers(1, 4)))
-    kind_a = int(rng.integers(num_classes))
-    kind_b = (kind_a + label) % num_classes
-    anti = bool(rng.integers(2))  # False: top-left + bottom-right, True: top-right + bottom-left
-    half = size / 2
-    meta: dict = {"kind_a": kind_a, "kind_b": kind_b, "diagonal": "anti" if anti else "main"}
-    for prefix, kind, top in (("a_", kind_a, True), ("b_", kind_b, False)):
-        radius = rng.uniform(0.13, 0.2) * size
-        left = top != anti
-        xs = (radius, half - radius) if left else (half + radius, size - radius)
-        ys = (radius, half - radius) if top else (half + radius, size - radius)
-        p = place(rng, kind, num_classes, radius, xs, ys)
+    img = background(rng, size)  # no distractor blobs: coloured blobs of the shapes' size would be decoys
+    hue_a = int(rng.integers(num_classes))
+    hue_b = (hue_a + label) % num_classes
+    radius = RADIUS[1] * size  # the largest radius: every drawn shape fits its disc
+    centres = _centres(rng, radius, size)
+    meta: dict = {"hue_a": hue_a, "hue_b": hue_b}
+    placements = []
+    for prefix, hue, (x, y) in (("a_", hue_a, centres[0]), ("b_", hue_b, centres[1])):
+        h = (hue + rng.uniform(-HUE_JITTER / 2, HUE_JITTER / 2)) / num_classes
+        p = Placement(shape=SHAPES[int(rng.integers(len(SHAPES)))], x=float(x), y=float(y),
+                      radius=float(rng.uniform(*RADIUS) * size),
+                      angle=float(rng.uniform(-MAX_ANGLE, MAX_ANGLE)),
+                      color=hsv(h, rng.uniform(0.7, 1.0), rng.uniform(0.75, 1.0)))
         paint(rng, img, p)
+        placements.append(p)
         meta.update(p.meta(prefix))
+    meta["gap"] = round(relation_gap(*placements), 4)
     return to_uint8(img), meta
