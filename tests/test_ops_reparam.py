@@ -86,3 +86,18 @@ def test_deploy_weights_are_differentiable_functions_of_train_weights():
     state = op.deploy_state_dict()
     state["conv.bias"].sum().backward()
     assert op.bn_conv.bias.grad is not None and op.bn_attn.bias.grad is not None
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_deploy_adds_the_dynamic_part_inside_the_fused_kernel(stride):
+    """The deploy form's dynamic part is summed onto the static convolution in the kernel's one pass:
+    no shifted tensor and no separate add; the result stays within the spec's tolerance."""
+    op, deployed, _ = _pair("xvol_pssa", stride, {"heads": 2}, torch.float32)
+    x = torch.randn(2, 6, 20, 19) * 2
+    with torch.no_grad(), torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        y = deployed(x)
+    calls = {e.key: e.count for e in prof.key_averages()}
+    assert calls.get("xvol::pssa_fwd") == 1
+    assert not {"aten::add", "aten::add_", "aten::addcmul_", "aten::constant_pad_nd"} & set(calls)
+    with torch.no_grad():
+        assert_close_scaled(y, op(x), 1e-5)
