@@ -72,7 +72,8 @@ def test_detection_starts_from_the_classification_backbone_and_learns(classifica
         "task=detection", "data.name=shapes-coco", f"data.root={tmp_path / 'data'}", "data.image_size=64",
         "data.num_classes=3", "data.num_train=16", "data.num_val=4", "data.batch_size=4",
         "data.num_workers=0", "trainer.max_epochs=3", "trainer.accelerator=cpu", "optim.lr=0.01",
-        "optim.warmup_epochs=0", "optim.schedule=constant", *model_overrides(SPEC), *DETECTOR, f"init.path={classification_run}"])
+        "optim.warmup_epochs=0", "optim.schedule=constant", *model_overrides(SPEC), *DETECTOR,
+        f"init.path={classification_run}"])
     probe = FirstAndLosses()
     fit(config, tmp_path / "det", callbacks=[probe], progress=False)
     assert set(probe.start) == set(expected) and len(expected) > 30
@@ -155,3 +156,28 @@ def test_bad_init_files_exit_2_with_one_line_and_no_run_folder(tmp_path, capsys,
     err = capsys.readouterr().err.strip()
     assert code == 2 and err.startswith(f"lab.py: error: {path}: {message}") and "\n" not in err, err
     assert not (tmp_path / "run").exists()
+
+
+def test_a_study_export_folder_of_one_trial_stands_for_that_trial(classification_run, tmp_path):
+    export = tmp_path / "export"
+    (export / "trial_3").mkdir(parents=True)
+    checkpoint = (classification_run / "checkpoints" / "best.ckpt").read_bytes()
+    (export / "trial_3" / "best.ckpt").write_bytes(checkpoint)
+    network = build_classifier(BackboneSpec.from_dict(SPEC), 4)
+    assert init_backbone(network, export).source == str(export / "trial_3" / "best.ckpt")
+    (export / "trial_5").mkdir()
+    (export / "trial_5" / "best.ckpt").write_bytes(b"")
+    with pytest.raises(ConfigError, match=re.escape(f"{export}: a study export of 2 trials; expected one of "
+                                                    "its folders (trial_3, trial_5)")):
+        init_backbone(network, export)
+
+
+def test_task_defaults_make_a_quick_run_of_each_task():
+    detection = load_run_config(None, ["task=instance_segmentation"])
+    assert (detection.data.name, detection.data.image_size, detection.model.stem) == ("shapes-coco", 64,
+                                                                                      "imagenet")
+    assert detection.detector.min_size == detection.detector.max_size == 64
+    assert detection.trainer.max_epochs == 2
+    segmentation = load_run_config(None, ["task=semantic_segmentation", "data.num_train=7"])
+    assert (segmentation.data.name, segmentation.data.num_train) == ("shapes-seg", 7)  # --set still wins
+    assert load_run_config(None, []).data.name == "shapes"

@@ -1,7 +1,8 @@
 """Backbone transfer: start any task's backbone from trained weights (`RunConfig.init`).
 
-The source may be a run folder (its ``checkpoints/best.ckpt``), an export folder (its
-``best.ckpt``), a Lightning checkpoint of any task, or a torchvision-format state dict file
+The source may be a run folder (its ``checkpoints/best.ckpt``), an exported trial (its
+``best.ckpt``; a study's export folder holding one trial stands for it), a Lightning checkpoint of
+any task, or a torchvision-format state dict file
 (``torchvision.models.resnet18().state_dict()`` saved with `torch.save`, or a torchvision
 detector's). Only backbone tensors move: the stem and layer1..layer4, whatever network holds
 them (a classifier's ``backbone``, a detector's ``backbone.body``). Heads stay as built.
@@ -54,10 +55,17 @@ class TransferReport:
 
 
 def _checkpoint_of(path: Path) -> Path:
-    """The checkpoint a folder stands for: a run's checkpoints/best.ckpt or an export's best.ckpt."""
+    """The checkpoint a folder stands for: a run's checkpoints/best.ckpt, an exported trial's
+    best.ckpt, or that of the one trial of a study's export folder."""
     for candidate in (path / "checkpoints" / "best.ckpt", path / "best.ckpt"):
         if candidate.is_file():
             return candidate
+    trials = sorted(path.glob("trial_*/best.ckpt"))
+    if len(trials) == 1:
+        return trials[0]
+    if trials:
+        raise ConfigError(f"{path}: a study export of {len(trials)} trials; expected one of its folders "
+                          f"({', '.join(t.parent.name for t in trials)})")
     raise ConfigError(f"{path}: no checkpoint in this folder; expected a run folder (checkpoints/best.ckpt) "
                       "or an export folder (best.ckpt)")
 
