@@ -1,0 +1,87 @@
+"""The trivial level of a study's objectives: what a network that learned nothing scores.
+
+Reports show it beside the baseline, so that "all-conv 0.11 mIoU" reads as "barely above
+predicting background everywhere". Per metric:
+
+- ``val/acc1`` (``val/acc5``): always predicting the most frequent validation class (its five most
+  frequent). The generated classification sets are balanced (image i has label i mod K), so this
+  is ceil(V / K) / V, i.e. chance 1 / K; other datasets are counted from their validation labels.
+- ``val/miou``, ``val/pixel_acc``: predicting background (label 0) for every pixel, scored by the
+  task's own metric (`segmentation_metrics`) on the validation masks as the network sees them.
+  With IoU averaged over the classes present in prediction or target, that is the background IoU
+  divided by one plus the number of shape classes present.
+- ``val/box_ap*``, ``val/mask_ap*``: 0. A detector that returns nothing scores 0, and an untrained
+  one scores 0 to three decimals (measured on the shipped detection study: studies/README.md).
+
+Objectives measured on the deploy network (``latency_ms``, ``params_m``, ...) and losses have no
+trivial level and are left out.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+
+import torch
+
+from xvol_lab.data import build_datamodule
+from xvol_lab.data.config import BALANCED_NAMES, DataConfig
+from xvol_lab.study.config import StudyConfig
+from xvol_lab.tasks.metrics import (
+    VAL_ACC1,
+    VAL_ACC5,
+    VAL_BOX_AP,
+    VAL_BOX_AP50,
+    VAL_BOX_AP75,
+    VAL_MASK_AP,
+    VAL_MASK_AP50,
+    VAL_MIOU,
+    VAL_PIXEL_ACC,
+)
+
+DETECTION_METRICS = (VAL_BOX_AP, VAL_BOX_AP50, VAL_BOX_AP75, VAL_MASK_AP, VAL_MASK_AP50)
+
+
+def trivial_level(config: StudyConfig) -> dict[str, float]:
+    """Each objective of `config` that has a trivial level -> that level (see the module docstring).
+
+    Segmentation studies generate their dataset if needed and read the validation masks once."""
+    metrics = config.metric_names
+    levels: dict[str, float] = {}
+    if VAL_ACC1 in metrics or VAL_ACC5 in metrics:
+        counts = sorted(_val_label_counts(config.base.data).values(), reverse=True)
+        total = sum(counts)
+        for name, k in ((VAL_ACC1, 1), (VAL_ACC5, 5)):
+            if name in metrics:
+                levels[name] = sum(counts[:k]) / total
+    if VAL_MIOU in metrics or VAL_PIXEL_ACC in metrics:
+        background = all_background_scores(config.base.data)
+        levels.update({name: background[name] for name in (VAL_MIOU, VAL_PIXEL_ACC) if name in metrics})
+    levels.update({name: 0.0 for name in DETECTION_METRICS if name in metrics})
+    return levels
+
+
+def _val_label_counts(data: DataConfig) -> Counter[int]:
+    """How many validation images each class has."""
+    if data.name in BALANCED_NAMES:  # label = index mod K
+        k, v = data.num_classes, data.num_val
+        return Counter({c: math.ceil((v - c) / k) for c in range(k)})
+    datamodule = build_datamodule(data)
+    datamodule.prepare_data()
+    datamodule.setup("validate")
+    return Counter(int(t) for t in datamodule.val_set.targets)  # every classification val set has them
+
+
+def all_background_scores(data: DataConfig) -> dict[str, float]:
+    """`val/miou` and `val/pixel_acc` of predicting background everywhere on `data`'s validation set."""
+    from xvol_lab.tasks.segmentation import segmentation_metrics  # late: tasks import lightning
+
+    datamodule = build_datamodule(data)
+    datamodule.prepare_data()
+    datamodule.setup("validate")
+    metrics = segmentation_metrics(datamodule.num_classes)
+    for _, mask in datamodule.val_set:
+        logits = torch.zeros(1, datamodule.num_classes, *mask.shape)
+        logits[:, 0] = 1.0  # background wins every pixel
+        metrics.update(logits, mask[None])
+    return {name: float(value) for name, value in metrics.compute().items()}
