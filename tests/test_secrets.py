@@ -110,8 +110,9 @@ POSTGRES = os.environ.get("XVOL_TEST_POSTGRES_URL")
 @pytest.mark.postgres
 @pytest.mark.skipif(not POSTGRES, reason="XVOL_TEST_POSTGRES_URL is not set (postgresql+psycopg://...)")
 def test_a_study_on_a_password_storage_shows_the_password_nowhere(tmp_path, tiny_study, lab_env):
-    """A real run, its status and its report, with the URL from $XVOL_STORAGE (the CI server trusts
-    local connections, so any password connects; elsewhere give a URL whose password is distinctive)."""
+    """A real run (its log lines and final status) and its report, the URL from $XVOL_STORAGE (the
+    CI server trusts local connections, so any password connects; elsewhere give a URL whose
+    password is distinctive)."""
     from sqlalchemy.engine import make_url
 
     url = make_url(POSTGRES)
@@ -127,7 +128,7 @@ def test_a_study_on_a_password_storage_shows_the_password_nowhere(tmp_path, tiny
     env = {**lab_env, STORAGE_ENV: url_text}
     outputs = []
     try:
-        for command in (["run", str(path), "--no-live"], ["status", str(path)], ["report", str(path)]):
+        for command in (["run", str(path), "--no-live"], ["report", str(path)]):
             argv = [sys.executable, str(REPO / "lab.py"), "-v", "study", *command, "--runs", "runs"]
             done = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
             assert done.returncode == 0, done.stderr[-3000:]
