@@ -42,6 +42,13 @@ def _optuna(draw: Callable[[], Axes | np.ndarray]) -> Axes:
     return axes if isinstance(axes, Axes) else np.ravel(axes)[0]
 
 
+def _retitle(ax: Axes, title: str) -> None:
+    """Replace the title Optuna drew (at any position) with `title`."""
+    for loc in ("center", "right"):
+        ax.set_title("", loc=loc)
+    ax.set_title(title, loc="left")
+
+
 def _labels(data: StudyData) -> list[str]:
     return [objective_column(m) for m in data.metric_names]
 
@@ -57,7 +64,7 @@ def history_figure(data: StudyData, study: optuna.Study) -> Figure:
     label = _labels(data)[0]
     ax = _optuna(lambda: optuna_plots.plot_optimization_history(
         study, target=(lambda t: t.values[0]) if len(data.metric_names) > 1 else None, target_name=label))
-    ax.set_title(f"{data.name}: optimization history ({label})")
+    _retitle(ax, f"{data.name}: optimization history ({label})")
     return ax.figure
 
 
@@ -68,7 +75,7 @@ def intermediate_figure(data: StudyData, study: optuna.Study) -> Figure:
                      "a pruner")
     ax = _optuna(lambda: optuna_plots.plot_intermediate_values(study))
     ax.set_ylabel(f"{data.metric_names[0]} (reported)")
-    ax.set_title(f"{data.name}: intermediate values")
+    _retitle(ax, f"{data.name}: intermediate values")
     return ax.figure
 
 
@@ -81,7 +88,7 @@ def importance_figure(data: StudyData, study: optuna.Study, table: pd.DataFrame)
         warnings.simplefilter("ignore")  # the evaluator's warnings are in the importance table's note
         ax = _optuna(lambda: optuna_plots.plot_param_importances(
             study, target=importance_target(data.directions, 0), target_name=label))
-    ax.set_title(f"{data.name}: parameter importance ({label})")
+    _retitle(ax, f"{data.name}: parameter importance ({label})")
     return ax.figure
 
 
@@ -134,7 +141,7 @@ def stage_effect_figure(data: StudyData, table: pd.DataFrame) -> Figure:
         raise NoData(table.attrs.get("note", "no complete trial yet"))
     stages = list(dict.fromkeys(table["stage"]))
     labels = _labels(data)
-    fig = Figure(figsize=(3.2 * len(stages), 3 * len(labels)), layout="constrained")
+    fig = Figure(figsize=(max(5.0, 3.2 * len(stages)), 3 * len(labels)), layout="constrained")
     axes = fig.subplots(len(labels), len(stages), squeeze=False)
     for row, label in enumerate(labels):
         for col, stage in enumerate(stages):
@@ -155,5 +162,5 @@ def stage_effect_figure(data: StudyData, table: pd.DataFrame) -> Figure:
             ax.set_title(f"stage {stage}", fontsize="medium")
             if col == 0:
                 ax.set_ylabel(label)
-    fig.suptitle(f"{data.name}: objective by operator (mean, 95% CI)")
+    fig.suptitle(f"{data.name}: by operator (mean, 95% CI)")
     return fig

@@ -209,7 +209,8 @@ def write_report(data: StudyData, out: Path, fmt: str = "md") -> Path:
                 skipped.append(f"- {title}: not drawn ({reason})")
                 continue
             try:
-                figure.savefig(tmp / f"{stem}.png", dpi=100)
+                # tight: Optuna's legends sit outside the axes
+                figure.savefig(tmp / f"{stem}.png", dpi=100, bbox_inches="tight")
             finally:
                 close(figure)
             lines += [f"### {title}", "", f"![{title}]({stem}.png)", ""]
