@@ -12,7 +12,6 @@ recomputes the products from q, k, v instead of saving T shifted copies. Backend
 
 from __future__ import annotations
 
-import functools
 import logging
 from pathlib import Path
 
@@ -56,10 +55,19 @@ def _cpu_build_flags() -> tuple[str, list[str]]:
     return f"xvol_pssa_cpu_{capability.lower()}", flags
 
 
-@functools.cache
+_AVAILABLE: dict[str, bool] = {}  # backend -> usable, decided once per process
+
+
+@torch.compiler.assume_constant_result  # torch.compile: decided outside the graph, a constant in it
 def cpu_kernels_available() -> bool:
     """Build (first call per machine, cached on disk) and load the C++ kernels; False, with one logged
     warning, when that fails (no compiler, no write access)."""
+    if "cpu" not in _AVAILABLE:
+        _AVAILABLE["cpu"] = _load_cpu_kernels()
+    return _AVAILABLE["cpu"]
+
+
+def _load_cpu_kernels() -> bool:
     from torch.utils.cpp_extension import load
 
     name, flags = _cpu_build_flags()
@@ -73,9 +81,15 @@ def cpu_kernels_available() -> bool:
     return True
 
 
-@functools.cache
+@torch.compiler.assume_constant_result
 def triton_kernels_available() -> bool:
     """Triton importable (it ships with the CUDA build of torch) and a CUDA device present."""
+    if "triton" not in _AVAILABLE:
+        _AVAILABLE["triton"] = _load_triton_kernels()
+    return _AVAILABLE["triton"]
+
+
+def _load_triton_kernels() -> bool:
     if not torch.cuda.is_available():
         return False
     try:
