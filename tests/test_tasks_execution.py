@@ -227,3 +227,25 @@ def test_fit_runs_compiled_channels_last_with_the_scaled_lr(tmp_path):
     saved = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)
     assert saved["hyper_parameters"]["optim"]["lr_scaling"] == "sqrt"  # the run's rule, re-applied on resume
     assert not any("_orig_mod" in k for k in saved["state_dict"])
+
+
+def test_progress_bar_reads_the_metrics_every_log_every_n_steps(monkeypatch):
+    from lightning.pytorch.callbacks import RichProgressBar
+
+    from xvol_lab.tasks.callbacks import ProgressBar
+
+    reads = []
+    monkeypatch.setattr(RichProgressBar, "get_metrics", lambda self, trainer, module: reads.append(
+        (trainer.training, trainer.global_step)) or {"step": trainer.global_step})
+
+    class State:
+        training, global_step = True, 0
+
+    bar, trainer = ProgressBar(every=4), State()
+    shown = []
+    for step in range(10):
+        trainer.global_step = step
+        shown.append(bar.get_metrics(trainer, None)["step"])
+    assert reads == [(True, 0), (True, 4), (True, 8)] and shown == [0, 0, 0, 0, 4, 4, 4, 4, 8, 8]
+    trainer.training = False  # validation: always fresh
+    assert bar.get_metrics(trainer, None) == {"step": 9} and reads[-1] == (False, 9)

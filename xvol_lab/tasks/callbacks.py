@@ -1,11 +1,12 @@
-"""`EpochHistory`: the metrics of every validated epoch, kept in checkpoints, to report the best one."""
+"""`EpochHistory`: the metrics of every validated epoch, kept in checkpoints, to report the best one;
+`ProgressBar`: Lightning's Rich progress bar without a wait for the device at every step."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import lightning.pytorch as L
-from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks import Callback, RichProgressBar
 
 
 class EpochHistory(Callback):
@@ -50,3 +51,19 @@ class EpochHistory(Callback):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.history = [dict(r) for r in state_dict["history"]]
+
+
+class ProgressBar(RichProgressBar):
+    """The Rich progress bar, reading the logged metrics (which waits for the device) in training
+    only every `every` optimiser steps, as the loggers do; the bar itself advances every batch."""
+
+    def __init__(self, every: int) -> None:
+        super().__init__()
+        self.every = every
+        self._shown: dict[str, Any] | None = None
+
+    def get_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
+        if trainer.training and self._shown is not None and trainer.global_step % self.every:
+            return self._shown
+        self._shown = super().get_metrics(trainer, pl_module)
+        return self._shown

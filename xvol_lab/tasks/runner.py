@@ -22,7 +22,7 @@ from pathlib import Path
 
 import lightning.pytorch as L
 import torch
-from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint, RichProgressBar
+from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 
@@ -30,7 +30,7 @@ from xvol_lab.atomic import write_text
 from xvol_lab.config import RunConfig, dump_run_config
 from xvol_lab.data import build_datamodule
 from xvol_lab.errors import ConfigError
-from xvol_lab.tasks.callbacks import EpochHistory
+from xvol_lab.tasks.callbacks import EpochHistory, ProgressBar
 from xvol_lab.tasks.cluster import cluster_plugins
 from xvol_lab.tasks.execution import deterministic_mode, effective_optim, sync_batchnorm
 from xvol_lab.tasks.metrics import MONITOR
@@ -93,7 +93,7 @@ def build_trainer(config: RunConfig, run_dir: Path, *, callbacks: Iterable[Callb
     `deterministic` and `sync_batchnorm` resolved for the hardware (`xvol_lab.tasks.execution`)."""
     monitor, mode = MONITOR[config.task]
     t = config.trainer
-    extra = [RichProgressBar()] if progress else []
+    extra = [ProgressBar(t.log_every_n_steps)] if progress else []
     return L.Trainer(
         max_epochs=t.max_epochs, accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes,
         strategy=t.strategy, precision=t.precision, limit_train_batches=t.limit_train_batches,
