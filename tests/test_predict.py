@@ -177,7 +177,7 @@ def test_bad_input_is_one_line_exit_2_and_nothing_written(cls, tmp_path, capsys)
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "x").write_text("")
     cases = [
-        ([str(folder.parent), str(files[0])], f"{folder.parent}: no deploy.pt; expected a trial folder"),
+        ([str(tmp_path), str(files[0])], f"{tmp_path}: no deploy.pt; expected a trial folder"),
         ([str(corrupt), str(files[0])], f"{corrupt / 'deploy.pt'}: cannot read the deploy file"),
         ([str(folder), str(tmp_path / "missing.png")], f"{tmp_path / 'missing.png'}: no such file or folder"),
         ([str(folder), str(bad)], f"{bad}: cannot read image"),
@@ -191,3 +191,18 @@ def test_bad_input_is_one_line_exit_2_and_nothing_written(cls, tmp_path, capsys)
     assert main(["predict", str(folder), str(files[0]), "--out", str(full), "--no-progress"]) == 2
     assert "full: exists; expected a new or empty folder" in capsys.readouterr().err
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_a_study_export_of_one_trial_stands_for_it(cls, tmp_path, capsys):
+    folder, _, files = cls
+    study_export = tmp_path / "export"
+    for name in ("trial_7", "trial_9"):
+        (study_export / name).mkdir(parents=True)
+        (study_export / name / "deploy.pt").write_bytes((folder / "deploy.pt").read_bytes())
+        if name == "trial_7":
+            assert main(["predict", str(study_export), str(files[0]), "--out", str(tmp_path / "one"),
+                         "--no-progress"]) == 0
+    assert len(read_csv(tmp_path / "one" / "predictions.csv")) == 4
+    two = tmp_path / "two"
+    assert main(["predict", str(study_export), str(files[0]), "--out", str(two), "--no-progress"]) == 2
+    assert "(this study export has 2: trial_7, trial_9)" in capsys.readouterr().err

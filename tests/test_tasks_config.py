@@ -77,11 +77,11 @@ def test_empty_file_gives_the_defaults(tmp_path):
      "cfg.yaml: model.stages.0.op: got 'foo', expected one of conv"),
     ("task: retrieval", "cfg.yaml: task: got 'retrieval', expected one of 'classification', "
                         "'semantic_segmentation', 'detection', 'instance_segmentation'"),
-    ("task: detection", "cfg.yaml: data.name: got 'shapes' for task 'detection', expected one of "
-                        "shapes-coco, coco"),
+    ("task: detection\ndata: {name: shapes}", "cfg.yaml: data.name: got 'shapes' for task 'detection', "
+                                             "expected one of shapes-coco, coco"),
     ("- 1\n- 2",
      "cfg.yaml: got list, expected a mapping of sections (task, seed, data, model, optim, trainer, "
-     "detector)"),
+     "detector, init)"),
     ("optim: {lr: [1", "cfg.yaml: invalid YAML: "),
 ])
 def test_bad_file_names_the_file_and_key(tmp_path, monkeypatch, text, message):

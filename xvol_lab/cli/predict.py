@@ -12,7 +12,8 @@ from xvol_lab.cli.args import positive_int
 from xvol_lab.tasks.predict import predict
 
 DESCRIPTION = """\
-Run the export EXPORT_DIR (one trial_<n>/ folder of `lab.py study export`) on INPUTS (image files,
+Run the export EXPORT_DIR (one trial_<n>/ folder of `lab.py study export`, or the study's export
+folder when it holds one trial, as it does by default) on INPUTS (image files,
 or folders searched recursively), prepared as its validation images were, in batches. Writes into
 the new folder --out: classification predictions.csv (top-k classes with probabilities);
 detection and instance segmentation images.json, bbox_results.json (and segm_results.json), COCO
@@ -27,7 +28,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("predict", help="run an exported model on images", description=DESCRIPTION,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("export_dir", metavar="EXPORT_DIR", type=Path,
-                   help="a trial folder of `lab.py study export`")
+                   help="a trial folder of `lab.py study export` (or its export folder of one trial)")
     p.add_argument("inputs", metavar="INPUTS", nargs="+", type=Path, help="image files or folders of images")
     p.add_argument("--out", metavar="DIR", type=Path, required=True,
                    help="new (or empty) folder for the predictions")

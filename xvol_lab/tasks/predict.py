@@ -1,6 +1,7 @@
 """Run an exported model on image files: `predict(export_dir, inputs, out)`.
 
-The export folder (`lab.py study export`, one ``trial_<n>/``) provides ``deploy.pt`` (network,
+The export folder (one ``trial_<n>/`` of `lab.py study export`, or the study's export folder when
+it holds one trial) provides ``deploy.pt`` (network,
 classes, category ids, preprocessing) and, with ``onnx=True``, ``model.onnx`` (onnxruntime) or
 ``model.pt2``. Images (files, or folders searched recursively for `IMAGE_SUFFIXES`) are prepared
 as validation prepared them, batched, and the results written into the new folder `out`:
@@ -93,11 +94,14 @@ def load_export(export_dir: str | Path, onnx: bool = False) -> tuple[Deployed, C
     """The deployed model of `export_dir` and the network to run (the deploy checkpoint, or with
     `onnx` the folder's ONNX model / torch.export program)."""
     folder = Path(export_dir)
+    trials = sorted(p.parent for p in folder.glob(f"trial_*/{DEPLOY_FILE}"))
+    if not (folder / DEPLOY_FILE).is_file() and len(trials) == 1:
+        folder = trials[0]  # a study's export of one trial
     if not (folder / DEPLOY_FILE).is_file():
-        study_export = any(folder.glob(f"trial_*/{DEPLOY_FILE}"))
-        hint = " (this is a study's export: pick one trial_<n>/ in it)" if study_export else ""
-        raise ConfigError(f"{folder}: no {DEPLOY_FILE}; expected a trial folder of `lab.py study export`"
-                          f"{hint}")
+        names = ", ".join(t.name for t in trials)
+        hint = f" (this study export has {len(trials)}: {names})" if trials else ""
+        raise ConfigError(f"{folder}: no {DEPLOY_FILE}; expected a trial folder of `lab.py study export`, or "
+                          f"its export folder when it holds one trial{hint}")
     deployed = load_deployed(folder / DEPLOY_FILE)
     if deployed.preprocess is None:
         raise ConfigError(f"{folder / DEPLOY_FILE}: exported without its data, so the preprocessing is "
