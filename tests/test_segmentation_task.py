@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import multiprocessing
+import warnings
+
 import lightning.pytorch as L
 import numpy as np
 import pytest
 import torch
+import torch.distributed as dist
 from lightning.pytorch.callbacks import Callback
 from torch.nn import functional as F
 
@@ -127,3 +131,59 @@ def test_short_training_run_lowers_the_loss_and_logs_the_metrics(tmp_path):
     images, _ = dm.on_after_batch_transfer(next(iter(dm.val_dataloader())), 0)
     with torch.no_grad():
         torch.testing.assert_close(loaded(images), task(images))
+
+
+def validate(task: SegmentationTask, dm: ShapesSegDataModule) -> tuple[int, dict[str, float]]:
+    """Run the task's validation step over `dm`'s val loader (no trainer); images seen and metrics."""
+    seen = 0
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # self.log without a trainer
+        for i, batch in enumerate(dm.val_dataloader()):
+            images, masks = dm.normalize(batch)
+            task.validation_step((images, masks), i)
+            seen += len(images)
+    metrics = {k: float(v) for k, v in task.val_metrics.compute().items()}
+    metrics[VAL_LOSS] = float(task.val_loss_sum.compute() / task.val_pixels.compute())
+    return seen, metrics
+
+
+def _validate_rank(rank: int, store: str, cfg: DataConfig, queue) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+    try:
+        class Rank:  # what the loaders read of a 2-process trainer
+            accelerator, num_devices, world_size, global_rank = None, 2, 2, rank
+
+        torch.manual_seed(0)
+        task = SegmentationTask(tiny_spec(), cfg.num_classes).eval()
+        dm = ShapesSegDataModule(cfg)
+        dm.setup("validate")
+        dm.trainer = Rank()
+        queue.put((rank, *validate(task, dm)))  # compute() sums the metric states over both processes
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_gloo_processes_validate_each_image_once(tmp_path):
+    """9 validation images on 2 processes: 5 + 4 images in batches [2, 2, 1] and [2, 2] (padding would
+    repeat one); the synced metrics equal one process's over the whole set."""
+    cfg = DataConfig(name="shapes-seg", root=str(tmp_path), image_size=16, num_train=4, num_val=9,
+                     num_classes=3, batch_size=2, num_workers=0)
+    dm = ShapesSegDataModule(cfg)
+    dm.prepare_data()
+    dm.setup("validate")
+    torch.manual_seed(0)
+    expected = validate(SegmentationTask(tiny_spec(), cfg.num_classes).eval(), dm)
+    assert expected[0] == 9
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    store = str(tmp_path / "store")
+    procs = [ctx.Process(target=_validate_rank, args=(r, store, cfg, queue)) for r in range(2)]
+    for p in procs:
+        p.start()
+    got = sorted(queue.get(timeout=120) for _ in procs)
+    for p in procs:
+        p.join(30)
+    assert [p.exitcode for p in procs] == [0, 0]
+    assert [(rank, seen) for rank, seen, _ in got] == [(0, 5), (1, 4)]
+    for _, _, metrics in got:
+        assert metrics == pytest.approx(expected[1], rel=1e-6)

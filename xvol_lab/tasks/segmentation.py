@@ -6,7 +6,7 @@ from typing import Any
 
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchmetrics import MetricCollection
+from torchmetrics import MetricCollection, SumMetric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardIndex
 
 from xvol_lab.config import OptimConfig
@@ -14,7 +14,7 @@ from xvol_lab.data.segmentation import IGNORE_INDEX
 from xvol_lab.models import BackboneSpec
 from xvol_lab.models.semantic_fpn import build_semantic_fpn
 from xvol_lab.schema import from_dict
-from xvol_lab.tasks.base import TaskModule, batch_mean, per_sample
+from xvol_lab.tasks.base import TaskModule
 from xvol_lab.tasks.metrics import VAL_LOSS, VAL_MIOU, VAL_PIXEL_ACC
 
 
@@ -32,10 +32,10 @@ class SegmentationTask(TaskModule):
 
     The constructor arguments are saved as hyper-parameters, so ``load_from_checkpoint`` rebuilds
     the exact architecture. Logs ``train/loss`` (cross-entropy over the labelled pixels, label-smoothed
-    as the optimiser config says) and per epoch ``val/loss`` (plain cross-entropy, batches weighted
-    by their images), ``val/miou`` and ``val/pixel_acc`` over the whole validation set (every image
-    once, across processes); pixels labelled 255 count nowhere. A NaN or infinite training loss
-    raises `NonFiniteLossError` on every process (`TaskModule`).
+    as the optimiser config says) and per epoch ``val/loss`` (plain cross-entropy averaged over every
+    labelled pixel), ``val/miou`` and ``val/pixel_acc`` over the whole validation set (every image
+    once, across processes, whatever the batching); pixels labelled 255 count nowhere. A NaN or
+    infinite training loss raises `NonFiniteLossError` on every process (`TaskModule`).
     """
 
     def __init__(self, spec: dict[str, Any], num_classes: int, optim: dict[str, Any] | None = None,
@@ -48,7 +48,9 @@ class SegmentationTask(TaskModule):
         self.criterion = nn.CrossEntropyLoss(ignore_index=IGNORE_INDEX,
                                              label_smoothing=self.optim_config.label_smoothing)
         self.val_metrics = segmentation_metrics(num_classes)
-        self.val_loss = batch_mean()
+        # val/loss = summed cross-entropy / labelled pixels, both summed on the device and across processes
+        self.val_loss_sum = SumMetric(nan_strategy="disable")
+        self.val_pixels = SumMetric(nan_strategy="disable")
 
     def forward(self, x: Tensor) -> Tensor:
         return self.model(x)
@@ -62,11 +64,15 @@ class SegmentationTask(TaskModule):
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         images, masks = batch
         logits = self.model(self.images_in(images))  # (B, num_classes, H, W)
-        loss = F.cross_entropy(logits, masks, ignore_index=IGNORE_INDEX)
-        self.val_loss.update(per_sample(loss, len(images)))
-        self.log(VAL_LOSS, self.val_loss, on_epoch=True, prog_bar=True, batch_size=len(images))
+        self.val_loss_sum.update(F.cross_entropy(logits, masks, ignore_index=IGNORE_INDEX, reduction="sum"))
+        self.val_pixels.update((masks != IGNORE_INDEX).sum())
         self.val_metrics.update(logits, masks)
         self.log_dict(self.val_metrics, on_epoch=True, prog_bar=True)
+
+    def on_validation_epoch_end(self) -> None:
+        self.log(VAL_LOSS, self.val_loss_sum.compute() / self.val_pixels.compute(), prog_bar=True)
+        self.val_loss_sum.reset()
+        self.val_pixels.reset()
 
 
 
