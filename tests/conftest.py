@@ -23,6 +23,12 @@ def _merge(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+@pytest.fixture(autouse=True)
+def no_storage_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests use the storage they name: an exported XVOL_STORAGE (the default storage) is ignored."""
+    monkeypatch.delenv("XVOL_STORAGE", raising=False)
+
+
 @pytest.fixture
 def lab_env() -> dict[str, str]:
     """Environment for `lab.py` subprocesses: the repo importable, one thread per process."""
