@@ -157,6 +157,8 @@ def test_seeded_report_words_each_difference_and_draws_error_bars(tmp_path):
     assert (out / "ablation.png").read_bytes().startswith(PNG)
     report = (out / "report.md").read_text()
     assert "- seeds per configuration: 3 to 4 (0, 1, 2, 3)" in report
+    assert ("Baseline: all-conv (conv everywhere): val/acc1 0.6 [0.3516, 0.8484]; trivial level val/acc1 "
+            "0.25 (chance, 1/4 classes).") in report
     assert ("- X-volution(PSSA, L=2) in stage 3: better than all-conv (val/acc1 +0.06, 95% CI [0.03516, "
             "0.08484], Holm p 0.01827 (3 runs))") in report
     assert ("- PSSA in stage 3; X-volution(SA) in stage 4: not distinguishable from all-conv at this budget "

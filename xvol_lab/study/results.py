@@ -36,6 +36,7 @@ from xvol_lab.study.report.findings import (
     BETTER,
     SAME,
     WORSE,
+    baseline_text,
     compact_ablation,
     interval,
     signed,
@@ -271,12 +272,11 @@ def _study_lines(result: StudyResult, runs: Path) -> list[str]:
     if result.data is None:
         return lines + [f"{NOT_RUN} ({result.reason}); run: {regenerate_command(result.name)}", ""]
     data = result.data
-    lines += [f"- budget: {budget_text(data)}", f"- storage: `{shown_storage(runs, result.name)}`"]
-    trivial = trivial_text(data.config)
-    if trivial:
-        lines.append(f"- trivial level: {trivial}")
-    lines += [f"- regenerate: {regenerate_command(result.name)}", ""]
     table = ablation_table(data)
+    lines += [f"- budget: {budget_text(data)}", f"- storage: `{shown_storage(runs, result.name)}`"]
+    baseline = baseline_text(data, table)
+    lines += [f"- baseline: {baseline}"] if baseline else [f"- trivial level: {trivial_text(data.config)}"]
+    lines += [f"- regenerate: {regenerate_command(result.name)}", ""]
     if not table.empty:
         lines.append(markdown_table(compact_ablation(data, table)))
     return lines

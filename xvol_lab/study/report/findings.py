@@ -116,3 +116,17 @@ def trivial_text(config: StudyConfig) -> str:
     levels = trivial_levels(config)
     return "; ".join(f"{m} {format_number(v)} ({how})" for m, (v, how) in levels.items()
                      if m in config.metric_names)
+
+
+def baseline_text(data: StudyData, table: pd.DataFrame) -> str:
+    """``all-conv (conv everywhere): val/acc1 0.61 [0.59, 0.63]; trivial level val/acc1 0.1 (...)``;
+    '' without a baseline."""
+    baseline = table.attrs.get("baseline")
+    if baseline is None:
+        return ""
+    row = table[table[CONFIGURATION] == baseline].iloc[0]
+    means = ", ".join(f"{label} {format_number(float(row[f'{label} mean']))} "
+                      f"{interval(row[f'{label} ci95_low'], row[f'{label} ci95_high'])}".strip()
+                      for label in (objective_column(m) for m in data.metric_names))
+    trivial = trivial_text(data.config)
+    return f"all-conv ({baseline}): {means}" + (f"; trivial level {trivial}" if trivial else "")

@@ -20,7 +20,7 @@ from matplotlib.figure import Figure
 from xvol_lab.errors import ConfigError
 from xvol_lab.markdown import format_number, markdown_table
 from xvol_lab.study.progress import best_text
-from xvol_lab.study.report.findings import ablation_findings, compact_ablation, trivial_text
+from xvol_lab.study.report.findings import ablation_findings, baseline_text, compact_ablation, trivial_text
 from xvol_lab.study.report.frame import counted_study
 from xvol_lab.study.report.plots import (
     NoData,
@@ -171,6 +171,9 @@ def _ablation_lines(data: StudyData, table: pd.DataFrame) -> list[str]:
              "95% t interval; p: paired t-test, Holm-corrected across rows (`*`: below 0.05). "
              "The table file adds std, the exact sign-flip p and the costs.", "",
              markdown_table(compact_ablation(data, table))]
+    baseline = baseline_text(data, table)
+    if baseline:
+        lines[2:2] = [f"Baseline: {baseline}.", ""]
     findings = ablation_findings(data, table)
     return lines + ([*(f"- {f}" for f in findings), ""] if findings else [])
 
