@@ -17,8 +17,9 @@ from xvol_lab.study.results import RESULTS_MD, write_results
 
 REPORT_HELP = """\
 Write the report of study NAME to a folder (default <runs>/<study>/report/): report.md with the
-summary, the ablation, per-stage effects, parameter importances and the best trial / Pareto
-front, every table as a file in --format, and PNG plots. Works while the study still runs.
+summary, the ablation (mean and 95% interval over seeds, difference to all-conv paired by seed,
+Holm-corrected p), per-stage effects, parameter importances and the best trial / Pareto front,
+every table as a file in --format, and PNG plots. Works while the study still runs.
 The folder is replaced whole; on any error nothing is written.
 """
 
