@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def test_ddp_two_cpu_processes_return_metrics(tmp_path):
     overrides = [f"data.root={tmp_path / 'data'}", "data.image_size=16", "data.num_classes=4",
-                 "data.num_train=64", "data.num_val=41", "data.batch_size=8", "data.num_workers=0",
+                 "data.num_train=64", "data.num_val=41", "data.batch_size=10", "data.num_workers=0",
                  "model.width_mult=0.125", "trainer.accelerator=cpu", "trainer.log_every_n_steps=1"]
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     # no --run-dir: the worker process must reuse the timestamped directory that rank 0 chose
@@ -39,7 +39,7 @@ def test_ddp_two_cpu_processes_return_metrics(tmp_path):
     assert result["epochs"] == 2.0 and result["best_epoch"] in (1.0, 2.0)
 
     # the synchronised metrics equal an evaluation of the best checkpoint on all 41 images, each once
-    # (21 on one process, 20 on the other: an unweighted mean of the two would differ too)
+    # (21 on one process in 3 batches, 20 on the other in 2: an unweighted mean would differ too)
     task = ClassificationTask.load_from_checkpoint(run_dir / "checkpoints" / "best.ckpt", map_location="cpu")
     dm = build_datamodule(load_run_config(run_dir / "config.yaml").data)
     dm.setup("fit")
