@@ -9,9 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from optuna.trial import TrialState
-from rich.console import Console
-from test_report_tables import (
+from _report_studies import (
     CONV,
     XPSSA2,
     add,
@@ -23,6 +21,8 @@ from test_report_tables import (
     open_study,
     write_study_file,
 )
+from optuna.trial import TrialState
+from rich.console import Console
 
 from xvol_lab.cli.main import main
 from xvol_lab.errors import ConfigError

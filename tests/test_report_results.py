@@ -7,9 +7,9 @@ import statistics
 from pathlib import Path
 
 import pytest
+from _report_studies import open_study
 from optuna.distributions import CategoricalDistribution
 from optuna.trial import create_trial
-from test_report_tables import open_study
 
 from xvol_lab.cli.main import main
 from xvol_lab.study.results import write_results
