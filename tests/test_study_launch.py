@@ -5,9 +5,11 @@ and what a trial process started by an srun-started worker sees (rank 0, no SLUR
 from __future__ import annotations
 
 import socket
+import subprocess
 import sys
 from pathlib import Path
 
+import optuna
 import pytest
 
 from xvol_lab.errors import ConfigError
@@ -15,6 +17,7 @@ from xvol_lab.study import slurm
 from xvol_lab.study.launch import start_trial, stop_trial, trial_command
 
 TRIAL = ["-m", "xvol_lab.study.trial"]
+REPO = Path(__file__).resolve().parents[1]
 
 
 def flags(command: list[str]) -> dict[str, str]:
@@ -24,9 +27,8 @@ def flags(command: list[str]) -> dict[str, str]:
 
 
 def master_port(command: list[str]) -> int:
-    export = flags(command)["export"]
-    assert export.startswith("ALL,MASTER_PORT=")
-    return int(export.split("=")[-1])
+    export = dict(item.split("=") for item in flags(command)["export"].split(",")[1:])
+    return int(export["MASTER_PORT"])
 
 
 def test_a_multi_process_trial_in_a_batch_script_is_one_exact_srun_step(tmp_path):
@@ -34,6 +36,7 @@ def test_a_multi_process_trial_in_a_batch_script_is_one_exact_srun_step(tmp_path
     command = trial_command(tmp_path, 4, 2, env)
     assert command[0] == "srun" and command[-3:] == [*TRIAL, str(tmp_path)]
     got = flags(command)
+    assert got["export"] == f"ALL,MASTER_PORT={master_port(command)}"  # two nodes: Lightning's first node
     assert {k: v for k, v in got.items() if k != "export"} == {
         "nodes": "2", "ntasks": "8", "ntasks-per-node": "4", "exact": "", "cpus-per-task": "6",
         "gpus-per-node": "4", "gpu-bind": "none", "kill-on-bad-exit": "1",
@@ -59,6 +62,7 @@ def test_a_trial_started_from_inside_a_step_overlaps_it(tmp_path):
     per_node = {**one_task, "SLURM_STEP_NUM_TASKS": "4", "SLURMD_NODENAME": "gpu07"}  # one worker per node
     got = flags(trial_command(tmp_path, 2, 1, per_node))
     assert "overlap" in got and got["nodelist"] == "gpu07"  # its trials stay on its own node
+    assert got["export"].endswith(",MASTER_ADDR=127.0.0.1")
     with pytest.raises(ConfigError, match=r"--nodes 2: this study process is one of 4 tasks of an srun step.*"
                                           r"lab.py study submit"):
         trial_command(tmp_path, 2, 2, per_node)
@@ -93,20 +97,30 @@ def run_probe(tmp_path: Path, code: str, **kwargs) -> str:
     return log.read_text().strip().splitlines()[-1]
 
 
-def test_a_worker_started_by_srun_starts_rank_0_trials(tmp_path, monkeypatch):
-    """An srun-started worker (rank 3 of 4) used to pass SLURM_PROCID=3 to its one-process trials,
-    which then wrote no result: the trial must be rank 0 to itself and to Lightning."""
-    for name, value in {"SLURM_JOB_ID": "42", "SLURM_STEP_ID": "0", "SLURM_PROCID": "3", "SLURM_LOCALID": "3",
-                        "SLURM_NODEID": "1", "SLURM_NTASKS": "4", "SLURM_NTASKS_PER_NODE": "2",
-                        "SLURM_JOB_NAME": "study"}.items():
+SRUN_TASK_3_OF_4 = {"SLURM_JOB_ID": "42", "SLURM_STEP_ID": "0", "SLURM_PROCID": "3", "SLURM_LOCALID": "1",
+                    "SLURM_NODEID": "1", "SLURM_NTASKS": "4", "SLURM_NTASKS_PER_NODE": "2",
+                    "SLURM_NNODES": "2", "SLURM_JOB_NAME": "study"}
+
+
+def test_a_worker_started_by_srun_passes_no_slurm_variables_to_its_trials(tmp_path, monkeypatch):
+    for name, value in SRUN_TASK_3_OF_4.items():
         monkeypatch.setenv(name, value)
     command = trial_command(tmp_path, 1, 1)
     assert command == [sys.executable, *TRIAL, str(tmp_path)]
-    seen = run_probe(tmp_path, "import os; from xvol_lab.study.trial import global_rank; "
-                               "from lightning.fabric.plugins.environments import SLURMEnvironment as S; "
-                               "from lightning.pytorch.utilities import rank_zero_only as r; "
-                               "print(global_rank(), r.rank, S.detect(), "
-                               "[k for k in os.environ if k.startswith('SLURM_')], "
-                               "os.environ['CUDA_VISIBLE_DEVICES'])",
-                     env={"CUDA_VISIBLE_DEVICES": "2,3"})
-    assert seen == "0 0 False [] 2,3", seen
+    seen = run_probe(tmp_path, "import os; print([k for k in os.environ if k.startswith('SLURM_')], "
+                               "os.environ['CUDA_VISIBLE_DEVICES'])", env={"CUDA_VISIBLE_DEVICES": "2,3"})
+    assert seen == "[] 2,3"
+
+
+def test_a_study_run_by_an_srun_started_worker_completes_its_trials(tiny_study, lab_env, tmp_path):
+    """The worker is task 3 of 4 of an srun step (one per node, the usual pattern); its one-process
+    trial used to believe it was rank 3, wrote no result and failed."""
+    path = tiny_study("srun", budget={"n_trials": 1, "epochs": 1})
+    done = subprocess.run([sys.executable, str(REPO / "lab.py"), "study", "run", str(path), "--runs", "runs",
+                           "--no-live"], cwd=tmp_path, env={**lab_env, **SRUN_TASK_3_OF_4},
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    db = tmp_path / "runs" / "srun" / "study.db"
+    trials = optuna.load_study(study_name="srun", storage=f"sqlite:///{db}").get_trials()
+    assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE]
+    assert 0 <= trials[0].values[0] <= 1

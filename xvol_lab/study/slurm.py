@@ -6,13 +6,16 @@ one); each multi-process trial is one job step::
 
     srun --nodes=M --ntasks=M*N --ntasks-per-node=N --exact --cpus-per-task=C
          [--gpus-per-node=N --gpu-bind=none] --kill-on-bad-exit=1 --immediate=300
-         [--overlap [--nodelist=THIS_NODE]] --export=ALL,MASTER_PORT=P  python -m xvol_lab.study.trial DIR
+         [--overlap [--nodelist=THIS_NODE]] --export=ALL,MASTER_PORT=P[,MASTER_ADDR=127.0.0.1]
+         python -m xvol_lab.study.trial DIR
 
 - ``--gpus-per-node`` with ``--gpu-bind=none``: every task sees the node's N GPUs and Lightning
   picks ``cuda:<local rank>`` (with ``--gpus-per-task`` each task would see one GPU and
   ``devices=N`` would fail); the job's own ``--gpus-per-task`` is not passed on to the step.
 - ``MASTER_PORT``: a port free on this node when the trial starts, different for every trial of
-  this process (Lightning would derive the same port from the job id for every trial).
+  this process (Lightning would derive the same port from the job id for every trial). A trial on
+  one node rendezvouses on 127.0.0.1 (it may run on another node than the job's first, which
+  Lightning would pick from the node list); a multi-node trial on the first node of its step.
 - ``--overlap``: a worker that itself runs in a step (``SLURM_STEP_ID`` set, e.g. started with
   ``srun`` or from ``srun --pty bash``) holds the resources its trial needs; without it the trial's
   step would wait for them forever. ``--immediate`` bounds every wait for a step's resources.
@@ -87,7 +90,8 @@ def srun_command(script: list[str], devices: int, nodes: int, env: Mapping[str, 
         command.append("--overlap")
         if step_tasks > 1 and env.get("SLURMD_NODENAME"):
             command.append(f"--nodelist={env['SLURMD_NODENAME']}")
-    return [*command, f"--export=ALL,MASTER_PORT={free_port()}", python, *script]
+    export = f"ALL,MASTER_PORT={free_port()}" + (",MASTER_ADDR=127.0.0.1" if nodes == 1 else "")
+    return [*command, f"--export={export}", python, *script]
 
 
 def trial_environment(command: list[str], env: Mapping[str, str]) -> dict[str, str]:
