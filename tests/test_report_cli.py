@@ -79,7 +79,7 @@ def test_report_md_links_every_table_and_plot(abl, capsys):
     assert ("- X-volution(PSSA, L=2) in stage 3: too few paired seeds for an interval; not "
             "distinguishable from all-conv at this budget (val/acc1 +0.22 (3 runs))") in report
     assert "- seeds per configuration: 1 (0)" in report
-    assert "- trivial level: val/acc1 0.25 (chance, 1/4 classes)" in report
+    assert "- trivial level: val/acc1 0.25 (always the most frequent class)" in report
     assert "Difference to all-conv (95% CI): not drawn (no configuration paired" in report
     trials_md = (out / "trials.md").read_text().splitlines()
     assert len(trials_md) == 2 + 12
@@ -158,7 +158,7 @@ def test_seeded_report_words_each_difference_and_draws_error_bars(tmp_path):
     report = (out / "report.md").read_text()
     assert "- seeds per configuration: 3 to 4 (0, 1, 2, 3)" in report
     assert ("Baseline: all-conv (conv everywhere): val/acc1 0.6 [0.3516, 0.8484]; trivial level val/acc1 "
-            "0.25 (chance, 1/4 classes).") in report
+            "0.25 (always the most frequent class).") in report
     assert ("- X-volution(PSSA, L=2) in stage 3: better than all-conv (val/acc1 +0.06, 95% CI [0.03516, "
             "0.08484], Holm p 0.01827 (3 runs))") in report
     assert ("- PSSA in stage 3; X-volution(SA) in stage 4: not distinguishable from all-conv at this budget "

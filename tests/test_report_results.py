@@ -90,7 +90,7 @@ def test_reproduced_claims_and_a_study_that_was_not_run(tmp_path):
     studies = text.split("## Studies\n", 1)[1]
     assert "seeds per configuration 3 (0, 1, 2), 2 epochs, data shapes 16 px, 64 train / 32 val" in studies
     assert ("- baseline: all-conv (conv everywhere): val/acc1 0.6 [0.3516, 0.8484]; trivial level val/acc1 "
-            "0.25 (chance, 1/4 classes)") in studies
+            "0.25 (always the most frequent class)") in studies
     assert "`python lab.py study run op_ablation && python lab.py study report op_ablation && " \
            "python lab.py study results`" in studies
     assert "### stage_ablation\n\nnot run (no storage at" in studies

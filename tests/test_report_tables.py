@@ -28,6 +28,7 @@ from optuna.distributions import CategoricalDistribution
 from optuna.trial import TrialState, create_trial
 from torchvision.models import ResNet18_Weights, ResNet50_Weights
 
+from xvol_lab.study.config import load_study_config
 from xvol_lab.study.report import (
     ablation_table,
     importance_table,
@@ -36,6 +37,7 @@ from xvol_lab.study.report import (
     stage_effects_table,
     trials_table,
 )
+from xvol_lab.study.report.findings import trivial_text
 from xvol_lab.study.report.frame import seed_frame
 from xvol_lab.study.report.source import configuration_label
 from xvol_lab.study.report.tables import STAT_KINDS
@@ -244,6 +246,19 @@ budget: {{n_trials: 1, epochs: 1}}
                                  distributions={"stage4.op": CategoricalDistribution(["conv", "xvol_pssa"])}))
     table = trials_table(load_study_data(path, runs=tmp_path / "runs"))
     assert f"{table.loc[0, 'GMACs']:.3f}" == f"{weights.meta['_ops']:.3f}"
+
+
+def test_trivial_level_beside_the_baseline_and_left_out_when_the_data_cannot_be_read(tmp_path, caplog):
+    config = load_study_config(write_study_file(tmp_path, "triv"))[1]
+    assert trivial_text(config) == "val/acc1 0.25 (always the most frequent class)"  # 32 images, 4 classes
+    path = tmp_path / "folder.yaml"
+    path.write_text(f"""
+base: {{data: {{name: imagefolder, root: {tmp_path / 'none'}, num_classes: 3}}}}
+space: {{stages: {{3: {{op: [conv, pssa]}}}}}}
+budget: {{n_trials: 2}}
+""")
+    assert trivial_text(load_study_config(path)[1]) == ""
+    assert "no trivial level: imagefolder: no folder" in caplog.text
 
 
 def test_ablation_without_all_conv_trial_leaves_differences_empty_with_a_note(tmp_path):

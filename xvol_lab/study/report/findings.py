@@ -1,5 +1,6 @@
 """The ablation in words: a verdict for each difference to the baseline, a compact view of the
-ablation table for report.md, and the task's trivial level beside the baseline.
+ablation table for report.md, and the task's trivial level (`xvol_lab.study.trivial`) beside the
+baseline.
 
 A difference is *distinguishable* when its 95% interval excludes 0 and its Holm-corrected paired
 t-test p is below 0.05; then it is better or worse in the objective's direction. Otherwise it is
@@ -8,19 +9,27 @@ t-test p is below 0.05; then it is better or worse in the objective's direction.
 
 from __future__ import annotations
 
+import logging
 import math
 
 import pandas as pd
 
+from xvol_lab.errors import ConfigError
 from xvol_lab.markdown import format_number
 from xvol_lab.study import stats
 from xvol_lab.study.config import StudyConfig
 from xvol_lab.study.report.frame import CONFIGURATION, DEVICE
 from xvol_lab.study.report.source import StudyData
 from xvol_lab.study.report.tables import objective_column
+from xvol_lab.study.trivial import DETECTION_METRICS, trivial_level
+from xvol_lab.tasks.metrics import VAL_ACC1, VAL_ACC5, VAL_MIOU, VAL_PIXEL_ACC
+
+log = logging.getLogger(__name__)
 
 BETTER, WORSE, SAME, TOO_FEW = "better", "worse", "not distinguishable", "too few seeds"
-ACC1 = "val/acc1"
+TRIVIAL_HOW = {VAL_ACC1: "always the most frequent class", VAL_ACC5: "always the five most frequent classes",
+               VAL_MIOU: "background everywhere", VAL_PIXEL_ACC: "background everywhere",
+               **{m: "no detections" for m in DETECTION_METRICS}}
 
 
 def verdict(diff: float, low: float, high: float, p_holm: float, direction: str) -> str:
@@ -102,20 +111,15 @@ def compact_ablation(data: StudyData, table: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def trivial_levels(config: StudyConfig) -> dict[str, tuple[float, str]]:
-    """metric -> (level, how it is obtained) of a predictor that learned nothing: for
-    classification, top-1 accuracy at chance (1 / num_classes of the study's data)."""
-    if config.task == "classification":
-        n = config.base.data.num_classes
-        return {ACC1: (1.0 / n, f"chance, 1/{n} classes")}
-    return {}
-
-
 def trivial_text(config: StudyConfig) -> str:
-    """``val/acc1 0.1 (chance, 1/10 classes)``; '' when unknown for the study's task and objectives."""
-    levels = trivial_levels(config)
-    return "; ".join(f"{m} {format_number(v)} ({how})" for m, (v, how) in levels.items()
-                     if m in config.metric_names)
+    """``val/acc1 0.1 (always the most frequent class)``: `xvol_lab.study.trivial.trivial_level` of
+    the study's objectives; '' when none has one or the validation data cannot be read."""
+    try:
+        levels = trivial_level(config)
+    except (ConfigError, OSError) as err:
+        log.warning("no trivial level: %s", err)
+        return ""
+    return "; ".join(f"{m} {format_number(v)} ({TRIVIAL_HOW.get(m, 'trivial')})" for m, v in levels.items())
 
 
 def baseline_text(data: StudyData, table: pd.DataFrame) -> str:
