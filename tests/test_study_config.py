@@ -53,6 +53,13 @@ BAD = [
     ({"base": {"trainer": {"max_epochs": 4}}},
      "base.trainer.max_epochs: set by budget.epochs; expected no value here"),
     ({"heartbeat": 0}, "heartbeat: got 0, expected an integer >= 1 (seconds)"),
+    ({"budget": {"n_trials": 3, "seeds": 0}}, "budget.seeds: got 0, expected an integer >= 1"),
+    ({"budget": {"n_trials": 3, "seeds": "two"}}, "budget.seeds: got 'two', expected an integer"),
+    ({"base": {"seed": -1}},
+     "base.seed: got -1, expected an integer from 0 to 4294967295 (seeds base.seed + 0 .. budget.seeds - 1)"),
+    ({"base": {"seed": 2**32 - 2}, "budget": {"n_trials": 3, "seeds": 3}},
+     "base.seed: got 4294967294, expected an integer from 0 to 4294967293 "
+     "(seeds base.seed + 0 .. budget.seeds - 1)"),
 ]
 
 
@@ -75,11 +82,29 @@ def test_bad_yaml_and_bad_override_and_missing_study(tiny_study, tmp_path: Path,
     path = tiny_study()
     assert main(["study", "run", str(path), "--runs", str(tmp_path / "runs"), "--set", "budget.epoch=2"]) == 2
     assert capsys.readouterr().err == (f"lab.py: error: --set budget.epoch=2: {path}: budget.epoch: unknown "
-                                       "key; expected one of n_trials, epochs\n")
+                                       "key; expected one of n_trials, epochs, seeds\n")
     assert main(["study", "run", "no_such_study"]) == 2
     assert capsys.readouterr().err.startswith("lab.py: error: study 'no_such_study': no ")
     assert main(["study", "run", str(path), "--set", "base.trainer.max_epochs=9"]) == 2
     assert "set budget.epochs instead" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_seeds_flag_sets_the_budget_and_bad_values_exit_2(tiny_study, tmp_path: Path, capsys):
+    path = tiny_study(base={"seed": 5})
+    _, config = load_study_config(path, ["budget.seeds=3"])
+    assert (config.budget.seeds, config.seeds, config.n_trials) == (3, [5, 6, 7], 3)  # n_trials: configs
+    assert config.run_config(config.base.model, 6).seed == 6
+    assert config.run_config(config.base.model).seed == 5
+    assert config.run_config(config.base.model, 6).data == config.base.data  # the seed never changes the data
+    assert config.identity()["seeds"] == 3 and "seeds" not in load_study_config(path)[1].identity()
+    for bad in ("0", "two"):
+        with pytest.raises(SystemExit) as exit_:
+            main(["study", "run", str(path), "--runs", str(tmp_path / "runs"), "--seeds", bad])
+        assert exit_.value.code == 2
+        assert capsys.readouterr().err.splitlines()[-1] == (
+            f"lab.py study run: error: argument --seeds: got {bad if bad == '0' else repr(bad)}, "
+            "expected an integer >= 1")
     assert not (tmp_path / "runs").exists()
 
 

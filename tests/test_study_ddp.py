@@ -24,7 +24,7 @@ def test_two_process_trial_is_one_trial(tiny_study, run_lab, tmp_path: Path):
     study = optuna.load_study(study_name="ddp", storage=f"sqlite:///{runs / 'ddp' / 'study.db'}")
     trials = study.get_trials()
     assert len(trials) == 1 and trials[0].state == TrialState.COMPLETE
-    trial_dir = runs / "ddp" / "trial_0"
+    trial_dir = runs / "ddp" / "trial_0" / "seed_0"  # the run folder of the trial's one seed
     log = (trial_dir / "trial.log").read_text()
     assert "GLOBAL_RANK: 0, MEMBER: 1/2" in log and "GLOBAL_RANK: 1, MEMBER: 2/2" in log
     result = json.loads((trial_dir / "result.json").read_text())

@@ -105,7 +105,7 @@ def test_trial_process_reports_reach_the_study_for_each_pruner(tmp_path: Path, m
         study.tell(t, value)
     asked = study.ask()
     monkeypatch.setenv(STORAGE_ENV, url)
-    request = {"study": "s", "trial_id": asked._trial_id, "pruner": to_dict(config), "epochs": 4}
+    request = {"study": "s", "trial_id": asked._trial_id, "pruner": to_dict(config), "steps": 4}
     child = _connect(request)
     child.report(0.1, 1)
     child.report(0.1, 2)

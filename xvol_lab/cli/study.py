@@ -37,7 +37,7 @@ RUNS_HELP = "runs folder: <runs>/<study>/ holds study.db and the trial folders (
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     """Add the `study` command group."""
     p = subparsers.add_parser("study", help="architecture searches (Optuna) from studies/*.yaml")
-    sub = p.add_subparsers(dest="study_command", metavar="{list,run,status,report,export,submit}",
+    sub = p.add_subparsers(dest="study_command", metavar="{list,run,status,report,export,results,submit}",
                            required=True)
 
     ls = sub.add_parser("list", help="the shipped studies and the state of their default storage")
@@ -49,6 +49,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     run.add_argument("name", metavar="NAME", help="a study in studies/ or a path to a study YAML file")
     run.add_argument("--trials", type=positive_int, metavar="N",
                      help="finished trials to end with (budget.n_trials)")
+    run.add_argument("--seeds", type=positive_int, metavar="N",
+                     help="train every configuration with N seeds, base.seed + 0 .. N-1 (budget.seeds)")
     add_storage_arguments(run)
     run.add_argument("--devices", type=positive_int, metavar="N",
                      help="processes (devices) per trial and node")
@@ -80,8 +82,8 @@ def _sigterm(signum: int, frame: Any) -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     """Work on the study until its budget is spent."""
     overrides = [text for group in args.overrides for text in group]
-    for flag, key in (("trials", "budget.n_trials"), ("devices", "base.trainer.devices"),
-                      ("nodes", "base.trainer.num_nodes")):
+    for flag, key in (("trials", "budget.n_trials"), ("seeds", "budget.seeds"),
+                      ("devices", "base.trainer.devices"), ("nodes", "base.trainer.num_nodes")):
         if getattr(args, flag) is not None:
             overrides.append(f"{key}={getattr(args, flag)}")
     name, config = load_study_config(args.name, overrides)

@@ -63,12 +63,14 @@ class ProgressFile(Callback):
 
 
 class PruningReporter(Callback):
-    """Reports `metric` after each validation (step = epoch, from 1) and stops the run when the
+    """Reports `metric` after each validation (step = `offset` + epoch, epochs from 1; the offset
+    places a configuration's later seeds after its earlier ones) and stops the run when the
     study's pruner says so. `connect` opens the Optuna trial (called on global rank 0 only)."""
 
-    def __init__(self, connect: Callable[[], optuna.trial.Trial], metric: str) -> None:
+    def __init__(self, connect: Callable[[], optuna.trial.Trial], metric: str, offset: int = 0) -> None:
         self.connect = connect
         self.metric = metric
+        self.offset = offset
         self.trial: optuna.trial.Trial | None = None
         self.pruned: str | None = None
 
@@ -84,7 +86,7 @@ class PruningReporter(Callback):
         if self.trial is not None:
             value = _val_metrics(trainer).get(self.metric, math.nan)
             if math.isfinite(value):
-                self.trial.report(value, epoch)
+                self.trial.report(value, self.offset + epoch)
                 if self.trial.should_prune():
                     pruner = type(self.trial.study.pruner).__name__
                     reason = f"{self.metric}={value:.4f} at epoch {epoch}: {pruner}"

@@ -32,6 +32,7 @@ LATENCY_BATCH_MS = "latency_batch_ms"
 PARAMS_M = "params_m"
 FLOPS_G = "flops_g"
 MEASURED = (LATENCY_MS, PARAMS_M, FLOPS_G, LATENCY_BATCH_MS)
+MAX_SEED = 2**32 - 1  # the largest seed Lightning's seed_everything takes
 # The operator options a stage may search, in the order they are suggested.
 OPTION_NAMES = ("kernel_size", "heads", "shift", "dirs", "stack")
 STAGES = (1, 2, 3, 4)
@@ -182,17 +183,19 @@ class PrunerConfig:
 
 @dataclass(frozen=True)
 class BudgetConfig:
-    """`n_trials` finished trials (null: the grid's size, grid studies only), `epochs` per trial
+    """`n_trials` finished trials, each one configuration (null: the grid's size, grid studies
+    only), trained `seeds` times (seeds base.seed + 0 .. seeds - 1) for `epochs` epochs each
     (replaces base.trainer.max_epochs)."""
 
     n_trials: int | None = None
     epochs: int = 3
+    seeds: int = 1
 
     def __post_init__(self) -> None:
-        if self.n_trials is not None and self.n_trials < 1:
-            raise ValueError(f"n_trials: got {self.n_trials}, expected an integer >= 1")
-        if self.epochs < 1:
-            raise ValueError(f"epochs: got {self.epochs}, expected an integer >= 1")
+        for name in ("n_trials", "epochs", "seeds"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name}: got {value}, expected an integer >= 1")
 
 
 @dataclass(frozen=True)
@@ -229,6 +232,9 @@ class StudyConfig:
                                  f"{self.objectives[0].metric} (measured once, after training)")
         if self.heartbeat < 1:
             raise ValueError(f"heartbeat: got {self.heartbeat}, expected an integer >= 1 (seconds)")
+        if not 0 <= self.base.seed <= MAX_SEED - self.budget.seeds + 1:
+            raise ValueError(f"base.seed: got {self.base.seed}, expected an integer from 0 to "
+                             f"{MAX_SEED - self.budget.seeds + 1} (seeds base.seed + 0 .. budget.seeds - 1)")
         self._check_heads()
         for j, point in enumerate(self.enqueue):
             check_point(self.space, self.base.model, point, f"enqueue.{j}")
@@ -277,13 +283,20 @@ class StudyConfig:
 
     @property
     def n_trials(self) -> int:
-        """Finished trials the study ends with."""
+        """Finished trials (configurations) the study ends with."""
         return self.budget.n_trials if self.budget.n_trials is not None else len(self.plan)
 
-    def run_config(self, spec: BackboneSpec) -> RunConfig:
-        """The base run config with the trial's architecture and the budget's epochs."""
+    @property
+    def seeds(self) -> list[int]:
+        """The seeds every configuration is trained with: base.seed + 0 .. budget.seeds - 1."""
+        return [self.base.seed + i for i in range(self.budget.seeds)]
+
+    def run_config(self, spec: BackboneSpec, seed: int | None = None) -> RunConfig:
+        """The base run config with the trial's architecture, the budget's epochs and `seed`
+        (default base.seed; it changes initialisation, data order and augmentation, not the data)."""
         trainer = dataclasses.replace(self.base.trainer, max_epochs=self.budget.epochs)
-        return dataclasses.replace(self.base, model=spec, trainer=trainer)
+        return dataclasses.replace(self.base, model=spec, trainer=trainer,
+                                   seed=self.base.seed if seed is None else seed)
 
     def identity(self) -> dict[str, Any]:
         """What workers sharing one study must agree on: all that changes results, not where the data
@@ -291,9 +304,10 @@ class StudyConfig:
         data = to_dict(self)
         base = data["base"]
         dataset = {k: v for k, v in base["data"].items() if k not in ("root", "num_workers")}
+        seeds = {"seeds": self.budget.seeds} if self.budget.seeds != 1 else {}  # storages made before seeds
         return {k: data[k] for k in ("task", "space", "objectives", "sampler", "pruner", "enqueue")} | {
             "epochs": self.budget.epochs, "seed": base["seed"], "data": dataset, "model": base["model"],
-            "optim": base["optim"]}
+            "optim": base["optim"]} | seeds
 
 
 # ---- files ------------------------------------------------------------------------------------------

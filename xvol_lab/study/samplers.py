@@ -39,13 +39,14 @@ def base_sampler_factory(cfg: SamplerConfig, n_objectives: int) -> Callable[[int
     return tpe
 
 
-def make_pruner(cfg: PrunerConfig, epochs: int) -> optuna.pruners.BasePruner:
-    """The configured pruner (steps are epochs, counted from 1)."""
+def make_pruner(cfg: PrunerConfig, steps: int) -> optuna.pruners.BasePruner:
+    """The configured pruner. A trial reports at steps 1 .. `steps` (epochs x seeds): seed i's
+    epoch e (both counted from its first) is step ``i * epochs + e``."""
     if cfg.name == "median":
         return optuna.pruners.MedianPruner(n_startup_trials=cfg.n_startup_trials,
                                            n_warmup_steps=cfg.n_warmup_steps)
     if cfg.name == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=cfg.min_resource, max_resource=epochs,
+        return optuna.pruners.HyperbandPruner(min_resource=cfg.min_resource, max_resource=steps,
                                               reduction_factor=cfg.reduction_factor)
     return optuna.pruners.NopPruner()
 

@@ -50,7 +50,7 @@ def _first_line(err: BaseException) -> str:
 
 def _connect(request: dict[str, Any]) -> optuna.trial.Trial:
     storage = open_storage(os.environ[STORAGE_ENV])
-    pruner = make_pruner(from_dict(PrunerConfig, request["pruner"]), request["epochs"])
+    pruner = make_pruner(from_dict(PrunerConfig, request["pruner"]), request["steps"])
     study = optuna.load_study(study_name=request["study"], storage=storage, pruner=pruner,
                               sampler=optuna.samplers.RandomSampler())
     return optuna.trial.Trial(study, request["trial_id"])
@@ -63,7 +63,7 @@ def train(request: dict[str, Any], trial_dir: Path) -> dict[str, Any]:
     callbacks: list[Any] = [progress]
     reporter = None
     if request.get("report"):
-        reporter = PruningReporter(lambda: _connect(request), request["report"])
+        reporter = PruningReporter(lambda: _connect(request), request["report"], request["step_offset"])
         callbacks.append(reporter)
     try:
         metrics = fit(config, trial_dir, callbacks=callbacks, progress=False)

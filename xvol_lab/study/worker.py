@@ -2,10 +2,12 @@
 
 Each round: fail and queue again the trials whose worker stopped (heartbeat), count the budget
 (`xvol_lab.study.ledger`), ask Optuna for a trial, pick its architecture in this process
-(`suggest_spec`), train it in a trial process (`xvol_lab.study.trial`) while recording a heartbeat
-and showing progress, then tell the study how it ended, with user attrs: every metric of
-result.json, ``params_m``, ``latency_ms``, ``arch``, ``run_dir`` and ``fail_reason`` /
-``prune_reason``. Stops when n_trials counted trials have finished.
+(`suggest_spec`), train it once per seed (budget.seeds), each seed in a trial process
+(`xvol_lab.study.trial`) with its run folder trial_<n>/seed_<s>/, while recording a heartbeat and
+showing progress, then tell the study how the configuration ended (`xvol_lab.study.outcome`):
+values = mean over seeds, user attrs ``seeds``, ``per_seed``, every metric's mean, ``arch``,
+``trial_dir``, ``run_dir`` (the first seed's run folder) and ``fail_reason`` / ``prune_reason``.
+Stops when n_trials counted trials (configurations) have finished.
 """
 
 from __future__ import annotations
@@ -17,9 +19,7 @@ import subprocess
 import threading
 import time
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
 
 import optuna
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
@@ -27,26 +27,17 @@ from optuna.trial import TrialState
 
 from xvol_lab.config import RunConfig
 from xvol_lab.schema import to_dict
-from xvol_lab.study.config import MEASURED, StudyConfig
-from xvol_lab.study.files import LOG, PROGRESS, REQUEST, RESULT, read_json, write_json
+from xvol_lab.study.config import StudyConfig
+from xvol_lab.study.files import LOG, PROGRESS, REQUEST, read_json, write_json
 from xvol_lab.study.launch import start_trial, stop_trial, trial_command
 from xvol_lab.study.ledger import VOID, Tally, is_fresh, slots, tally
+from xvol_lab.study.outcome import Outcome, combine, finished_outcome, read_outcome
 from xvol_lab.study.progress import LogView, StudyState, View, best_text, remaining_seconds
 from xvol_lab.study.samplers import PlannedSampler, base_sampler_factory, make_pruner
 from xvol_lab.study.space import suggest_spec
 from xvol_lab.study.storage import default_storage_url, join_study, open_storage
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """How a trial ended: state, reason (pruned/failed), objective values, attrs for the storage."""
-
-    state: Literal["complete", "pruned", "failed"]
-    reason: str | None = None
-    values: list[float] | None = None
-    attrs: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 class Heartbeat:
@@ -74,35 +65,6 @@ class Heartbeat:
         self._thread.join()
 
 
-def _exit_text(code: int) -> str:
-    if code < 0:
-        import signal
-
-        name = signal.Signals(-code).name if -code in signal.Signals._value2member_map_ else str(-code)
-        return f"was killed by {name}" + (" (out of memory?)" if name == "SIGKILL" else "")
-    return f"exited with code {code}"
-
-
-def _last_line(path: Path) -> str:
-    try:
-        lines = [line.strip() for line in path.read_text(errors="replace").splitlines() if line.strip()]
-    except OSError:
-        return ""
-    return lines[-1][:300] if lines else ""
-
-
-def read_outcome(trial_dir: Path, returncode: int) -> Outcome:
-    """The outcome in trial_dir/result.json, or a failure naming how the trial process ended."""
-    result = read_json(trial_dir / RESULT)
-    if result is None or result.get("state") not in ("complete", "pruned", "failed"):
-        last = _last_line(trial_dir / LOG)
-        return Outcome("failed", f"trial process {_exit_text(returncode)} without a result"
-                       + (f"; last output: {last}" if last else ""))
-    attrs = {k: v for k, v in (result.get("metrics") or {}).items()}
-    attrs.update({k: result[k] for k in MEASURED if k in result})
-    return Outcome(result["state"], result.get("reason"), result.get("values"), attrs)
-
-
 def run_trial(trial_dir: Path, command: list[str], storage_url: str, view: View,
               poll: float = 0.5) -> Outcome:
     """Run the trial process to its end (showing its progress) and read its outcome."""
@@ -127,6 +89,11 @@ def _distributed(config: RunConfig) -> RunConfig:
     return config
 
 
+def seed_dir(trial_dir: Path, seed: int) -> Path:
+    """The run folder of `seed` in a trial folder."""
+    return trial_dir / f"seed_{seed}"
+
+
 def _fresh_dir(path: Path) -> Path:
     """`path`, created empty; a leftover folder of the same name (old storage) is moved aside."""
     if path.exists():
@@ -146,11 +113,12 @@ class Worker:
         self.folder = runs / name
         self.url = storage_url or default_storage_url(runs, name)
         self.view = view or LogView()
+        self.steps = config.budget.epochs * config.budget.seeds  # pruning steps of one configuration
         self.storage = open_storage(self.url, heartbeat=config.heartbeat)
         factory = base_sampler_factory(config.sampler, len(config.objectives))
         self.sampler = PlannedSampler(config.plan, factory, config.sampler.seed)
         self.study = join_study(self.storage, name, config, sampler=self.sampler,
-                                pruner=make_pruner(config.pruner, config.budget.epochs))
+                                pruner=make_pruner(config.pruner, self.steps))
         self.devices = config.base.trainer.devices
         self.nodes = config.base.trainer.num_nodes
         trial_command(self.folder, self.devices, self.nodes)  # check the resources before any trial
@@ -212,19 +180,54 @@ class Worker:
             self._tell(trial, outcome)
 
     def _train(self, trial: optuna.Trial) -> Outcome:
+        """Train the trial's configuration once per seed (stopping at the first seed that does not
+        complete) and combine the seeds' outcomes (`xvol_lab.study.outcome.combine`)."""
         spec = suggest_spec(trial, self.config.space, self.config.base.model)
-        run_config = _distributed(self.config.run_config(spec))
-        trial_dir = _fresh_dir(self.folder / f"trial_{trial.number}")
+        trial_dir = self._trial_dir(trial)
+        seeds = self.config.seeds
         trial.set_user_attr("arch", f"[{', '.join(stage.describe() for stage in spec.stages)}]")
-        trial.set_user_attr("run_dir", str(trial_dir.resolve()))
-        write_json(trial_dir / REQUEST, {
+        trial.set_user_attr("trial_dir", str(trial_dir.resolve()))
+        trial.set_user_attr("run_dir", str(seed_dir(trial_dir, seeds[0]).resolve()))
+        runs: list[tuple[int, Outcome]] = []
+        for index, seed in enumerate(seeds):
+            run_dir = seed_dir(trial_dir, seed)
+            outcome = finished_outcome(run_dir)
+            if outcome is not None:
+                log.info("trial %d: seed %d finished in an earlier attempt (%s); kept", trial.number, seed,
+                         outcome.state)
+            else:
+                label = spec.describe() + (f" seed {seed}" if len(seeds) > 1 else "")
+                self.view.trial_started(trial.number, label)
+                outcome = self._train_seed(trial, run_dir, _distributed(self.config.run_config(spec, seed)),
+                                           index)
+            runs.append((seed, outcome))
+            if outcome.state != "complete":
+                break
+        return combine(runs, len(seeds))
+
+    def _trial_dir(self, trial: optuna.Trial) -> Path:
+        """The folder of the configuration: a retry continues the folder of the trial it retries
+        (its finished seeds are kept); a new trial gets trial_<n>, created empty."""
+        frozen = next(t for t in self.study.get_trials(deepcopy=False) if t.number == trial.number)
+        inherited = frozen.user_attrs.get("trial_dir")
+        if not is_fresh(frozen) and inherited and Path(inherited).is_dir():
+            return Path(inherited)
+        return _fresh_dir(self.folder / f"trial_{trial.number}")
+
+    def _train_seed(self, trial: optuna.Trial, run_dir: Path, run_config: RunConfig, index: int) -> Outcome:
+        """Train one seed of the configuration in `run_dir` (a trial-process run folder)."""
+        if run_dir.exists():  # an attempt interrupted before its result: start this seed over
+            shutil.rmtree(run_dir)
+        run_dir.mkdir(parents=True)
+        epochs = self.config.budget.epochs
+        write_json(run_dir / REQUEST, {
             "study": self.name, "trial_id": trial._trial_id, "trial_number": trial.number,
-            "config": to_dict(run_config), "objectives": self.config.metric_names,
+            "seed": run_config.seed, "config": to_dict(run_config), "objectives": self.config.metric_names,
             "report": self.config.metric_names[0] if self.config.pruner.name != "none" else None,
-            "pruner": to_dict(self.config.pruner), "epochs": self.config.budget.epochs})
-        self.view.trial_started(trial.number, spec.describe())
-        command = trial_command(trial_dir, self.devices, self.nodes)
-        return run_trial(trial_dir, command, self.url, self.view)
+            "pruner": to_dict(self.config.pruner), "epochs": epochs, "step_offset": index * epochs,
+            "steps": self.steps})
+        command = trial_command(run_dir, self.devices, self.nodes)
+        return run_trial(run_dir, command, self.url, self.view)
 
     def _tell(self, trial: optuna.Trial, outcome: Outcome) -> None:
         try:

@@ -1,0 +1,104 @@
+"""How a trial ended: one seed's run (its result.json) and the configuration over its seeds.
+
+A study trial is one configuration trained once per seed (`StudyConfig.seeds`), each seed in its
+own run folder ``trial_<n>/seed_<s>/``. `combine` turns the seeds' outcomes into the trial's:
+
+- state: complete when every seed completed; otherwise that of the first seed that did not
+  (the seeds after it do not run), its reason naming the seed when the study has several;
+- values (told to Optuna): the mean over seeds of each objective;
+- user attrs: ``seeds`` (the seeds run, in order), ``per_seed`` (metric -> list of values aligned
+  with ``seeds``, None where a seed has none) for every objective and every numeric metric of the
+  seeds' result.json (``val/acc1``, ``epochs``, ``params_m``, ``latency_ms``, ...), and each such
+  metric's mean over the seeds that have it under its plain name.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from xvol_lab.study.config import MEASURED
+from xvol_lab.study.files import LOG, RESULT, read_json
+
+STATES = ("complete", "pruned", "failed")
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How a trial ended: state, reason (pruned/failed), objective values, attrs for the storage."""
+
+    state: Literal["complete", "pruned", "failed"]
+    reason: str | None = None
+    values: list[float] | None = None
+    attrs: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+def _exit_text(code: int) -> str:
+    if code < 0:
+        import signal
+
+        name = signal.Signals(-code).name if -code in signal.Signals._value2member_map_ else str(-code)
+        return f"was killed by {name}" + (" (out of memory?)" if name == "SIGKILL" else "")
+    return f"exited with code {code}"
+
+
+def _last_line(path: Path) -> str:
+    try:
+        lines = [line.strip() for line in path.read_text(errors="replace").splitlines() if line.strip()]
+    except OSError:
+        return ""
+    return lines[-1][:300] if lines else ""
+
+
+def finished_outcome(run_dir: Path) -> Outcome | None:
+    """The outcome in run_dir/result.json, or None when the run has not written one."""
+    result = read_json(run_dir / RESULT)
+    if result is None or result.get("state") not in STATES:
+        return None
+    attrs = dict(result.get("metrics") or {})
+    attrs.update({k: result[k] for k in MEASURED if k in result})
+    return Outcome(result["state"], result.get("reason"), result.get("values"), attrs)
+
+
+def read_outcome(trial_dir: Path, returncode: int) -> Outcome:
+    """The outcome in trial_dir/result.json, or a failure naming how the trial process ended."""
+    outcome = finished_outcome(trial_dir)
+    if outcome is not None:
+        return outcome
+    last = _last_line(trial_dir / LOG)
+    return Outcome("failed", f"trial process {_exit_text(returncode)} without a result"
+                   + (f"; last output: {last}" if last else ""))
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value)
+
+
+def combine(runs: Sequence[tuple[int, Outcome]], n_seeds: int) -> Outcome:
+    """The configuration's outcome from its seeds' (seed, outcome), in seed order (module docstring).
+
+    `runs` ends at the first seed that did not complete; `n_seeds` is how many the study asks for."""
+    if not runs:
+        raise ValueError("combine: no seed ran")
+    seeds = [seed for seed, _ in runs]
+    names: list[str] = []
+    for _, outcome in runs:
+        names += [k for k, v in outcome.attrs.items() if _number(v) is not None and k not in names]
+    per_seed = {name: [_number(o.attrs.get(name)) for _, o in runs] for name in names}
+    attrs: dict[str, Any] = {name: statistics.fmean(v for v in values if v is not None)
+                             for name, values in per_seed.items()}
+    attrs.update(seeds=seeds, per_seed=per_seed)
+    last_seed, last = runs[-1]
+    if last.state != "complete":
+        reason = last.reason
+        if n_seeds > 1:
+            reason = f"{reason or last.state} (seed {last_seed})"
+        return Outcome(last.state, reason, None, attrs)
+    columns = zip(*(o.values or [] for _, o in runs), strict=True)
+    return Outcome("complete", None, [statistics.fmean(column) for column in columns], attrs)
