@@ -4,8 +4,6 @@ and no output, log, run file or trial attribute shows it (masked as ***, parseab
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import uuid
 from pathlib import Path
 
@@ -16,7 +14,6 @@ from xvol_lab.cli import main
 from xvol_lab.study import storage
 from xvol_lab.study.storage import STORAGE_ENV, default_storage_url, redact, shown_url
 
-REPO = Path(__file__).resolve().parents[1]
 SECRET = "S3cr3t-pw-" + uuid.uuid4().hex[:8]
 
 
@@ -109,10 +106,11 @@ POSTGRES = os.environ.get("XVOL_TEST_POSTGRES_URL")
 
 @pytest.mark.postgres
 @pytest.mark.skipif(not POSTGRES, reason="XVOL_TEST_POSTGRES_URL is not set (postgresql+psycopg://...)")
-def test_a_study_on_a_password_storage_shows_the_password_nowhere(tmp_path, tiny_study, lab_env):
+def test_a_study_on_a_password_storage_shows_the_password_nowhere(tmp_path, tiny_study, monkeypatch, capsys,
+                                                                   caplog):
     """A real run (its log lines and final status) and its report, the URL from $XVOL_STORAGE (the
     CI server trusts local connections, so any password connects; elsewhere give a URL whose
-    password is distinctive)."""
+    password is distinctive). Trial processes write their output to trial.log under runs/."""
     from sqlalchemy.engine import make_url
 
     url = make_url(POSTGRES)
@@ -125,18 +123,16 @@ def test_a_study_on_a_password_storage_shows_the_password_nowhere(tmp_path, tiny
         pytest.skip("the server checks passwords: give XVOL_TEST_POSTGRES_URL a password of 8+ characters")
     name = f"secret_{uuid.uuid4().hex[:8]}"
     path = tiny_study(name, budget={"n_trials": 1, "epochs": 1})
-    env = {**lab_env, STORAGE_ENV: url_text}
-    outputs = []
+    monkeypatch.setenv(STORAGE_ENV, url_text)
+    runs = str(tmp_path / "runs")
     try:
-        for command in (["run", str(path), "--no-live"], ["report", str(path)]):
-            argv = [sys.executable, str(REPO / "lab.py"), "-v", "study", *command, "--runs", "runs"]
-            done = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
-            assert done.returncode == 0, done.stderr[-3000:]
-            outputs += [done.stdout, done.stderr]
+        assert main(["-v", "study", "run", str(path), "--no-live", "--runs", runs]) == 0
+        assert main(["study", "report", str(path), "--runs", runs]) == 0
+        out, err = capsys.readouterr()
         trial = optuna.load_study(study_name=name, storage=url_text).get_trials()[0]
-        outputs.append(repr(trial.user_attrs) + repr(trial.system_attrs))
         assert "***" in (tmp_path / "runs" / name / "report" / "report.md").read_text()
-        for text in outputs:
+        assert (tmp_path / "runs" / name).is_dir()
+        for text in (out, err, caplog.text, repr(trial.user_attrs), repr(trial.system_attrs)):
             assert secret not in text
         assert_secret_absent([], tmp_path / "runs")
     finally:

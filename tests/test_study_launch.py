@@ -5,19 +5,18 @@ and what a trial process started by an srun-started worker sees (rank 0, no SLUR
 from __future__ import annotations
 
 import socket
-import subprocess
 import sys
 from pathlib import Path
 
 import optuna
 import pytest
 
+from xvol_lab.cli import main
 from xvol_lab.errors import ConfigError
 from xvol_lab.study import slurm
 from xvol_lab.study.launch import start_trial, stop_trial, trial_command
 
 TRIAL = ["-m", "xvol_lab.study.trial"]
-REPO = Path(__file__).resolve().parents[1]
 
 
 def flags(command: list[str]) -> dict[str, str]:
@@ -112,14 +111,13 @@ def test_a_worker_started_by_srun_passes_no_slurm_variables_to_its_trials(tmp_pa
     assert seen == "[] 2,3"
 
 
-def test_a_study_run_by_an_srun_started_worker_completes_its_trials(tiny_study, lab_env, tmp_path):
+def test_a_study_run_by_an_srun_started_worker_completes_its_trials(tiny_study, tmp_path, monkeypatch):
     """The worker is task 3 of 4 of an srun step (one per node, the usual pattern); its one-process
     trial used to believe it was rank 3, wrote no result and failed."""
+    for name, value in SRUN_TASK_3_OF_4.items():
+        monkeypatch.setenv(name, value)
     path = tiny_study("srun", budget={"n_trials": 1, "epochs": 1})
-    done = subprocess.run([sys.executable, str(REPO / "lab.py"), "study", "run", str(path), "--runs", "runs",
-                           "--no-live"], cwd=tmp_path, env={**lab_env, **SRUN_TASK_3_OF_4},
-                          capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
+    assert main(["study", "run", str(path), "--runs", str(tmp_path / "runs"), "--no-live"]) == 0
     db = tmp_path / "runs" / "srun" / "study.db"
     trials = optuna.load_study(study_name="srun", storage=f"sqlite:///{db}").get_trials()
     assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE]
