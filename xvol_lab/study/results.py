@@ -274,8 +274,9 @@ def _study_lines(result: StudyResult, runs: Path) -> list[str]:
     data = result.data
     table = ablation_table(data)
     lines += [f"- budget: {budget_text(data)}", f"- storage: `{shown_storage(runs, result.name)}`"]
-    baseline = baseline_text(data, table)
-    lines += [f"- baseline: {baseline}"] if baseline else [f"- trivial level: {trivial_text(data.config)}"]
+    trivial = trivial_text(data.config)
+    baseline = baseline_text(data, table, trivial)
+    lines += [f"- baseline: {baseline}"] if baseline else [f"- trivial level: {trivial}"] if trivial else []
     lines += [f"- regenerate: {regenerate_command(result.name)}", ""]
     if not table.empty:
         lines.append(markdown_table(compact_ablation(data, table)))

@@ -122,9 +122,9 @@ def trivial_text(config: StudyConfig) -> str:
     return "; ".join(f"{m} {format_number(v)} ({TRIVIAL_HOW.get(m, 'trivial')})" for m, v in levels.items())
 
 
-def baseline_text(data: StudyData, table: pd.DataFrame) -> str:
-    """``all-conv (conv everywhere): val/acc1 0.61 [0.59, 0.63]; trivial level val/acc1 0.1 (...)``;
-    '' without a baseline."""
+def baseline_text(data: StudyData, table: pd.DataFrame, trivial: str) -> str:
+    """``all-conv (conv everywhere): val/acc1 0.61 [0.59, 0.63]; trivial level <trivial>`` (`trivial`:
+    `trivial_text`); '' without a baseline."""
     baseline = table.attrs.get("baseline")
     if baseline is None:
         return ""
@@ -132,5 +132,4 @@ def baseline_text(data: StudyData, table: pd.DataFrame) -> str:
     means = ", ".join(f"{label} {format_number(float(row[f'{label} mean']))} "
                       f"{interval(row[f'{label} ci95_low'], row[f'{label} ci95_high'])}".strip()
                       for label in (objective_column(m) for m in data.metric_names))
-    trivial = trivial_text(data.config)
     return f"all-conv ({baseline}): {means}" + (f"; trivial level {trivial}" if trivial else "")

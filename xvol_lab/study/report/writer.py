@@ -136,7 +136,7 @@ def _plots(data: StudyData,
     }
 
 
-def _header(data: StudyData) -> list[str]:
+def _header(data: StudyData, trivial: str) -> list[str]:
     objectives = ", ".join(f"{m} ({d})" for m, d in zip(data.metric_names, data.directions, strict=True))
     lines = [f"# Study `{data.name}`", ""]
     if data.config.description:
@@ -145,7 +145,6 @@ def _header(data: StudyData) -> list[str]:
               f"- trials: {counts_text(data.name, data.config, data.trials)}",
               f"- seeds per configuration: {seeds_text(data)}",
               f"- best: {best_text(data.trials, data.metric_names, data.directions)}"]
-    trivial = trivial_text(data.config)
     if trivial:
         lines.append(f"- trivial level: {trivial}")
     return [*lines, ""]
@@ -162,7 +161,7 @@ def seeds_text(data: StudyData) -> str:
     return f"{n} ({', '.join(map(str, seeds))})"
 
 
-def _ablation_lines(data: StudyData, table: pd.DataFrame) -> list[str]:
+def _ablation_lines(data: StudyData, table: pd.DataFrame, trivial: str) -> list[str]:
     """The ablation in report.md: the compact table (the file has every column) and one sentence per
     configuration."""
     if table.empty:
@@ -171,7 +170,7 @@ def _ablation_lines(data: StudyData, table: pd.DataFrame) -> list[str]:
              "95% t interval; p: paired t-test, Holm-corrected across rows (`*`: below 0.05). "
              "The table file adds std, the exact sign-flip p and the costs.", "",
              markdown_table(compact_ablation(data, table))]
-    baseline = baseline_text(data, table)
+    baseline = baseline_text(data, table, trivial)
     if baseline:
         lines[2:2] = [f"Baseline: {baseline}.", ""]
     findings = ablation_findings(data, table)
@@ -185,7 +184,8 @@ def write_report(data: StudyData, out: Path, fmt: str = "md") -> Path:
         raise ConfigError(f"--format: got {fmt!r}, expected one of {', '.join(FORMATS)}")
     with staged_dir(out, "report") as tmp:
         tables = report_tables(data)
-        lines = _header(data)
+        trivial = trivial_text(data.config)
+        lines = _header(data, trivial)
         lines += ["## Tables", ""]
         for stem, (title, table) in tables.items():
             name = stem + FORMATS[fmt]
@@ -200,7 +200,7 @@ def write_report(data: StudyData, out: Path, fmt: str = "md") -> Path:
             if "note" in table.attrs:
                 lines += [f"_Note: {table.attrs['note']}_", ""]
             if stem == "ablation":
-                lines += _ablation_lines(data, table)
+                lines += _ablation_lines(data, table, trivial)
             elif not table.empty:
                 lines += [markdown_table(table)]
         lines += ["## Plots", ""]
