@@ -29,7 +29,7 @@ from xvol_lab.errors import ConfigError
 from xvol_lab.study.report import load_study_data, trials_table, write_report
 from xvol_lab.study.report import writer as report_writer
 from xvol_lab.study.storage import default_storage_url
-from xvol_lab.study.summary import trial_table
+from xvol_lab.study.summary import best_lines, trial_table
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -99,6 +99,10 @@ def test_status_and_report_word_every_trial_alike(abl):
         assert lines[number].split()[1] == state
         assert lines[number].rstrip().endswith(reason)
     assert lines[3].split()[1] == "interrupted" and lines[3].rstrip().endswith("retried as trial 4")
+    best = best_lines(data.config, data.trials)  # the best trial as the report's best table has it
+    assert best[0] == "best: val/acc1 0.8000 (trial 2)"
+    assert best[1].startswith("best params: {'stage3.op': 'xvol_pssa', 'stage3.shift': 2, "
+                              "'stage4.op': 'conv'}")
 
 
 def test_csv_tables_hold_the_stored_values(abl, tmp_path):
