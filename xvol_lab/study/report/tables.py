@@ -97,7 +97,8 @@ def trials_table(data: StudyData) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=columns)
 
 
-def _order_key(frame: pd.DataFrame, baseline: str | None):
+def _order_key(frame: pd.DataFrame, baseline: str | None) -> Callable[[str], tuple]:
+    """Rows in the order of the paper's tables: the baseline, then by the stages a configuration changes."""
     changed = dict(zip(frame[CONFIGURATION], frame[CHANGED], strict=True))
     return lambda label: (label != baseline, len(changed[label]), changed[label], label)
 
