@@ -21,7 +21,7 @@ from xvol_lab.data import DataConfig
 from xvol_lab.errors import ConfigError
 from xvol_lab.models import BackboneSpec
 from xvol_lab.models.detection import DetectorConfig
-from xvol_lab.schema import from_dict, parse_override, to_dict, with_overrides
+from xvol_lab.schema import from_dict, is_int, parse_override, to_dict, with_overrides
 
 Task = Literal["classification", "semantic_segmentation", "detection", "instance_segmentation"]
 Precision = Literal["32-true", "bf16-mixed", "16-mixed", "64-true"]
@@ -38,13 +38,9 @@ COMPILE_BACKENDS: tuple[str, ...] = get_args(CompileBackend)
 STRATEGIES: tuple[str, ...] = get_args(Strategy)
 
 
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 def _check_limit(name: str, value: int | float) -> None:
     """Lightning's batch limits: an int is a number of batches, a float a fraction of the loader."""
-    if _is_int(value):
+    if is_int(value):
         if value < 1:
             raise ValueError(f"{name}: got {value}, expected an integer >= 1 (batches) "
                              "or a fraction in (0, 1]")
@@ -86,13 +82,13 @@ class OptimConfig:
         if not self.warmup_epochs >= 0:
             raise ValueError(f"warmup_epochs: got {self.warmup_epochs}, expected a number >= 0")
         milestones = self.step_milestones
-        if any(not _is_int(m) or m < 1 for m in milestones) or list(milestones) != sorted(set(milestones)):
+        if any(not is_int(m) or m < 1 for m in milestones) or list(milestones) != sorted(set(milestones)):
             raise ValueError(f"step_milestones: got {list(milestones)}, expected increasing epochs >= 1")
         if not 0.0 < self.step_gamma <= 1.0:
             raise ValueError(f"step_gamma: got {self.step_gamma}, expected a number in (0, 1]")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ValueError(f"label_smoothing: got {self.label_smoothing}, expected a number in [0, 1)")
-        if not _is_int(self.reference_batch) or self.reference_batch < 1:
+        if not is_int(self.reference_batch) or self.reference_batch < 1:
             raise ValueError(f"reference_batch: got {self.reference_batch}, expected an integer >= 1")
 
     def scaled_lr(self, global_batch: int) -> float:

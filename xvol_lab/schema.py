@@ -16,6 +16,7 @@ import dataclasses
 import re
 import types
 import typing
+from collections.abc import Callable
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
 
 import yaml
@@ -36,66 +37,101 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
+def is_int(value: object) -> bool:
+    """An integer, not a bool (``True`` is an int to Python, never to a config)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _mismatch(path: str, value: Any, expected: str) -> ConfigError:
+    return ConfigError(f"{path}: got {value!r}, expected {expected}")
+
+
+Coercer = Callable[[Any, Any, str], Any]  # (annotation, value, key path) -> checked value
+
+
 def _coerce(tp: Any, value: Any, path: str) -> Any:
     """Check `value` against the annotation `tp`, converting lists to tuples and ints to floats."""
-    origin = get_origin(tp)
-    if tp is Any:
-        return value
-    if origin in (Union, types.UnionType):
-        options = get_args(tp)
-        if value is None and type(None) in options:
-            return None
-        errors = []
-        for option in options:
-            if option is type(None):
-                continue
-            try:
-                return _coerce(option, value, path)
-            except ConfigError as err:
-                errors.append(str(err))
-        raise ConfigError(errors[0] if len(errors) == 1 else f"{path}: got {value!r}, expected "
-                          + " or ".join(_type_name(o) for o in options))
-    if origin is Literal:
-        if value not in get_args(tp):
-            raise ConfigError(f"{path}: got {value!r}, expected {_type_name(tp)}")
-        return value
-    if origin is tuple:
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{path}: got {value!r}, expected a list")
-        args = get_args(tp)
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_coerce(args[0], v, _join(path, i)) for i, v in enumerate(value))
-        if len(args) != len(value):
-            raise ConfigError(f"{path}: got {len(value)} items, expected {len(args)}")
-        return tuple(_coerce(a, v, _join(path, i)) for i, (a, v) in enumerate(zip(args, value, strict=True)))
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{path}: got {value!r}, expected a mapping")
-        _, vt = get_args(tp)
-        return {str(k): _coerce(vt, v, _join(path, k)) for k, v in value.items()}
     if dataclasses.is_dataclass(tp):
-        if isinstance(value, tp):
-            return value
-        return from_dict(tp, value, path)
-    if tp is float:
-        if isinstance(value, str) and _FLOAT_TEXT.fullmatch(value.strip()):
-            return float(value)  # YAML 1.1 reads 1e-3 (no dot) as a string
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{path}: got {value!r}, expected a number")
-        return float(value)
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{path}: got {value!r}, expected an integer")
+        return value if isinstance(value, tp) else from_dict(tp, value, path)
+    coerce = _COERCERS.get(get_origin(tp) or tp)
+    if coerce is None:
+        raise TypeError(f"{path}: unsupported annotation {tp!r}")
+    return coerce(tp, value, path)
+
+
+def _union(tp: Any, value: Any, path: str) -> Any:
+    """The first option that takes `value`; the one option's own error, or a list of the options."""
+    options = get_args(tp)
+    if value is None and type(None) in options:
+        return None
+    errors = []
+    for option in options:
+        if option is type(None):
+            continue
+        try:
+            return _coerce(option, value, path)
+        except ConfigError as err:
+            errors.append(str(err))
+    if len(errors) == 1:
+        raise ConfigError(errors[0])
+    raise _mismatch(path, value, " or ".join(_type_name(o) for o in options))
+
+
+def _literal(tp: Any, value: Any, path: str) -> Any:
+    if value not in get_args(tp):
+        raise _mismatch(path, value, _type_name(tp))
+    return value
+
+
+def _tuple(tp: Any, value: Any, path: str) -> tuple[Any, ...]:
+    """``tuple[T, ...]`` of any length, or ``tuple[A, B]`` of exactly its items, from a list."""
+    if not isinstance(value, (list, tuple)):
+        raise _mismatch(path, value, "a list")
+    args = get_args(tp)
+    if len(args) == 2 and args[1] is Ellipsis:
+        args = (args[0],) * len(value)
+    elif len(args) != len(value):
+        raise ConfigError(f"{path}: got {len(value)} items, expected {len(args)}")
+    return tuple(_coerce(a, v, _join(path, i)) for i, (a, v) in enumerate(zip(args, value, strict=True)))
+
+
+def _dict(tp: Any, value: Any, path: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise _mismatch(path, value, "a mapping")
+    _, vt = get_args(tp)
+    return {str(k): _coerce(vt, v, _join(path, k)) for k, v in value.items()}
+
+
+def _float(tp: Any, value: Any, path: str) -> float:
+    if isinstance(value, str) and _FLOAT_TEXT.fullmatch(value.strip()):
+        return float(value)  # YAML 1.1 reads 1e-3 (no dot) as a string
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise _mismatch(path, value, "a number")
+    return float(value)
+
+
+def _exact(accepts: Callable[[Any], bool], expected: str) -> Coercer:
+    """A coercer that passes values `accepts` through unchanged and refuses the rest."""
+    def coerce(tp: Any, value: Any, path: str) -> Any:
+        if not accepts(value):
+            raise _mismatch(path, value, expected)
         return value
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{path}: got {value!r}, expected true or false")
-        return value
-    if tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{path}: got {value!r}, expected a string")
-        return value
-    raise TypeError(f"{path}: unsupported annotation {tp!r}")
+    return coerce
+
+
+# Keyed by typing.get_origin(annotation), or by the annotation itself where it has no origin.
+_COERCERS: dict[Any, Coercer] = {
+    Any: lambda tp, value, path: value,
+    Union: _union,
+    types.UnionType: _union,
+    Literal: _literal,
+    tuple: _tuple,
+    dict: _dict,
+    float: _float,
+    int: _exact(is_int, "an integer"),
+    bool: _exact(lambda v: isinstance(v, bool), "true or false"),
+    str: _exact(lambda v: isinstance(v, str), "a string"),
+}
 
 
 def from_dict(cls: type[T], data: Any, path: str = "") -> T:

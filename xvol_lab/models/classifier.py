@@ -10,6 +10,7 @@ from torch import Tensor, nn
 
 from xvol_lab.models.backbone import Backbone
 from xvol_lab.models.spec import BackboneSpec
+from xvol_lab.schema import is_int
 
 
 class Classifier(nn.Module):
@@ -18,7 +19,7 @@ class Classifier(nn.Module):
     def __init__(self, spec: BackboneSpec, num_classes: int, *, deploy: bool = False,
                  zero_init_residual: bool = False) -> None:
         super().__init__()
-        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+        if not is_int(num_classes) or num_classes < 1:
             raise ValueError(f"num_classes: got {num_classes!r}, expected a positive integer")
         self.spec = spec
         self.num_classes = num_classes

@@ -23,6 +23,7 @@ from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredic
 
 from xvol_lab.models.backbone import Backbone, build_backbone
 from xvol_lab.models.spec import BackboneSpec
+from xvol_lab.schema import is_int
 
 # Backbone parts from the last stage back, as torchvision's `trainable_layers` counts them.
 TRAINABLE_ORDER = ("layer4", "layer3", "layer2", "layer1", "stem")
@@ -31,7 +32,7 @@ REPRESENTATION_SIZE = 1024  # torchvision's TwoMLPHead width
 
 
 def _positive_int(name: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    if not is_int(value) or value < 1:
         raise ValueError(f"{name}: got {value!r}, expected an integer >= 1")
 
 
@@ -70,11 +71,11 @@ class DetectorConfig:
         if self.max_size < self.min_size:
             raise ValueError(f"max_size: got {self.max_size}, expected at least min_size ({self.min_size})")
         stages = self.trainable_stages
-        if isinstance(stages, bool) or not isinstance(stages, int) or not 0 <= stages <= 5:
+        if not is_int(stages) or not 0 <= stages <= 5:
             raise ValueError(f"trainable_stages: got {stages!r}, expected an integer in 0..5")
         sizes = self.anchor_sizes
         if (not isinstance(sizes, tuple) or len(sizes) != 5
-                or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in sizes)):
+                or any(not is_int(s) or s < 1 for s in sizes)):
             raise ValueError(f"anchor_sizes: got {sizes!r}, expected 5 integers >= 1 (one per FPN level)")
         if not 0.0 <= self.box_score_thresh < 1.0:
             raise ValueError(f"box_score_thresh: got {self.box_score_thresh!r}, expected a number in [0, 1)")
@@ -110,7 +111,7 @@ def build_detector(spec: BackboneSpec, num_classes: int, *, masks: bool, deploy:
     background, as in torchvision). `options` are `DetectorConfig` fields (``min_size=64``, ...).
     ``deploy=True`` builds deploy-form operators (to load a re-parameterized state dict).
     """
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+    if not is_int(num_classes) or num_classes < 1:
         raise ValueError(f"num_classes: got {num_classes!r}, expected a positive integer")
     names = {f.name for f in dataclasses.fields(DetectorConfig)}
     unknown = sorted(set(options) - names)

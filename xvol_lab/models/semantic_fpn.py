@@ -19,6 +19,7 @@ from torchvision.ops import Conv2dNormActivation, FeaturePyramidNetwork
 
 from xvol_lab.models.backbone import Backbone
 from xvol_lab.models.spec import BackboneSpec, scale_width
+from xvol_lab.schema import is_int
 
 FPN_CHANNELS = 256  # the paper's FPN width at width_mult 1; the scale stages have half of it (128)
 GN_GROUPS = 32  # the paper's GroupNorm groups, fewer for narrow heads (at least 4 channels a group)
@@ -41,11 +42,11 @@ class SemanticFPN(nn.Module):
     def __init__(self, spec: BackboneSpec, num_classes: int, *, fpn_channels: int | None = None,
                  deploy: bool = False) -> None:
         super().__init__()
-        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+        if not is_int(num_classes) or num_classes < 1:
             raise ValueError(f"num_classes: got {num_classes!r}, expected a positive integer")
         if fpn_channels is None:
             fpn_channels = scale_width(FPN_CHANNELS, spec.width_mult)
-        if isinstance(fpn_channels, bool) or not isinstance(fpn_channels, int) or fpn_channels < 8:
+        if not is_int(fpn_channels) or fpn_channels < 8:
             raise ValueError(f"fpn_channels: got {fpn_channels!r}, expected an integer >= 8 or None")
         self.spec = spec
         self.num_classes = num_classes

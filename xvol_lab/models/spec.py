@@ -31,10 +31,6 @@ PRESETS: dict[str, tuple[Block, tuple[int, int, int, int]]] = {
 _SHORT = {"kernel_size": "K", "heads": "h", "shift": "L", "dirs": "dirs", "stack": "stack"}
 
 
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 def scale_width(base: int, width_mult: float) -> int:
     """``base * width_mult`` rounded half up to a multiple of 8, at least 8."""
     return max(8, int(base * width_mult / 8 + 0.5) * 8)
@@ -61,7 +57,7 @@ class StageSpec:
         check_shift(self.shift)
         check_dirs(self.dirs)
         check_stack(self.stack)
-        if self.heads is not None and (not _is_int(self.heads) or self.heads < 1):
+        if self.heads is not None and (not schema.is_int(self.heads) or self.heads < 1):
             raise ValueError(f"heads: got {self.heads!r}, expected a positive integer or null (auto)")
 
     def op_kwargs(self) -> dict[str, Any]:
@@ -102,13 +98,13 @@ class BackboneSpec:
         if self.stem not in ("imagenet", "small"):
             raise ValueError(f"stem: got {self.stem!r}, expected one of 'imagenet', 'small'")
         if (not isinstance(self.depths, tuple) or len(self.depths) != 4
-                or not all(_is_int(d) and d >= 1 for d in self.depths)):
+                or not all(schema.is_int(d) and d >= 1 for d in self.depths)):
             raise ValueError(f"depths: got {self.depths!r}, expected 4 integers >= 1")
         if isinstance(self.width_mult, bool) or not isinstance(self.width_mult, (int, float)) \
                 or not self.width_mult > 0:
             raise ValueError(f"width_mult: got {self.width_mult!r}, expected a number > 0")
         object.__setattr__(self, "width_mult", float(self.width_mult))
-        if not _is_int(self.in_chans) or self.in_chans < 1:
+        if not schema.is_int(self.in_chans) or self.in_chans < 1:
             raise ValueError(f"in_chans: got {self.in_chans!r}, expected an integer >= 1")
         if (not isinstance(self.stages, tuple) or len(self.stages) != 4
                 or not all(isinstance(s, StageSpec) for s in self.stages)):
@@ -167,7 +163,7 @@ class BackboneSpec:
 
     def with_stage(self, index: int, **changes: Any) -> BackboneSpec:
         """A copy with stage `index` (1..4, as in layer1..layer4) changed: ``with_stage(3, op='xvol_sa')``."""
-        if index not in (1, 2, 3, 4) or not _is_int(index):
+        if index not in (1, 2, 3, 4) or not schema.is_int(index):
             raise ConfigError(f"stage: got {index!r}, expected 1, 2, 3 or 4")
         data = self.to_dict()
         data["stages"][index - 1].update(changes)
