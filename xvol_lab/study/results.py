@@ -98,7 +98,7 @@ class Claim:
 
     text: str
     studies: Callable[[dict[str, StudyResult]], list[str]]
-    evidence: Callable[[StudyResult], list[Evidence]]
+    evidence: Callable[[StudyData], list[Evidence]]
     untested: str
 
 
@@ -106,10 +106,8 @@ def _first_metric(data: StudyData) -> tuple[str, str]:
     return objective_column(data.metric_names[0]), data.directions[0]
 
 
-def _rows_against_baseline(result: StudyResult, stage: int, hurts: bool) -> list[Evidence]:
+def _rows_against_baseline(data: StudyData, stage: int, hurts: bool) -> list[Evidence]:
     """Rows of the ablation that put an X-volution in `stage` only, against all-conv."""
-    data = result.data
-    assert data is not None
     table = ablation_table(data)
     frame = seed_frame(data)
     baseline = table.attrs.get("baseline")
@@ -126,7 +124,7 @@ def _rows_against_baseline(result: StudyResult, stage: int, hurts: bool) -> list
                         row[f"{label} p_holm"], direction)
         wanted, against = (WORSE, BETTER) if hurts else (BETTER, WORSE)
         word = {wanted: REPRODUCED, against: CONTRADICTED}.get(found, NOT_DISTINGUISHABLE)
-        out.append(Evidence(result.name, name, baseline, label, row[f"{label} diff"],
+        out.append(Evidence(data.name, name, baseline, label, row[f"{label} diff"],
                             row[f"{label} diff_ci95_low"], row[f"{label} diff_ci95_high"],
                             row[f"{label} p_holm"], "Holm", row["seeds"], word))
     return out
@@ -142,10 +140,8 @@ def _by_seed(frame: pd.DataFrame, stage: int, op: str, metric: str) -> tuple[str
     return name, {int(s): float(v) for s, v in rows.groupby(SEED)[metric].mean().items()}
 
 
-def _equivalence(result: StudyResult, first: str, second: str) -> list[Evidence]:
+def _equivalence(data: StudyData, first: str, second: str) -> list[Evidence]:
     """`first` against `second` in stage 3, paired by seed (the "about as good" rule)."""
-    data = result.data
-    assert data is not None
     frame = seed_frame(data)
     metric, (label, direction) = data.metric_names[0], _first_metric(data)
     name_a, a = _by_seed(frame, 3, first, metric)
@@ -161,7 +157,7 @@ def _equivalence(result: StudyResult, first: str, second: str) -> list[Evidence]
     else:
         word = NOT_DISTINGUISHABLE
     seeds = ", ".join(map(str, sorted(set(a) & set(b))))
-    return [Evidence(result.name, name_a, name_b, label, pair.diff, pair.ci95_low, pair.ci95_high, pair.p,
+    return [Evidence(data.name, name_a, name_b, label, pair.diff, pair.ci95_low, pair.ci95_high, pair.p,
                      "paired t", seeds, word)]
 
 
@@ -177,13 +173,13 @@ def _resnet50(results: dict[str, StudyResult]) -> list[str]:
 
 CLAIMS = (
     Claim("X-volution beats conv when placed in stage 3", _named("op_ablation", "stage_ablation"),
-          lambda r: _rows_against_baseline(r, 3, hurts=False),
+          lambda data: _rows_against_baseline(data, 3, hurts=False),
           "not tested: neither op_ablation nor stage_ablation is a shipped study"),
     Claim("Replacing stage 4 hurts ResNet-50", _resnet50,
-          lambda r: _rows_against_baseline(r, 4, hurts=True),
+          lambda data: _rows_against_baseline(data, 4, hurts=True),
           "not tested: no study with ResNet-50 at this budget"),
     Claim("PSSA is about as good as global SA", _named("op_ablation"),
-          lambda r: _equivalence(r, "xvol_pssa", "xvol_sa") + _equivalence(r, "pssa", "sa"),
+          lambda data: _equivalence(data, "xvol_pssa", "xvol_sa") + _equivalence(data, "pssa", "sa"),
           "not tested: op_ablation is not a shipped study"),
 )
 
@@ -256,7 +252,7 @@ def _claim_lines(claim: Claim, results: dict[str, StudyResult]) -> list[str]:
         if result.data is None:
             notes.append(f"- {name}: {NOT_RUN} ({result.reason})")
             continue
-        found = claim.evidence(result)
+        found = claim.evidence(result.data)
         evidence += found
         if not found:
             notes.append(f"- {name}: no complete configuration (with an all-conv baseline) tests the claim")
