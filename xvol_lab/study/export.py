@@ -200,6 +200,7 @@ def model_card(data: StudyData, trial: FrozenTrial, config: RunConfig, row: pd.S
 
 
 def type_name(task: str) -> str:
+    """The LightningModule class name of `task` (for the model card)."""
     return TASK_MODULES[task].__name__
 
 
