@@ -13,8 +13,7 @@ import onnxruntime
 import pytest
 import torch
 from _helpers import assert_close_scaled
-from optuna.trial import TrialState
-from test_report_tables import (
+from _report_studies import (
     CONV,
     NUM_CLASSES,
     add,
@@ -25,6 +24,7 @@ from test_report_tables import (
     open_study,
     write_study_file,
 )
+from optuna.trial import TrialState
 
 from xvol_lab.cli.main import main
 from xvol_lab.config import load_run_config

@@ -9,9 +9,9 @@ from pathlib import Path
 import onnx
 import pytest
 import torch
+from _report_studies import open_study
 from optuna.distributions import CategoricalDistribution
 from optuna.trial import create_trial
-from test_report_tables import open_study
 
 from xvol_lab.cli.main import main
 from xvol_lab.config import load_run_config
