@@ -1,8 +1,8 @@
 """Where the trials of a study stand: each trial's state and reason, and the best trials.
 
-One wording for `lab.py study status`, the report and the export, and one selection of the best
-trials (Optuna's `Study.best_trials`: the Pareto front, or every trial tied at the best value
-with one objective) among the counted complete trials.
+One wording for `lab.py study status` and the report, and one selection of the best trials
+(Optuna's `Study.best_trials`: the Pareto front, or every trial tied at the best value with one
+objective) among the counted complete trials.
 """
 
 from __future__ import annotations
