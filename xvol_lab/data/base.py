@@ -74,8 +74,9 @@ def loader_options(cfg: DataConfig, trainer: Trainer | None, dataset: Dataset, *
 class ImageDataModule(LightningDataModule):
     """Base class: subclasses fill `train_set`, `val_set`, `classes` and `normalize` in `setup`.
 
-    `num_classes` must be known before `setup` (the model is built first), so subclasses
-    define it from the config or from a cheap look at the files. Batches leave the loaders as
+    `num_classes` must be known before `setup` (the model is built first): subclasses count the
+    classes (`count_classes`) from the config or from a cheap look at the files, and `setup` may
+    store the count it reads (``self._num_classes``). Batches leave the loaders as
     uint8 images; `on_after_batch_transfer` normalises them on the device with `normalize`.
     """
 
@@ -86,6 +87,7 @@ class ImageDataModule(LightningDataModule):
         self.val_set: Dataset | None = None
         self.classes: list[str] = []
         self.normalize = DeviceNormalize()
+        self._num_classes: int | None = None
 
     @property
     def image_size(self) -> int:
@@ -93,6 +95,12 @@ class ImageDataModule(LightningDataModule):
 
     @property
     def num_classes(self) -> int:
+        if self._num_classes is None:
+            self._num_classes = self.count_classes()
+        return self._num_classes
+
+    def count_classes(self) -> int:
+        """The number of classes, known before `setup`; asked once."""
         raise NotImplementedError
 
     def train_dataloader(self) -> DataLoader:

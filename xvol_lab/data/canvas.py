@@ -50,6 +50,8 @@ GEOMETRY: dict[str, list[Polygon]] = {
     "hourglass": [(np.array([[-0.8, -1.0], [0.8, -1.0], [0.0, 0.0]]), 255),
                   (np.array([[-0.8, 1.0], [0.8, 1.0], [0.0, 0.0]]), 255)],
 }
+# The shapes drawn without a hole: their outline is a list of polygons (COCO's segmentation format).
+HOLE_FREE_SHAPES = tuple(s for s in SHAPES if all(fill == 255 for _, fill in GEOMETRY[s]))
 
 
 @dataclass(frozen=True)

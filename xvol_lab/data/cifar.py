@@ -9,7 +9,6 @@ from typing import Any
 import numpy as np
 
 from xvol_lab.data.base import ImageDataModule
-from xvol_lab.data.config import DataConfig
 from xvol_lab.data.device import DeviceNormalize
 from xvol_lab.data.images import ArrayImageDataset
 from xvol_lab.data.transforms import CIFAR10_MEAN, CIFAR10_STD, cifar_eval, cifar_train
@@ -76,15 +75,8 @@ def read_batches(folder: Path, names: tuple[str, ...], num_classes: int) -> tupl
 class Cifar10DataModule(ImageDataModule):
     """CIFAR-10 train (data_batch_1..5) and val (test_batch), held in memory."""
 
-    def __init__(self, cfg: DataConfig) -> None:
-        super().__init__(cfg)
-        self._num_classes: int | None = None
-
-    @property
-    def num_classes(self) -> int:
-        if self._num_classes is None:
-            self._num_classes = len(read_label_names(cifar_dir(self.cfg.root)))
-        return self._num_classes
+    def count_classes(self) -> int:
+        return len(read_label_names(cifar_dir(self.cfg.root)))
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:

@@ -236,21 +236,17 @@ class CocoDataModule(ImageDataModule):
     def __init__(self, cfg: DataConfig, *, masks: bool = True) -> None:
         super().__init__(cfg)
         self.masks = masks
-        self._num_classes: int | None = None
 
     @property
     def root(self) -> Path:
         return Path(self.cfg.root)
 
-    @property
-    def num_classes(self) -> int:
-        if self._num_classes is None:
-            path = split_paths(self.root, "val")[0]
-            data = read_instances(path)
-            if not isinstance(data.get("categories"), list) or not data["categories"]:
-                raise ConfigError(f"{path}: missing key 'categories' (expected a non-empty list)")
-            self._num_classes = len(data["categories"])
-        return self._num_classes
+    def count_classes(self) -> int:
+        path = split_paths(self.root, "val")[0]
+        data = read_instances(path)
+        if not isinstance(data.get("categories"), list) or not data["categories"]:
+            raise ConfigError(f"{path}: missing key 'categories' (expected a non-empty list)")
+        return len(data["categories"])
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:

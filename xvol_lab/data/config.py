@@ -5,6 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, get_args
 
+from xvol_lab.data.canvas import HOLE_FREE_SHAPES
+from xvol_lab.schema import is_int
+
 DatasetName = Literal["shapes", "shapes-context", "imagefolder", "cifar10",  # classification
                       "shapes-seg", "masks",  # semantic segmentation
                       "shapes-coco", "coco"]  # detection and instance segmentation
@@ -15,8 +18,9 @@ BALANCED_NAMES: tuple[str, ...] = ("shapes", "shapes-context")
 
 # Synthetic classes are (shape, hue band) kinds: 10 shapes times at most 4 hue bands.
 MAX_SYNTHETIC_CLASSES = 40
-# Smallest image side at which the shapes stay recognisable (two corner shapes need more room).
-MIN_SYNTHETIC_SIZE = {"shapes": 16, "shapes-context": 32, "shapes-seg": 16}
+# Smallest image side at which the shapes stay recognisable (two corner shapes, or overlapping
+# instances, need more room).
+MIN_SYNTHETIC_SIZE = {"shapes": 16, "shapes-context": 32, "shapes-seg": 16, "shapes-coco": 32}
 
 
 @dataclass(frozen=True)
@@ -60,9 +64,8 @@ class DataConfig:
         _check_min("num_classes", self.num_classes, 2)
         _check_min("seed", self.seed, 0)
         if self.name == "shapes-coco":
-            from xvol_lab.data.shapes_coco import ShapesCocoParams  # late: shapes_coco imports this module
-
-            ShapesCocoParams(self.image_size, self.num_train, self.num_val, self.num_classes, self.seed)
+            check_shapes_coco(self.image_size, self.num_train, self.num_val, self.num_classes, self.seed)
+            return
         if self.name not in MIN_SYNTHETIC_SIZE:
             return
         _check_min("image_size", self.image_size, MIN_SYNTHETIC_SIZE[self.name], f" for {self.name}")
@@ -76,6 +79,19 @@ class DataConfig:
         _check_min("num_val", self.num_val, self.num_classes, f" (num_classes) for {self.name}")
 
 
+def check_shapes_coco(image_size: int, num_train: int, num_val: int, num_classes: int, seed: int) -> None:
+    """The limits of a `shapes-coco` dataset: a ValueError names the first field out of range. Its
+    classes are the shapes without holes (`HOLE_FREE_SHAPES`)."""
+    why = " for shapes-coco"
+    _check_min("image_size", image_size, MIN_SYNTHETIC_SIZE["shapes-coco"], why)
+    for field, value, low in (("num_train", num_train, 1), ("num_val", num_val, 1),
+                              ("num_classes", num_classes, 1), ("seed", seed, 0)):
+        _check_min(field, value, low, why)
+    if num_classes > len(HOLE_FREE_SHAPES):
+        raise ValueError(f"num_classes: got {num_classes}, expected at most {len(HOLE_FREE_SHAPES)}{why} "
+                         f"({', '.join(HOLE_FREE_SHAPES)})")
+
+
 def _check_min(field: str, value: int, low: int, why: str = "") -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+    if not is_int(value) or value < low:
         raise ValueError(f"{field}: got {value!r}, expected an integer >= {low}{why}")

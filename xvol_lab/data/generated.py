@@ -80,11 +80,70 @@ def dataset_params(cfg: DataConfig) -> dict[str, int]:
             "num_val": cfg.num_val, "seed": cfg.seed}
 
 
+def params_folder(params: dict[str, int]) -> str:
+    """The folder name of a dataset's parameters (`dataset_params`): ``c10-s32-n2000-v500-seed0``."""
+    return (f"c{params['num_classes']}-s{params['image_size']}-n{params['num_train']}-v{params['num_val']}"
+            f"-seed{params['seed']}")
+
+
 def dataset_dir(cfg: DataConfig) -> Path:
     """Where `cfg`'s synthetic dataset lives; different parameters never share a folder."""
     _generator(cfg)
-    return (Path(cfg.root) / cfg.name
-            / f"c{cfg.num_classes}-s{cfg.image_size}-n{cfg.num_train}-v{cfg.num_val}-seed{cfg.seed}")
+    return Path(cfg.root) / cfg.name / params_folder(dataset_params(cfg))
+
+
+class PixelStats:
+    """Per-channel mean and std of RGB uint8 images (scaled to [0, 1]), added one image at a time."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.sum = np.zeros(3)
+        self.sum_sq = np.zeros(3)
+
+    def add(self, image: np.ndarray) -> None:
+        pixels = image.reshape(-1, 3) / 255.0
+        self.count += len(pixels)
+        self.sum += pixels.sum(0)
+        self.sum_sq += (pixels**2).sum(0)
+
+    def rounded(self) -> dict[str, list[float]]:
+        """``{"mean": [r, g, b], "std": [r, g, b]}`` rounded to 6 decimals, as manifests store them."""
+        mean = self.sum / self.count
+        std = np.sqrt(np.maximum(self.sum_sq / self.count - mean**2, 1e-12))
+        return {"mean": [round(float(m), 6) for m in mean], "std": [round(float(s), 6) for s in std]}
+
+
+def write_manifest(folder: Path, name: str, version: int, cfg: DataConfig, classes: list[str],
+                   stats: PixelStats) -> None:
+    """``manifest.json``: generator `name`, version, parameters, classes, counts and the train mean/std."""
+    manifest = {"generator": name, "version": version, "params": dataset_params(cfg), "classes": classes,
+                "counts": {"train": cfg.num_train, "val": cfg.num_val}, **stats.rounded()}
+    (folder / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+
+
+def check_made_by(path: Path, found: Any, expected: Any, folder: Path) -> None:
+    """A dataset file made by another generator, version or parameters (`found`) raises ConfigError."""
+    if found != expected:
+        raise ConfigError(f"{path}: made by {found}, expected {expected}; delete {folder} to regenerate")
+
+
+def read_manifest(folder: Path, name: str, version: int, cfg: DataConfig) -> dict[str, Any]:
+    """The manifest in `folder` of generator `name`'s dataset of `cfg`; a missing, unreadable or foreign
+    one is a ConfigError."""
+    path = folder / MANIFEST
+    try:
+        manifest = json.loads(path.read_text())
+    except FileNotFoundError:
+        others = sorted(p.name for p in folder.parent.glob("*/") if (p / MANIFEST).is_file())
+        found = f" (found: {', '.join(others)})" if others else ""
+        raise ConfigError(f"{name}: no dataset at {folder}{found}; run `python lab.py data make "
+                          f"{name}` with the same --set values, or call prepare_data()") from None
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"{path}: unreadable manifest ({err}); delete {folder} to regenerate") from None
+    expected = {"generator": name, "version": version, "params": dataset_params(cfg)}
+    check_made_by(path, {k: manifest.get(k) for k in expected} if isinstance(manifest, dict) else manifest,
+                  expected, folder)
+    return manifest
 
 
 @contextmanager
@@ -131,7 +190,7 @@ def generate(cfg: DataConfig) -> Path:
     """Generate `cfg`'s synthetic dataset unless it exists; returns its folder."""
     target = dataset_dir(cfg)
     generate_folder(target, MANIFEST, lambda tmp: _write(tmp, cfg))
-    _read_manifest(target, cfg)
+    read_manifest(target, cfg.name, _generator(cfg).version, cfg)
     return target
 
 
@@ -139,8 +198,7 @@ def _write(folder: Path, cfg: DataConfig) -> None:
     gen = _generator(cfg)
     classes = gen.class_names(cfg.num_classes)
     rows: list[dict[str, Any]] = []
-    pixel_sum = np.zeros(3)
-    pixel_sq = np.zeros(3)
+    stats = PixelStats()
     for split, count in (("train", cfg.num_train), ("val", cfg.num_val)):
         for name in classes:
             (folder / split / name).mkdir(parents=True)
@@ -152,44 +210,18 @@ def _write(folder: Path, cfg: DataConfig) -> None:
             Image.fromarray(image).save(folder / path)
             rows.append({"split": split, "path": path, "label": label, **meta})
             if split == "train":
-                pixels = image.reshape(-1, 3) / 255.0
-                pixel_sum += pixels.sum(0)
-                pixel_sq += (pixels**2).sum(0)
+                stats.add(image)
     with open(folder / INDEX, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    n = cfg.num_train * cfg.image_size**2
-    mean = pixel_sum / n
-    std = np.sqrt(np.maximum(pixel_sq / n - mean**2, 1e-12))
-    manifest = {"generator": cfg.name, "version": gen.version, "params": dataset_params(cfg),
-                "classes": classes, "counts": {"train": cfg.num_train, "val": cfg.num_val},
-                "mean": [round(float(m), 6) for m in mean], "std": [round(float(s), 6) for s in std]}
-    (folder / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-
-
-def _read_manifest(folder: Path, cfg: DataConfig) -> dict[str, Any]:
-    path = folder / MANIFEST
-    try:
-        manifest = json.loads(path.read_text())
-    except FileNotFoundError:
-        others = sorted(p.name for p in folder.parent.glob("*/") if (p / MANIFEST).is_file())
-        found = f" (found: {', '.join(others)})" if others else ""
-        raise ConfigError(f"{cfg.name}: no dataset at {folder}{found}; run `python lab.py data make "
-                          f"{cfg.name}` with the same --set values, or call prepare_data()") from None
-    except (OSError, ValueError) as err:
-        raise ConfigError(f"{path}: unreadable manifest ({err}); delete {folder} to regenerate") from None
-    expected = {"generator": cfg.name, "version": _generator(cfg).version, "params": dataset_params(cfg)}
-    found = {k: manifest.get(k) for k in expected}
-    if found != expected:
-        raise ConfigError(f"{path}: made by {found}, expected {expected}; delete {folder} to regenerate")
-    return manifest
+    write_manifest(folder, cfg.name, gen.version, cfg, classes, stats)
 
 
 def read_generated(cfg: DataConfig) -> GeneratedData:
     """Read back the dataset `generate(cfg)` made; a missing or foreign folder raises ConfigError."""
     folder = dataset_dir(cfg)
-    manifest = _read_manifest(folder, cfg)
+    manifest = read_manifest(folder, cfg.name, _generator(cfg).version, cfg)
     samples: dict[str, list[tuple[Path, int]]] = {split: [] for split in SPLITS}
     try:
         with open(folder / INDEX, newline="") as f:

@@ -41,13 +41,9 @@ class ImageFolderDataModule(ImageDataModule):
     def __init__(self, cfg: DataConfig) -> None:
         super().__init__(cfg)
         self.root = Path(cfg.root)
-        self._num_classes: int | None = None
 
-    @property
-    def num_classes(self) -> int:
-        if self._num_classes is None:
-            self._num_classes = len(class_folders(self.root / "train"))
-        return self._num_classes
+    def count_classes(self) -> int:
+        return len(class_folders(self.root / "train"))
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:

@@ -153,13 +153,9 @@ class MasksDataModule(ImageDataModule):
     def __init__(self, cfg: DataConfig) -> None:
         super().__init__(cfg)
         self.root = Path(cfg.root)
-        self._num_classes: int | None = None
 
-    @property
-    def num_classes(self) -> int:
-        if self._num_classes is None:
-            self._num_classes = len(read_classes(self.root))
-        return self._num_classes
+    def count_classes(self) -> int:
+        return len(read_classes(self.root))
 
     def normalization(self) -> tuple[Stats, Stats]:
         """Per-channel (mean, std) the images are normalised with."""
@@ -189,8 +185,7 @@ class ShapesSegDataModule(MasksDataModule):
         self.root = shapes_seg.dataset_dir(cfg)
         self._manifest: dict[str, Any] | None = None
 
-    @property
-    def num_classes(self) -> int:
+    def count_classes(self) -> int:
         return self.cfg.num_classes
 
     def prepare_data(self) -> None:

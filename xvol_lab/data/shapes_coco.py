@@ -16,8 +16,8 @@ to a temporary folder and renamed into place under a file lock (as `xvol_lab.dat
 
 from __future__ import annotations
 
+import dataclasses
 import json
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,19 +26,25 @@ import numpy as np
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from xvol_lab.data.canvas import GEOMETRY, SHAPES, Placement, add_blobs, background, paint, to_uint8
+from xvol_lab.data.canvas import (
+    GEOMETRY,
+    HOLE_FREE_SHAPES,
+    SHAPES,
+    Placement,
+    add_blobs,
+    background,
+    paint,
+    to_uint8,
+)
 from xvol_lab.data.coco import CocoDataModule
-from xvol_lab.data.config import DataConfig
-from xvol_lab.data.generated import SPLITS, generate_folder
+from xvol_lab.data.config import DataConfig, check_shapes_coco
+from xvol_lab.data.generated import SPLITS, check_made_by, generate_folder, params_folder
 from xvol_lab.data.shapes import place
 from xvol_lab.errors import ConfigError
 
-log = logging.getLogger(__name__)
-
 NAME = "shapes-coco"
 VERSION = 1
-CLASS_SHAPES = tuple(s for s in SHAPES if all(fill == 255 for _, fill in GEOMETRY[s]))
-MIN_IMAGE_SIZE = 32
+CLASS_SHAPES = HOLE_FREE_SHAPES  # category k + 1 is CLASS_SHAPES[k]
 SHAPES_PER_IMAGE = (2, 4)
 RADIUS = (0.12, 0.22)  # fraction of the image side
 MIN_VISIBLE = 0.5  # a shape keeps at least this fraction of its area visible
@@ -57,14 +63,7 @@ class ShapesCocoParams:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        lows = {"image_size": MIN_IMAGE_SIZE, "num_train": 1, "num_val": 1, "num_classes": 1, "seed": 0}
-        for name, low in lows.items():
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ValueError(f"{name}: got {value!r}, expected an integer >= {low} for {NAME}")
-        if self.num_classes > len(CLASS_SHAPES):
-            raise ValueError(f"num_classes: got {self.num_classes}, expected at most {len(CLASS_SHAPES)} "
-                             f"for {NAME} ({', '.join(CLASS_SHAPES)})")
+        check_shapes_coco(self.image_size, self.num_train, self.num_val, self.num_classes, self.seed)
 
     @classmethod
     def from_config(cls, cfg: DataConfig) -> ShapesCocoParams:
@@ -76,13 +75,11 @@ class ShapesCocoParams:
 
     @property
     def folder_name(self) -> str:
-        return f"c{self.num_classes}-s{self.image_size}-n{self.num_train}-v{self.num_val}-seed{self.seed}"
+        return params_folder(dataclasses.asdict(self))
 
     def info(self) -> dict[str, Any]:
         """The ``info`` block of the JSON files: generator, version and these parameters."""
-        return {"description": NAME, "version": VERSION, "params": {
-            "image_size": self.image_size, "num_train": self.num_train, "num_val": self.num_val,
-            "num_classes": self.num_classes, "seed": self.seed}}
+        return {"description": NAME, "version": VERSION, "params": dataclasses.asdict(self)}
 
 
 def shape_polygons(p: Placement) -> list[list[float]]:
@@ -175,8 +172,7 @@ def _check_complete(folder: Path, params: ShapesCocoParams) -> None:
         info = json.loads(path.read_text()).get("info")
     except (OSError, ValueError, AttributeError) as err:
         raise ConfigError(f"{path}: unreadable ({err}); delete {folder} to regenerate") from None
-    if info != params.info():
-        raise ConfigError(f"{path}: made by {info}, expected {params.info()}; delete {folder} to regenerate")
+    check_made_by(path, info, params.info(), folder)
 
 
 def shapes_coco_dir(root: str | Path, params: ShapesCocoParams) -> Path:
@@ -204,8 +200,7 @@ class ShapesCocoDataModule(CocoDataModule):
     def root(self) -> Path:
         return shapes_coco_dir(self.cfg.root, self.params)
 
-    @property
-    def num_classes(self) -> int:
+    def count_classes(self) -> int:
         return self.params.num_classes
 
     def prepare_data(self) -> None:

@@ -20,21 +20,17 @@ generate it once.
 
 from __future__ import annotations
 
-import json
-import logging
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
+from xvol_lab.data import generated
 from xvol_lab.data.canvas import Placement, add_blobs, background, paint, shape_mask, to_uint8
 from xvol_lab.data.config import MIN_SYNTHETIC_SIZE, DataConfig
-from xvol_lab.data.generated import MANIFEST, SPLITS, dataset_params, generate_folder
+from xvol_lab.data.generated import SPLITS, generate_folder
 from xvol_lab.data.shapes import kind_name, place
-from xvol_lab.errors import ConfigError
-
-log = logging.getLogger(__name__)
 
 NAME = "shapes-seg"
 VERSION = 1
@@ -71,14 +67,13 @@ def draw(rng: np.random.Generator, num_classes: int,
 
 def dataset_dir(cfg: DataConfig) -> Path:
     """Where `cfg`'s dataset lives: ``<root>/shapes-seg/c{K}-s{S}-n{N}-v{V}-seed{seed}``."""
-    return (Path(cfg.root) / NAME
-            / f"c{cfg.num_classes}-s{cfg.image_size}-n{cfg.num_train}-v{cfg.num_val}-seed{cfg.seed}")
+    return Path(cfg.root) / NAME / generated.params_folder(generated.dataset_params(cfg))
 
 
 def generate(cfg: DataConfig) -> Path:
     """Generate `cfg`'s shapes-seg dataset unless it exists; returns its folder."""
     target = dataset_dir(cfg)
-    generate_folder(target, MANIFEST, lambda tmp: _write(tmp, cfg))
+    generate_folder(target, generated.MANIFEST, lambda tmp: _write(tmp, cfg))
     read_manifest(cfg)
     return target
 
@@ -86,7 +81,7 @@ def generate(cfg: DataConfig) -> Path:
 def _write(folder: Path, cfg: DataConfig) -> None:
     classes = class_names(cfg.num_classes)
     (folder / CLASSES_FILE).write_text("\n".join(classes) + "\n")
-    pixel_sum, pixel_sq = np.zeros(3), np.zeros(3)
+    stats = generated.PixelStats()
     for split, count in (("train", cfg.num_train), ("val", cfg.num_val)):
         (folder / "images" / split).mkdir(parents=True)
         (folder / "masks" / split).mkdir(parents=True)
@@ -96,34 +91,13 @@ def _write(folder: Path, cfg: DataConfig) -> None:
             Image.fromarray(image).save(folder / "images" / split / f"{i:05d}.png")
             Image.fromarray(mask, mode="L").save(folder / "masks" / split / f"{i:05d}.png")
             if split == "train":
-                pixels = image.reshape(-1, 3) / 255.0
-                pixel_sum += pixels.sum(0)
-                pixel_sq += (pixels**2).sum(0)
-    n = cfg.num_train * cfg.image_size**2
-    mean = pixel_sum / n
-    std = np.sqrt(np.maximum(pixel_sq / n - mean**2, 1e-12))
-    manifest = {"generator": NAME, "version": VERSION, "params": dataset_params(cfg), "classes": classes,
-                "counts": {"train": cfg.num_train, "val": cfg.num_val},
-                "mean": [round(float(m), 6) for m in mean], "std": [round(float(s), 6) for s in std]}
-    (folder / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+                stats.add(image)
+    generated.write_manifest(folder, NAME, VERSION, cfg, classes, stats)
 
 
 def read_manifest(cfg: DataConfig) -> dict[str, Any]:
     """The manifest of `cfg`'s dataset; a missing dataset or one made with other parameters raises."""
-    folder = dataset_dir(cfg)
-    path = folder / MANIFEST
-    try:
-        manifest = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{NAME}: no dataset at {folder}; call prepare_data() (it generates the data) "
-                          f"with the same settings") from None
-    except (OSError, ValueError) as err:
-        raise ConfigError(f"{path}: unreadable manifest ({err}); delete {folder} to regenerate") from None
-    expected = {"generator": NAME, "version": VERSION, "params": dataset_params(cfg)}
-    found = {k: manifest.get(k) for k in expected} if isinstance(manifest, dict) else manifest
-    if found != expected:
-        raise ConfigError(f"{path}: made by {found}, expected {expected}; delete {folder} to regenerate")
-    return manifest
+    return generated.read_manifest(dataset_dir(cfg), NAME, VERSION, cfg)
 
 
 __all__ = ["BACKGROUND", "CLASSES_FILE", "NAME", "class_names", "dataset_dir", "draw", "generate",

@@ -18,8 +18,7 @@ class SyntheticDataModule(ImageDataModule):
     only one process draws images; the file lock in `generate` covers processes of other runs.
     """
 
-    @property
-    def num_classes(self) -> int:
+    def count_classes(self) -> int:
         return self.cfg.num_classes
 
     @property
