@@ -16,3 +16,13 @@ def test_import_contracts_are_kept() -> None:
     done = subprocess.run([exe, "--no-cache"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
     assert "2 kept, 0 broken" in done.stdout
+
+
+def test_reading_a_study_file_imports_neither_lightning_nor_optuna() -> None:
+    """Study files, run configs and metric names load without the training stack (the package
+    exports of xvol_lab.data, .tasks and .study are imported on first use)."""
+    code = ("import sys, xvol_lab.study.config; "
+            "print(sorted(m for m in ('lightning', 'optuna', 'xvol_lab.tasks.runner') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "[]"

@@ -17,7 +17,7 @@ from typing import Any, Literal, get_args
 
 import yaml
 
-from xvol_lab.data import DataConfig
+from xvol_lab.data.config import DataConfig
 from xvol_lab.errors import ConfigError
 from xvol_lab.models import BackboneSpec
 from xvol_lab.models.detection import DetectorConfig

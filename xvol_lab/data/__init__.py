@@ -1,10 +1,16 @@
 """Datasets as LightningDataModules: classification (`shapes`, `shapes-context`, `imagefolder`,
-`cifar10`), semantic segmentation (`shapes-seg`, `masks`), detection (`shapes-coco`, `coco`)."""
+`cifar10`), semantic segmentation (`shapes-seg`, `masks`), detection (`shapes-coco`, `coco`).
 
-from xvol_lab.data.base import ImageDataModule
-from xvol_lab.data.build import DATAMODULES, GENERATORS, build_datamodule, generate_dataset
-from xvol_lab.data.config import DATASET_NAMES, SYNTHETIC_NAMES, DataConfig
-from xvol_lab.data.generated import dataset_dir, generate
+The exports below are imported on first use (`xvol_lab.lazy`): `DataConfig` comes without Lightning.
+"""
 
-__all__ = ["DATAMODULES", "DATASET_NAMES", "GENERATORS", "SYNTHETIC_NAMES", "DataConfig", "ImageDataModule",
-           "build_datamodule", "dataset_dir", "generate", "generate_dataset"]
+from xvol_lab.lazy import lazy_exports
+
+_EXPORTS = {
+    "base": ["ImageDataModule"],
+    "build": ["DATAMODULES", "GENERATORS", "build_datamodule", "generate_dataset"],
+    "config": ["DATASET_NAMES", "SYNTHETIC_NAMES", "DataConfig"],
+    "generated": ["dataset_dir", "generate"],
+}
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+__all__ = sorted(name for names in _EXPORTS.values() for name in names)

@@ -6,11 +6,16 @@ budget is spent (several workers may share one storage); each trial trains in it
 (`python -m xvol_lab.study.trial`).
 """
 
-from xvol_lab.study.config import StudyConfig, load_study_config
-from xvol_lab.study.ledger import Tally, tally
-from xvol_lab.study.space import expand_space, suggest_spec
-from xvol_lab.study.storage import default_storage_url, open_storage
-from xvol_lab.study.worker import Worker, run_study
+from xvol_lab.lazy import lazy_exports
 
-__all__ = ["StudyConfig", "Tally", "Worker", "default_storage_url", "expand_space", "load_study_config",
-           "open_storage", "run_study", "suggest_spec", "tally"]
+# Imported on first use (`xvol_lab.lazy`): reading a study file (`xvol_lab.study.config`) needs neither
+# Lightning nor the workers.
+_EXPORTS = {
+    "config": ["StudyConfig", "load_study_config"],
+    "ledger": ["Tally", "tally"],
+    "space": ["expand_space", "suggest_spec"],
+    "storage": ["default_storage_url", "open_storage"],
+    "worker": ["Worker", "run_study"],
+}
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+__all__ = sorted(name for names in _EXPORTS.values() for name in names)

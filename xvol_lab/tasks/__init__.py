@@ -1,10 +1,17 @@
-"""Lightning tasks and the training runner: `fit(RunConfig, run_dir)` trains one model."""
+"""Lightning tasks and the training runner: `fit(RunConfig, run_dir)` trains one model.
 
-from xvol_lab.tasks.classification import ClassificationTask
-from xvol_lab.tasks.errors import NonFiniteLossError
-from xvol_lab.tasks.export import export_deploy, load_deploy
-from xvol_lab.tasks.metrics import MONITOR, TRAIN_ACC1, TRAIN_LOSS, VAL_ACC1, VAL_ACC5, VAL_LOSS
-from xvol_lab.tasks.runner import fit
+The exports below are imported on first use (`xvol_lab.lazy`): importing a light module of this
+package, such as the metric names (`xvol_lab.tasks.metrics`), does not import Lightning.
+"""
 
-__all__ = ["MONITOR", "TRAIN_ACC1", "TRAIN_LOSS", "VAL_ACC1", "VAL_ACC5", "VAL_LOSS", "ClassificationTask",
-           "NonFiniteLossError", "export_deploy", "fit", "load_deploy"]
+from xvol_lab.lazy import lazy_exports
+
+_EXPORTS = {
+    "classification": ["ClassificationTask"],
+    "errors": ["NonFiniteLossError"],
+    "export": ["export_deploy", "load_deploy"],
+    "metrics": ["MONITOR", "TRAIN_ACC1", "TRAIN_LOSS", "VAL_ACC1", "VAL_ACC5", "VAL_LOSS"],
+    "runner": ["fit"],
+}
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+__all__ = sorted(name for names in _EXPORTS.values() for name in names)
