@@ -96,14 +96,22 @@ def test_label_is_the_hue_offset_and_the_painted_hues_agree():
 
 
 def test_no_single_shape_decides_the_label():
-    k = 4
-    samples = draws(800, k, 32)
+    k, size = 4, 32
+    samples = draws(800, k, size)
     assert Counter(label for label, _, _ in samples) == {c: 200 for c in range(k)}
-    for key in ("hue_a", "hue_b", "a_shape", "b_shape"):
-        table = Counter((label, meta[key]) for label, _, meta in samples)
+
+    def quadrant(meta: dict, prefix: str) -> int:
+        return 2 * (meta[prefix + "y"] > size / 2) + (meta[prefix + "x"] > size / 2)
+    features = {"hue_a": lambda m: m["hue_a"], "hue_b": lambda m: m["hue_b"],
+                "a_quadrant": lambda m: quadrant(m, "a_"), "b_quadrant": lambda m: quadrant(m, "b_"),
+                "a_large": lambda m: m["a_radius"] > 0.0825 * size,
+                "b_large": lambda m: m["b_radius"] > 0.0825 * size}
+    for name, feature in features.items():
+        table = Counter((label, feature(meta)) for label, _, meta in samples)
         values = sorted({v for _, v in table})
+        assert len(values) > 1, name
         counts = np.array([[table[(label, v)] for v in values] for label in range(k)])
-        assert chi2_contingency(counts).pvalue > 0.001, key  # independent of the label
+        assert chi2_contingency(counts).pvalue > 0.001, name  # independent of the label
     # the hue pair decides it exactly
     assert all(label == (m["hue_b"] - m["hue_a"]) % k for label, _, m in samples)
 

@@ -1,34 +1,34 @@
-"""`shapes-context`: two small shapes far apart; the class is the hue offset between them.
+"""`shapes-context`: two discs far apart; the class is the hue offset between them.
 
-With K classes the hue circle holds K evenly spaced hues. Shape *a* (the upper one) has hue index
-a, uniform; shape *b* has hue index (a + label) mod K. Label 0 (`match`) means both have the same
+With K classes the hue circle holds K evenly spaced hues. Disc *a* (the upper one) has hue index
+a, uniform; disc *b* has hue index (a + label) mod K. Label 0 (`match`) means both have the same
 hue, label k (`offset{k}`) that b's hue is k steps after a's; K = 2 is same/different colour.
-Each shape's hue alone is uniform whatever the label, so one shape tells nothing about the class:
+Each disc's hue alone is uniform whatever the label, so one disc tells nothing about the class:
 a network has to relate both (the linear head after global average pooling cannot do it from
 pooled colour statistics either: "same" is an XOR-like function of where each hue occurs).
 
-The two shapes are placed at random, but always at least ``GAP * image_size`` pixels apart
-(Chebyshev distance between their nearest pixels; `relation_gap`): at 48 px that is 27 px, more
-than the 25 px theoretical receptive field of stage 2 of the small-stem ResNet-18, so no unit of
-stages 1-2 sees both shapes. Shape kind, size, rotation, colour noise and background clutter are
-nuisances independent of the label (no distractor blobs: coloured blobs of the shapes' size would
-be decoys of the very attribute compared). data/README.md says why it is built so.
+The two discs are placed at random, but always at least ``GAP * image_size`` pixels apart
+(Chebyshev distance between their outlines; `relation_gap`): at 48 px that is 26 px, more than
+the 25 px theoretical receptive field of stage 2 of the small-stem ResNet-18, so no unit of
+stages 1-2 sees both. Position, size, colour noise and background clutter are nuisances
+independent of the label (no distractor blobs: coloured blobs of the discs' size would be decoys
+of the very attribute compared). data/README.md says why it is built so.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from xvol_lab.data.canvas import GEOMETRY, MAX_ANGLE, SHAPES, Placement, background, hsv, paint, to_uint8
+from xvol_lab.data.canvas import GEOMETRY, MAX_ANGLE, Placement, background, hsv, paint, to_uint8
 
-VERSION = 2
+VERSION = 3
 
-RADIUS = (0.06, 0.075)  # shape radius, as a fraction of the image side
-GAP = 0.56  # smallest Chebyshev gap between the two shapes' outlines, as a fraction of the side
+RADIUS = (0.075, 0.09)  # disc radius, as a fraction of the image side
+GAP = 0.545  # smallest Chebyshev gap between the two discs' outlines, as a fraction of the side
 HUE_JITTER = 0.3  # each hue is drawn within +-HUE_JITTER/2 of a step of the K-hue circle
-# How far a shape reaches from its centre, in units of its radius (the square's corner; any angle).
-EXTENT = max(float(np.linalg.norm(points, axis=1).max())
-             for polys in GEOMETRY.values() for points, _ in polys)
+SHAPE = "circle"  # discs: the most colour for the room they take
+# How far the shape reaches from its centre, in units of its radius.
+EXTENT = max(float(np.linalg.norm(points, axis=1).max()) for points, _ in GEOMETRY[SHAPE])
 
 
 def class_names(num_classes: int) -> list[str]:
@@ -62,7 +62,7 @@ def draw(rng: np.random.Generator, label: int, num_classes: int, size: int) -> t
     placements = []
     for prefix, hue, (x, y) in (("a_", hue_a, centres[0]), ("b_", hue_b, centres[1])):
         h = (hue + rng.uniform(-HUE_JITTER / 2, HUE_JITTER / 2)) / num_classes
-        p = Placement(shape=SHAPES[int(rng.integers(len(SHAPES)))], x=float(x), y=float(y),
+        p = Placement(shape=SHAPE, x=float(x), y=float(y),
                       radius=float(rng.uniform(*RADIUS) * size),
                       angle=float(rng.uniform(-MAX_ANGLE, MAX_ANGLE)),
                       color=hsv(h, rng.uniform(0.7, 1.0), rng.uniform(0.75, 1.0)))
