@@ -176,7 +176,7 @@ class InitConfig:
 # defaults above): sizes a first run finishes in about a minute on a 2-core CPU. The detectors get
 # the studies' 64 px imagenet-stem detector (a small stem would make their maps 16x larger).
 QUICK_DETECTOR: dict[str, Any] = {
-    "data": {"name": "shapes-coco", "image_size": 64, "num_train": 200, "num_val": 50, "num_classes": 4,
+    "data": {"name": "shapes-coco", "image_size": 64, "num_train": 128, "num_val": 32, "num_classes": 4,
              "batch_size": 8},
     "model": {"stem": "imagenet"},
     "detector": {"min_size": 64, "max_size": 64, "anchor_sizes": [8, 16, 32, 64, 128], "fpn_channels": 64,

@@ -18,9 +18,12 @@ from xvol_lab.tasks import NonFiniteLossError, fit
 RUN_DIR_ENV = "XVOL_LAB_TRAIN_RUN_DIR"
 
 DESCRIPTION = """\
-Train one classifier. The config is built in this order: the defaults (32 px shapes, resnet18
-with a small stem at width 0.25, SGD + cosine), then --config, then --arch (replaces `model`),
-then --devices/--strategy/--precision/--max-epochs, then each --set. The run directory gets
+Train one model (any task). The config is built in this order: the defaults of the task that
+--config or --set chooses (classification: 32 px shapes, resnet18 with a small stem at width 0.25,
+SGD + cosine; the others: TASK_DEFAULTS in xvol_lab/config.py, a quick run), then --config, then
+--arch (replaces `model`), then --devices/--strategy/--precision/--max-epochs, then each --set.
+`--set init.path=PATH` starts the backbone from a run, checkpoint, export or torchvision weights.
+The run directory gets
 config.yaml, spec.json, metrics.csv, tb/, checkpoints/{best,last}.ckpt and results.json.
 """
 
@@ -64,7 +67,8 @@ def default_run_dir() -> Path:
 
 def run(args: argparse.Namespace) -> int:
     """Build the config, train, print the best epoch's metrics. Exit 1 if the run diverged."""
-    config = load_run_config(args.config, arch=args.arch)
+    task = [text for text in args.overrides if text.partition("=")[0].strip() == "task"]  # picks the defaults
+    config = load_run_config(args.config, task, arch=args.arch)
     for flag, key in (("devices", "devices"), ("strategy", "strategy"), ("precision", "precision"),
                       ("max_epochs", "max_epochs")):
         value = getattr(args, flag)
