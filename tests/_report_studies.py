@@ -9,8 +9,6 @@ import statistics
 from pathlib import Path
 
 import optuna
-import pytest
-import torch
 from optuna.distributions import CategoricalDistribution
 from optuna.trial import TrialState, create_trial
 
@@ -118,16 +116,6 @@ def build_pareto_study(folder: Path) -> Path:
         add(study, params, [acc, latency], attrs=metrics_of(acc, latency_ms=latency))
     add(study, CONV, state=TrialState.FAIL, attrs={"fail_reason": "out of memory: CUDA"})
     return path
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny forward passes (FLOP counts, training, export checks) on one thread: two threads slow
-    them down badly on a busy 2-core machine. Imported by the other report and export tests."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def seeded_attrs(seeds: list[int], acc1: list[float], params_m: float = 0.05) -> dict:

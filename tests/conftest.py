@@ -1,15 +1,17 @@
-"""Shared fixtures: run `lab.py` in a subprocess, and write a tiny study file (16 px, 1 block per stage)."""
+"""Shared fixtures: one intra-op thread for tiny models, run `lab.py` in a subprocess, and write a tiny
+study file (16 px, 1 block per stage)."""
 
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
@@ -27,6 +29,17 @@ def _merge(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
 def no_storage_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     """Tests use the storage they name: an exported XVOL_STORAGE (the default storage) is ignored."""
     monkeypatch.delenv("XVOL_STORAGE", raising=False)
+
+
+@pytest.fixture(scope="module")
+def one_thread() -> Iterator[None]:
+    """Torch on one intra-op thread for a module's tests: tiny models (training, export checks, FLOP
+    counts) run faster and steadier so on a busy 2-core machine. A module opts in with
+    ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture

@@ -5,20 +5,12 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 from xvol_lab.cli.main import main
 from xvol_lab.config import load_run_config
 from xvol_lab.models import BackboneSpec
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models train faster on one intra-op thread, and a busy machine cannot oversubscribe it."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def tiny(root) -> list[str]:

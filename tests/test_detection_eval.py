@@ -37,7 +37,8 @@ from xvol_lab.tasks.detection import (
 )
 
 # pycocotools' mask.decode trips a numpy 2 DeprecationWarning (copy keyword) on every call.
-pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
+pytestmark = [pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning"),
+              pytest.mark.usefixtures("one_thread")]  # tests/conftest.py
 
 PARAMS = ShapesCocoParams(image_size=64, num_train=8, num_val=8, num_classes=3, seed=0)
 TINY = dict(min_size=64, max_size=64, fpn_channels=16, anchor_sizes=[8, 16, 32, 64, 128],
@@ -45,15 +46,6 @@ TINY = dict(min_size=64, max_size=64, fpn_channels=16, anchor_sizes=[8, 16, 32, 
             rpn_post_nms_top_n_test=32, box_batch_size_per_image=32, box_detections_per_img=20)
 SPEC = to_dict(BackboneSpec.preset("resnet18", width_mult=0.125))
 BOX_KEYS = {VAL_BOX_AP, VAL_BOX_AP50, VAL_BOX_AP75}
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models on a shared 2-core machine run far faster (and steadier) on one thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

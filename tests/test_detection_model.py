@@ -19,18 +19,11 @@ from xvol_lab.models.detection import TRAINABLE_ORDER, DetectorConfig, build_det
 from xvol_lab.ops import ReparamOp
 from xvol_lab.schema import from_dict
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
+
 TINY = dict(min_size=64, max_size=64, fpn_channels=16, anchor_sizes=(8, 16, 32, 64, 128),
             rpn_pre_nms_top_n_train=64, rpn_post_nms_top_n_train=32, rpn_pre_nms_top_n_test=64,
             rpn_post_nms_top_n_test=32, box_batch_size_per_image=32, box_detections_per_img=20)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models on a shared 2-core machine run far faster (and steadier) on one thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def spec(block: str = "resnet18", **stage3) -> BackboneSpec:

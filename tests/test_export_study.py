@@ -20,7 +20,6 @@ from _report_studies import (
     build_ablation_study,
     build_pareto_study,
     metrics_of,
-    one_thread,  # noqa: F401 (autouse fixture: tiny models on one thread)
     open_study,
     write_study_file,
 )
@@ -37,6 +36,8 @@ from xvol_lab.study.report import load_study_data
 from xvol_lab.study.report.writer import format_number
 from xvol_lab.study.space import spec_of
 from xvol_lab.tasks import VAL_ACC1, ClassificationTask, export_deploy, fit, load_deploy
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 PARAMS = {"stage3.op": "xvol_pssa", "stage3.shift": 2, "stage4.op": "xvol_sa"}
 FILES = {"spec.json", "config.yaml", "best.ckpt", "deploy.pt", "MODEL_CARD.md"}

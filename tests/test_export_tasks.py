@@ -23,6 +23,8 @@ from xvol_lab.tasks.export import load_deployed, load_trained, validation_batch
 from xvol_lab.tasks.onnx import OPSET, OnnxNetwork
 from xvol_lab.tasks.verify import compare_detections
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
+
 DETECTOR = ("{min_size: 64, max_size: 64, fpn_channels: 16, anchor_sizes: [8, 16, 32, 64, 128], "
             "rpn_pre_nms_top_n_train: 64, rpn_post_nms_top_n_train: 32, rpn_pre_nms_top_n_test: 64, "
             "rpn_post_nms_top_n_test: 32, box_batch_size_per_image: 32, box_detections_per_img: 10, "
@@ -33,14 +35,6 @@ STUDIES = {
     "inst": ("instance_segmentation", "{name: shapes-coco, image_size: 64, num_classes: 3, num_train: 8, "
              "num_val: 4, batch_size: 4, num_workers: 0}", "stem: imagenet", "val/mask_ap"),
 }
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def study_file(folder: Path, name: str) -> Path:

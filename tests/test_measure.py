@@ -15,13 +15,7 @@ from xvol_lab.study.measure import latency_ms, measure, precision_of, trained_de
 from xvol_lab.tasks import fit
 from xvol_lab.tasks.export import validation_batch
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -20,6 +20,8 @@ from xvol_lab.tasks.coco_eval import to_coco_results
 from xvol_lab.tasks.export import data_info, export_deploy, load_deployed, load_trained, validation_batch
 from xvol_lab.tasks.onnx import export_portable
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
+
 N = 6
 DETECTOR = ["detector.min_size=64", "detector.max_size=64", "detector.fpn_channels=16",
             "detector.anchor_sizes=[8,16,32,64,128]", "detector.rpn_pre_nms_top_n_test=64",
@@ -33,14 +35,6 @@ TASKS = {
     "instance_segmentation": ["data.name=shapes-coco", "data.image_size=64", "data.num_classes=3",
                               "model.stem=imagenet", *DETECTOR],
 }
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def exported(root: Path, task: str):

@@ -17,7 +17,6 @@ from _report_studies import (
     build_pareto_study,
     build_seeded_study,
     metrics_of,
-    one_thread,  # noqa: F401 (autouse fixture: tiny forward passes on one thread)
     open_study,
     write_study_file,
 )
@@ -30,6 +29,8 @@ from xvol_lab.study.report import load_study_data, trials_table, write_report
 from xvol_lab.study.report import writer as report_writer
 from xvol_lab.study.storage import default_storage_url
 from xvol_lab.study.summary import best_lines, trial_table
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

@@ -20,7 +20,6 @@ from _report_studies import (
     build_pareto_study,
     build_seeded_study,
     metrics_of,
-    one_thread,  # noqa: F401 (autouse fixture: tiny forward passes on one thread)
     open_study,
     write_study_file,
 )
@@ -41,6 +40,8 @@ from xvol_lab.study.report.findings import trivial_text
 from xvol_lab.study.report.frame import seed_frame
 from xvol_lab.study.report.source import configuration_label
 from xvol_lab.study.report.tables import STAT_KINDS
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -116,7 +116,8 @@ def test_shapes_seg_datamodule_reads_the_generated_folder(tmp_path):
     cfg = config(tmp_path, num_train=8, num_val=4, num_classes=3)
     dm = ShapesSegDataModule(cfg)
     assert dm.num_classes == 3
-    with pytest.raises(ConfigError, match=r"^shapes-seg: no dataset at .*/c3-s32-n8-v4-seed0; run `python lab.py data make shapes-seg`"):
+    missing = r"^shapes-seg: no dataset at .*/c3-s32-n8-v4-seed0; run `python lab.py data make shapes-seg`"
+    with pytest.raises(ConfigError, match=missing):
         dm.setup("fit")
     dm.prepare_data()
     dm.setup("fit")

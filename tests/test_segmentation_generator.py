@@ -107,7 +107,8 @@ def test_interrupted_generation_leaves_nothing_that_loads(tmp_path, monkeypatch,
         gen.generate(cfg)
     assert len(calls) == 9
     assert not gen.dataset_dir(cfg).exists() and leftovers(cfg) == []
-    with pytest.raises(ConfigError, match=r"^shapes-seg: no dataset at .*/c5-s32-n12-v6-seed0; run `python lab.py data make shapes-seg`"):
+    missing = r"^shapes-seg: no dataset at .*/c5-s32-n12-v6-seed0; run `python lab.py data make shapes-seg`"
+    with pytest.raises(ConfigError, match=missing):
         gen.read_manifest(cfg)
     monkeypatch.setattr(gen, "draw", real_draw)
     assert tree(gen.generate(cfg)) == tree(gen.generate(small(tmp_path / "fresh")))

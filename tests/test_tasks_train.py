@@ -33,18 +33,11 @@ from xvol_lab.tasks import (
     load_deploy,
 )
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
+
 LR = 3e-3
 STEPS_PER_EPOCH = 1024 // 32
 EPOCHS = 3
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models train faster on one intra-op thread, and a busy machine cannot oversubscribe it."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def tiny_config(root, *overrides: str) -> RunConfig:

@@ -20,20 +20,14 @@ from xvol_lab.models.semantic_fpn import build_semantic_fpn
 from xvol_lab.tasks import fit
 from xvol_lab.tasks.transfer import STAGES, backbone_of, backbone_tensors, init_backbone
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
+
 SPEC = {"block": "basic", "depths": [1, 1, 1, 1], "width_mult": 0.125, "stem": "imagenet"}
 DETECTOR = ["detector.min_size=64", "detector.max_size=64", "detector.fpn_channels=16",
             "detector.anchor_sizes=[8,16,32,64,128]", "detector.rpn_pre_nms_top_n_train=64",
             "detector.rpn_post_nms_top_n_train=32", "detector.rpn_pre_nms_top_n_test=64",
             "detector.rpn_post_nms_top_n_test=32", "detector.box_batch_size_per_image=32",
             "detector.box_detections_per_img=20"]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def model_overrides(spec: dict) -> list[str]:
