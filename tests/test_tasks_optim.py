@@ -1,20 +1,22 @@
-"""The optimiser pieces without training: LR schedule values, parameter groups, label smoothing,
-top-k accuracy, and the metric names."""
+"""The optimiser pieces without training: LR schedule values, weight decay, label smoothing,
+top-k accuracy, and the metric each task is judged by."""
 
 from __future__ import annotations
 
-import math
+from typing import get_args
 
 import pytest
 import torch
 from torch import nn
 
-from xvol_lab.config import OptimConfig
+from xvol_lab.config import OptimConfig, Task
 from xvol_lab.models import BackboneSpec
 from xvol_lab.schema import to_dict
 from xvol_lab.tasks import MONITOR, VAL_ACC1, VAL_ACC5, ClassificationTask
 from xvol_lab.tasks.classification import accuracy_metrics
-from xvol_lab.tasks.optim import build_optimizer, build_scheduler, lr_factor, param_groups
+from xvol_lab.tasks.coco_eval import evaluate
+from xvol_lab.tasks.optim import build_optimizer, build_scheduler, lr_factor
+from xvol_lab.tasks.segmentation import segmentation_metrics
 
 SPEC = to_dict(BackboneSpec.preset("resnet18", stem="small", width_mult=0.125))
 
@@ -32,12 +34,19 @@ def lrs_of(cfg: OptimConfig, total_steps: int, max_epochs: int) -> list[float]:
 
 
 def test_warmup_then_cosine_values():
-    # 10 steps over 5 epochs: 2 steps per epoch, 1 warmup epoch = 2 steps, cosine over the other 8
+    # 10 steps over 5 epochs: 2 steps per epoch, 1 warmup epoch = 2 steps (linear), then torch's own
+    # cosine annealing over the other 8
     lrs = lrs_of(OptimConfig(lr=0.1, warmup_epochs=1, schedule="cosine"), 10, 5)
-    expected = [0.05, 0.1] + [0.05 * (1 + math.cos(math.pi * k / 8)) for k in range(8)]
-    assert lrs == pytest.approx(expected)
+    reference = torch.optim.SGD(nn.Linear(2, 2).parameters(), lr=0.1)
+    cosine = torch.optim.lr_scheduler.CosineAnnealingLR(reference, T_max=8)
+    expected = []
+    for _ in range(8):
+        expected.append(reference.param_groups[0]["lr"])
+        reference.step()
+        cosine.step()
+    assert lrs == pytest.approx([0.05, 0.1, *expected])
     assert lrs[6] == pytest.approx(0.05)  # half way through the cosine
-    assert lrs[9] == pytest.approx(0.05 * (1 - math.cos(math.pi / 8)))
+    assert lrs[9] == pytest.approx(0.0038060, abs=1e-7)  # 0.05 * (1 + cos(7 pi / 8))
 
 
 def test_step_schedule_with_fractional_warmup():
@@ -52,19 +61,31 @@ def test_constant_without_warmup():
     assert lr_factor(0, warmup_steps=0, total_steps=1, schedule="cosine") == 1.0
 
 
-def test_no_weight_decay_on_batchnorm_and_biases():
-    task = ClassificationTask(SPEC, 10, {"weight_decay": 0.05})
-    groups = {g["name"]: g for g in param_groups(task.model, 0.05)}
-    decay = {id(p) for p in groups["decay"]["params"]}
-    no_decay = {id(p) for p in groups["no_decay"]["params"]}
-    assert groups["decay"]["weight_decay"] == 0.05 and groups["no_decay"]["weight_decay"] == 0.0
-    for module in task.model.modules():
-        if isinstance(module, nn.BatchNorm2d):
-            assert {id(module.weight), id(module.bias)} <= no_decay
-        if isinstance(module, (nn.Conv2d, nn.Linear)):
-            assert id(module.weight) in decay
-            assert module.bias is None or id(module.bias) in no_decay
-    assert len(decay) + len(no_decay) == len(list(task.model.parameters()))
+@pytest.mark.parametrize("name", ["sgd", "adamw"])
+def test_weight_decay_shrinks_weights_but_not_batchnorm_or_biases(name):
+    """One optimiser step with zero gradients moves nothing but the decay: every conv and linear
+    weight of a built network shrinks by lr * weight_decay, BatchNorm parameters and biases stay."""
+    task = ClassificationTask(SPEC, 10, {"name": name, "lr": 0.1, "weight_decay": 0.5, "nesterov": False})
+    model = task.model
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):  # non-trivial values, so that a decay would show
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-1, 1)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    optimizer = build_optimizer(model, task.optim_config)
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    optimizer.step()
+    kept = {f"{prefix}.{n}" if prefix else n for prefix, m in model.named_modules()
+            for n, _ in m.named_parameters(recurse=False)
+            if isinstance(m, nn.BatchNorm2d) or n == "bias"}
+    shrunk = {f"{prefix}.weight" for prefix, m in model.named_modules()
+              if isinstance(m, (nn.Conv2d, nn.Linear))}
+    assert kept and shrunk and kept | shrunk == set(before)
+    for n, p in model.named_parameters():
+        expected = before[n] if n in kept else before[n] * (1 - 0.1 * 0.5)
+        torch.testing.assert_close(p.detach(), expected, msg=n)
 
 
 @pytest.mark.parametrize("name, cls", [("sgd", torch.optim.SGD), ("adamw", torch.optim.AdamW)])
@@ -97,6 +118,13 @@ def test_top_k_accuracy_is_clipped_to_the_classes():
     assert values == {VAL_ACC1: pytest.approx(0.25), VAL_ACC5: 1.0}
 
 
-def test_monitor_and_names():
-    assert MONITOR["classification"] == (VAL_ACC1, "max")
-    assert set(accuracy_metrics(10, "val").keys(keep_base=False)) == {VAL_ACC1, VAL_ACC5}
+def test_every_task_logs_the_metric_that_picks_its_best_epoch():
+    logged = {
+        "classification": accuracy_metrics(10, "val").keys(keep_base=False),
+        "semantic_segmentation": segmentation_metrics(3).keys(keep_base=False),
+        "detection": evaluate(None, {}, ("bbox",)),  # no detections: every metric 0, no COCO needed
+        "instance_segmentation": evaluate(None, {}, ("bbox", "segm")),
+    }
+    assert set(MONITOR) == set(get_args(Task)) == set(logged)
+    for task, (metric, _) in MONITOR.items():
+        assert metric in logged[task], (task, metric)
