@@ -20,15 +20,6 @@ from xvol_lab.errors import ConfigError
 from xvol_lab.models import BackboneSpec
 
 
-def test_defaults_are_laptop_sized():
-    config = RunConfig()
-    assert config.task == "classification"
-    assert config.data.name == "shapes" and config.data.image_size == 32
-    assert config.model == BackboneSpec.preset("resnet18", stem="small", width_mult=0.25)
-    assert config.trainer.max_epochs <= 10 and config.trainer.precision == "32-true"
-    assert load_run_config() == config
-
-
 def test_yaml_file_changes_only_its_keys(tmp_path):
     path = tmp_path / "cfg.yaml"
     path.write_text("seed: 3\noptim: {lr: 0.01, schedule: step, step_milestones: [2, 4]}\n"
@@ -55,10 +46,10 @@ def test_dump_round_trips(tmp_path):
     assert load_run_config(path) == config
 
 
-def test_empty_file_gives_the_defaults(tmp_path):
+def test_no_file_or_an_empty_one_gives_the_defaults(tmp_path):
     path = tmp_path / "empty.yaml"
     path.write_text("")
-    assert load_run_config(path) == RunConfig()
+    assert load_run_config(path) == load_run_config() == RunConfig()
 
 
 @pytest.mark.parametrize("text, message", [
