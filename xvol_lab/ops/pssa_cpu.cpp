@@ -284,16 +284,27 @@ struct Flat {
   int64_t P, W, H;
   std::vector<int64_t> off;  // flat offset ty*W + tx of each tap
   int64_t min_off, max_off;
+  int64_t cs;           // channel stride: P, or P plus zero margins in the padded layout
+  bool padded = false;  // every block may read M = max |off| before and N + M after its plane
 
-  explicit Flat(const Geometry& g) : P(g.H * g.W), W(g.W), H(g.H) {
+  explicit Flat(const Geometry& g) : P(g.H * g.W), W(g.W), H(g.H), cs(g.H * g.W) {
     for (int64_t t = 0; t < g.T; ++t) off.push_back(g.ty[t] * g.W + g.tx[t]);
     min_off = *std::min_element(off.begin(), off.end());
     max_off = *std::max_element(off.begin(), off.end());
   }
+  int64_t margin() const { return std::max(-min_off, max_off); }
   // A block [p0, p0 + n) whose reads p + off (sign = +1) or p - off (sign = -1) all stay in the plane.
   bool safe(int64_t p0, int64_t n, int sign) const {
+    if (padded) return true;
     const int64_t lo = sign > 0 ? min_off : -max_off, hi = sign > 0 ? max_off : -min_off;
     return p0 + n <= P && p0 + lo >= 0 && p0 + n - 1 + hi < P;
+  }
+  // Small planes (most blocks touch a border) run faster on a zero-padded copy, all blocks vectorised.
+  template <int N>
+  bool wants_padding() const {
+    int64_t unsafe = 0, nb = (P + N - 1) / N;
+    for (int64_t b = 0; b < nb; ++b) unsafe += !safe(b * N, N, +1) || !safe(b * N, N, -1);
+    return 4 * unsafe > nb;
   }
   bool valid(const Geometry& g, int64_t t, int64_t p) const {
     const int64_t y = p / W + g.ty[t], x = p % W + g.tx[t];
@@ -324,7 +335,7 @@ inline void block_softmax(typename Lanes<scalar_t>::V (&lg)[T], const Geometry& 
     lg[t] = vexp<scalar_t>(lg[t] - mx) * mask[t];
     sum += lg[t];
   }
-  const V inv = scalar_t(1) / sum;
+  const V inv = sum > V{} ? scalar_t(1) / sum : V{};  // padding pixels past the plane: no valid tap
   for (int t = 0; t < T; ++t) lg[t] *= inv;
 }
 
@@ -339,7 +350,7 @@ inline void pixel_weights(const scalar_t* q, const scalar_t* k, const Geometry& 
       continue;
     }
     scalar_t acc = 0;
-    for (int64_t c = 0; c < g.d; ++c) acc += q[c * f.P + p] * k[c * f.P + p + f.off[t]];
+    for (int64_t c = 0; c < g.d; ++c) acc += q[c * f.cs + p] * k[c * f.cs + p + f.off[t]];
     a[t] = acc * scale;
     mx = std::max(mx, a[t]);
   }
@@ -352,12 +363,10 @@ inline void pixel_weights(const scalar_t* q, const scalar_t* k, const Geometry& 
 
 template <typename scalar_t, int T>
 void forward_flat(View<const scalar_t> q, View<const scalar_t> k, View<const scalar_t> v, View<const scalar_t> base,
-                  View<scalar_t> y,
-                  const Geometry& g) {
+                  View<scalar_t> y, const Geometry& g, const Flat& f) {
   using V = typename Lanes<scalar_t>::V;
   constexpr int N = Lanes<scalar_t>::N;
-  const Flat f(g);
-  const int64_t P = f.P, nb = (P + N - 1) / N;
+  const int64_t P = f.P, CS = f.cs, nb = (P + N - 1) / N;
   const scalar_t scale = scalar_t(1) / std::sqrt(scalar_t(g.d));
   at::parallel_for(0, g.B * g.heads * nb, 8, [&](int64_t begin, int64_t end) {
     for (int64_t job = begin; job < end; ++job) {
@@ -368,7 +377,7 @@ void forward_flat(View<const scalar_t> q, View<const scalar_t> k, View<const sca
       if (f.safe(p0, N, +1)) {
         V lg[T] = {};
         for (int64_t c = 0; c < g.d; ++c) {
-          const int64_t cp = c * P + p0;
+          const int64_t cp = c * CS + p0;
           __builtin_prefetch(qb + cp + 4 * N);
           __builtin_prefetch(kb + cp + 4 * N - f.W);
           __builtin_prefetch(kb + cp + 4 * N + f.W);
@@ -377,7 +386,7 @@ void forward_flat(View<const scalar_t> q, View<const scalar_t> k, View<const sca
         }
         block_softmax<scalar_t, T>(lg, g, f, p0, scale);
         for (int64_t c = 0; c < g.d; ++c) {
-          const int64_t cp = c * P + p0;
+          const int64_t cp = c * CS + p0;
           __builtin_prefetch(vb + cp + 4 * N - f.W);
           __builtin_prefetch(vb + cp + 4 * N + f.W);
           V out = bb ? loadu<V>(bb + cp) : V{};
@@ -390,11 +399,11 @@ void forward_flat(View<const scalar_t> q, View<const scalar_t> k, View<const sca
         scalar_t a[T];
         pixel_weights<scalar_t, T>(qb, kb, g, f, p, scale, a);
         for (int64_t c = 0; c < g.d; ++c) {
-          scalar_t out = bb ? bb[c * P + p] : scalar_t(0);
+          scalar_t out = bb ? bb[c * CS + p] : scalar_t(0);
           for (int t = 0; t < T; ++t) {
-            if (a[t] != scalar_t(0)) out += a[t] * vb[c * P + p + f.off[t]];
+            if (a[t] != scalar_t(0)) out += a[t] * vb[c * CS + p + f.off[t]];
           }
-          yb[c * P + p] = out;
+          yb[c * CS + p] = out;
         }
       }
     }
@@ -404,11 +413,10 @@ void forward_flat(View<const scalar_t> q, View<const scalar_t> k, View<const sca
 template <typename scalar_t, int T>
 void backward_flat(View<const scalar_t> gy, View<const scalar_t> q, View<const scalar_t> k, View<const scalar_t> v,
                    View<scalar_t> dq, View<scalar_t> dk, View<scalar_t> dv, scalar_t* A, scalar_t* DS,
-                   const Geometry& g) {
+                   const Geometry& g, const Flat& f) {
   using V = typename Lanes<scalar_t>::V;
   constexpr int N = Lanes<scalar_t>::N;
-  const Flat f(g);
-  const int64_t P = f.P, nb = (P + N - 1) / N;
+  const int64_t P = f.P, CS = f.cs, nb = (P + N - 1) / N;
   const scalar_t scale = scalar_t(1) / std::sqrt(scalar_t(g.d));
   // Pass 1: a, ds = a (da - <a, da>) / sqrt(d) into A, DS (bh, T, P); dq = sum_t ds_t k(p + t).
   at::parallel_for(0, g.B * g.heads * nb, 8, [&](int64_t begin, int64_t end) {
@@ -416,11 +424,11 @@ void backward_flat(View<const scalar_t> gy, View<const scalar_t> q, View<const s
       const int64_t bh = job / nb, p0 = (job % nb) * N;
       const int64_t ch0 = bh * g.d;
       const scalar_t *qb = q.ch(ch0), *kb = k.ch(ch0), *vb = v.ch(ch0), *gb = gy.ch(ch0);
-      scalar_t *dqb = dq.ch(ch0), *Ab = A + bh * T * P, *DSb = DS + bh * T * P;
+      scalar_t *dqb = dq.ch(ch0), *Ab = A + bh * T * CS, *DSb = DS + bh * T * CS;
       if (f.safe(p0, N, +1)) {
         V a[T] = {}, da[T] = {};
         for (int64_t c = 0; c < g.d; ++c) {
-          const int64_t cp = c * P + p0;
+          const int64_t cp = c * CS + p0;
           const V qc = loadu<V>(qb + cp), gc = loadu<V>(gb + cp);
           for (int t = 0; t < T; ++t) {
             a[t] += qc * loadu<V>(kb + cp + f.off[t]);
@@ -432,11 +440,11 @@ void backward_flat(View<const scalar_t> gy, View<const scalar_t> q, View<const s
         for (int t = 0; t < T; ++t) gdot += a[t] * da[t];
         for (int t = 0; t < T; ++t) {
           da[t] = a[t] * (da[t] - gdot) * scale;  // now ds
-          storeu(Ab + t * P + p0, a[t]);
-          storeu(DSb + t * P + p0, da[t]);
+          storeu(Ab + t * CS + p0, a[t]);
+          storeu(DSb + t * CS + p0, da[t]);
         }
         for (int64_t c = 0; c < g.d; ++c) {
-          const int64_t cp = c * P + p0;
+          const int64_t cp = c * CS + p0;
           V acc = V{};
           for (int t = 0; t < T; ++t) acc += da[t] * loadu<V>(kb + cp + f.off[t]);
           storeu(dqb + cp, acc);
@@ -448,19 +456,19 @@ void backward_flat(View<const scalar_t> gy, View<const scalar_t> q, View<const s
         pixel_weights<scalar_t, T>(qb, kb, g, f, p, scale, a);
         for (int t = 0; t < T; ++t) {
           if (a[t] == scalar_t(0) && !f.valid(g, t, p)) continue;
-          for (int64_t c = 0; c < g.d; ++c) da[t] += gb[c * P + p] * vb[c * P + p + f.off[t]];
+          for (int64_t c = 0; c < g.d; ++c) da[t] += gb[c * CS + p] * vb[c * CS + p + f.off[t]];
           gdot += a[t] * da[t];
         }
         for (int t = 0; t < T; ++t) {
-          Ab[t * P + p] = a[t];
-          DSb[t * P + p] = f.valid(g, t, p) ? a[t] * (da[t] - gdot) * scale : scalar_t(0);
+          Ab[t * CS + p] = a[t];
+          DSb[t * CS + p] = f.valid(g, t, p) ? a[t] * (da[t] - gdot) * scale : scalar_t(0);
         }
         for (int64_t c = 0; c < g.d; ++c) {
           scalar_t acc = 0;
           for (int t = 0; t < T; ++t) {
-            if (f.valid(g, t, p)) acc += DSb[t * P + p] * kb[c * P + p + f.off[t]];
+            if (f.valid(g, t, p)) acc += DSb[t * CS + p] * kb[c * CS + p + f.off[t]];
           }
-          dqb[c * P + p] = acc;
+          dqb[c * CS + p] = acc;
         }
       }
     }
@@ -471,16 +479,16 @@ void backward_flat(View<const scalar_t> gy, View<const scalar_t> q, View<const s
     for (int64_t job = begin; job < end; ++job) {
       const int64_t bh = job / nb, r0 = (job % nb) * N;
       const int64_t ch0 = bh * g.d;
-      const scalar_t *qb = q.ch(ch0), *gb = gy.ch(ch0), *Ab = A + bh * T * P, *DSb = DS + bh * T * P;
+      const scalar_t *qb = q.ch(ch0), *gb = gy.ch(ch0), *Ab = A + bh * T * CS, *DSb = DS + bh * T * CS;
       scalar_t *dkb = dk.ch(ch0), *dvb = dv.ch(ch0);
       if (f.safe(r0, N, -1)) {
         V a[T], ds[T];
         for (int t = 0; t < T; ++t) {
-          a[t] = loadu<V>(Ab + t * P + r0 - f.off[t]);
-          ds[t] = loadu<V>(DSb + t * P + r0 - f.off[t]);
+          a[t] = loadu<V>(Ab + t * CS + r0 - f.off[t]);
+          ds[t] = loadu<V>(DSb + t * CS + r0 - f.off[t]);
         }
         for (int64_t c = 0; c < g.d; ++c) {
-          const int64_t cp = c * P + r0;
+          const int64_t cp = c * CS + r0;
           V acck = V{}, accv = V{};
           for (int t = 0; t < T; ++t) {
             acck += ds[t] * loadu<V>(qb + cp - f.off[t]);
@@ -497,16 +505,71 @@ void backward_flat(View<const scalar_t> gy, View<const scalar_t> q, View<const s
           for (int t = 0; t < T; ++t) {
             const int64_t p = r - f.off[t];
             if (p < 0 || p >= P) continue;
-            acck += DSb[t * P + p] * qb[c * P + p];
-            accv += Ab[t * P + p] * gb[c * P + p];
+            acck += DSb[t * CS + p] * qb[c * CS + p];
+            accv += Ab[t * CS + p] * gb[c * CS + p];
           }
-          dkb[c * P + r] = acck;
-          dvb[c * P + r] = accv;
+          dkb[c * CS + r] = acck;
+          dvb[c * CS + r] = accv;
         }
       }
     }
   });
 }
+
+// Scratch memory for temporaries (padded copies, A and DS), reused across calls: one grow-only buffer
+// per calling thread. Fresh large allocations are returned to the OS and page-faulted in again on
+// every call, which cost more than the small-plane kernels themselves (measured).
+class Workspace {
+ public:
+  Workspace(int64_t numel, const at::TensorOptions& opts) : opts_(opts) {
+    thread_local at::Tensor buffer;
+    const int64_t bytes = (numel + 16 * kAlign) * static_cast<int64_t>(opts.dtype().itemsize());
+    if (!buffer.defined() || buffer.numel() < bytes) buffer = at::empty({bytes}, opts.dtype(at::kByte));
+    base_ = buffer;
+  }
+  // The next (rows, cols) block, zero-filled when asked.
+  at::Tensor take(int64_t rows, int64_t cols, bool zero) {
+    const int64_t n = (rows * cols + kAlign - 1) / kAlign * kAlign;
+    const int64_t item = static_cast<int64_t>(opts_.dtype().itemsize());
+    at::Tensor t = base_.narrow(0, used_ * item, n * item).view(opts_.dtype().toScalarType());
+    used_ += n;
+    t = t.narrow(0, 0, rows * cols).view({rows, cols});
+    return zero ? t.zero_() : t;
+  }
+
+ private:
+  static constexpr int64_t kAlign = 16;  // elements: keeps every block 64-byte aligned
+  at::TensorOptions opts_;
+  at::Tensor base_;
+  int64_t used_ = 0;
+};
+
+// The padded layout of a small plane: (B*C, cs) rows, the plane at [M, M + P), zeros around it.
+struct Padding {
+  int64_t M, P, cs, rows;
+  Padding(const Flat& f, int64_t lanes, int64_t rows_)
+      : M(f.margin()), P(f.P), cs(f.P + lanes + 2 * f.margin()), rows(rows_) {}
+  at::Tensor zeros(Workspace& ws) const { return ws.take(rows, cs, true); }
+  at::Tensor empty(Workspace& ws) const { return ws.take(rows, cs, false); }  // outputs: fully written
+  at::Tensor in(Workspace& ws, const at::Tensor& t) const {  // (B, C, H, W) -> padded rows
+    at::Tensor out = zeros(ws);
+    out.narrow(1, M, P).copy_(t.reshape({rows, P}));
+    return out;
+  }
+  template <typename T>
+  View<T> view(const at::Tensor& padded, int64_t channels) const {
+    T* p;
+    if constexpr (std::is_const_v<T>) {
+      p = padded.const_data_ptr<std::remove_const_t<T>>();
+    } else {
+      p = padded.mutable_data_ptr<T>();
+    }
+    return {p + M, channels * cs, cs, channels};
+  }
+  at::Tensor plane(const at::Tensor& padded, at::IntArrayRef sizes) const {  // padded rows -> (B, C, H, W)
+    return padded.narrow(1, M, P).reshape(sizes);
+  }
+};
 
 void check_inputs(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, int64_t heads,
                   at::IntArrayRef taps, int64_t stride) {
@@ -554,11 +617,28 @@ at::Tensor pssa_fwd(const at::Tensor& q_, const at::Tensor& k_, const at::Tensor
   AT_DISPATCH_FLOATING_TYPES(dtype, "pssa_fwd", [&] {
     using C = const scalar_t;
     const View<C> b = base.defined() ? view<C>(base) : View<C>{};
-    auto run = stride == 2 ? forward_impl<scalar_t, 2>
-               : g.T == 9  ? forward_flat<scalar_t, 9>
-               : g.T == 5  ? forward_flat<scalar_t, 5>
-                           : forward_impl<scalar_t, 1>;
-    run(view<C>(q), view<C>(k), view<C>(v), b, view<scalar_t>(y), g);
+    if (stride == 2 || (g.T != 9 && g.T != 5)) {
+      auto run = stride == 2 ? forward_impl<scalar_t, 2> : forward_impl<scalar_t, 1>;
+      run(view<C>(q), view<C>(k), view<C>(v), b, view<scalar_t>(y), g);
+      return;
+    }
+    auto run = g.T == 9 ? forward_flat<scalar_t, 9> : forward_flat<scalar_t, 5>;
+    Flat f(g);
+    if (!f.wants_padding<Lanes<scalar_t>::N>()) {
+      run(view<C>(q), view<C>(k), view<C>(v), b, view<scalar_t>(y), g, f);
+      return;
+    }
+    const int64_t channels = q.size(1);
+    const Padding pad(f, Lanes<scalar_t>::N, q.size(0) * channels);
+    f.padded = true;
+    f.cs = pad.cs;
+    Workspace ws(pad.rows * pad.cs * (base.defined() ? 5 : 4), q.options());
+    const at::Tensor qp = pad.in(ws, q), kp = pad.in(ws, k), vp = pad.in(ws, v);
+    const at::Tensor bp = base.defined() ? pad.in(ws, base) : at::Tensor();
+    at::Tensor yp = pad.empty(ws);
+    run(pad.view<C>(qp, channels), pad.view<C>(kp, channels), pad.view<C>(vp, channels),
+        bp.defined() ? pad.view<C>(bp, channels) : View<C>{}, pad.view<scalar_t>(yp, channels), g, f);
+    y.copy_(pad.plane(yp, y.sizes()));
   });
   return y;
 }
@@ -575,16 +655,45 @@ std::tuple<at::Tensor, at::Tensor> pssa_bwd(const at::Tensor& gy_, const at::Ten
   at::Tensor dkv = at::empty({k.size(0), 2 * k.size(1), k.size(2), k.size(3)}, opts);
   const at::Tensor dk = dkv.narrow(1, 0, k.size(1)), dv = dkv.narrow(1, k.size(1), k.size(1));
   const Geometry g(q, k, heads, taps, stride);
-  at::Tensor A = at::empty({g.B * g.heads, g.T, g.Ho, g.Wo}, opts);
-  at::Tensor DS = at::empty_like(A);
   AT_DISPATCH_FLOATING_TYPES(dtype, "pssa_bwd", [&] {
     using C = const scalar_t;
-    auto run = stride == 2 ? backward_impl<scalar_t, 2>
-               : g.T == 9  ? backward_flat<scalar_t, 9>
-               : g.T == 5  ? backward_flat<scalar_t, 5>
-                           : backward_impl<scalar_t, 1>;
-    run(view<C>(gy), view<C>(q), view<C>(k), view<C>(v), view<scalar_t>(dq), view<scalar_t>(dk),
-        view<scalar_t>(dv), A.mutable_data_ptr<scalar_t>(), DS.mutable_data_ptr<scalar_t>(), g);
+    at::Tensor A, DS;  // weights a and logit gradients ds of every tap: (B*heads, T, H', W')
+    const int64_t ab = g.B * g.heads * g.T * g.Ho * g.Wo;
+    if (stride == 2 || (g.T != 9 && g.T != 5)) {
+      Workspace ws(2 * ab, opts);
+      A = ws.take(ab, 1, false);
+      DS = ws.take(ab, 1, false);
+      auto run = stride == 2 ? backward_impl<scalar_t, 2> : backward_impl<scalar_t, 1>;
+      run(view<C>(gy), view<C>(q), view<C>(k), view<C>(v), view<scalar_t>(dq), view<scalar_t>(dk),
+          view<scalar_t>(dv), A.mutable_data_ptr<scalar_t>(), DS.mutable_data_ptr<scalar_t>(), g);
+      return;
+    }
+    auto run = g.T == 9 ? backward_flat<scalar_t, 9> : backward_flat<scalar_t, 5>;
+    Flat f(g);
+    if (!f.wants_padding<Lanes<scalar_t>::N>()) {
+      Workspace ws(2 * ab, opts);
+      A = ws.take(ab, 1, false);
+      DS = ws.take(ab, 1, false);
+      run(view<C>(gy), view<C>(q), view<C>(k), view<C>(v), view<scalar_t>(dq), view<scalar_t>(dk),
+          view<scalar_t>(dv), A.mutable_data_ptr<scalar_t>(), DS.mutable_data_ptr<scalar_t>(), g, f);
+      return;
+    }
+    const int64_t channels = q.size(1);
+    const Padding pad(f, Lanes<scalar_t>::N, q.size(0) * channels);
+    f.padded = true;
+    f.cs = pad.cs;
+    const Padding buffers(f, Lanes<scalar_t>::N, g.B * g.heads * g.T);  // A, DS: (B*heads, T) padded rows
+    Workspace ws(7 * pad.rows * pad.cs + 2 * buffers.rows * buffers.cs, opts);
+    const at::Tensor gp = pad.in(ws, gy), qp = pad.in(ws, q), kp = pad.in(ws, k), vp = pad.in(ws, v);
+    at::Tensor dqp = pad.empty(ws), dkp = pad.empty(ws), dvp = pad.empty(ws);
+    at::Tensor Ap = buffers.zeros(ws), DSp = buffers.zeros(ws);
+    run(pad.view<C>(gp, channels), pad.view<C>(qp, channels), pad.view<C>(kp, channels),
+        pad.view<C>(vp, channels), pad.view<scalar_t>(dqp, channels), pad.view<scalar_t>(dkp, channels),
+        pad.view<scalar_t>(dvp, channels), Ap.mutable_data_ptr<scalar_t>() + buffers.M,
+        DSp.mutable_data_ptr<scalar_t>() + buffers.M, g, f);
+    dq.copy_(pad.plane(dqp, dq.sizes()));
+    dk.copy_(pad.plane(dkp, dk.sizes()));
+    dv.copy_(pad.plane(dvp, dv.sizes()));
   });
   return {dq, dkv};
 }

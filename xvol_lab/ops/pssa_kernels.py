@@ -12,6 +12,7 @@ recomputes the products from q, k, v instead of saving T shifted copies. Backend
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from pathlib import Path
 
@@ -42,17 +43,21 @@ def _pssa_bwd_fake(grad: Tensor, q: Tensor, k: Tensor, v: Tensor, heads: int, ta
     return torch.empty_like(q, memory_format=torch.contiguous_format), k.new_empty(b, 2 * c, h, w)
 
 
+CPU_SOURCE = Path(__file__).with_name("pssa_cpu.cpp")
 CPU_DTYPES = (torch.float32, torch.float64)
 CUDA_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
 def _cpu_build_flags() -> tuple[str, list[str]]:
-    """Extension name and compiler flags for this CPU's vector ISA (the name keys torch's build cache,
-    so a cache shared between machines never hands an AVX-512 build to a CPU without it)."""
+    """Extension name and compiler flags for this CPU's vector ISA. The name keys torch's build cache:
+    it carries the ISA (a cache shared between machines never hands an AVX-512 build to a CPU without
+    it) and a hash of the source and flags (checkouts of different versions never rebuild over each
+    other's build)."""
     capability = torch.backends.cpu.get_cpu_capability()  # "DEFAULT", "AVX2", "AVX512", ...
     isa = {"AVX2": ["-mavx2", "-mfma"], "AVX512": ["-mavx512f", "-mavx512dq", "-mavx2", "-mfma"]}
     flags = ["-O3", "-fopenmp", "-ffp-contract=fast", *isa.get(capability, [])]
-    return f"xvol_pssa_cpu_{capability.lower()}", flags
+    digest = hashlib.sha256(CPU_SOURCE.read_bytes() + " ".join(flags).encode()).hexdigest()[:12]
+    return f"xvol_pssa_cpu_{capability.lower()}_{digest}", flags
 
 
 _AVAILABLE: dict[str, bool] = {}  # backend -> usable, decided once per process
@@ -72,7 +77,7 @@ def _load_cpu_kernels() -> bool:
 
     name, flags = _cpu_build_flags()
     try:
-        load(name=name, sources=[str(Path(__file__).with_name("pssa_cpu.cpp"))], extra_cflags=flags,
+        load(name=name, sources=[str(CPU_SOURCE)], extra_cflags=flags,
              is_python_module=False, verbose=False)
     except Exception as err:  # noqa: BLE001 - any build failure means: use the composite path
         log.warning("PSSA C++ kernels unavailable (%s: %s); using the composite torch path",
