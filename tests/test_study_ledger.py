@@ -109,8 +109,12 @@ def test_trial_process_reports_reach_the_study_for_each_pruner(tmp_path: Path, m
     child = _connect(request)
     child.report(0.1, 1)
     child.report(0.1, 2)
-    pruned = bool(child.should_prune())  # hyperband: depends on the trial's bracket, but it must answer
-    assert pruned or pruner == "hyperband"  # median: far below both finished trials
+    pruned = bool(child.should_prune())
+    # the trial process decides as the study's own pruner does on the stored trial; median prunes (far
+    # below both finished trials), hyperband does not (no peer in its bracket at that rung), so a
+    # process that ignored the configured pruner fails one of the two cases
+    assert pruned == study.pruner.prune(study, study.get_trials(deepcopy=False)[2])
+    assert pruned == (pruner == "median")
     assert study.get_trials()[2].intermediate_values == {1: 0.1, 2: 0.1}
     assert [exit_code({"state": "failed", "reason": "diverged: nan"}, r) for r in (0, 1)] == [1, 0]
     assert exit_code({"state": "failed", "reason": "crashed: x"}, 1) == 1
