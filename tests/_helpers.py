@@ -12,17 +12,21 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 
-def randomize_batchnorm(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Give every BatchNorm random running statistics and affine parameters (so folding is exercised)."""
+
+def randomize_batchnorm(model: nn.Module, seed: int = 0,
+                        gamma: tuple[float, float] = (0.5, 1.5)) -> nn.Module:
+    """Give every BatchNorm random running statistics and affine parameters (weight uniform in
+    `gamma`), so that eval-mode BatchNorm is not the identity and folding is exercised."""
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for m in model.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            if isinstance(m, BATCHNORMS):
                 n = m.num_features
                 m.running_mean.copy_(torch.rand(n, generator=gen) * 2 - 1)
                 m.running_var.copy_(torch.rand(n, generator=gen) * 1.5 + 0.5)
-                m.weight.copy_(torch.rand(n, generator=gen) + 0.5)
+                m.weight.copy_(torch.rand(n, generator=gen) * (gamma[1] - gamma[0]) + gamma[0])
                 m.bias.copy_(torch.rand(n, generator=gen) * 2 - 1)
     return model
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torchvision
+from _helpers import randomize_batchnorm
 from torch import nn
 
 from xvol_lab.models import BackboneSpec, Classifier, StageSpec, build_backbone, build_classifier
@@ -14,20 +15,6 @@ from xvol_lab.ops import OPS, ReparamOp, reparameterize
 
 def n_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
-
-
-def randomize_batchnorm(model: nn.Module, seed: int, gamma: tuple[float, float] = (0.5, 1.5)) -> None:
-    """Random running statistics and affine parameters (weight uniform in `gamma`), so eval-mode
-    BatchNorm is not the identity."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                n, dtype = m.num_features, m.running_mean.dtype
-                m.running_mean.copy_(torch.randn(n, generator=g, dtype=dtype) * 0.2)
-                m.running_var.copy_(torch.rand(n, generator=g, dtype=dtype) + 0.5)
-                m.weight.copy_(torch.rand(n, generator=g, dtype=dtype) * (gamma[1] - gamma[0]) + gamma[0])
-                m.bias.copy_(torch.randn(n, generator=g, dtype=dtype) * 0.2)
 
 
 @pytest.mark.parametrize(("name", "expected"), [
