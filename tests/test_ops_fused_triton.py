@@ -26,8 +26,7 @@ INTERPRETED = textwrap.dedent("""
     from xvol_lab.ops.pssa_triton import pssa_bwd_triton, pssa_fwd_triton
 
     torch.manual_seed(0)
-    cases = [(1, 1, 8, 2, (7, 6)), (2, 1, 8, 1, (7, 6)), (1, 2, 4, 2, (5, 9)), (2, 3, 8, 2, (6, 7)),
-             (1, 3, 8, 1, (3, 3))]
+    cases = [(1, 1, 8, 2, (7, 6)), (2, 3, 4, 1, (6, 7)), (1, 2, 8, 1, (3, 3))]
     for stride, shift, dirs, heads, (h, w) in cases:
         taps = pssa_taps(shift, dirs)
         ho, wo = -(-h // stride), -(-w // stride)
@@ -54,7 +53,8 @@ INTERPRETED = textwrap.dedent("""
 
 
 def test_triton_kernels_in_the_interpreter_match_the_composite_path():
-    """Forward and backward, stride 1/2, L 1-3, dirs 4/8, heads 1/2, borders, strided q/k/v chunks, bf16."""
+    """Forward and backward: stride 1/2, L 1-3, dirs 4/8, heads 1/2, a 3x3 image (L=2: only the centre
+    tap and borders), strided q/k/v chunks, bf16 in and out."""
     env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     out = subprocess.run([sys.executable, "-c", INTERPRETED], env=env, capture_output=True, text=True,
                          timeout=300)
