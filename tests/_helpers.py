@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
 
 BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
@@ -59,3 +61,31 @@ def writes_by_concurrent_callers(module: Any, generate: Callable[[Any], Any], cf
     monkeypatch.setattr(module, "_write", real_write)
     assert [p.exitcode for p in procs] == [0] * callers
     return len(log.read_text().splitlines())
+
+
+def _gloo_rank(rank: int, world_size: int, store: str, queue: Any, target: Callable[..., Any],
+               args: tuple[Any, ...]) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world_size)
+    try:
+        queue.put((rank, target(rank, *args)))
+    finally:
+        dist.destroy_process_group()
+
+
+def gloo_ranks(target: Callable[..., Any], *args: Any, world_size: int = 2,
+               timeout: float = 120) -> list[Any]:
+    """``target(rank, *args)`` in `world_size` forked processes that form one gloo process group;
+    their return values, by rank. Every process must exit cleanly."""
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    with tempfile.TemporaryDirectory() as folder:
+        store = f"{folder}/store"
+        procs = [ctx.Process(target=_gloo_rank, args=(rank, world_size, store, queue, target, args))
+                 for rank in range(world_size)]
+        for p in procs:
+            p.start()
+        results = dict(queue.get(timeout=timeout) for _ in procs)
+        for p in procs:
+            p.join(30)
+    assert [p.exitcode for p in procs] == [0] * world_size
+    return [results[rank] for rank in range(world_size)]

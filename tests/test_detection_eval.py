@@ -1,13 +1,12 @@
 """DetectionTask: COCO results, COCOeval metrics (vs torchmetrics), DDP gathering, training steps."""
 
-import multiprocessing
 import warnings
 
 import lightning.pytorch as L
 import numpy as np
 import pytest
 import torch
-import torch.distributed as dist
+from _helpers import gloo_ranks
 from lightning.pytorch.callbacks import Callback
 from pycocotools import mask as mask_utils
 from torch import nn
@@ -191,33 +190,19 @@ def test_padded_duplicates_are_counted_once(folder):
     assert evaluate(ds.coco, doubled, ("bbox",))[VAL_BOX_AP] < expected[VAL_BOX_AP]
 
 
-def _rank(rank: int, store: str, parts: list, queue) -> None:
-    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
-    try:
-        merged = gather_results(parts[rank])
-        metrics = None
-        if rank == 0:
-            metrics = {"images": float(len(merged)), "first": merged[1]["bbox"][0]["score"]}
-        queue.put((rank, merged is None, broadcast_metrics(metrics)))
-    finally:
-        dist.destroy_process_group()
+def _gather(rank: int, parts: list) -> tuple[bool, dict]:
+    merged = gather_results(parts[rank])
+    metrics = {"images": float(len(merged)), "first": merged[1]["bbox"][0]["score"]} if rank == 0 else None
+    return merged is None, broadcast_metrics(metrics)
 
 
-def test_results_are_gathered_on_rank_zero_and_metrics_broadcast(tmp_path):
+def test_results_are_gathered_on_rank_zero_and_metrics_broadcast():
     def result(image_id: int, score: float) -> dict:
         return {"bbox": [{"image_id": image_id, "category_id": 1, "bbox": [0, 0, 1, 1], "score": score}]}
 
     parts = [{1: result(1, 0.5), 2: result(2, 0.5)}, {3: result(3, 0.5), 1: result(1, 0.9)}]  # 1: padding
-    ctx = multiprocessing.get_context("fork")
-    queue = ctx.Queue()
-    procs = [ctx.Process(target=_rank, args=(r, str(tmp_path / "store"), parts, queue)) for r in range(2)]
-    for p in procs:
-        p.start()
-    got = sorted(queue.get(timeout=60) for _ in procs)
-    for p in procs:
-        p.join(30)
-    assert [p.exitcode for p in procs] == [0, 0]
-    assert got == [(0, False, {"images": 3.0, "first": 0.5}), (1, True, {"images": 3.0, "first": 0.5})]
+    assert gloo_ranks(_gather, parts, timeout=60) == [(False, {"images": 3.0, "first": 0.5}),
+                                                      (True, {"images": 3.0, "first": 0.5})]
 
 
 class LossRecorder(Callback):

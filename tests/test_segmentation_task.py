@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import multiprocessing
 import warnings
 
 import lightning.pytorch as L
 import numpy as np
 import pytest
 import torch
-import torch.distributed as dist
+from _helpers import gloo_ranks
 from lightning.pytorch.callbacks import Callback
 from torch.nn import functional as F
 
@@ -147,20 +146,16 @@ def validate(task: SegmentationTask, dm: ShapesSegDataModule) -> tuple[int, dict
     return seen, metrics
 
 
-def _validate_rank(rank: int, store: str, cfg: DataConfig, queue) -> None:
-    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
-    try:
-        class Rank:  # what the loaders read of a 2-process trainer
-            accelerator, num_devices, world_size, global_rank = None, 2, 2, rank
+def _validate_rank(rank: int, cfg: DataConfig) -> tuple[int, dict]:
+    class Rank:  # what the loaders read of a 2-process trainer
+        accelerator, num_devices, world_size, global_rank = None, 2, 2, rank
 
-        torch.manual_seed(0)
-        task = SegmentationTask(tiny_spec(), cfg.num_classes).eval()
-        dm = ShapesSegDataModule(cfg)
-        dm.setup("validate")
-        dm.trainer = Rank()
-        queue.put((rank, *validate(task, dm)))  # compute() sums the metric states over both processes
-    finally:
-        dist.destroy_process_group()
+    torch.manual_seed(0)
+    task = SegmentationTask(tiny_spec(), cfg.num_classes).eval()
+    dm = ShapesSegDataModule(cfg)
+    dm.setup("validate")
+    dm.trainer = Rank()
+    return validate(task, dm)  # compute() sums the metric states over both processes
 
 
 def test_two_gloo_processes_validate_each_image_once(tmp_path):
@@ -174,16 +169,7 @@ def test_two_gloo_processes_validate_each_image_once(tmp_path):
     torch.manual_seed(0)
     expected = validate(SegmentationTask(tiny_spec(), cfg.num_classes).eval(), dm)
     assert expected[0] == 9
-    ctx = multiprocessing.get_context("fork")
-    queue = ctx.Queue()
-    store = str(tmp_path / "store")
-    procs = [ctx.Process(target=_validate_rank, args=(r, store, cfg, queue)) for r in range(2)]
-    for p in procs:
-        p.start()
-    got = sorted(queue.get(timeout=120) for _ in procs)
-    for p in procs:
-        p.join(30)
-    assert [p.exitcode for p in procs] == [0, 0]
-    assert [(rank, seen) for rank, seen, _ in got] == [(0, 5), (1, 4)]
-    for _, _, metrics in got:
+    got = gloo_ranks(_validate_rank, cfg)
+    assert [seen for seen, _ in got] == [5, 4]
+    for _, metrics in got:
         assert metrics == pytest.approx(expected[1], rel=1e-6)
