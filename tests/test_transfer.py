@@ -86,6 +86,8 @@ def test_a_torchvision_state_dict_loads_into_the_all_conv_resnet(tmp_path):
     report = init_backbone(ours, path)
     assert report.matched == len(ours.backbone.state_dict()) == len(reference.state_dict()) - 2  # all but fc
     assert report.missing == report.unexpected == () and report.loaded_stages == STAGES
+    assert report.describe() == (f"init from {path}: 120 tensors matched, 0 missing, 0 unexpected; stages "
+                                 "loaded: stem, layer1, layer2, layer3, layer4")
     ours.eval(), reference.eval()
     ours.fc.load_state_dict(reference.fc.state_dict())
     images = torch.rand(2, 3, 64, 64)
@@ -115,6 +117,8 @@ def test_strict_refuses_another_operator_and_not_strict_loads_the_matching_stage
     report = init_backbone(target, path, strict=False)
     assert report.loaded_stages == ("stem", "layer1", "layer2", "layer4")
     assert report.skipped_stages == ("layer3",)
+    assert report.describe().endswith("stages loaded: stem, layer1, layer2, layer4; "
+                                      "stages left as initialised: layer3")
     after = target.backbone.state_dict()
     for key, value in after.items():
         if key.startswith("layer3."):

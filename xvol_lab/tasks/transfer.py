@@ -48,7 +48,8 @@ class TransferReport:
 
     def describe(self) -> str:
         """One log line."""
-        skipped = self.skipped_stages and f"; stages left as initialised: {', '.join(self.skipped_stages)}"
+        skipped = ", ".join(self.skipped_stages)
+        skipped = f"; stages left as initialised: {skipped}" if skipped else ""
         return (f"init from {self.source}: {self.matched} tensors matched, {len(self.missing)} missing, "
                 f"{len(self.unexpected)} unexpected; stages loaded: {', '.join(self.loaded_stages) or 'none'}"
                 f"{skipped}")
