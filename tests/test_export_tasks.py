@@ -163,3 +163,21 @@ def test_a_network_onnx_cannot_take_is_exported_with_torch_export(seg, monkeypat
         torch.testing.assert_close(program(batch), deployed.network(batch), atol=1e-5, rtol=0)
     with pytest.raises(RuntimeError, match="torch.export does not take torchvision's detectors"):
         task_onnx.export_portable(deployed.network, tmp_path, example, "detection")
+
+
+def test_pssa_exports_to_onnx_through_its_composite_path(tmp_path):
+    """The fused PSSA kernels have no ONNX form; under export the layer takes the composite path,
+    which computes the same attention."""
+    from xvol_lab import reparameterize
+    from xvol_lab.models import BackboneSpec, build_classifier
+
+    torch.manual_seed(0)
+    spec = BackboneSpec.preset("resnet18", stem="small", width_mult=0.125)
+    spec = spec.with_stage(3, op="xvol_pssa", shift=2)
+    network = reparameterize(build_classifier(spec, 4).eval())
+    images = torch.randn(3, 3, 16, 16)
+    assert task_onnx.export_portable(network, tmp_path, images[0], "classification") == ("model.onnx", None)
+    with torch.no_grad():
+        expected = network(images)
+    torch.testing.assert_close(OnnxNetwork(tmp_path / "model.onnx", "classification")(images), expected,
+                               atol=1e-4, rtol=1e-4)

@@ -51,11 +51,11 @@ class AttentionLayer(nn.Module):
         """Attention output (B, C_out, H', W'); with `out`, out + attention (possibly `out` updated).
 
         PSSA runs the fused kernels where `pssa_backend` has one for the device and dtype (no flag);
-        the composite path otherwise.
+        the composite path otherwise, and during ONNX export (the fused ops have no ONNX form).
         """
         if self.cfg.mode == "pssa":
             dtype = compute_dtype(x)
-            if pssa_backend(x.device, dtype) != "torch":
+            if pssa_backend(x.device, dtype) != "torch" and not torch.onnx.is_in_onnx_export():
                 return fused_pixel_shift_attention(x, self.qkv.weight, self.qkv.bias, self.out_chs,
                                                    self.cfg.heads, self.cfg.taps, self.stride, dtype, out)
         q, k, v = self.project(x)
