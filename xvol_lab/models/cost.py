@@ -4,11 +4,12 @@ The stock formulas cover convolutions, matrix products and fused attention on CU
 attention kernel, which global attention reaches with contiguous inputs, has none, so its forward and
 backward get the stock SDPA formulas here. The fused PSSA kernels (`xvol::pssa_fwd`, `xvol::pssa_bwd`)
 count 2 FLOPs per multiply-add over all taps T: forward 4*T*C*N' (logits and aggregation, plus C*N'
-when a base is added), backward 10*T*C*N' (logits recomputed; da, dq, dk, dv). On the composite path
-PSSA's cost is in
-element-wise products (``q * k(p+t)`` summed over the head, ``a * v(p+t)`` accumulated), which the
-stock counter skips; they are added here at one FLOP per multiply and one per add. The deploy form
-has no BatchNorm, so on it these formulas count PSSA and little else (activations are not counted).
+when a base is added), backward 10*T*C*N' (logits recomputed; da, dq, dk, dv); their q/k/v
+projection calls oneDNN's convolution directly, counted like any convolution. On the composite path
+PSSA's cost is in element-wise products (``q * k(p+t)`` summed over the head, ``a * v(p+t)``
+accumulated), which the stock counter skips; they are added here at one FLOP per multiply and one per
+add. The deploy form has no BatchNorm, so on it these formulas count PSSA and little else (activations
+are not counted).
 """
 
 from __future__ import annotations
@@ -18,7 +19,12 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
+from torch.utils.flop_counter import (
+    FlopCounterMode,
+    conv_flop_count,
+    sdpa_backward_flop_count,
+    sdpa_flop_count,
+)
 
 from xvol_lab.ops import pssa_kernels  # noqa: F401 - defines the xvol:: ops counted below
 
@@ -50,6 +56,10 @@ def _sdpa_backward_flop(grad_shape: Any, q_shape: Any, k_shape: Any, v_shape: An
     return sdpa_backward_flop_count(grad_shape, q_shape, k_shape, v_shape)
 
 
+def _mkldnn_conv_flop(x_shape: Any, w_shape: Any, *args: Any, out_shape: Any = None, **kwargs: Any) -> int:
+    return conv_flop_count(x_shape, w_shape, out_shape, transposed=False)
+
+
 def _pssa_fwd_flop(q_shape: Any, k_shape: Any, v_shape: Any, base_shape: Any, heads: int, taps: list[int],
                    *args: Any, **kwargs: Any) -> int:
     return 4 * (len(taps) // 2) * _numel(q_shape) + (_numel(q_shape) if base_shape is not None else 0)
@@ -66,7 +76,8 @@ ELEMENTWISE_FLOPS = {aten.mul: _mul_flop, aten.addcmul: _addcmul_flop, aten.addc
 SDPA_CPU_FLOPS = {aten._scaled_dot_product_flash_attention_for_cpu: _sdpa_flop,
                   aten._scaled_dot_product_flash_attention_for_cpu_backward: _sdpa_backward_flop}
 EXTRA_FLOPS = {**ELEMENTWISE_FLOPS, **SDPA_CPU_FLOPS,
-               torch.ops.xvol.pssa_fwd: _pssa_fwd_flop, torch.ops.xvol.pssa_bwd: _pssa_bwd_flop}
+               torch.ops.xvol.pssa_fwd: _pssa_fwd_flop, torch.ops.xvol.pssa_bwd: _pssa_bwd_flop,
+               aten.mkldnn_convolution: _mkldnn_conv_flop}
 
 
 def count_flops(model: nn.Module, inputs: Any) -> int:
