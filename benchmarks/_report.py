@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import platform
 import re
 import statistics
@@ -18,21 +19,40 @@ from xvol_lab.markdown import markdown_table as frame_table
 BENCHMARKS_MD = Path(__file__).resolve().parent.parent / "BENCHMARKS.md"
 
 
+def _cpu_model() -> str:
+    """The CPU's model name (Linux /proc/cpuinfo), else the machine type."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        found = re.search(r"^model name\s*:\s*(.+)$", cpuinfo.read_text(), re.M)
+        if found:
+            return found.group(1).strip()
+    return platform.processor() or platform.machine()
+
+
 def device_name(device: torch.device | str = "cpu") -> str:
     """Human-readable name of the device the figures were taken on."""
     device = torch.device(device)
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"CPU {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+    return f"CPU {_cpu_model()} ({os.cpu_count()} cores), {torch.get_num_threads()} threads"
 
 
 def sync(device: torch.device | str = "cpu") -> None:
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize()
+    """Wait for the work queued on `device` (that device, not the current one)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def cpu_clock(device: torch.device | str) -> Callable[[], float]:
+    """Wall time on CUDA; on CPU this process's CPU time, which other processes on a shared machine
+    cannot inflate (with one intra-op thread it is the work done)."""
+    return time.perf_counter if torch.device(device).type == "cuda" else time.process_time
 
 
 def time_interleaved(fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 2,
-                     device: torch.device | str = "cpu") -> dict[str, float]:
+                     device: torch.device | str = "cpu",
+                     clock: Callable[[], float] = time.perf_counter) -> dict[str, float]:
     """Median seconds per call of each function, measured round-robin so machine noise hits all alike."""
     for fn in fns.values():
         for _ in range(warmup):
@@ -41,11 +61,22 @@ def time_interleaved(fns: dict[str, Callable[[], object]], repeats: int, warmup:
     for _ in range(repeats):
         for name, fn in fns.items():
             sync(device)
-            start = time.perf_counter()
+            start = clock()
             fn()
             sync(device)
-            samples[name].append(time.perf_counter() - start)
+            samples[name].append(clock() - start)
     return {k: statistics.median(v) for k, v in samples.items()}
+
+
+def cuda_peak_mib(fn: Callable[[], object], device: torch.device | str) -> float:
+    """Peak CUDA memory allocated on `device` during ``fn()``, above what was allocated before (MiB)."""
+    device = torch.device(device)
+    sync(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    base = torch.cuda.memory_allocated(device)
+    fn()
+    sync(device)
+    return (torch.cuda.max_memory_allocated(device) - base) / 2**20
 
 
 def saved_activation_mib(fn: Callable[[], object]) -> float:

@@ -6,12 +6,16 @@ Side by side in one run (interleaved repeats; a ratio is the median of the per-r
   - xvol_lab resnet18 with every stage 'conv' against torchvision's resnet18 (target >= 0.95),
   - the Lightning loop (`ClassificationTask`, as `fit` trains it) against a bare PyTorch loop on the
     same model, optimiser, schedule and data (target >= 0.95),
-  - resnet18 with 'xvol_pssa' in stage 3 against all-conv (reported).
+  - resnet18 with 'xvol_pssa' in stage 3 against all-conv (target >= 0.90),
+  - the Lightning loop with `trainer.channels_last` and with `trainer.compile` (inductor), all-conv and
+    xvol_pssa stage 3, against the eager contiguous Lightning loop (reported; `--no-compile` skips the
+    compiled variants, whose first steps compile).
 Memory: the activations autograd saves for backward (exact, allocator-independent), and the peak
 memory of training: on CUDA `torch.cuda.max_memory_allocated` above the model and data; on CPU the
 growth of the peak resident set size (VmHWM, Linux) over a few steps, each variant in a fresh process.
 Time is wall time on CUDA and process CPU time on CPU (one thread by default), so that a busy shared
-machine does not distort the ratios.
+machine does not distort the ratios. Everything runs on the `--device` given (cuda:N included); both
+loops synchronise that device once at the start and once at the end of the timed steps.
 """
 
 from __future__ import annotations
@@ -23,7 +27,6 @@ import re
 import statistics
 import subprocess
 import sys
-import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -39,7 +42,15 @@ from torch.utils.data import DataLoader, TensorDataset
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _report import device_name, markdown_table, saved_activation_mib, sync, write_section  # noqa: E402
+from _report import (  # noqa: E402
+    cpu_clock,
+    cuda_peak_mib,
+    device_name,
+    markdown_table,
+    saved_activation_mib,
+    sync,
+    write_section,
+)
 
 from xvol_lab.config import OptimConfig  # noqa: E402
 from xvol_lab.models import BackboneSpec, build_classifier  # noqa: E402
@@ -51,12 +62,30 @@ NUM_CLASSES = 10
 OPTIM = OptimConfig(name="sgd", lr=0.01, warmup_epochs=0.0)
 CONV = BackboneSpec.preset("resnet18")  # imagenet stem, full width
 PSSA3 = CONV.with_stage(3, op="xvol_pssa")
+
+
+def _task(spec: BackboneSpec, channels_last: bool = False,
+          compile_backend: str | None = None) -> ClassificationTask:
+    """A ClassificationTask executing as `trainer.channels_last` / `trainer.compile` make `fit` run it."""
+    task = ClassificationTask(to_dict(spec), NUM_CLASSES, to_dict(OPTIM))
+    task.prepare_network(channels_last=channels_last, compile_backend=compile_backend)
+    return task
+
+
 VARIANTS = {  # name -> (model builder, loop)
     "torchvision resnet18": (lambda: torchvision.models.resnet18(num_classes=NUM_CLASSES), "bare"),
     "resnet18 all-conv": (lambda: build_classifier(CONV, NUM_CLASSES), "bare"),
-    "resnet18 all-conv, Lightning loop": (lambda: ClassificationTask(to_dict(CONV), NUM_CLASSES,
-                                                                     to_dict(OPTIM)), "lightning"),
+    "resnet18 all-conv, Lightning loop": (lambda: _task(CONV), "lightning"),
     "resnet18 xvol_pssa stage 3": (lambda: build_classifier(PSSA3, NUM_CLASSES), "bare"),
+    "resnet18 xvol_pssa stage 3, Lightning loop": (lambda: _task(PSSA3), "lightning"),
+    "resnet18 all-conv, Lightning, channels_last": (lambda: _task(CONV, channels_last=True), "lightning"),
+    "resnet18 xvol_pssa stage 3, Lightning, channels_last": (lambda: _task(PSSA3, channels_last=True),
+                                                             "lightning"),
+}
+COMPILED = {
+    "resnet18 all-conv, Lightning, compiled": (lambda: _task(CONV, compile_backend="inductor"), "lightning"),
+    "resnet18 xvol_pssa stage 3, Lightning, compiled": (lambda: _task(PSSA3, compile_backend="inductor"),
+                                                        "lightning"),
 }
 
 
@@ -68,12 +97,6 @@ def make_loader(batch: int, size: int, steps: int) -> DataLoader:
     return DataLoader(TensorDataset(images, labels), batch_size=batch, shuffle=False)
 
 
-def clock(device: torch.device) -> float:
-    """Wall time on CUDA; on CPU this process's CPU time, which other processes on a shared machine
-    cannot inflate (with one intra-op thread and in-process data loading, it is the work done)."""
-    return time.perf_counter() if device.type == "cuda" else time.process_time()
-
-
 def bare_loop(model: nn.Module, loader: DataLoader, device: torch.device, warmup: int) -> float:
     """Seconds for the batches after the first `warmup`: forward, cross-entropy, backward, SGD, schedule."""
     model.to(device).train()
@@ -83,42 +106,48 @@ def bare_loop(model: nn.Module, loader: DataLoader, device: torch.device, warmup
     for i, (images, labels) in enumerate(loader):
         if i == warmup:
             sync(device)
-            start = clock(device)
+            start = cpu_clock(device)()
         images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
         optimizer.zero_grad(set_to_none=True)
         F.cross_entropy(model(images), labels).backward()
         optimizer.step()
         scheduler.step()
     sync(device)
-    return clock(device) - start
+    return cpu_clock(device)() - start
 
 
 class _Timer(Callback):
+    """Times the batches after the first `warmup`, synchronising the device only at both ends (as the
+    bare loop does), not after every batch."""
+
     def __init__(self, warmup: int, device: torch.device) -> None:
         self.warmup, self.device, self.start, self.end = warmup, device, 0.0, 0.0
+        self.clock = cpu_clock(device)
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if batch_idx == self.warmup:
             sync(self.device)
-            self.start = clock(self.device)
+            self.start = self.clock()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        sync(self.device)
-        self.end = clock(self.device)
+        if batch_idx == trainer.num_training_batches - 1:
+            sync(self.device)
+            self.end = self.clock()
 
 
 def lightning_loop(task: ClassificationTask, loader: DataLoader, device: torch.device, warmup: int) -> float:
     """Seconds for the batches after the first `warmup` of one `Trainer.fit` epoch (no validation)."""
     timer = _Timer(warmup, device)
-    trainer = L.Trainer(max_epochs=1, accelerator=device.type, devices=1, logger=False, callbacks=[timer],
-                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                        limit_val_batches=0, num_sanity_val_steps=0)
+    devices = [device.index] if device.type == "cuda" and device.index is not None else 1
+    trainer = L.Trainer(max_epochs=1, accelerator=device.type, devices=devices, logger=False,
+                        callbacks=[timer], enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0)
     trainer.fit(task, train_dataloaders=loader)
     return timer.end - timer.start
 
 
 def runner(name: str, device: torch.device, loader: DataLoader, warmup: int) -> Callable[[], float]:
-    build, loop = VARIANTS[name]
+    build, loop = {**VARIANTS, **COMPILED}[name]
     model = build()
     return lambda: (lightning_loop if loop == "lightning" else bare_loop)(model, loader, device, warmup)
 
@@ -126,13 +155,7 @@ def runner(name: str, device: torch.device, loader: DataLoader, warmup: int) -> 
 def peak_memory_mib(name: str, device: torch.device, batch: int, size: int) -> float:
     """Training memory above the built model and data, over 4 steps (see the module docstring)."""
     if device.type == "cuda":
-        loader = make_loader(batch, size, 4)
-        run = runner(name, device, loader, 1)
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-        run()
-        return (torch.cuda.max_memory_allocated() - base) / 2**20
+        return cuda_peak_mib(runner(name, device, make_loader(batch, size, 4), 1), device)
     out = subprocess.run([sys.executable, __file__, "--memory-of", name, "--batch", str(batch),
                           "--size", str(size), "--threads", str(torch.get_num_threads())],
                          capture_output=True, text=True, check=True)
@@ -142,6 +165,7 @@ def peak_memory_mib(name: str, device: torch.device, batch: int, size: int) -> f
 def activation_mib(name: str, images: torch.Tensor, labels: torch.Tensor) -> float:
     """MiB autograd saves for backward in one training forward of a fresh `name` model (on CPU)."""
     model = VARIANTS[name][0]().train()
+    model = model.model if isinstance(model, ClassificationTask) else model
     return saved_activation_mib(lambda: F.cross_entropy(model(images), labels))
 
 
@@ -174,9 +198,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1,
                         help="CPU intra-op threads (default 1: steady figures on a shared machine)")
     parser.add_argument("--no-write", action="store_true", help="print, do not touch BENCHMARKS.md")
+    parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile variants")
     parser.add_argument("--memory-of", help=argparse.SUPPRESS)  # internal: one CPU memory measurement
     args = parser.parse_args()
     device = torch.device(args.device)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
     batch = args.batch or (64 if device.type == "cuda" else 16)
     size = args.size or (224 if device.type == "cuda" else 64)
     torch.set_num_threads(args.threads)
@@ -189,14 +216,15 @@ def main() -> None:
     warmup, steps, repeats = (2, 4, 3) if args.quick else (3, 15, 5)
     torch.manual_seed(0)
     loader = make_loader(batch, size, warmup + steps)
-    runs = {name: runner(name, device, loader, warmup) for name in VARIANTS}
-    samples: dict[str, list[float]] = {name: [] for name in VARIANTS}
-    names = list(VARIANTS)
+    variants = {**VARIANTS, **({} if args.no_compile else COMPILED)}
+    runs = {name: runner(name, device, loader, warmup) for name in variants}
+    samples: dict[str, list[float]] = {name: [] for name in variants}
+    names = list(variants)
     for r in range(repeats):
         for name in names[r % len(names):] + names[:r % len(names)]:  # rotate the order each repeat
             samples[name].append(steps * batch / runs[name]())
     speed = {name: statistics.median(v) for name, v in samples.items()}
-    memory = {name: peak_memory_mib(name, device, batch, size) for name in VARIANTS}
+    memory = {name: peak_memory_mib(name, device, batch, size) for name in VARIANTS}  # not compiled ones
     images, labels = next(iter(loader))
     activations = {name: activation_mib(name, images, labels) for name in VARIANTS}
 
@@ -204,14 +232,23 @@ def main() -> None:
         """Median over repeats of the ratio within each repeat (paired: both measured moments apart)."""
         return statistics.median(x / y for x, y in zip(samples[a], samples[b], strict=True))
 
-    conv = "resnet18 all-conv"
+    conv, pssa3 = "resnet18 all-conv", "resnet18 xvol_pssa stage 3"
     ratios = [
         ("resnet18 all-conv / torchvision resnet18", ratio(conv, "torchvision resnet18"), 0.95),
-        ("Lightning loop / bare loop (all-conv)", ratio("resnet18 all-conv, Lightning loop", conv), 0.95),
-        ("xvol_pssa stage 3 / all-conv", ratio("resnet18 xvol_pssa stage 3", conv), None),
+        ("Lightning loop / bare loop (all-conv)", ratio(f"{conv}, Lightning loop", conv), 0.95),
+        ("xvol_pssa stage 3 / all-conv", ratio(pssa3, conv), 0.90),
+        ("xvol_pssa stage 3 / all-conv, Lightning loops", ratio(f"{pssa3}, Lightning loop",
+                                                                f"{conv}, Lightning loop"), 0.90),
     ]
+    for model in (conv, pssa3):
+        for option in ("channels_last", "compiled"):
+            if f"{model}, Lightning, {option}" in samples:
+                ratios.append((f"{model.removeprefix('resnet18 ')}: {option} / eager contiguous (Lightning)",
+                               ratio(f"{model}, Lightning, {option}", f"{model}, Lightning loop"), None))
     rows = [[name, f"{speed[name]:.1f}", f"{min(samples[name]):.1f} to {max(samples[name]):.1f}",
-             f"{memory[name]:.0f}", f"{activations[name]:.1f}"] for name in VARIANTS]
+             f"{memory[name]:.0f}" if name in memory else "not measured (compiled)",
+             f"{activations[name]:.1f}" if name in activations else "not measured (compiled)"]
+            for name in variants]
     ratio_rows = [[label, f"{value:.3f}", "reported" if target is None else f">= {target}",
                    "" if target is None else ("met" if value >= target else "MISSED")]
                   for label, value, target in ratios]
