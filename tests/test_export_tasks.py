@@ -145,24 +145,25 @@ def test_detection_check_fails_on_moved_boxes_or_a_missing_detection():
     assert not result.passed and "1 unmatched" in result.summary
 
 
-def test_a_network_onnx_cannot_take_is_exported_with_torch_export(seg, monkeypatch, tmp_path):
-    folder, _ = seg
+def test_a_network_onnx_cannot_take_is_exported_with_torch_export(monkeypatch, tmp_path):
+    from xvol_lab.models import BackboneSpec, build_classifier
 
     def no_onnx(*args, **kwargs):
         raise RuntimeError("Couldn't export operator xvol::pssa_fwd")
 
     monkeypatch.setattr(task_onnx, "export_onnx", no_onnx)
-    deployed = load_deployed(folder / "deploy.pt")
-    example = torch.randn(3, 32, 32)
-    name, reason = task_onnx.export_portable(deployed.network, tmp_path, example, "semantic_segmentation")
+    spec = BackboneSpec.preset("resnet18", stem="small", width_mult=0.125)
+    network = build_classifier(spec, 4, deploy=True)
+    example = torch.randn(3, 16, 16)
+    name, reason = task_onnx.export_portable(network.eval(), tmp_path, example, "classification")
     assert (name, reason) == ("model.pt2", "ONNX export failed (RuntimeError: Couldn't export operator "
                                            "xvol::pssa_fwd)")
-    program = task_onnx.load_portable(tmp_path / name, "semantic_segmentation")
-    batch = torch.randn(3, 3, 32, 32)
+    program = task_onnx.load_portable(tmp_path / name, "classification")
+    batch = torch.randn(5, 3, 16, 16)  # another batch size than the example's
     with torch.no_grad():
-        torch.testing.assert_close(program(batch), deployed.network(batch), atol=1e-5, rtol=0)
+        torch.testing.assert_close(program(batch), network(batch), atol=1e-5, rtol=0)
     with pytest.raises(RuntimeError, match="torch.export does not take torchvision's detectors"):
-        task_onnx.export_portable(deployed.network, tmp_path, example, "detection")
+        task_onnx.export_portable(network, tmp_path, example, "detection")
 
 
 def test_pssa_exports_to_onnx_through_its_composite_path(tmp_path):
