@@ -142,9 +142,18 @@ def test_instance_segmentation_writes_coco_results_pycocotools_loads(inst, tmp_p
         np.testing.assert_allclose([a["bbox"] for a in got], [a["bbox"] for a in want["bbox"]], atol=1e-3)
         np.testing.assert_allclose([a["score"] for a in got], [a["score"] for a in want["bbox"]], atol=1e-4)
         assert len(segms.getAnnIds(imgIds=[image_id])) == 10
-    assert main(["predict", str(folder), *map(str, files), "--out", str(tmp_path / "onnx"), "--onnx",
-                 "--no-progress"]) == 0
-    assert COCO(str(out / "images.json")).loadRes(str(tmp_path / "onnx" / "bbox_results.json"))
+    wide = tmp_path / "wide.png"  # 64 x 96: the ONNX detector takes 64 x 64, boxes come back in 96 px
+    Image.fromarray(np.concatenate([np.array(Image.open(files[0]))] * 2, axis=1)[:, :96]).save(wide)
+    assert main(["predict", str(folder), *map(str, files), str(wide), "--out", str(tmp_path / "onnx"),
+                 "--onnx", "--no-progress"]) == 0
+    onnx_images = COCO(str(tmp_path / "onnx" / "images.json"))
+    assert onnx_images.imgs[N + 1]["width"] == 96 and onnx_images.imgs[N + 1]["height"] == 64
+    onnx_boxes = onnx_images.loadRes(str(tmp_path / "onnx" / "bbox_results.json"))
+    got = onnx_boxes.loadAnns(onnx_boxes.getAnnIds(imgIds=[1]))
+    want = boxes.loadAnns(boxes.getAnnIds(imgIds=[1]))
+    np.testing.assert_allclose([a["bbox"] for a in got], [a["bbox"] for a in want], atol=1e-2)
+    wide_boxes = np.array([a["bbox"] for a in onnx_boxes.loadAnns(onnx_boxes.getAnnIds(imgIds=[N + 1]))])
+    assert len(wide_boxes) == 10 and (wide_boxes[:, 0] + wide_boxes[:, 2]).max() <= 96 + 1e-3
 
 
 def test_semantic_segmentation_writes_palette_masks_at_the_image_size(seg, tmp_path):

@@ -1,10 +1,10 @@
 """Run an exported model on image files: `predict(export_dir, inputs, out)`.
 
 The export folder (one ``trial_<n>/`` of `lab.py study export`, or the study's export folder when
-it holds one trial) provides ``deploy.pt`` (network,
-classes, category ids, preprocessing) and, with ``onnx=True``, ``model.onnx`` (onnxruntime) or
-``model.pt2``. Images (files, or folders searched recursively for `IMAGE_SUFFIXES`) are prepared
-as validation prepared them, batched, and the results written into the new folder `out`:
+it holds one trial) provides ``deploy.pt`` (network, classes, category ids, preprocessing) and,
+with ``onnx=True``, ``model.onnx`` (onnxruntime) or ``model.pt2``. Images (files, or folders
+searched recursively for `IMAGE_SUFFIXES`) are prepared as validation prepared them (for the ONNX
+detector: resized to its fixed S x S), batched, and the results written into the new folder `out`:
 
 - classification: ``predictions.csv``, one row per image and rank (``image, rank, label, class,
   probability``) for the top-k classes;
@@ -22,6 +22,7 @@ Files that cannot be read as images are skipped and listed in the result; `out` 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import os
@@ -41,7 +42,7 @@ from xvol_lab.atomic import temp_dir
 from xvol_lab.data.images import UnreadableImageError, load_rgb
 from xvol_lab.errors import ConfigError
 from xvol_lab.tasks.coco_eval import rescale_prediction, to_coco_results
-from xvol_lab.tasks.export import Deployed, load_deployed
+from xvol_lab.tasks.export import Deployed, Preprocess, load_deployed
 from xvol_lab.tasks.onnx import ONNX_FILE, PROGRAM_FILE, load_portable
 from xvol_lab.tasks.registry import DETECTION_TASKS
 
@@ -117,11 +118,11 @@ def load_export(export_dir: str | Path, onnx: bool = False) -> tuple[Deployed, C
 Batch = tuple[list[Path], list[Tensor], list[tuple[int, int]], int]
 
 
-def _batches(files: Sequence[Path], deployed: Deployed, batch_size: int,
+def _batches(files: Sequence[Path], preprocess: Preprocess, batch_size: int,
              skipped: list[tuple[Path, str]]) -> Iterable[Batch]:
     """(paths, prepared images, original (h, w) sizes, files consumed) per batch of `files`;
     unreadable files go to `skipped`."""
-    transform = deployed.preprocess.transform()
+    transform = preprocess.transform()
     for start in range(0, len(files), batch_size):
         paths, images, sizes = [], [], []
         chunk = files[start:start + batch_size]
@@ -223,12 +224,15 @@ def predict(export_dir: str | Path, inputs: Iterable[str | Path], out: str | Pat
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ConfigError(f"{out}: exists; expected a new or empty folder for the predictions")
     deployed, network = load_export(export_dir, onnx)
+    preprocess = deployed.preprocess
+    if onnx and deployed.config.task in DETECTION_TASKS:  # the exported detector takes S x S images only
+        preprocess = dataclasses.replace(preprocess, fixed_size=True)
     files = image_files(inputs)
     result = PredictResult()
     writer = _Writer(deployed, _names(files), top_k)
     done = 0
     with torch.inference_mode():
-        for paths, images, sizes, consumed in _batches(files, deployed, batch_size, result.skipped):
+        for paths, images, sizes, consumed in _batches(files, preprocess, batch_size, result.skipped):
             if paths:
                 batch = images if deployed.config.task in DETECTION_TASKS else torch.stack(images)
                 writer.add(paths, images, sizes, network(batch))
