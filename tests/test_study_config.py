@@ -55,6 +55,7 @@ BAD = [
     ({"heartbeat": 0}, "heartbeat: got 0, expected an integer >= 1 (seconds)"),
     ({"budget": {"n_trials": 3, "seeds": 0}}, "budget.seeds: got 0, expected an integer >= 1"),
     ({"budget": {"n_trials": 3, "seeds": "two"}}, "budget.seeds: got 'two', expected an integer"),
+    ({"budget": {"n_trials": 3, "max_retries": -1}}, "budget.max_retries: got -1, expected an integer >= 0"),
     ({"base": {"seed": -1}},
      "base.seed: got -1, expected an integer from 0 to 4294967295 (seeds base.seed + 0 .. budget.seeds - 1)"),
     ({"base": {"seed": 2**32 - 2}, "budget": {"n_trials": 3, "seeds": 3}},
@@ -82,7 +83,7 @@ def test_bad_yaml_and_bad_override_and_missing_study(tiny_study, tmp_path: Path,
     path = tiny_study()
     assert main(["study", "run", str(path), "--runs", str(tmp_path / "runs"), "--set", "budget.epoch=2"]) == 2
     assert capsys.readouterr().err == (f"lab.py: error: --set budget.epoch=2: {path}: budget.epoch: unknown "
-                                       "key; expected one of n_trials, epochs, seeds\n")
+                                       "key; expected one of n_trials, epochs, seeds, max_retries\n")
     assert main(["study", "run", "no_such_study"]) == 2
     assert capsys.readouterr().err.startswith("lab.py: error: study 'no_such_study': no ")
     assert main(["study", "run", str(path), "--set", "base.trainer.max_epochs=9"]) == 2

@@ -19,8 +19,8 @@ from xvol_lab.study.config import PrunerConfig, load_study_config
 from xvol_lab.study.launch import STORAGE_ENV
 from xvol_lab.study.ledger import VOID, counted, slots, tally
 from xvol_lab.study.samplers import make_pruner
-from xvol_lab.study.storage import join_study, open_storage
-from xvol_lab.study.trial import _connect, exit_code
+from xvol_lab.study.storage import grace_seconds, join_study, open_storage
+from xvol_lab.study.trial import StudyTrial, exit_code
 from xvol_lab.study.worker import read_outcome
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -65,13 +65,16 @@ def test_stale_trial_is_failed_and_queued_again_with_its_params(tmp_path: Path):
     study = optuna.create_study(study_name="s", storage=storage)
     first = study.ask()
     first.suggest_categorical("stage3.op", ["conv", "pssa"])
-    storage.record_heartbeat(first._trial_id)
-    # the worker of `first` is gone; 3 heartbeat periods later another worker looks
-    time.sleep(4.5)  # SQLite timestamps have whole seconds
+    first.report(0.5, 1)
+    storage.record_heartbeat(storage.get_trial_id_from_study_id_trial_number(
+        storage.get_study_id_from_name("s"), first.number))
+    # the worker of `first` is gone; after the grace period another worker looks
+    time.sleep(grace_seconds(1) + 1.5)  # SQLite timestamps have whole seconds
     optuna.storages.fail_stale_trials(study)
     trials = study.get_trials(deepcopy=False)
     assert [u.state for u in trials] == [TrialState.FAIL, TrialState.WAITING]
     assert trials[1].params == trials[0].params
+    assert trials[1].intermediate_values == {1: 0.5}  # the retry continues where its original stopped
     assert RetryHeartbeatStaleTrialCallback.retried_trial_number(trials[1]) == 0
     assert slots(trials) == {0: 0, 1: 0}
     assert tally(trials).interrupted == 1 and tally(trials).waiting == 1
@@ -105,8 +108,8 @@ def test_trial_process_reports_reach_the_study_for_each_pruner(tmp_path: Path, m
         study.tell(t, value)
     asked = study.ask()
     monkeypatch.setenv(STORAGE_ENV, url)
-    request = {"study": "s", "trial_id": asked._trial_id, "pruner": to_dict(config), "steps": 4}
-    child = _connect(request)
+    request = {"study": "s", "trial_number": asked.number, "pruner": to_dict(config), "steps": 4}
+    child = StudyTrial(request)  # the trial process: Optuna's public storage API, no Trial(...) of its own
     child.report(0.1, 1)
     child.report(0.1, 2)
     pruned = bool(child.should_prune())

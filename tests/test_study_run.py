@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 import optuna
-from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import FixedTrial, TrialState
 
 from xvol_lab.cli.main import main
@@ -21,7 +20,7 @@ from xvol_lab.config import load_run_config
 from xvol_lab.models import BackboneSpec
 from xvol_lab.study import worker as worker_module
 from xvol_lab.study.config import load_study_config
-from xvol_lab.study.ledger import counted, tally
+from xvol_lab.study.ledger import counted, retry_of, tally
 from xvol_lab.study.progress import LogView
 from xvol_lab.study.space import expand_space, suggest_spec
 
@@ -155,12 +154,12 @@ def test_two_workers_share_a_seeded_grid_and_run_each_point_and_seed_once(tiny_s
     path = tiny_study("grid", sampler={"name": "grid"}, budget={"epochs": 1, "seeds": 2}, base={"seed": 3},
                       space={"stages": {3: {"op": ["conv", "pssa"]}}})
     runs = tmp_path / "runs"
-    command = run_command(path, runs)
-    workers = [subprocess.Popen(command, cwd=tmp_path, env=lab_env, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True) for _ in range(2)]
-    outputs = [w.communicate(timeout=600) for w in workers]
-    assert [w.returncode for w in workers] == [0, 0], [o[1][-2000:] for o in outputs]
+    done = subprocess.run([*run_command(path, runs), "--workers", "2"], cwd=tmp_path, env=lab_env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "grid: 2/2 finished" in done.stdout
     trials = load(runs, "grid").get_trials()
+    assert max(t.datetime_start for t in trials) < min(t.datetime_complete for t in trials)  # at once
     _, config = load_study_config(path)
     grid = expand_space(config.space, config.base.model)
     finished = counted(trials)
@@ -197,7 +196,7 @@ def test_kill_9_during_a_seeded_trial_then_resume_keeps_finished_seeds(tiny_stud
     trials = load(runs, "resume").get_trials()
     t = tally(trials)
     assert (t.finished, t.interrupted, t.running, t.waiting) == (1, 1, 0, 0)
-    retry = next(u for u in trials if RetryHeartbeatStaleTrialCallback.retried_trial_number(u) == 0)
+    retry = next(u for u in trials if retry_of(u) == 0)
     assert retry.state == TrialState.COMPLETE and retry.params == trials[0].params
     assert retry.user_attrs["trial_dir"] == str(folder.resolve())  # the retry continued trial_0's folder
     assert sorted(p.name for p in (runs / "resume").iterdir() if p.name.startswith("trial_")) == ["trial_0"]

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import signal
 from pathlib import Path
-from typing import Any
 
 from rich.console import Console
 
@@ -14,9 +12,12 @@ from xvol_lab.cli.report import add_study_commands
 from xvol_lab.cli.storage_args import add_storage_arguments, storage_argument
 from xvol_lab.cli.submit import add_submit_parser
 from xvol_lab.errors import ConfigError
+from xvol_lab.study import signals
 from xvol_lab.study.config import list_study_files, load_study_config
+from xvol_lab.study.launch import watch_lifeline
+from xvol_lab.study.pool import run_workers, worker_environments
 from xvol_lab.study.progress import make_view
-from xvol_lab.study.storage import default_storage_url
+from xvol_lab.study.storage import STORAGE_ENV, default_storage_url
 from xvol_lab.study.summary import progress_text, status
 from xvol_lab.study.worker import run_study
 
@@ -51,6 +52,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                      help="finished trials to end with (budget.n_trials)")
     run.add_argument("--seeds", type=positive_int, metavar="N",
                      help="train every configuration with N seeds, base.seed + 0 .. N-1 (budget.seeds)")
+    run.add_argument("--workers", metavar="K",
+                     help="run K trials at once on this machine, each on its own GPUs (K x --devices of "
+                          "them) and cores/K CPU threads (default 1)")
     add_storage_arguments(run)
     run.add_argument("--devices", type=positive_int, metavar="N",
                      help="processes (devices) per trial and node")
@@ -75,10 +79,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     add_submit_parser(sub)
 
 
-def _sigterm(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt  # SLURM preemption, `kill`: stop the trial and queue it again, like Ctrl-C
-
-
 def cmd_run(args: argparse.Namespace) -> int:
     """Work on the study until its budget is spent."""
     overrides = [text for group in args.overrides for text in group]
@@ -86,16 +86,35 @@ def cmd_run(args: argparse.Namespace) -> int:
                       ("devices", "base.trainer.devices"), ("nodes", "base.trainer.num_nodes")):
         if getattr(args, flag) is not None:
             overrides.append(f"{key}={getattr(args, flag)}")
+    workers = _workers(args.workers)
     name, config = load_study_config(args.name, overrides)
     url = storage_argument(args) or default_storage_url(args.runs, name)
-    previous = signal.signal(signal.SIGTERM, _sigterm)
-    try:
-        run_study(name, config, runs=args.runs, storage_url=url, view=make_view(args.live))
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    trainer = config.base.trainer
+    environments = worker_environments(workers, trainer.devices, trainer.accelerator != "cpu")
+    if workers > 1:
+        sets = ["--set", *overrides] if overrides else []
+        code = run_workers(["study", "run", args.name, "--runs", str(args.runs), "--no-live", *sets],
+                           environments, {STORAGE_ENV: url})
+    else:
+        watch_lifeline()  # a worker started by --workers stops with its study process
+        restore = signals.install()  # SIGTERM / SIGUSR1 / Ctrl-C hand the running trial back
+        try:
+            run_study(name, config, runs=args.runs, storage_url=url, view=make_view(args.live))
+        finally:
+            restore()
+        code = 0
     for line in status(name, config, url)[1]:
         print(line)
-    return 0
+    return code
+
+
+def _workers(text: str | None) -> int:
+    """``--workers K``: an integer >= 1 (one line and exit code 2 otherwise)."""
+    if text is None:
+        return 1
+    if not text.strip().isdigit() or int(text) < 1:
+        raise ConfigError(f"--workers {text}: expected an integer >= 1")
+    return int(text)
 
 
 def cmd_list(args: argparse.Namespace) -> int:

@@ -10,7 +10,7 @@ import math
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import lightning.pytorch as L
 import optuna
@@ -62,16 +62,25 @@ class ProgressFile(Callback):
                         else 0, force=True)
 
 
+class TrialReports(Protocol):
+    """What the reporter needs of the study's trial (`xvol_lab.study.trial.StudyTrial`)."""
+
+    pruner: optuna.pruners.BasePruner
+
+    def report(self, value: float, step: int) -> None: ...
+    def should_prune(self) -> bool: ...
+
+
 class PruningReporter(Callback):
     """Reports `metric` after each validation (step = `offset` + epoch, epochs from 1; the offset
     places a configuration's later seeds after its earlier ones) and stops the run when the
     study's pruner says so. `connect` opens the Optuna trial (called on global rank 0 only)."""
 
-    def __init__(self, connect: Callable[[], optuna.trial.Trial], metric: str, offset: int = 0) -> None:
+    def __init__(self, connect: Callable[[], TrialReports], metric: str, offset: int = 0) -> None:
         self.connect = connect
         self.metric = metric
         self.offset = offset
-        self.trial: optuna.trial.Trial | None = None
+        self.trial: TrialReports | None = None
         self.pruned: str | None = None
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
@@ -88,7 +97,7 @@ class PruningReporter(Callback):
             if math.isfinite(value):
                 self.trial.report(value, self.offset + epoch)
                 if self.trial.should_prune():
-                    pruner = type(self.trial.study.pruner).__name__
+                    pruner = type(self.trial.pruner).__name__
                     reason = f"{self.metric}={value:.4f} at epoch {epoch}: {pruner}"
         if trainer.world_size > 1:
             reason = trainer.strategy.broadcast(reason, src=0)

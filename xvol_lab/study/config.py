@@ -185,17 +185,21 @@ class PrunerConfig:
 class BudgetConfig:
     """`n_trials` finished trials, each one configuration (null: the grid's size, grid studies
     only), trained `seeds` times (seeds base.seed + 0 .. seeds - 1) for `epochs` epochs each
-    (replaces base.trainer.max_epochs)."""
+    (replaces base.trainer.max_epochs). An interrupted trial (lost worker, preemption) is
+    continued by a retry at most `max_retries` times; model failures are never retried."""
 
     n_trials: int | None = None
     epochs: int = 3
     seeds: int = 1
+    max_retries: int = 3
 
     def __post_init__(self) -> None:
         for name in ("n_trials", "epochs", "seeds"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"{name}: got {value}, expected an integer >= 1")
+        if self.max_retries < 0:
+            raise ValueError(f"max_retries: got {self.max_retries}, expected an integer >= 0")
 
 
 @dataclass(frozen=True)

@@ -5,38 +5,67 @@ Rules (the same in every worker, computed from the storage alone):
 - A *fresh* trial is one the study created (not a retry). Fresh trials take slots 0, 1, 2, ...
   in trial-number order, skipping void ones. Trial numbers are assigned under a lock in the
   storage, so two workers agree on every slot. Slot k < len(plan) runs plan point k.
-- A trial whose worker stopped (heartbeat lost, Ctrl-C, kill) is failed and *retried*: Optuna's
-  `RetryHeartbeatStaleTrialCallback` queues a copy (same params) whose system attrs name the
-  original; the copy inherits the original's slot, and the interrupted trial is not counted.
-- A fresh trial created past the budget (two workers asked at the same moment for the last
-  slot) is failed at once as *void* (system attr ``xvol:void``) and not counted.
+- A trial whose worker stopped (heartbeat lost, Ctrl-C, kill, preemption) is failed and
+  *retried*: Optuna's `RetryHeartbeatStaleTrialCallback` queues a copy (same params, user attrs
+  and intermediate values) that names the original (`retry_of`, `retry_history`); the copy
+  inherits the original's slot and folder, and the interrupted trial is not counted. After
+  budget.max_retries retries an interrupted trial stays failed and counts.
+- A trial whose slot is past the budget (without the SQLite lock two workers may ask at the same
+  moment for the last slot; or the retry of such a trial) is failed at once as *void* (system
+  attr ``xvol:void``) and not counted.
 - The budget counts finished trials (COMPLETE, PRUNED, FAIL) that are neither interrupted nor
   void: the study ends with exactly n_trials of them.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+import optuna
+from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
 VOID = "xvol:void"
-RETRY_OF = "failed_trial"  # set by optuna.storages.RetryHeartbeatStaleTrialCallback
+STARTED = "xvol:started"  # = the trial's number once its worker recorded its first heartbeat
+RETRY_OF = "failed_trial"  # Optuna's name, for readers outside the engine; the engine uses `retry_of`
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+
+
+def retry_callback(max_retries: int | None) -> RetryHeartbeatStaleTrialCallback:
+    """Queues a copy of an interrupted trial (params, user attrs and intermediate values; the copy
+    continues the interrupted trial's folder) unless the trial was retried `max_retries` times."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return RetryHeartbeatStaleTrialCallback(max_retry=max_retries, inherit_intermediate_values=True)
+
+
+def retry_of(trial: FrozenTrial) -> int | None:
+    """The number of the original trial that `trial` retries (None: not a retry)."""
+    with warnings.catch_warnings():  # experimental since Optuna 2.8
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return RetryHeartbeatStaleTrialCallback.retried_trial_number(trial)
+
+
+def retry_history(trial: FrozenTrial) -> list[int]:
+    """The numbers of the trials `trial` retries, the original first ([] for a fresh trial)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return RetryHeartbeatStaleTrialCallback.retry_history(trial)
 
 
 def retried(trials: Iterable[FrozenTrial]) -> set[int]:
     """Numbers of the trials that were interrupted and queued again."""
     out: set[int] = set()
     for t in trials:
-        out.update(t.system_attrs.get("retry_history", []))
+        out.update(retry_history(t))
     return out
 
 
 def is_fresh(trial: FrozenTrial) -> bool:
     """Created by a worker for a new slot (not a retry)."""
-    return RETRY_OF not in trial.system_attrs
+    return retry_of(trial) is None
 
 
 def slots(trials: Iterable[FrozenTrial]) -> dict[int, int]:
@@ -49,8 +78,8 @@ def slots(trials: Iterable[FrozenTrial]) -> dict[int, int]:
         if is_fresh(t):
             out[t.number] = fresh
             fresh += 1
-        elif t.system_attrs[RETRY_OF] in out:
-            out[t.number] = out[t.system_attrs[RETRY_OF]]
+        elif retry_of(t) in out:
+            out[t.number] = out[retry_of(t)]
     return out
 
 

@@ -15,6 +15,7 @@ own run folder ``trial_<n>/seed_<s>/``. `combine` turns the seeds' outcomes into
 from __future__ import annotations
 
 import dataclasses
+import signal
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -25,13 +26,17 @@ from xvol_lab.study.config import MEASURED
 from xvol_lab.study.files import LOG, RESULT, read_json
 
 STATES = ("complete", "pruned", "failed")
+# Exit code of a trial process that stopped on SIGTERM/SIGUSR1 (preemption) with its last
+# checkpoint kept: the trial is handed back (queued again), not failed.
+INTERRUPTED_EXIT = 75
+HAND_BACK_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
 
 
 @dataclass(frozen=True)
 class Outcome:
     """How a trial ended: state, reason (pruned/failed), objective values, attrs for the storage."""
 
-    state: Literal["complete", "pruned", "failed"]
+    state: Literal["complete", "pruned", "failed", "interrupted"]
     reason: str | None = None
     values: list[float] | None = None
     attrs: dict[str, Any] = dataclasses.field(default_factory=dict)
@@ -39,8 +44,6 @@ class Outcome:
 
 def _exit_text(code: int) -> str:
     if code < 0:
-        import signal
-
         name = signal.Signals(-code).name if -code in signal.Signals._value2member_map_ else str(-code)
         return f"was killed by {name}" + (" (out of memory?)" if name == "SIGKILL" else "")
     return f"exited with code {code}"
@@ -65,10 +68,14 @@ def finished_outcome(run_dir: Path) -> Outcome | None:
 
 
 def read_outcome(trial_dir: Path, returncode: int) -> Outcome:
-    """The outcome in trial_dir/result.json, or a failure naming how the trial process ended."""
+    """The outcome in trial_dir/result.json; without one, *interrupted* when the trial process was
+    preempted (stopped by SIGTERM, SIGUSR1 or SIGINT, or exited with INTERRUPTED_EXIT after one),
+    else a failure naming how it ended (a crash, SIGKILL from the out-of-memory killer, ...)."""
     outcome = finished_outcome(trial_dir)
     if outcome is not None:
         return outcome
+    if returncode == INTERRUPTED_EXIT or -returncode in HAND_BACK_SIGNALS:
+        return Outcome("interrupted", f"trial process stopped by a signal ({_exit_text(returncode)})")
     last = _last_line(trial_dir / LOG)
     return Outcome("failed", f"trial process {_exit_text(returncode)} without a result"
                    + (f"; last output: {last}" if last else ""))

@@ -1,15 +1,18 @@
 """Where a study lives: an Optuna RDB storage (default: SQLite file runs/<study>/study.db).
 
 Several workers given the same storage join the same study. A worker records a heartbeat for
-the trial it runs every `heartbeat` seconds; a RUNNING trial whose heartbeat is older than
-``3 * heartbeat`` seconds is failed by the next worker that looks and queued again
-(`RetryHeartbeatStaleTrialCallback`).
+the trial it runs every `heartbeat` seconds; a RUNNING trial whose heartbeat is older than the
+grace period (`grace_seconds`) is failed by the next worker that looks and queued again
+(`RetryHeartbeatStaleTrialCallback`, at most budget.max_retries times, with its intermediate
+values). For SQLite the busy timeout of a worker is shorter than the grace period less one
+heartbeat, so that a worker waiting for the database cannot be taken for a dead one.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import random
 import re
@@ -30,11 +33,24 @@ log = logging.getLogger(__name__)
 
 IDENTITY = "xvol:study"
 GRACE_FACTOR = 3
+
 OPEN_ATTEMPTS = 3
 STORAGE_ENV = "XVOL_STORAGE"  # the storage URL, for workers that are given no --storage
 MIN_SECRET = 3  # shorter "passwords" are not searched for in free text (they would mask every word)
 _USER_PASSWORD = re.compile(r"(://[^/?#@:]*:)(.*)@")  # greedy: up to the last @
 _QUERY_PASSWORD = re.compile(r"([?&]password=)([^&#]*)", re.IGNORECASE)
+
+
+def busy_timeout(heartbeat: int | None) -> float:
+    """Seconds a SQLite connection waits for the database: 120 without heartbeats (readers, trial
+    processes), else max(5, 2 x heartbeat) (a heartbeat is late by at most this plus one interval)."""
+    return 120.0 if heartbeat is None else max(5.0, 2.0 * heartbeat)
+
+
+def grace_seconds(heartbeat: int) -> float:
+    """A RUNNING trial whose last heartbeat is older than this is stale: longer than
+    GRACE_FACTOR heartbeats and than the busy timeout plus two heartbeats."""
+    return max(GRACE_FACTOR * heartbeat, busy_timeout(heartbeat) + 2 * heartbeat)
 
 
 def default_storage_url(runs: Path, name: str) -> str:
@@ -98,7 +114,8 @@ def redact(text: str, url: str) -> str:
     return text
 
 
-def open_storage(url: str, *, heartbeat: int | None = None, create: bool = True) -> RDBStorage:
+def open_storage(url: str, *, heartbeat: int | None = None, create: bool = True,
+                 max_retries: int | None = None) -> RDBStorage:
     """The RDB storage at `url`; with `heartbeat`, stale trials are failed and retried.
 
     A missing SQLite file is created only with `create`; unreachable servers, unknown schemes and
@@ -110,13 +127,13 @@ def open_storage(url: str, *, heartbeat: int | None = None, create: bool = True)
         if not path.is_file() and not create:
             raise ConfigError(f"{path}: no study storage here yet (run `lab.py study run` first)")
         path.parent.mkdir(parents=True, exist_ok=True)
-        engine = {"connect_args": {"timeout": 120}}  # several processes write to one file
+        engine = {"connect_args": {"timeout": busy_timeout(heartbeat)}}  # several processes write here
     else:
         engine = {"pool_pre_ping": True}
     attempt = 1
     while True:
         try:
-            return _rdb(url, engine, heartbeat)
+            return _rdb(url, engine, heartbeat, max_retries)
         except Exception as err:  # bad URL, missing driver, refused connection, authentication
             if not (isinstance(err, (ImportError, ValueError, optuna.exceptions.StorageInternalError))
                     or type(err).__module__.startswith("sqlalchemy")):
@@ -131,14 +148,15 @@ def open_storage(url: str, *, heartbeat: int | None = None, create: bool = True)
             raise ConfigError(f"--storage {shown_url(url)}: cannot open ({detail})") from None
 
 
-def _rdb(url: str, engine: dict[str, Any], heartbeat: int | None) -> RDBStorage:
+def _rdb(url: str, engine: dict[str, Any], heartbeat: int | None, max_retries: int | None) -> RDBStorage:
     with warnings.catch_warnings():  # the heartbeat arguments and the retry callback are experimental
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         if heartbeat is None:
             return RDBStorage(url, engine_kwargs=engine)
         return RDBStorage(url, engine_kwargs=engine, heartbeat_interval=heartbeat,
-                          grace_period=GRACE_FACTOR * heartbeat,
-                          heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback())
+                          grace_period=int(math.ceil(grace_seconds(heartbeat))),
+                          heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(
+                              max_retry=max_retries, inherit_intermediate_values=True))
 
 
 def find_study(storage: RDBStorage, name: str) -> optuna.Study | None:

@@ -5,7 +5,10 @@ It reads TRIAL_DIR/trial.json (run config, objectives, pruning), calls
 reporter to the study's storage (URL in the environment), measures the deploy form, and writes
 TRIAL_DIR/result.json: ``{state: complete|pruned|failed, reason, values, metrics, params_m,
 latency_ms}``. Under DDP every process runs this module; only global rank 0 opens the storage and
-writes files. The exit code is 0 unless the trial failed.
+writes files. With ``resume: last`` in trial.json it continues from TRIAL_DIR's last checkpoint.
+The exit code is 0 unless the trial failed; SIGTERM (preemption, scancel) stops it at the next
+batch with its last (epoch-end) checkpoint kept, no result.json and exit code
+`INTERRUPTED_EXIT`, so that the study hands the trial back and its retry continues from there.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from typing import Any
 
 import optuna
 import torch
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from xvol_lab.config import RunConfig
 from xvol_lab.schema import from_dict
@@ -27,12 +31,14 @@ from xvol_lab.study.config import MEASURED, PrunerConfig
 from xvol_lab.study.files import PROGRESS, REQUEST, RESULT, read_json, write_json
 from xvol_lab.study.launch import STORAGE_ENV, watch_lifeline
 from xvol_lab.study.measure import measure
+from xvol_lab.study.outcome import INTERRUPTED_EXIT
 from xvol_lab.study.samplers import make_pruner
 from xvol_lab.study.storage import open_storage
 from xvol_lab.tasks import NonFiniteLossError, fit
 
 log = logging.getLogger("xvol_lab.study.trial")
 DIVERGED = "diverged: "
+INTERRUPTED = "interrupted"
 
 
 def global_rank() -> int:
@@ -48,12 +54,26 @@ def _first_line(err: BaseException) -> str:
     return f"{type(err).__name__}: {text[0] if text else ''}".rstrip(": ")
 
 
-def _connect(request: dict[str, Any]) -> optuna.trial.Trial:
-    storage = open_storage(os.environ[STORAGE_ENV])
-    pruner = make_pruner(from_dict(PrunerConfig, request["pruner"]), request["steps"])
-    study = optuna.load_study(study_name=request["study"], storage=storage, pruner=pruner,
-                              sampler=optuna.samplers.RandomSampler())
-    return optuna.trial.Trial(study, request["trial_id"])
+class StudyTrial:
+    """The trial of `request` (study name and trial number) seen from the trial process, through
+    Optuna's public storage API: `report` stores an intermediate value, `should_prune` asks the
+    study's pruner, as `optuna.trial.Trial` does in the process that asked for the trial."""
+
+    def __init__(self, request: dict[str, Any]) -> None:
+        self.storage = open_storage(os.environ[STORAGE_ENV])
+        self.pruner = make_pruner(from_dict(PrunerConfig, request["pruner"]), request["steps"])
+        self.study = optuna.load_study(study_name=request["study"], storage=self.storage, pruner=self.pruner,
+                                       sampler=optuna.samplers.RandomSampler())
+        study = self.storage.get_study_id_from_name(request["study"])
+        self.trial_id = self.storage.get_trial_id_from_study_id_trial_number(study, request["trial_number"])
+
+    def report(self, value: float, step: int) -> None:
+        """Store `value` at `step` (a retry overwrites the value its interrupted attempt stored)."""
+        self.storage.set_trial_intermediate_value(self.trial_id, step, value)
+
+    def should_prune(self) -> bool:
+        """The pruner's verdict on the trial's values so far."""
+        return self.pruner.prune(self.study, self.storage.get_trial(self.trial_id))
 
 
 def train(request: dict[str, Any], trial_dir: Path) -> dict[str, Any]:
@@ -63,10 +83,12 @@ def train(request: dict[str, Any], trial_dir: Path) -> dict[str, Any]:
     callbacks: list[Any] = [progress]
     reporter = None
     if request.get("report"):
-        reporter = PruningReporter(lambda: _connect(request), request["report"], request["step_offset"])
+        reporter = PruningReporter(lambda: StudyTrial(request), request["report"], request["step_offset"])
         callbacks.append(reporter)
     try:
-        metrics = fit(config, trial_dir, callbacks=callbacks, progress=False)
+        metrics = fit(config, trial_dir, callbacks=callbacks, progress=False, resume=request.get("resume"))
+    except SIGTERMException:  # preempted: the last checkpoint stays, the study hands the trial back
+        return {"state": INTERRUPTED}
     except NonFiniteLossError as err:
         return {"state": "failed", "reason": f"{DIVERGED}{err}"}
     except torch.OutOfMemoryError as err:
@@ -106,6 +128,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{trial_dir / REQUEST}: missing or not JSON", file=sys.stderr)
         return 2
     outcome = train(request, trial_dir)
+    if outcome["state"] == INTERRUPTED:
+        log.warning("trial %s stopped by SIGTERM; its last checkpoint is kept", request["trial_number"])
+        return INTERRUPTED_EXIT
     if global_rank() == 0:
         write_json(trial_dir / RESULT, {"reason": None, **outcome})
         log.info("trial %s %s%s", request["trial_number"], outcome["state"],

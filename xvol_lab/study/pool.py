@@ -1,0 +1,77 @@
+"""`lab.py study run NAME --workers K`: K trials at once on this machine.
+
+The study process starts K workers, each ``lab.py study run NAME`` (the same study, storage and
+overrides, without ``--workers``) in a process of its own, and waits for them. They share the
+study like any workers (`xvol_lab.study.lock`, the exact budget). Each is pinned to its share
+of the machine, which its trial processes inherit: GPUs ``i*d .. i*d+d-1`` of the visible ones
+(`CUDA_VISIBLE_DEVICES`, d = devices per trial; K x d must not exceed the visible GPUs) and
+``cores // K`` CPU threads (`OMP_NUM_THREADS`, `MKL_NUM_THREADS`). Concurrent DDP trials
+rendezvous on ports the kernel picks free (`xvol_lab.study.launch`). Stop signals are passed on
+to the workers; a worker whose study process dies (even by SIGKILL) stops with it (lifeline).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
+from types import FrameType
+
+from xvol_lab.errors import ConfigError
+from xvol_lab.study.launch import LIFELINE_ENV, PACKAGE_ROOT
+from xvol_lab.study.signals import STOP_SIGNALS
+
+
+def visible_gpus(env: Mapping[str, str]) -> list[str]:
+    """The GPUs this process may use: CUDA_VISIBLE_DEVICES when set, else every CUDA device."""
+    if "CUDA_VISIBLE_DEVICES" in env:
+        return [d.strip() for d in env["CUDA_VISIBLE_DEVICES"].split(",") if d.strip()]
+    import torch
+
+    return [str(i) for i in range(torch.cuda.device_count())]
+
+
+def worker_environments(workers: int, devices: int, use_gpus: bool,
+                        env: Mapping[str, str] | None = None) -> list[dict[str, str]]:
+    """The variables each of `workers` workers runs with (see the module docstring)."""
+    env = os.environ if env is None else env
+    if workers < 1:
+        raise ConfigError(f"--workers {workers}: expected an integer >= 1")
+    threads = str(max(1, len(os.sched_getaffinity(0)) // workers))
+    gpus = visible_gpus(env) if use_gpus else []
+    if gpus and workers * devices > len(gpus):
+        raise ConfigError(f"--workers {workers} --devices {devices}: needs {workers * devices} GPUs, "
+                          f"{len(gpus)} visible ({','.join(gpus)}); expected workers x devices <= "
+                          f"{len(gpus)}")
+    out = []
+    for i in range(workers):
+        pinned = {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
+        if gpus:
+            pinned["CUDA_VISIBLE_DEVICES"] = ",".join(gpus[i * devices:(i + 1) * devices])
+        out.append(pinned)
+    return out
+
+
+def run_workers(args: Sequence[str], environments: Sequence[Mapping[str, str]],
+                extra: Mapping[str, str]) -> int:
+    """Run ``lab.py ARGS`` once per environment (laid over this one, with `extra`), pass stop
+    signals on, and wait for all; the largest exit code."""
+    command = [sys.executable, str(PACKAGE_ROOT / "lab.py"), *args]
+    procs = [subprocess.Popen(command, env={**os.environ, **extra, **pinned, LIFELINE_ENV: "1"},
+                              stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, start_new_session=True)
+             for pinned in environments]
+
+    def forward(signum: int, frame: FrameType | None) -> None:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.send_signal(signum)
+
+    previous = {sig: signal.signal(sig, forward) for sig in STOP_SIGNALS}
+    try:
+        codes = [proc.wait() for proc in procs]
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return max(128 - c if c < 0 else c for c in codes)
