@@ -16,11 +16,12 @@ from optuna.trial import create_trial
 from xvol_lab.cli.main import main
 from xvol_lab.config import load_run_config
 from xvol_lab.study.config import load_study_config
+from xvol_lab.study.export import verify_export
 from xvol_lab.study.space import spec_of
 from xvol_lab.tasks import fit
 from xvol_lab.tasks import onnx as task_onnx
 from xvol_lab.tasks.export import load_deployed, load_trained, validation_batch
-from xvol_lab.tasks.onnx import OPSET, OnnxNetwork
+from xvol_lab.tasks.onnx import OPSET, OnnxNetwork, fixed_size
 from xvol_lab.tasks.verify import compare_detections
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
@@ -132,6 +133,19 @@ def test_instance_segmentation_export_reproduces_boxes_labels_scores_and_masks(i
     card = (folder / "MODEL_CARD.md").read_text()
     assert "| val/mask_ap |" in card and "| val/box_ap |" in card
     assert "outputs `boxes` (xyxy), `labels`, `scores`, `masks`" in card
+
+
+def test_detectors_are_checked_at_the_exported_size(inst):
+    """Validation keeps each image's aspect ratio (COCO images are not square); the ONNX detector
+    takes S x S, so the check resizes every artefact's input alike."""
+    folder, _ = inst
+    images = [torch.rand(3, 64, 96, generator=torch.Generator().manual_seed(i)) for i in range(2)]
+    assert [tuple(i.shape) for i in fixed_size(images, 64, "detection")] == [(3, 64, 64)] * 2
+    batch = torch.rand(2, 3, 64, 64)
+    assert fixed_size(batch, 64, "classification") is batch
+    check = verify_export(folder, images, "two 64 x 96 images")
+    assert [c.artefact for c in check.comparisons] == ["deploy checkpoint", "ONNX model"]
+    assert check.problems() == [], check.describe()
 
 
 def test_detection_check_fails_on_moved_boxes_or_a_missing_detection():

@@ -47,7 +47,7 @@ from xvol_lab.tasks.export import (
     load_trained,
     validation_batch,
 )
-from xvol_lab.tasks.onnx import ONNX_FILE, OPSET, PROGRAM_FILE, export_portable, load_portable
+from xvol_lab.tasks.onnx import ONNX_FILE, OPSET, PROGRAM_FILE, export_portable, fixed_size, load_portable
 from xvol_lab.tasks.registry import DETECTION_TASKS
 from xvol_lab.tasks.runner import CHECKPOINT_DIR
 from xvol_lab.tasks.verify import DEPLOY_TOL, LOGITS_TOL, Comparison, compare_outputs
@@ -133,9 +133,11 @@ def check_images(run_dir: Path, config: RunConfig,
 
 def verify_export(folder: Path, images: Tensor | list[Tensor],
                   source: str = "the given images") -> CheckResult:
-    """Compare the deploy checkpoint and the ONNX model in `folder` with its trained checkpoint."""
+    """Compare the deploy checkpoint and the ONNX model in `folder` with its trained checkpoint
+    (detectors: on `images` resized to the exported size, `fixed_size`)."""
     deployed = load_deployed(folder / DEPLOY)
     task = deployed.config.task
+    images = fixed_size(images, deployed.config.data.image_size, task)
     trained = load_trained(folder / CHECKPOINT, task)
     portable_file = folder / ONNX_FILE if (folder / ONNX_FILE).is_file() else folder / PROGRAM_FILE
     portable_name = "ONNX model" if portable_file.name == ONNX_FILE else "torch.export program"
@@ -219,6 +221,7 @@ def export_trial(data: StudyData, trial: FrozenTrial, folder: Path, row: pd.Seri
     spec = load_trained(folder / CHECKPOINT, config.task).spec
     (folder / SPEC).write_text(spec.to_json() + "\n")
     images, source, info = check_images(run_dir, config)
+    images = fixed_size(images, config.data.image_size, config.task)
     export_deploy(folder / CHECKPOINT, folder / DEPLOY, config, info)
     try:
         _, fallback = export_portable(load_deploy(folder / DEPLOY), folder, images[0], config.task)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from xvol_lab.tasks.registry import DETECTION_TASKS
@@ -37,6 +38,16 @@ def export_onnx(network: nn.Module, path: Path, example: Tensor, task: str) -> N
             torch.onnx.export(network.eval(), (example[None],), str(path), opset_version=OPSET, dynamo=False,
                               input_names=["images"], output_names=["logits"],
                               dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}})
+
+
+def fixed_size(images: Any, size: int, task: str) -> Any:
+    """`images` as the exported model takes them: a detector's list resized to `size` x `size`
+    (validation keeps each image's aspect ratio; the export fixes the size); batches unchanged."""
+    if task not in DETECTION_TASKS:
+        return images
+    return [image if tuple(image.shape[-2:]) == (size, size) else
+            F.interpolate(image[None], size=(size, size), mode="bilinear", align_corners=False)[0]
+            for image in images]
 
 
 def _first_line(err: BaseException) -> str:
@@ -98,4 +109,4 @@ class OnnxNetwork:
 
 
 __all__ = ["ONNX_FILE", "OPSET", "PROGRAM_FILE", "OnnxNetwork", "export_onnx", "export_portable",
-           "load_portable"]
+           "fixed_size", "load_portable"]
