@@ -29,7 +29,6 @@ from optuna.trial import FrozenTrial, TrialState
 
 VOID = "xvol:void"
 STARTED = "xvol:started"  # = the trial's number once its worker recorded its first heartbeat
-RETRY_OF = "failed_trial"  # Optuna's name, for readers outside the engine; the engine uses `retry_of`
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
 

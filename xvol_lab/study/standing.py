@@ -12,12 +12,12 @@ from collections.abc import Iterable, Mapping, Sequence
 import optuna
 from optuna.trial import FrozenTrial, TrialState, create_trial
 
-from xvol_lab.study.ledger import RETRY_OF, VOID, counted
+from xvol_lab.study.ledger import VOID, counted, retry_history, retry_of
 
 
 def retried_as(trials: Iterable[FrozenTrial]) -> dict[int, int]:
     """Interrupted trial number -> the number of the trial that retried it."""
-    return {n: t.number for t in trials for n in t.system_attrs.get("retry_history", [])[-1:]}
+    return {n: t.number for t in trials for n in retry_history(t)[-1:]}
 
 
 def state_and_reason(trial: FrozenTrial, retries: Mapping[int, int]) -> tuple[str, str]:
@@ -27,7 +27,7 @@ def state_and_reason(trial: FrozenTrial, retries: Mapping[int, int]) -> tuple[st
         return "void", str(trial.user_attrs.get("fail_reason", "budget taken by other workers"))
     if trial.number in retries:
         return "interrupted", f"retried as trial {retries[trial.number]}"
-    retry = f"retry of trial {trial.system_attrs[RETRY_OF]}" if RETRY_OF in trial.system_attrs else ""
+    retry = f"retry of trial {retry_of(trial)}" if retry_of(trial) is not None else ""
     if trial.state == TrialState.PRUNED:
         return "pruned", str(trial.user_attrs.get("prune_reason") or retry)
     if trial.state == TrialState.FAIL:
