@@ -1,4 +1,4 @@
-"""Two workers share one study in a real PostgreSQL server (env XVOL_TEST_POSTGRES_URL, else skipped)."""
+"""Three workers share one study in a real PostgreSQL server (env XVOL_TEST_POSTGRES_URL, else skipped)."""
 
 from __future__ import annotations
 
@@ -22,17 +22,17 @@ pytestmark = [pytest.mark.postgres,
               pytest.mark.skipif(not URL, reason="XVOL_TEST_POSTGRES_URL is not set (postgresql+psycopg://...)")]
 
 
-def test_two_workers_share_a_postgres_study(tiny_study, lab_env, tmp_path: Path):
+def test_three_workers_share_a_postgres_study(tiny_study, lab_env, tmp_path: Path):
     name = f"pg_{uuid.uuid4().hex[:8]}"
     path = tiny_study(name, sampler={"name": "grid"}, budget={"epochs": 1}, pruner={"name": "median"},
                       space={"stages": {3: {"op": ["conv", "pssa", "xvol_pssa"]}}})
     command = [sys.executable, str(REPO / "lab.py"), "study", "run", str(path), "--storage", URL, "--runs",
                str(tmp_path / "runs"), "--no-live"]
     workers = [subprocess.Popen(command, cwd=tmp_path, env=lab_env, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True) for _ in range(2)]
+                                stderr=subprocess.PIPE, text=True) for _ in range(3)]
     outputs = [w.communicate(timeout=300) for w in workers]
     try:
-        assert [w.returncode for w in workers] == [0, 0], [o[1][-2000:] for o in outputs]
+        assert [w.returncode for w in workers] == [0, 0, 0], [o[1][-2000:] for o in outputs]
         trials = optuna.load_study(study_name=name, storage=URL).get_trials()
         _, config = load_study_config(path)
         grid = expand_space(config.space, config.base.model)
