@@ -3,6 +3,8 @@ training precision, with the device named; a failure there is returned, not rais
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from torch import nn
@@ -12,6 +14,7 @@ from xvol_lab.models.cost import count_flops
 from xvol_lab.ops import ReparamOp
 from xvol_lab.study import measure as study_measure
 from xvol_lab.study.measure import latency_ms, measure, precision_of, trained_deploy_network
+from xvol_lab.study.outcome import combine, finished_outcome
 from xvol_lab.tasks import fit
 from xvol_lab.tasks.export import validation_batch
 
@@ -79,3 +82,23 @@ def test_cuda_latency_names_the_gpu_and_synchronises_its_own_device(run):
     result = measure(config, device, run_dir=run_dir, warmup=2, repeats=3)
     assert result["latency_device"] == torch.cuda.get_device_name(device)
     assert result["latency_ms"] > 0
+
+
+def test_the_device_and_a_measurement_error_reach_the_trials_attrs(tmp_path):
+    results = [{"state": "complete", "values": [0.5], "metrics": {"val/acc1": 0.5}, "latency_ms": 2.0,
+                "latency_device": "NVIDIA H100"},
+               {"state": "complete", "values": [0.7], "metrics": {"val/acc1": 0.7}, "latency_ms": 4.0,
+                "latency_device": "NVIDIA A100"},
+               {"state": "complete", "values": [0.6], "metrics": {"val/acc1": 0.6},
+                "measure_error": "OutOfMemoryError: CUDA out of memory"}]
+    runs = []
+    for seed, result in enumerate(results):
+        (tmp_path / f"seed_{seed}").mkdir()
+        (tmp_path / f"seed_{seed}" / "result.json").write_text(json.dumps(result))
+        runs.append((seed, finished_outcome(tmp_path / f"seed_{seed}")))
+    assert runs[0][1].attrs["latency_device"] == "NVIDIA H100"
+    combined = combine(runs, 3)
+    assert combined.attrs["latency_device"] == "NVIDIA H100 / NVIDIA A100"  # kept apart, never averaged
+    assert combined.attrs["measure_error"] == "OutOfMemoryError: CUDA out of memory"
+    assert combined.attrs["latency_ms"] == 3.0
+    assert combined.attrs["per_seed"]["latency_ms"] == [2.0, 4.0, None]

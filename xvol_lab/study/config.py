@@ -32,6 +32,10 @@ LATENCY_BATCH_MS = "latency_batch_ms"
 PARAMS_M = "params_m"
 FLOPS_G = "flops_g"
 MEASURED = (LATENCY_MS, PARAMS_M, FLOPS_G, LATENCY_BATCH_MS)
+# Recorded with them (not objectives): the hardware the latencies were measured on, and why the
+# measurement failed when it did (the trained trial stands without the figures).
+LATENCY_DEVICE = "latency_device"
+MEASURE_ERROR = "measure_error"
 MAX_SEED = 2**32 - 1  # the largest seed Lightning's seed_everything takes
 # The operator options a stage may search, in the order they are suggested.
 OPTION_NAMES = ("kernel_size", "heads", "shift", "dirs", "stack")

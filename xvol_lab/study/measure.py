@@ -31,14 +31,19 @@ from torch import nn
 from xvol_lab.config import RunConfig
 from xvol_lab.models.cost import count_flops
 from xvol_lab.ops import reparameterize
-from xvol_lab.study.config import FLOPS_G, LATENCY_BATCH_MS, LATENCY_MS, PARAMS_M
+from xvol_lab.study.config import (
+    FLOPS_G,
+    LATENCY_BATCH_MS,
+    LATENCY_DEVICE,
+    LATENCY_MS,
+    MEASURE_ERROR,
+    PARAMS_M,
+)
 from xvol_lab.tasks.export import load_trained, validation_batch
 from xvol_lab.tasks.runner import CHECKPOINT_DIR
 
 log = logging.getLogger(__name__)
 
-LATENCY_DEVICE = "latency_device"
-MEASURE_ERROR = "measure_error"
 WARMUP_S = 1.0
 AUTOCAST = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
 
@@ -153,5 +158,5 @@ def measure(config: RunConfig, device: torch.device | str = "cpu", *, run_dir: s
     return result
 
 
-__all__ = ["LATENCY_DEVICE", "MEASURE_ERROR", "device_name", "latency_ms", "measure", "precision_of",
+__all__ = ["device_name", "latency_ms", "measure", "precision_of",
            "trained_deploy_network"]

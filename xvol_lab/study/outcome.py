@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from xvol_lab.study.config import MEASURED
+from xvol_lab.study.config import LATENCY_DEVICE, MEASURE_ERROR, MEASURED
 from xvol_lab.study.files import LOG, RESULT, read_json
 
 STATES = ("complete", "pruned", "failed")
@@ -63,7 +63,7 @@ def finished_outcome(run_dir: Path) -> Outcome | None:
     if result is None or result.get("state") not in STATES:
         return None
     attrs = dict(result.get("metrics") or {})
-    attrs.update({k: result[k] for k in MEASURED if k in result})
+    attrs.update({k: result[k] for k in (*MEASURED, LATENCY_DEVICE, MEASURE_ERROR) if k in result})
     return Outcome(result["state"], result.get("reason"), result.get("values"), attrs)
 
 
@@ -101,6 +101,10 @@ def combine(runs: Sequence[tuple[int, Outcome]], n_seeds: int) -> Outcome:
     attrs: dict[str, Any] = {name: statistics.fmean(v for v in values if v is not None)
                              for name, values in per_seed.items()}
     attrs.update(seeds=seeds, per_seed=per_seed)
+    for name in (LATENCY_DEVICE, MEASURE_ERROR):  # text: the distinct values over the seeds, in order
+        texts = list(dict.fromkeys(str(o.attrs[name]) for _, o in runs if o.attrs.get(name)))
+        if texts:
+            attrs[name] = " / ".join(texts)
     last_seed, last = runs[-1]
     if last.state != "complete":
         reason = last.reason
