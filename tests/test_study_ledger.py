@@ -19,7 +19,7 @@ from xvol_lab.study.config import PrunerConfig, load_study_config
 from xvol_lab.study.launch import STORAGE_ENV
 from xvol_lab.study.ledger import VOID, counted, slots, tally
 from xvol_lab.study.samplers import make_pruner
-from xvol_lab.study.storage import grace_seconds, join_study, open_storage
+from xvol_lab.study.storage import busy_timeout, grace_seconds, join_study, open_storage
 from xvol_lab.study.trial import StudyTrial, exit_code
 from xvol_lab.study.worker import read_outcome
 
@@ -140,3 +140,11 @@ def test_workers_join_only_a_study_made_from_the_same_file(tiny_study, tmp_path:
                               "'pssa']); use another --storage, or the study file it was made from")
     with pytest.raises(ConfigError, match=r"\(optim.lr: stored 0.1, now 0.05\)"):
         join(with_overrides(config, ["base.optim.lr=0.05"]))
+
+
+@pytest.mark.parametrize("heartbeat", [1, 10, 60])
+def test_a_worker_waiting_for_sqlite_is_never_taken_for_a_dead_one(heartbeat):
+    # A heartbeat waits at most the busy timeout; the next one comes an interval later: the grace
+    # period must cover both, or a live trial would be failed and trained twice.
+    assert grace_seconds(heartbeat) > busy_timeout(heartbeat) + heartbeat
+    assert grace_seconds(heartbeat) >= 3 * heartbeat
