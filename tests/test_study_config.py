@@ -128,7 +128,7 @@ def test_shipped_classification_studies_and_budgets():
     loaded = {n: load_study_config(n) for n in CLASSIFICATION_STUDIES}
     assert all(name == n and config.description for n, (name, config) in loaded.items())
     sizes = {n: config.n_trials for n, (_, config) in loaded.items()}
-    assert sizes == {"stage_search": 10, "stage_ablation": 5, "op_ablation": 5, "shift_ablation": 8,
+    assert sizes == {"stage_search": 10, "stage_ablation": 5, "op_ablation": 5, "shift_ablation": 4,
                      "pareto_search": 10}
     _, pareto = load_study_config("pareto_search")
     assert pareto.metric_names == ["val/acc1", "latency_ms", "params_m"]
