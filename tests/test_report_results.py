@@ -155,3 +155,12 @@ def test_a_storage_without_finished_trials_is_not_run(tmp_path, name):
     open_study(tmp_path / "runs", name, ["maximize"])
     text = results_text(tmp_path)
     assert f"- {name}: not run (study {name}: no finished trial yet" in text
+
+
+def test_equivalence_at_the_ceiling_is_not_evidence(tmp_path):
+    top = [1.0, 1.0, 1.0]
+    op_ablation(tmp_path / "runs", {"conv": top, "sa": top, "pssa": top, "xvol_sa": top,
+                                    "xvol_pssa": [0.998, 1.0, 1.0]})
+    pssa = claim(results_text(tmp_path), "PSSA is about as good as global SA")
+    assert "**Verdict: not distinguishable at this budget (both at the ceiling)**" in pssa
+    assert "reproduced" not in pssa

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import math
+import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,7 +60,9 @@ RULES = ("Each claim of the paper is checked on the studies that test it, on the
          "Reproduced / contradicted: the 95% t interval of the difference paired by seed excludes 0 and the "
          "paired t-test p (Holm-corrected across an ablation's rows) is below 0.05, in / against the claim's "
          "direction; otherwise not distinguishable at this budget. \"About as good\": reproduced when the "
-         "whole interval lies within ±{margin}, contradicted when the two are distinguishable.")
+         "whole interval lies within ±{margin} (and the two are not both within {margin} of a score's "
+         "ceiling of 1, where saturation alone makes them equal), contradicted when the two are "
+         "distinguishable.")
 RESULTS_MD = "RESULTS.md"
 STORAGE = "study.db"  # <runs>/<study>/study.db: `default_storage_url` without $XVOL_STORAGE
 COMMAND = "python lab.py study results"
@@ -140,6 +143,15 @@ def _by_seed(frame: pd.DataFrame, stage: int, op: str, metric: str) -> tuple[str
     return name, {int(s): float(v) for s, v in rows.groupby(SEED)[metric].mean().items()}
 
 
+def _at_ceiling(a: dict[int, float], b: dict[int, float], direction: str) -> bool:
+    """Both means of a [0, 1] score within the margin of 1: saturation, not the operators, bounds the
+    difference, so an equivalence found there says nothing about the claim."""
+    values = [*a.values(), *b.values()]
+    if direction != "maximize" or not all(0.0 <= v <= 1.0 for v in values):
+        return False
+    return min(statistics.fmean(a.values()), statistics.fmean(b.values())) >= 1.0 - EQUIVALENCE_MARGIN
+
+
 def _equivalence(data: StudyData, first: str, second: str) -> list[Evidence]:
     """`first` against `second` in stage 3, paired by seed (the "about as good" rule)."""
     frame = seed_frame(data)
@@ -152,6 +164,8 @@ def _equivalence(data: StudyData, first: str, second: str) -> list[Evidence]:
     found = verdict(pair.diff, pair.ci95_low, pair.ci95_high, pair.p, direction)
     if found in (BETTER, WORSE):
         word = CONTRADICTED
+    elif _at_ceiling(a, b, direction):
+        word = f"{NOT_DISTINGUISHABLE} (both at the ceiling)"
     elif found == SAME and -EQUIVALENCE_MARGIN <= pair.ci95_low and pair.ci95_high <= EQUIVALENCE_MARGIN:
         word = REPRODUCED
     else:
