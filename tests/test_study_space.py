@@ -10,9 +10,10 @@ import pytest
 from xvol_lab.models import BackboneSpec
 from xvol_lab.ops import op_options
 from xvol_lab.schema import from_dict
-from xvol_lab.study.config import SpaceConfig, load_study_config
+from xvol_lab.study.config import load_study_config
 from xvol_lab.study.samplers import PlannedSampler, base_sampler_factory
 from xvol_lab.study.space import check_point, expand_space, suggest_spec
+from xvol_lab.study.space_config import SpaceConfig
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 BASE = BackboneSpec.preset("resnet18", stem="small", width_mult=0.25)

@@ -20,9 +20,10 @@ import yaml
 from xvol_lab.config import RunConfig, Task
 from xvol_lab.errors import ConfigError
 from xvol_lab.models import BackboneSpec
-from xvol_lab.ops import OPS, op_options
-from xvol_lab.ops.options import check_dirs, check_kernel_size, check_shift, check_stack, resolve_heads
+from xvol_lab.ops.options import resolve_heads
 from xvol_lab.schema import from_dict, parse_override, to_dict, with_overrides
+from xvol_lab.study.space import check_point, expand_space, spec_of
+from xvol_lab.study.space_config import SpaceConfig, distinct, listing
 from xvol_lab.tasks import metrics
 
 # Measured by the study itself on the deploy form of the trained model, after training: latency at
@@ -37,11 +38,6 @@ MEASURED = (LATENCY_MS, PARAMS_M, FLOPS_G, LATENCY_BATCH_MS)
 LATENCY_DEVICE = "latency_device"
 MEASURE_ERROR = "measure_error"
 MAX_SEED = 2**32 - 1  # the largest seed Lightning's seed_everything takes
-# The operator options a stage may search, in the order they are suggested.
-OPTION_NAMES = ("kernel_size", "heads", "shift", "dirs", "stack")
-STAGES = (1, 2, 3, 4)
-_OPTION_CHECKS = {"kernel_size": check_kernel_size, "shift": check_shift, "dirs": check_dirs,
-                  "stack": check_stack}
 # Where `lab.py study run NAME` looks for NAME.yaml.
 STUDIES_DIR = Path(__file__).resolve().parents[2] / "studies"
 
@@ -49,91 +45,6 @@ STUDIES_DIR = Path(__file__).resolve().parents[2] / "studies"
 def epoch_metrics() -> tuple[str, ...]:
     """The per-epoch metric names the tasks log (`xvol_lab.tasks.metrics`)."""
     return tuple(v for k, v in vars(metrics).items() if k.isupper() and isinstance(v, str))
-
-
-def _listing(values: Any) -> str:
-    return ", ".join(str(v) for v in values)
-
-
-def _distinct(name: str, values: tuple[Any, ...]) -> None:
-    seen: list[Any] = []
-    for value in values:
-        if any(value == s and type(value) is type(s) for s in seen):
-            raise ValueError(f"{name}: got {value!r} twice, expected distinct values")
-        seen.append(value)
-
-
-@dataclass(frozen=True)
-class StageChoice:
-    """One stage's choices: an operator from `op`, then each option of the chosen operator that
-    has choices here (an empty list keeps the base model's value). Options are suggested only for
-    operators that take them (`xvol_lab.ops.op_options`)."""
-
-    op: tuple[str, ...] = ()
-    kernel_size: tuple[int, ...] = ()
-    heads: tuple[int | None, ...] = ()
-    shift: tuple[int, ...] = ()
-    dirs: tuple[int, ...] = ()
-    stack: tuple[int, ...] = ()
-
-    def __post_init__(self) -> None:
-        if not self.op:
-            raise ValueError("op: got [], expected a list of operators")
-        for i, op in enumerate(self.op):
-            if op not in OPS:
-                raise ValueError(f"op.{i}: got {op!r}, expected one of {_listing(OPS)}")
-        _distinct("op", self.op)
-        for name in OPTION_NAMES:
-            values = getattr(self, name)
-            if not values:
-                continue
-            if not any(name in op_options(op) for op in self.op):
-                takers = [op for op in OPS if name in op_options(op)]
-                raise ValueError(f"{name}: no operator in [{_listing(self.op)}] takes it; expected it only "
-                                 f"with {_listing(takers)}")
-            _distinct(name, values)
-            for j, value in enumerate(values):
-                if name in _OPTION_CHECKS:
-                    try:
-                        _OPTION_CHECKS[name](value)
-                    except ValueError as err:
-                        raise ValueError(f"{name}.{j}: {str(err).split(': ', 1)[1]}") from None
-                elif value is not None and value < 1:
-                    raise ValueError(f"{name}.{j}: got {value}, expected a positive integer or null (auto)")
-
-
-@dataclass(frozen=True)
-class SpaceConfig:
-    """The search space. Without `place`, every stage listed in `stages` draws from its choices.
-    With `place` (a list of stage numbers, 0 = none), one parameter ``place`` picks the single
-    stage that draws from its choices; the other stages keep the base model."""
-
-    stages: dict[str, StageChoice] = field(default_factory=dict)
-    place: tuple[int, ...] = ()
-
-    def __post_init__(self) -> None:
-        if not self.stages:
-            raise ValueError("stages: got nothing, expected choices for at least one stage (1-4)")
-        for key in self.stages:
-            if key not in {str(i) for i in STAGES}:
-                raise ValueError(f"stages.{key}: unknown stage; expected 1, 2, 3 or 4")
-        if not self.place:
-            return
-        _distinct("place", self.place)
-        for j, where in enumerate(self.place):
-            if where not in (0, *STAGES):
-                raise ValueError(f"place.{j}: got {where!r}, expected 0 (no stage) or a stage 1-4")
-            if where and str(where) not in self.stages:
-                raise ValueError(f"place.{j}: got {where}, expected a stage listed under stages "
-                                 f"({_listing(sorted(self.stages))})")
-        for key in self.stages:
-            if int(key) not in self.place:
-                raise ValueError(f"stages.{key}: stage {key} is not in place {list(self.place)}; "
-                                 f"expected only the placed stages")
-
-    def stage_choices(self) -> dict[int, StageChoice]:
-        """The choices by stage number, in stage order."""
-        return {int(k): v for k, v in sorted(self.stages.items())}
 
 
 @dataclass(frozen=True)
@@ -146,7 +57,7 @@ class ObjectiveConfig:
     def __post_init__(self) -> None:
         names = (*epoch_metrics(), *MEASURED)
         if self.metric not in names:
-            raise ValueError(f"metric: got {self.metric!r}, expected one of {_listing(names)}")
+            raise ValueError(f"metric: got {self.metric!r}, expected one of {listing(names)}")
 
 
 @dataclass(frozen=True)
@@ -222,15 +133,13 @@ class StudyConfig:
     heartbeat: int = 10
 
     def __post_init__(self) -> None:
-        from xvol_lab.study.space import check_point, expand_space  # space.py imports this module
-
         if self.space is None:
             raise ValueError("space: missing, expected a search space (stages, and optionally place)")
         if self.base.task != self.task:
             raise ValueError(f"base.task: got {self.base.task!r}, expected the study's task {self.task!r}")
         if not self.objectives:
             raise ValueError("objectives: got [], expected at least one {metric, direction}")
-        _distinct("objectives", tuple(o.metric for o in self.objectives))
+        distinct("objectives", tuple(o.metric for o in self.objectives))
         if self.pruner.name != "none":
             if len(self.objectives) > 1:
                 raise ValueError(f"pruner.name: got {self.pruner.name!r}, expected 'none' with several "
@@ -279,8 +188,6 @@ class StudyConfig:
     @functools.cached_property
     def plan(self) -> tuple[dict[str, Any], ...]:
         """Points the first trials take, in order: the `enqueue` list, then (grid) every other grid point."""
-        from xvol_lab.study.space import expand_space, spec_of
-
         assert self.space is not None
         points = list(self.enqueue)
         if self.sampler.name == "grid":
@@ -333,7 +240,7 @@ def resolve_study_path(name: str | Path) -> Path:
     path = STUDIES_DIR / f"{text}.yaml"
     if not path.is_file():
         known = sorted(p.stem for p in STUDIES_DIR.glob("*.yaml"))
-        raise ConfigError(f"study {text!r}: no {_display(path)}; expected one of {_listing(known)} or a "
+        raise ConfigError(f"study {text!r}: no {_display(path)}; expected one of {listing(known)} or a "
                           f"path to a .yaml file")
     return path
 

@@ -13,7 +13,7 @@ from typing import Any, Protocol
 
 from xvol_lab.models import BackboneSpec
 from xvol_lab.ops import op_options
-from xvol_lab.study.config import OPTION_NAMES, SpaceConfig
+from xvol_lab.study.space_config import OPTION_NAMES, SpaceConfig
 
 PLACE = "place"
 

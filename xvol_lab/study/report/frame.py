@@ -17,7 +17,7 @@ import optuna
 import pandas as pd
 from optuna.trial import TrialState, create_trial
 
-from xvol_lab.study.config import FLOPS_G, LATENCY_BATCH_MS, LATENCY_MS, PARAMS_M, STAGES
+from xvol_lab.study.config import FLOPS_G, LATENCY_BATCH_MS, LATENCY_MS, PARAMS_M
 from xvol_lab.study.ledger import counted
 from xvol_lab.study.report.source import (
     StudyData,
@@ -26,6 +26,7 @@ from xvol_lab.study.report.source import (
     is_all_conv,
     number_attr,
 )
+from xvol_lab.study.space_config import STAGES
 from xvol_lab.study.standing import in_memory_study
 
 TRIAL = "trial"

@@ -21,7 +21,7 @@ from optuna.trial import FrozenTrial
 
 from xvol_lab.ops import OPS
 from xvol_lab.study import stats
-from xvol_lab.study.config import FLOPS_G, LATENCY_BATCH_MS, LATENCY_MS, PARAMS_M, STAGES
+from xvol_lab.study.config import FLOPS_G, LATENCY_BATCH_MS, LATENCY_MS, PARAMS_M
 from xvol_lab.study.report.frame import (
     ALL_CONV,
     CHANGED,
@@ -36,6 +36,7 @@ from xvol_lab.study.report.frame import (
     seed_frame,
 )
 from xvol_lab.study.report.source import StudyData, effective_stage, number_attr, user_metrics, wall_seconds
+from xvol_lab.study.space_config import STAGES
 from xvol_lab.study.standing import best_trials
 
 PARAMS = "params (M)"
