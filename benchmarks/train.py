@@ -52,10 +52,10 @@ from _report import (  # noqa: E402
     write_section,
 )
 
-from xvol_lab.config import OptimConfig  # noqa: E402
 from xvol_lab.models import BackboneSpec, build_classifier  # noqa: E402
 from xvol_lab.schema import to_dict  # noqa: E402
 from xvol_lab.tasks import ClassificationTask  # noqa: E402
+from xvol_lab.tasks.config import OptimConfig  # noqa: E402
 from xvol_lab.tasks.optim import build_optimizer, build_scheduler  # noqa: E402
 
 NUM_CLASSES = 10

@@ -13,9 +13,9 @@ import torch
 from fsspec.implementations.local import get_umask
 
 from xvol_lab.atomic import atomic_path, current_umask, temp_dir, write_text
-from xvol_lab.config import load_run_config
 from xvol_lab.study.files import write_json
 from xvol_lab.tasks import export_deploy, fit
+from xvol_lab.tasks.config import load_run_config
 
 
 @pytest.fixture

@@ -7,8 +7,8 @@ import json
 import pytest
 
 from xvol_lab.cli.main import main
-from xvol_lab.config import load_run_config
 from xvol_lab.models import BackboneSpec
+from xvol_lab.tasks.config import load_run_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 

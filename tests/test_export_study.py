@@ -26,7 +26,6 @@ from _report_studies import (
 from optuna.trial import TrialState
 
 from xvol_lab.cli.main import main
-from xvol_lab.config import load_run_config
 from xvol_lab.data import build_datamodule
 from xvol_lab.models import BackboneSpec, build_classifier
 from xvol_lab.study import export as study_export
@@ -36,6 +35,7 @@ from xvol_lab.study.report import load_study_data
 from xvol_lab.study.report.writer import format_number
 from xvol_lab.study.space import spec_of
 from xvol_lab.tasks import VAL_ACC1, ClassificationTask, export_deploy, fit, load_deploy
+from xvol_lab.tasks.config import load_run_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 

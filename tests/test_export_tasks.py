@@ -14,12 +14,12 @@ from optuna.distributions import CategoricalDistribution
 from optuna.trial import create_trial
 
 from xvol_lab.cli.main import main
-from xvol_lab.config import load_run_config
 from xvol_lab.study.config import load_study_config
 from xvol_lab.study.export import verify_export
 from xvol_lab.study.space import spec_of
 from xvol_lab.tasks import fit
 from xvol_lab.tasks import onnx as task_onnx
+from xvol_lab.tasks.config import load_run_config
 from xvol_lab.tasks.export import load_deployed, load_trained, validation_batch
 from xvol_lab.tasks.onnx import OPSET, OnnxNetwork, fixed_size
 from xvol_lab.tasks.verify import compare_detections

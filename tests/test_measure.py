@@ -9,13 +9,13 @@ import pytest
 import torch
 from torch import nn
 
-from xvol_lab.config import load_run_config
 from xvol_lab.models.cost import count_flops
 from xvol_lab.ops import ReparamOp
 from xvol_lab.study import measure as study_measure
 from xvol_lab.study.measure import latency_ms, measure, precision_of, trained_deploy_network
 from xvol_lab.study.outcome import combine, finished_outcome
 from xvol_lab.tasks import fit
+from xvol_lab.tasks.config import load_run_config
 from xvol_lab.tasks.export import validation_batch
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py

@@ -14,9 +14,9 @@ from PIL import Image
 from pycocotools.coco import COCO
 
 from xvol_lab.cli.main import main
-from xvol_lab.config import load_run_config
 from xvol_lab.tasks import fit
 from xvol_lab.tasks.coco_eval import to_coco_results
+from xvol_lab.tasks.config import load_run_config
 from xvol_lab.tasks.export import data_info, export_deploy, load_deployed, load_trained, validation_batch
 from xvol_lab.tasks.onnx import export_portable
 

@@ -8,9 +8,9 @@ import pytest
 import torch
 from lightning.fabric.plugins.environments import SLURMEnvironment
 
-from xvol_lab.config import load_run_config
 from xvol_lab.errors import ConfigError
 from xvol_lab.tasks.cluster import cluster_plugins
+from xvol_lab.tasks.config import load_run_config
 from xvol_lab.tasks.runner import build_trainer
 
 TASK_0_OF_2 = {"SLURM_JOB_ID": "4242", "SLURM_JOB_NAME": "bash", "SLURM_STEP_ID": "3", "SLURM_NTASKS": "2",

@@ -16,13 +16,13 @@ import optuna
 from optuna.trial import FixedTrial, TrialState
 
 from xvol_lab.cli.main import main
-from xvol_lab.config import load_run_config
 from xvol_lab.models import BackboneSpec
 from xvol_lab.study import worker as worker_module
 from xvol_lab.study.config import load_study_config
 from xvol_lab.study.ledger import counted, retry_of, tally
 from xvol_lab.study.progress import LogView
 from xvol_lab.study.space import expand_space, suggest_spec
+from xvol_lab.tasks.config import load_run_config
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 REPO = Path(__file__).resolve().parents[1]

@@ -7,7 +7,9 @@ import dataclasses
 
 import pytest
 
-from xvol_lab.config import (
+from xvol_lab.errors import ConfigError
+from xvol_lab.models import BackboneSpec
+from xvol_lab.tasks.config import (
     OptimConfig,
     RunConfig,
     TrainerConfig,
@@ -16,8 +18,6 @@ from xvol_lab.config import (
     load_run_config,
     load_spec,
 )
-from xvol_lab.errors import ConfigError
-from xvol_lab.models import BackboneSpec
 
 
 def test_yaml_file_changes_only_its_keys(tmp_path):

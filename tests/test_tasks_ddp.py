@@ -14,9 +14,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from xvol_lab.config import load_run_config
 from xvol_lab.data import build_datamodule
 from xvol_lab.tasks import VAL_ACC1, VAL_LOSS, ClassificationTask
+from xvol_lab.tasks.config import load_run_config
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -16,11 +16,11 @@ from lightning.pytorch.callbacks import Callback
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from xvol_lab.config import OptimConfig, RunConfig, TrainerConfig, load_run_config
 from xvol_lab.data import DataConfig
 from xvol_lab.errors import ConfigError
 from xvol_lab.models import BackboneSpec, build_classifier
 from xvol_lab.tasks import ClassificationTask, NonFiniteLossError, fit
+from xvol_lab.tasks.config import OptimConfig, RunConfig, TrainerConfig, load_run_config
 from xvol_lab.tasks.detection import DetectionTask
 from xvol_lab.tasks.execution import deterministic_mode, effective_optim, global_batch, sync_batchnorm
 

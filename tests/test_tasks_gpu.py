@@ -16,9 +16,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from xvol_lab.config import load_run_config
 from xvol_lab.data import build_datamodule
 from xvol_lab.tasks import VAL_ACC1, VAL_LOSS, ClassificationTask, fit
+from xvol_lab.tasks.config import load_run_config
 from xvol_lab.tasks.metrics import MONITOR, TRAIN_LOSS
 
 REPO = Path(__file__).resolve().parents[1]

@@ -9,12 +9,12 @@ import pytest
 import torch
 from torch import nn
 
-from xvol_lab.config import OptimConfig, Task
 from xvol_lab.models import BackboneSpec
 from xvol_lab.schema import to_dict
 from xvol_lab.tasks import MONITOR, VAL_ACC1, VAL_ACC5, ClassificationTask
 from xvol_lab.tasks.classification import accuracy_metrics
 from xvol_lab.tasks.coco_eval import evaluate
+from xvol_lab.tasks.config import OptimConfig, Task
 from xvol_lab.tasks.optim import build_optimizer, build_scheduler, lr_factor
 from xvol_lab.tasks.segmentation import segmentation_metrics
 

@@ -16,7 +16,6 @@ import yaml
 from _helpers import assert_close_scaled
 from lightning.pytorch.callbacks import Callback
 
-from xvol_lab.config import RunConfig, load_run_config
 from xvol_lab.data import build_datamodule
 from xvol_lab.models import BackboneSpec
 from xvol_lab.ops import OPS, ReparamOp
@@ -32,6 +31,7 @@ from xvol_lab.tasks import (
     fit,
     load_deploy,
 )
+from xvol_lab.tasks.config import RunConfig, load_run_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 

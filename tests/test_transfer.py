@@ -12,12 +12,12 @@ from lightning.pytorch.callbacks import Callback
 from torchvision.models import resnet18
 
 from xvol_lab.cli.main import main
-from xvol_lab.config import load_run_config
 from xvol_lab.errors import ConfigError
 from xvol_lab.models import BackboneSpec, build_classifier
 from xvol_lab.models.detection import build_detector
 from xvol_lab.models.semantic_fpn import build_semantic_fpn
 from xvol_lab.tasks import fit
+from xvol_lab.tasks.config import load_run_config
 from xvol_lab.tasks.transfer import STAGES, backbone_of, backbone_tensors, init_backbone
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py

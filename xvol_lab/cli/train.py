@@ -10,9 +10,9 @@ from pathlib import Path
 
 from lightning.pytorch.utilities import rank_zero_only
 
-from xvol_lab.config import PRECISIONS, STRATEGIES, apply_overrides, load_run_config
 from xvol_lab.errors import ConfigError
 from xvol_lab.tasks import NonFiniteLossError, fit
+from xvol_lab.tasks.config import PRECISIONS, STRATEGIES, apply_overrides, load_run_config
 
 # DDP worker processes re-run this command line; they take the default run dir from rank 0.
 RUN_DIR_ENV = "XVOL_LAB_TRAIN_RUN_DIR"
@@ -20,7 +20,7 @@ RUN_DIR_ENV = "XVOL_LAB_TRAIN_RUN_DIR"
 DESCRIPTION = """\
 Train one model (any task). The config is built in this order: the defaults of the task that
 --config or --set chooses (classification: 32 px shapes, resnet18 with a small stem at width 0.25,
-SGD + cosine; the others: TASK_DEFAULTS in xvol_lab/config.py, a quick run), then --config, then
+SGD + cosine; the others: TASK_DEFAULTS in xvol_lab/tasks/config.py, a quick run), then --config, then
 --arch (replaces `model`), then --devices/--strategy/--precision/--max-epochs, then each --set.
 `--set init.path=PATH` starts the backbone from a run, checkpoint, export or torchvision weights.
 The run directory gets

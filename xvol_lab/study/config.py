@@ -17,7 +17,6 @@ from typing import Any, Literal
 
 import yaml
 
-from xvol_lab.config import RunConfig, Task
 from xvol_lab.errors import ConfigError
 from xvol_lab.models import BackboneSpec
 from xvol_lab.ops.options import resolve_heads
@@ -25,6 +24,7 @@ from xvol_lab.schema import from_dict, parse_override, to_dict, with_overrides
 from xvol_lab.study.space import check_point, expand_space, spec_of
 from xvol_lab.study.space_config import SpaceConfig, distinct, listing
 from xvol_lab.tasks import metrics
+from xvol_lab.tasks.config import RunConfig, Task
 
 # Measured by the study itself on the deploy form of the trained model, after training: latency at
 # batch 1 and at the study's batch size, parameters, FLOPs of one image. Any of them can be an objective.

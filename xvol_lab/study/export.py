@@ -31,12 +31,12 @@ import torch
 from optuna.trial import FrozenTrial
 from torch import Tensor
 
-from xvol_lab.config import RunConfig, load_run_config
 from xvol_lab.errors import ConfigError
 from xvol_lab.study.progress import pareto_front
 from xvol_lab.study.report.source import StudyData, configuration_label
 from xvol_lab.study.report.tables import STAGE_COLUMNS, objective_column, trials_table
 from xvol_lab.study.report.writer import format_number, markdown_table, staged_dir
+from xvol_lab.tasks.config import RunConfig, load_run_config
 from xvol_lab.tasks.export import (
     TASK_MODULES,
     DataInfo,

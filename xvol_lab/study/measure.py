@@ -28,7 +28,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from xvol_lab.config import RunConfig
 from xvol_lab.models.cost import count_flops
 from xvol_lab.ops import reparameterize
 from xvol_lab.study.config import (
@@ -39,6 +38,7 @@ from xvol_lab.study.config import (
     MEASURE_ERROR,
     PARAMS_M,
 )
+from xvol_lab.tasks.config import RunConfig
 from xvol_lab.tasks.export import load_trained, validation_batch
 from xvol_lab.tasks.runner import CHECKPOINT_DIR
 

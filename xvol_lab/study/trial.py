@@ -24,7 +24,6 @@ import optuna
 import torch
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from xvol_lab.config import RunConfig
 from xvol_lab.schema import from_dict
 from xvol_lab.study.callbacks import ProgressFile, PruningReporter
 from xvol_lab.study.config import MEASURED, PrunerConfig
@@ -35,6 +34,7 @@ from xvol_lab.study.outcome import INTERRUPTED_EXIT
 from xvol_lab.study.samplers import make_pruner
 from xvol_lab.study.storage import open_storage
 from xvol_lab.tasks import NonFiniteLossError, fit
+from xvol_lab.tasks.config import RunConfig
 
 log = logging.getLogger("xvol_lab.study.trial")
 DIVERGED = "diverged: "

@@ -26,7 +26,6 @@ import optuna
 from optuna.storages import RDBStorage
 from optuna.trial import TrialState
 
-from xvol_lab.config import RunConfig
 from xvol_lab.schema import to_dict
 from xvol_lab.study.config import StudyConfig
 from xvol_lab.study.faults import fault_point
@@ -40,6 +39,7 @@ from xvol_lab.study.samplers import PlannedSampler, base_sampler_factory, make_p
 from xvol_lab.study.signals import deferred
 from xvol_lab.study.space import suggest_spec
 from xvol_lab.study.storage import default_storage_url, grace_seconds, join_study, open_storage, sqlite_file
+from xvol_lab.tasks.config import RunConfig
 from xvol_lab.tasks.runner import CHECKPOINT_DIR
 
 log = logging.getLogger(__name__)

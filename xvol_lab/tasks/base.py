@@ -12,7 +12,7 @@ import torch
 from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
-from xvol_lab.config import OptimConfig
+from xvol_lab.tasks.config import OptimConfig
 from xvol_lab.tasks.errors import NonFiniteLossError
 from xvol_lab.tasks.metrics import TRAIN_LOSS
 from xvol_lab.tasks.optim import build_optimizer, build_scheduler

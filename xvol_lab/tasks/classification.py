@@ -9,10 +9,10 @@ from torch import Tensor, nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
-from xvol_lab.config import OptimConfig
 from xvol_lab.models import BackboneSpec, build_classifier
 from xvol_lab.schema import from_dict
 from xvol_lab.tasks.base import TaskModule, batch_mean, per_sample
+from xvol_lab.tasks.config import OptimConfig
 from xvol_lab.tasks.metrics import VAL_LOSS
 
 

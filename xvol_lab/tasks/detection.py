@@ -8,7 +8,6 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from xvol_lab.config import OptimConfig
 from xvol_lab.data.coco import CocoInstances, Target
 from xvol_lab.models import BackboneSpec
 from xvol_lab.models.detection import DetectorConfig, build_detector
@@ -27,6 +26,7 @@ from xvol_lab.tasks.coco_eval import (
     rescale_prediction,
     to_coco_results,
 )
+from xvol_lab.tasks.config import OptimConfig
 from xvol_lab.tasks.metrics import TRAIN_LOSS
 
 Batch = tuple[list[Tensor], list[Target]]

@@ -9,8 +9,8 @@ from typing import Literal
 
 import torch
 
-from xvol_lab.config import OptimConfig, RunConfig, TrainerConfig
 from xvol_lab.errors import ConfigError
+from xvol_lab.tasks.config import OptimConfig, RunConfig, TrainerConfig
 
 log = logging.getLogger(__name__)
 

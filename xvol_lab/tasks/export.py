@@ -23,11 +23,11 @@ from torch import Tensor, nn
 from torchvision.transforms import v2
 
 from xvol_lab.atomic import atomic_path
-from xvol_lab.config import RunConfig
 from xvol_lab.errors import ConfigError
 from xvol_lab.ops import reparameterize
 from xvol_lab.schema import from_dict, to_dict
 from xvol_lab.tasks.classification import ClassificationTask
+from xvol_lab.tasks.config import RunConfig
 from xvol_lab.tasks.detection import DetectionTask
 from xvol_lab.tasks.registry import DETECTION_TASKS, build_network
 from xvol_lab.tasks.segmentation import SegmentationTask

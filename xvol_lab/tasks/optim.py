@@ -9,7 +9,7 @@ from bisect import bisect_right
 import torch
 from torch import nn
 
-from xvol_lab.config import OptimConfig
+from xvol_lab.tasks.config import OptimConfig
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:

@@ -8,12 +8,12 @@ import lightning.pytorch as L
 import torch
 from torch import nn
 
-from xvol_lab.config import RunConfig
 from xvol_lab.models import build_classifier
 from xvol_lab.models.detection import build_detector
 from xvol_lab.models.semantic_fpn import build_semantic_fpn
 from xvol_lab.schema import to_dict
 from xvol_lab.tasks.classification import ClassificationTask
+from xvol_lab.tasks.config import RunConfig
 from xvol_lab.tasks.detection import DetectionTask
 from xvol_lab.tasks.segmentation import SegmentationTask
 

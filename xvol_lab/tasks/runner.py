@@ -27,11 +27,11 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 
 from xvol_lab.atomic import write_text
-from xvol_lab.config import RunConfig, dump_run_config
 from xvol_lab.data import build_datamodule
 from xvol_lab.errors import ConfigError
 from xvol_lab.tasks.callbacks import EpochHistory, ProgressBar
 from xvol_lab.tasks.cluster import cluster_plugins
+from xvol_lab.tasks.config import RunConfig, dump_run_config
 from xvol_lab.tasks.execution import deterministic_mode, effective_optim, sync_batchnorm
 from xvol_lab.tasks.metrics import MONITOR
 from xvol_lab.tasks.registry import build_task

@@ -9,12 +9,12 @@ from torch import Tensor, nn
 from torchmetrics import MetricCollection, SumMetric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardIndex
 
-from xvol_lab.config import OptimConfig
 from xvol_lab.data.segmentation import IGNORE_INDEX
 from xvol_lab.models import BackboneSpec
 from xvol_lab.models.semantic_fpn import build_semantic_fpn
 from xvol_lab.schema import from_dict
 from xvol_lab.tasks.base import TaskModule
+from xvol_lab.tasks.config import OptimConfig
 from xvol_lab.tasks.metrics import VAL_LOSS, VAL_MIOU, VAL_PIXEL_ACC
 
 
