@@ -17,7 +17,7 @@ import optuna
 import pandas as pd
 from optuna.trial import TrialState, create_trial
 
-from xvol_lab.study.config import FLOPS_G, LATENCY_BATCH_MS, LATENCY_MS, PARAMS_M
+from xvol_lab.study.config import FLOPS_G, LATENCY_BATCH_MS, LATENCY_DEVICE, LATENCY_MS, PARAMS_M
 from xvol_lab.study.ledger import counted
 from xvol_lab.study.report.source import (
     StudyData,
@@ -38,7 +38,7 @@ CHANGED = "changed stages"
 STAGE_OPS = tuple(f"stage{i} op" for i in STAGES)
 COSTS = (PARAMS_M, FLOPS_G, LATENCY_MS, LATENCY_BATCH_MS)
 LATENCIES = (LATENCY_MS, LATENCY_BATCH_MS)
-DEVICE_ATTR = "latency_device"  # user attr: the device the latency was measured on
+DEVICE_ATTR = LATENCY_DEVICE  # user attr: the device the latency was measured on
 
 
 def metric_columns(data: StudyData) -> list[str]:
