@@ -26,3 +26,12 @@ def test_reading_a_study_file_imports_neither_lightning_nor_optuna() -> None:
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == "[]"
+
+
+def test_the_import_graph_has_no_circle() -> None:
+    import grimp  # installed with import-linter
+
+    graph = grimp.build_graph("xvol_lab")
+    circles = sorted((m, n) for m in graph.modules for n in graph.find_modules_directly_imported_by(m)
+                     if graph.chain_exists(importer=n, imported=m))
+    assert circles == []

@@ -19,29 +19,9 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from xvol_lab.ops import pssa_library  # noqa: F401 - defines the xvol:: ops
+
 log = logging.getLogger(__name__)
-
-torch.library.define("xvol::pssa_fwd",
-                     "(Tensor q, Tensor k, Tensor v, Tensor? base, int heads, int[] taps, int stride) "
-                     "-> Tensor")
-torch.library.define("xvol::pssa_bwd",
-                     "(Tensor grad, Tensor q, Tensor k, Tensor v, int heads, int[] taps, int stride) "
-                     "-> (Tensor, Tensor)")
-
-
-@torch.library.register_fake("xvol::pssa_fwd")
-def _pssa_fwd_fake(q: Tensor, k: Tensor, v: Tensor, base: Tensor | None, heads: int, taps: list[int],
-                   stride: int) -> Tensor:
-    return torch.empty_like(q, memory_format=torch.contiguous_format)
-
-
-@torch.library.register_fake("xvol::pssa_bwd")
-def _pssa_bwd_fake(grad: Tensor, q: Tensor, k: Tensor, v: Tensor, heads: int, taps: list[int],
-                   stride: int) -> tuple[Tensor, Tensor]:
-    """(dq, dkv): dkv stacks dk and dv on the channel axis, as the projection lays k and v out."""
-    b, c, h, w = k.shape
-    return torch.empty_like(q, memory_format=torch.contiguous_format), k.new_empty(b, 2 * c, h, w)
-
 
 CPU_SOURCE = Path(__file__).with_name("pssa_cpu.cpp")
 CPU_DTYPES = (torch.float32, torch.float64)
