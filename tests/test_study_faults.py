@@ -16,6 +16,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+from _study_processes import load, run_command, trial_pids, wait_for
 from optuna.trial import TrialState
 
 from xvol_lab.study import worker as worker_module
@@ -27,38 +28,6 @@ from xvol_lab.study.progress import LogView
 from xvol_lab.study.space import expand_space
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
-REPO = Path(__file__).resolve().parents[1]
-
-
-def load(runs: Path, name: str) -> optuna.Study:
-    return optuna.load_study(study_name=name, storage=f"sqlite:///{runs / name / 'study.db'}")
-
-
-def run_command(path: Path, runs: Path) -> list[str]:
-    return [sys.executable, str(REPO / "lab.py"), "study", "run", str(path), "--runs", str(runs), "--no-live"]
-
-
-def wait_for(predicate, timeout: float, what: str) -> None:
-    end = time.time() + timeout
-    while time.time() < end:
-        if predicate():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def trial_pids(marker: str) -> list[int]:
-    """Processes running a trial whose command line mentions `marker`."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                cmd = (entry / "cmdline").read_bytes().decode(errors="replace")
-            except OSError:
-                continue
-            if "xvol_lab.study.trial" in cmd and marker in cmd:
-                pids.append(int(entry.name))
-    return pids
 
 
 def trainings(folder: Path) -> dict[str, int]:

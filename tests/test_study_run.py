@@ -8,11 +8,10 @@ import re
 import signal
 import statistics
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import optuna
+from _study_processes import load, run_command, trial_pids, wait_for
 from optuna.trial import FixedTrial, TrialState
 
 from xvol_lab.cli.main import main
@@ -25,39 +24,6 @@ from xvol_lab.study.space import expand_space, suggest_spec
 from xvol_lab.tasks.config import load_run_config
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
-REPO = Path(__file__).resolve().parents[1]
-
-
-def load(runs: Path, name: str) -> optuna.Study:
-    return optuna.load_study(study_name=name, storage=f"sqlite:///{runs / name / 'study.db'}")
-
-
-def run_command(path: Path, runs: Path) -> list[str]:
-    return [sys.executable, str(REPO / "lab.py"), "study", "run", str(path), "--runs", str(runs), "--no-live"]
-
-
-def trial_pids(marker: str) -> list[int]:
-    """Processes whose command line runs a trial and mentions `marker`."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmd = (entry / "cmdline").read_bytes().decode(errors="replace")
-        except OSError:
-            continue
-        if "xvol_lab.study.trial" in cmd and marker in cmd:
-            pids.append(int(entry.name))
-    return pids
-
-
-def wait_for(predicate, timeout: float, what: str) -> None:
-    end = time.time() + timeout
-    while time.time() < end:
-        if predicate():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_study_end_to_end(tiny_study, run_lab, tmp_path: Path, capsys):
