@@ -39,19 +39,25 @@ def placement(meta: dict, prefix: str) -> Placement:
                      tuple(float(meta[prefix + c]) for c in "rgb"))
 
 
+def centre_unit_input_grad(size: int, stage: int, seed: int, batch: int) -> torch.Tensor:
+    """|d (centre unit of stage `stage`, all channels) / d input|, summed over the batch and colour
+    channels, for the small-stem ResNet-18 initialised with `seed` on `batch` random inputs."""
+    torch.manual_seed(seed)
+    net = build_backbone(BackboneSpec(depths=(2, 2, 2, 2), width_mult=0.25, stem="small")).eval()
+    x = torch.randn(batch, 3, size, size, requires_grad=True)
+    feature = net.forward_features(x)[stage - 1]
+    centre = feature.shape[-1] // 2
+    feature[:, :, centre, centre].sum().backward()
+    return x.grad.abs().sum((0, 1))
+
+
 def receptive_field(size: int, stage: int) -> int:
     """Side in pixels of the input region that a stage-`stage` unit at the centre depends on:
     the support of the gradient of that unit (all channels) w.r.t. the input, over random inputs
     and two random initialisations of the small-stem ResNet-18 (the theoretical receptive field)."""
     support = torch.zeros(size, size, dtype=torch.bool)
     for seed in range(2):
-        torch.manual_seed(seed)
-        net = build_backbone(BackboneSpec(depths=(2, 2, 2, 2), width_mult=0.25, stem="small")).eval()
-        x = torch.randn(2, 3, size, size, requires_grad=True)
-        feature = net.forward_features(x)[stage - 1]
-        centre = feature.shape[-1] // 2
-        feature[:, :, centre, centre].sum().backward()
-        support |= x.grad.abs().sum((0, 1)) > 0
+        support |= centre_unit_input_grad(size, stage, seed, batch=2) > 0
     rows, cols = support.nonzero(as_tuple=True)
     return int(max(rows.max() - rows.min(), cols.max() - cols.min())) + 1
 
@@ -62,13 +68,7 @@ def effective_receptive_field(size: int, stage: int, share: float = 0.95) -> flo
     al. 2016's effective receptive field; 4 initialisations x 8 random inputs, at init)."""
     grad = torch.zeros(size, size)
     for seed in range(4):
-        torch.manual_seed(seed)
-        net = build_backbone(BackboneSpec(depths=(2, 2, 2, 2), width_mult=0.25, stem="small")).eval()
-        x = torch.randn(8, 3, size, size, requires_grad=True)
-        feature = net.forward_features(x)[stage - 1]
-        centre = feature.shape[-1] // 2
-        feature[:, :, centre, centre].sum().backward()
-        grad += x.grad.abs().sum((0, 1))
+        grad += centre_unit_input_grad(size, stage, seed, batch=8)
     coords = torch.arange(size, dtype=torch.float32)
     cy, cx = (grad.sum(1) * coords).sum() / grad.sum(), (grad.sum(0) * coords).sum() / grad.sum()
     ys, xs = torch.meshgrid(coords, coords, indexing="ij")
