@@ -25,6 +25,19 @@ def test_each_worker_gets_its_own_gpus_and_its_share_of_the_cores():
                               "expected workers x devices <= 4")
 
 
+def test_more_workers_than_cores_warns_once_and_still_runs(caplog):
+    cores = len(os.sched_getaffinity(0))
+    with caplog.at_level("WARNING", logger="xvol_lab.study.pool"):
+        envs = worker_environments(cores, 1, False, {})
+    assert caplog.records == [] and len(envs) == cores
+    with caplog.at_level("WARNING", logger="xvol_lab.study.pool"):
+        envs = worker_environments(cores + 1, 1, False, {})
+    assert [r.getMessage() for r in caplog.records] == [
+        f"--workers {cores + 1} exceeds the {cores} CPU core(s) this process may use: the trials share "
+        f"cores (1 thread each) and memory; expected --workers <= {cores}"]
+    assert len(envs) == cores + 1 and {e["OMP_NUM_THREADS"] for e in envs} == {"1"}
+
+
 @pytest.mark.parametrize("bad", ["0", "two", "-1"])
 def test_bad_workers_is_one_line_exit_2_and_creates_nothing(tiny_study, tmp_path: Path, capsys, bad):
     path = tiny_study()

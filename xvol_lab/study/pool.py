@@ -12,6 +12,7 @@ to the workers; a worker whose study process dies (even by SIGKILL) stops with i
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -22,6 +23,8 @@ from types import FrameType
 from xvol_lab.errors import ConfigError
 from xvol_lab.study.launch import LIFELINE_ENV, PACKAGE_ROOT
 from xvol_lab.study.signals import STOP_SIGNALS
+
+log = logging.getLogger(__name__)
 
 
 def visible_gpus(env: Mapping[str, str]) -> list[str]:
@@ -39,7 +42,11 @@ def worker_environments(workers: int, devices: int, use_gpus: bool,
     env = os.environ if env is None else env
     if workers < 1:
         raise ConfigError(f"--workers {workers}: expected an integer >= 1")
-    threads = str(max(1, len(os.sched_getaffinity(0)) // workers))
+    cores = len(os.sched_getaffinity(0))
+    if workers > cores:
+        log.warning("--workers %d exceeds the %d CPU core(s) this process may use: the trials share "
+                    "cores (1 thread each) and memory; expected --workers <= %d", workers, cores, cores)
+    threads = str(max(1, cores // workers))
     gpus = visible_gpus(env) if use_gpus else []
     if gpus and workers * devices > len(gpus):
         raise ConfigError(f"--workers {workers} --devices {devices}: needs {workers * devices} GPUs, "
