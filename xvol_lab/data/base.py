@@ -4,7 +4,8 @@ Loader defaults are sized from the machine: `num_workers` from the CPUs this pro
 (``os.sched_getaffinity``) shared among the processes of the node, `pin_memory` when the trainer
 runs on CUDA, `persistent_workers` whenever there are workers. Under multi-process training each
 process validates a disjoint part of the validation set, every sample once
-(`UnpaddedDistributedSampler`).
+(`UnpaddedDistributedSampler`). Training batches come in an order drawn from the run seed and the
+epoch, each process its share, and resume mid-epoch (`xvol_lab.data.sampler`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from xvol_lab.data.config import DataConfig
 from xvol_lab.data.device import DeviceNormalize
+from xvol_lab.data.sampler import EpochSampler, ResumableLoader
 from xvol_lab.errors import ConfigError
 
 MAX_AUTO_WORKERS = 16
@@ -51,13 +53,13 @@ class UnpaddedDistributedSampler(DistributedSampler):
 def loader_options(cfg: DataConfig, trainer: Trainer | None, dataset: Dataset, *,
                    train: bool) -> dict[str, Any]:
     """DataLoader keyword arguments for `dataset`: batching, workers, pinning and, for evaluation
-    under several processes, the sampler (training samplers are Lightning's)."""
+    under several processes, the sampler (training samplers are `EpochSampler`s, see `_loader`)."""
     processes = trainer.num_devices if trainer is not None else 1
     workers = auto_num_workers(processes) if cfg.num_workers is None else cfg.num_workers
     on_cuda = (isinstance(trainer.accelerator, CUDAAccelerator) if trainer is not None
                else torch.cuda.is_available())
     options: dict[str, Any] = {
-        "batch_size": cfg.batch_size, "shuffle": train, "num_workers": workers,
+        "batch_size": cfg.batch_size, "num_workers": workers,
         # A last batch of one sample breaks BatchNorm in training; keep at least one batch.
         "drop_last": train and len(dataset) >= cfg.batch_size,
         "pin_memory": on_cuda if cfg.pin_memory is None else cfg.pin_memory,
@@ -119,4 +121,9 @@ class ImageDataModule(LightningDataModule):
     def _loader(self, dataset: Dataset | None, *, train: bool, **extra: Any) -> DataLoader:
         if dataset is None:
             raise RuntimeError(f"{type(self).__name__}: call setup() before asking for a dataloader")
-        return DataLoader(dataset, **loader_options(self.cfg, self.trainer, dataset, train=train), **extra)
+        options = {**loader_options(self.cfg, self.trainer, dataset, train=train), **extra}
+        if not train:
+            return DataLoader(dataset, **options)
+        rank, world = (0, 1) if self.trainer is None else (self.trainer.global_rank, self.trainer.world_size)
+        # torch.initial_seed() is the run seed (`fit` seeds everything first): the same on every process
+        return ResumableLoader(dataset, EpochSampler(len(dataset), torch.initial_seed(), rank, world), **options)

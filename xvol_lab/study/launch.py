@@ -74,25 +74,23 @@ def start_trial(command: list[str], log_file: Path, storage_url: str, *,
                                 env=full, start_new_session=True)
 
 
-def stop_trial(proc: subprocess.Popen[bytes], grace: float = 10.0) -> None:
-    """Close the lifeline, SIGTERM the process group, SIGKILL it after `grace` seconds."""
+def stop_trial(proc: subprocess.Popen[bytes], grace: float = 60.0) -> None:
+    """SIGTERM the process group (the trial checkpoints after its running batch and exits), then,
+    after at most `grace` seconds, close the lifeline and SIGKILL whatever is left (data loader
+    workers, a trial that did not stop)."""
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(grace)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            pass
     if proc.stdin is not None and not proc.stdin.closed:
         proc.stdin.close()
-    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, None)):
-        if proc.poll() is not None:
-            break
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            break
-        try:
-            proc.wait(wait)
-        except subprocess.TimeoutExpired:
-            continue
-    try:  # whatever is left in the group (data loader workers)
+    try:
         os.killpg(proc.pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
         pass
+    proc.wait()
 
 
 def watch_lifeline() -> None:

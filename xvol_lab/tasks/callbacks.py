@@ -1,12 +1,21 @@
 """`EpochHistory`: the metrics of every validated epoch, kept in checkpoints, to report the best one;
+`PreemptionCheckpoint`: last.ckpt written at once when SIGTERM stops training mid-epoch;
 `ProgressBar`: Lightning's Rich progress bar without a wait for the device at every step."""
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as L
 from lightning.pytorch.callbacks import Callback, RichProgressBar
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+from torch import Tensor
+from torchmetrics import Metric
+
+from xvol_lab.atomic import file_mode
+from xvol_lab.data.sampler import ResumableLoader
 
 
 class EpochHistory(Callback):
@@ -51,6 +60,73 @@ class EpochHistory(Callback):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.history = [dict(r) for r in state_dict["history"]]
+
+
+def _mergeable_metrics(pl_module: L.LightningModule) -> dict[str, Metric]:
+    """The module's torchmetrics whose accumulated state can be merged back (`Metric.merge_state`)."""
+    return {name: m for name, m in pl_module.named_modules()
+            if isinstance(m, Metric) and m.full_state_update is False and not m.dist_sync_on_step
+            and all(isinstance(v, Tensor) for v in m.metric_state.values())}
+
+
+def _resumable_loaders(trainer: L.Trainer) -> list[ResumableLoader]:
+    """The run's training loaders that can resume mid-epoch."""
+    loaders = trainer.train_dataloader
+    found = loaders.values() if isinstance(loaders, dict) else loaders if isinstance(loaders, list | tuple) \
+        else [loaders]
+    return [loader for loader in found if isinstance(loader, ResumableLoader)]
+
+
+class PreemptionCheckpoint(Callback):
+    """On SIGTERM (preemption, scancel) during training, save `path` (last.ckpt) at once.
+
+    Lightning stops after the running batch; the checkpoint holds the loop's position in the epoch,
+    the training loader's (`xvol_lab.data.sampler.ResumableLoader`) and the epoch's metric sums so
+    far (``train/*`` means), so ``resume='last'`` continues with the batches not yet trained on
+    and ends as if never stopped. A stop during validation keeps the epoch-end checkpoint (that
+    epoch's validation runs again on resume).
+    """
+
+    STATE_KEY = "xvol_lab_epoch_metric_states"
+    LOADER_KEY = "xvol_lab_train_loader_states"
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.preempted = False
+        self.loader_states: list[dict[str, int]] = []  # to load when the training loaders exist
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        if not isinstance(exception, SIGTERMException) or not trainer.training or trainer.sanity_checking:
+            return
+        self.preempted = True
+        tmp = self.path.with_name(f".{self.path.name}.preempted")
+        trainer.save_checkpoint(tmp)  # every process takes part; global rank 0 writes
+        if trainer.is_global_zero:
+            os.chmod(tmp, file_mode())
+            os.replace(tmp, self.path)
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule,
+                           checkpoint: dict[str, Any]) -> None:
+        checkpoint[self.LOADER_KEY] = [loader.state_dict() for loader in _resumable_loaders(trainer)]
+        if self.preempted:
+            checkpoint[self.STATE_KEY] = {name: {k: v.detach().cpu() for k, v in m.metric_state.items()}
+                                          for name, m in _mergeable_metrics(pl_module).items()}
+
+    def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule,
+                           checkpoint: dict[str, Any]) -> None:
+        saved = checkpoint.get(self.STATE_KEY, {})
+        for name, metric in _mergeable_metrics(pl_module).items():
+            if name in saved:
+                metric.merge_state({k: v.to(metric.device) for k, v in saved[name].items()})
+        self.loader_states = checkpoint.get(self.LOADER_KEY, [])
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Lightning restores loader states only when it builds the loaders after the restore; the
+        # LR schedule's step count (`estimated_stepping_batches`) builds them before. The epoch's
+        # iterator does not read its position before its first batch, so loading here is in time.
+        for loader, state in zip(_resumable_loaders(trainer), self.loader_states, strict=False):
+            loader.load_state_dict(state)
+        self.loader_states = []
 
 
 class ProgressBar(RichProgressBar):

@@ -29,7 +29,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from xvol_lab.atomic import write_text
 from xvol_lab.data import build_datamodule
 from xvol_lab.errors import ConfigError
-from xvol_lab.tasks.callbacks import EpochHistory, ProgressBar
+from xvol_lab.tasks.callbacks import EpochHistory, PreemptionCheckpoint, ProgressBar
 from xvol_lab.tasks.cluster import cluster_plugins
 from xvol_lab.tasks.config import RunConfig, dump_run_config
 from xvol_lab.tasks.execution import deterministic_mode, effective_optim, sync_batchnorm
@@ -107,7 +107,9 @@ def build_trainer(config: RunConfig, run_dir: Path, *, callbacks: Iterable[Callb
             ModelCheckpoint(dirpath=run_dir / CHECKPOINT_DIR, filename="best", monitor=monitor, mode=mode,
                             save_top_k=1, save_last=True, auto_insert_metric_name=False,
                             enable_version_counter=False),
-            EpochHistory(monitor, mode), LearningRateMonitor(logging_interval="step"), *extra, *callbacks],
+            EpochHistory(monitor, mode), PreemptionCheckpoint(run_dir / CHECKPOINT_DIR / "last.ckpt"),
+            LearningRateMonitor(logging_interval="step"), *extra, *callbacks],
+        use_distributed_sampler=False,  # the training loaders split themselves (`xvol_lab.data.sampler`)
         enable_progress_bar=progress, enable_model_summary=progress,
         plugins=cluster_plugins(t.accelerator, t.devices),  # SLURMEnvironment under srun
     )

@@ -1,0 +1,88 @@
+"""Preemption mid-epoch: the training order is a function of (seed, epoch), split among processes;
+SIGTERM during a batch writes last.ckpt at once, and the resumed run ends exactly as an
+uninterrupted one (weights, val and train metrics)."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+from xvol_lab.data.sampler import EpochSampler, ResumableLoader
+from xvol_lab.tasks import fit
+from xvol_lab.tasks.config import load_run_config
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
+
+STEPS_PER_EPOCH = 192 // 32
+
+
+def test_epoch_order_depends_on_seed_and_epoch_only_and_processes_split_it():
+    a, b = EpochSampler(10, seed=3), EpochSampler(10, seed=3)
+    torch.manual_seed(123)  # the global random state plays no part
+    first = list(a)
+    assert sorted(first) == list(range(10)) and list(b) == first
+    a.set_epoch(1)
+    assert list(a) != first and sorted(a) == list(range(10))
+    assert list(EpochSampler(10, seed=4)) != first
+    # 3 processes: each a third of the permutation cut to 9, disjoint, in the permutation's order
+    parts = [EpochSampler(10, seed=3, rank=r, world=3) for r in range(3)]
+    assert [len(p) for p in parts] == [3, 3, 3]
+    chunks = [list(p) for p in parts]
+    assert [i for trio in zip(*chunks, strict=True) for i in trio] == first[:9]
+
+
+def test_loader_state_skips_the_batches_already_trained_on():
+    data = torch.arange(20)
+    loader = ResumableLoader(data, EpochSampler(20, seed=0), batch_size=4, drop_last=True)
+    loader.sampler.set_epoch(2)
+    full = [b.tolist() for b in loader]
+    it = iter(loader)
+    next(it), next(it)
+    state = loader.state_dict()
+    assert state == {"epoch": 2, "batches": 2}
+    fresh = ResumableLoader(data, EpochSampler(20, seed=0), batch_size=4, drop_last=True)
+    fresh.load_state_dict(state)
+    assert len(fresh) == 5  # the epoch's length, for Lightning's count
+    assert [b.tolist() for b in fresh] == full[2:]
+    assert fresh.state_dict() == {"epoch": 2, "batches": 5}
+    fresh.sampler.set_epoch(3)  # the next epoch starts at its first batch
+    assert len([b for b in fresh]) == 5
+
+
+class Preempt(Callback):
+    """Sends this process SIGTERM at the end of training step `step` (as scancel would)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+def test_sigterm_mid_epoch_checkpoints_at_once_and_the_resumed_run_ends_as_an_uninterrupted_one(tmp_path: Path):
+    config = load_run_config(None, [
+        f"data.root={tmp_path / 'data'}", "data.image_size=16", "data.num_classes=4", "data.num_train=192",
+        "data.num_val=64", "data.batch_size=32", "data.num_workers=0", "model.width_mult=0.125",
+        "model.stages.2.op=xvol_pssa", "optim.name=sgd", "optim.lr=0.05", "trainer.accelerator=cpu",
+        "trainer.max_epochs=2", "trainer.log_every_n_steps=1"])
+    straight = fit(config, tmp_path / "straight", progress=False)
+    stop = STEPS_PER_EPOCH + 2  # the third step of the second epoch
+    with pytest.raises(SIGTERMException):
+        fit(config, tmp_path / "run", callbacks=[Preempt(stop)], progress=False)
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    assert torch.load(last, map_location="cpu", weights_only=False)["global_step"] == stop  # not the epoch end
+    assert not list(last.parent.glob(".*"))  # no temporary file left
+    resumed = fit(config, tmp_path / "run", progress=False, resume="last")
+    assert resumed == straight  # val and train metrics, exactly
+    weights = [torch.load(d / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
+               for d in (tmp_path / "straight", tmp_path / "run")]
+    assert weights[0].keys() == weights[1].keys()
+    for name, value in weights[0].items():
+        assert torch.equal(value, weights[1][name]), name
