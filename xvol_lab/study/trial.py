@@ -6,9 +6,10 @@ reporter to the study's storage (URL in the environment), measures the deploy fo
 TRIAL_DIR/result.json: ``{state: complete|pruned|failed, reason, values, metrics, params_m,
 latency_ms}``. Under DDP every process runs this module; only global rank 0 opens the storage and
 writes files. With ``resume: last`` in trial.json it continues from TRIAL_DIR's last checkpoint.
-The exit code is 0 unless the trial failed; SIGTERM (preemption, scancel) stops it at the next
-batch with its last (epoch-end) checkpoint kept, no result.json and exit code
-`INTERRUPTED_EXIT`, so that the study hands the trial back and its retry continues from there.
+The exit code is 0 unless the trial failed; SIGTERM (preemption, scancel) stops it after the
+running batch with a checkpoint of that point (`xvol_lab.tasks.callbacks.PreemptionCheckpoint`),
+no result.json and exit code `INTERRUPTED_EXIT`, so that the study hands the trial back and its
+retry continues from there.
 """
 
 from __future__ import annotations
