@@ -133,6 +133,44 @@ def test_kill_windows_and_sigterm_in_the_tell_lose_and_repeat_nothing(tiny_study
     assert list(trainings(runs / "windows").values()) == [1, 1, 1]  # each point trained exactly once
 
 
+def _racing_worker(path: str, runs: str) -> None:
+    """A worker that, just before it asks, loses the race for the last slot: another worker (on a
+    server storage, which has no study lock) asks at the same instant and dies at once. The worker
+    voids its own trial, and XVOL_FAULT=after_void kills it there."""
+    _, config = load_study_config(path)
+    ask = optuna.Study.ask
+
+    def racing_ask(study, *args, **kwargs):
+        ask(study)  # the other worker's trial: RUNNING, never started
+        return ask(study, *args, **kwargs)
+
+    optuna.Study.ask = racing_ask
+    os.environ[FAULT_ENV] = "after_void"
+    worker_module.Worker("void", config, runs=Path(runs), view=LogView(), poll=0.05).run()
+
+
+def test_kill_9_after_the_void_decision_ends_with_exactly_n_and_trains_once(tiny_study, lab_env, tmp_path: Path):
+    path = tiny_study("void", budget={"n_trials": 1, "epochs": 1})
+    runs = tmp_path / "runs"
+    racer = multiprocessing.get_context("fork").Process(target=_racing_worker, args=(str(path), str(runs)))
+    racer.start()
+    racer.join(120)
+    assert racer.exitcode == -signal.SIGKILL  # killed right after voiding its trial
+    before = load(runs, "void").get_trials()
+    assert [t.state for t in before] == [TrialState.RUNNING, TrialState.FAIL]
+    assert before[1].user_attrs["fail_reason"] == "not run: the budget of 1 trials was taken by other workers"
+    done = subprocess.run(run_command(path, runs), cwd=tmp_path, env=lab_env, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "void: 1/1 finished" in done.stdout
+    trials = load(runs, "void").get_trials()
+    t = tally(trials)
+    assert (t.finished, t.void, t.interrupted) == (1, 1, 1)  # the void trial is neither counted nor retried
+    finished = counted(trials)
+    assert len(finished) == 1 and retry_of(finished[0]) == 0 and finished[0].state == TrialState.COMPLETE
+    assert list(trainings(runs / "void").values()) == [1]  # one slot, trained once
+
+
 def _fake_worker(path: str, runs: str, log: str) -> None:
     """A worker whose trials 'train' in 50 ms and log their point (for the race test)."""
     _, config = load_study_config(path)

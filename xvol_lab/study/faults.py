@@ -2,8 +2,9 @@
 environment, a process that reaches `fault_point(<point>)` sends itself SIGNAL (default KILL),
 so that a test can interrupt a worker exactly at one of its kill windows. Unset, it does nothing.
 
-Points of the study worker: ``after_ask`` (a trial was asked for, before its first heartbeat)
-and ``in_tell`` (the trial's result is read, inside the tell).
+Points of the study worker: ``after_ask`` (a trial was asked for, before its first heartbeat),
+``after_void`` (an over-budget trial was voided) and ``in_tell`` (the trial's result is read,
+inside the tell).
 """
 
 from __future__ import annotations

@@ -221,6 +221,7 @@ class Worker:
         slot = slots(self.study.get_trials(deepcopy=False)).get(trial.number)
         if slot is None or slot >= n:
             self._void(trial, trial_id, n)
+            fault_point("after_void")
             return None
         return trial, trial_id, slot
 
