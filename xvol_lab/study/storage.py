@@ -181,11 +181,23 @@ def join_study(storage: RDBStorage, name: str, config: StudyConfig, *,
     return study
 
 
-def _check_identity(study: optuna.Study, name: str, identity: dict[str, Any], url: str) -> None:
+def identity_difference(study: optuna.Study, config: StudyConfig) -> str | None:
+    """How the study file that made `study` differs from `config` (the first differing key, with
+    both values), or None when it is the same file (or the study records none)."""
+    return _difference(study, json.loads(json.dumps(config.identity())))
+
+
+def _difference(study: optuna.Study, identity: dict[str, Any]) -> str | None:
     stored = study.user_attrs.get(IDENTITY)
     if stored is None or stored == identity:
+        return None
+    return _first_difference(stored, identity)
+
+
+def _check_identity(study: optuna.Study, name: str, identity: dict[str, Any], url: str) -> None:
+    key = _difference(study, identity)
+    if key is None:
         return
-    key = _first_difference(stored, identity)
     raise ConfigError(f"--storage {shown_url(url)}: study {name!r} there was made from a different study "
                       f"file ({key}); use another --storage, or the study file it was made from")
 

@@ -14,7 +14,14 @@ from xvol_lab.study.config import StudyConfig
 from xvol_lab.study.ledger import tally
 from xvol_lab.study.progress import best_text, format_duration
 from xvol_lab.study.standing import best_trials, retried_as, state_and_reason
-from xvol_lab.study.storage import default_storage_url, find_study, open_storage, shown_url, sqlite_file
+from xvol_lab.study.storage import (
+    default_storage_url,
+    find_study,
+    identity_difference,
+    open_storage,
+    shown_url,
+    sqlite_file,
+)
 
 
 def existing_study(name: str, url: str) -> optuna.Study | None:
@@ -31,8 +38,11 @@ def progress_text(name: str, config: StudyConfig, runs: Path) -> str:
     if study is None:
         return "not started"
     trials = study.get_trials(deepcopy=False)
-    return (f"{tally(trials).finished}/{config.n_trials} finished, best "
-            f"{best_text(trials, config.metric_names, config.directions)}")
+    done = f"{tally(trials).finished}/{config.n_trials} finished"
+    difference = identity_difference(study, config)
+    if difference is not None or [d.name.lower() for d in study.directions] != config.directions:
+        return f"{done} in a storage made from a different study file ({difference or 'objectives'})"
+    return f"{done}, best {best_text(trials, config.metric_names, config.directions)}"
 
 
 def counts_text(name: str, config: StudyConfig, trials: list[FrozenTrial]) -> str:
