@@ -160,3 +160,23 @@ def test_fused_op_compiles_in_one_graph():
     y = compiled(x)
     torch.testing.assert_close(y, expected)
     torch.testing.assert_close(torch.autograd.grad(y.square().sum(), x)[0], grad)
+
+
+@pytest.mark.parametrize("size", [(6, 6), (40, 40)], ids=["small-output", "large-output"])
+def test_fused_layer_equals_composite_on_both_projection_paths(size, monkeypatch):
+    """float32 outputs up to ONEDNN_MAX_OUT_BYTES project with oneDNN, larger ones with F.conv2d;
+    forward and gradients agree with the composite path either way."""
+    from xvol_lab.ops import pssa_fused
+
+    monkeypatch.setattr(pssa_fused, "ONEDNN_MAX_OUT_BYTES", 2 * 3 * 8 * 10 * 10 * 4)  # keep the test small
+    c = 8
+    x, w, b = _inputs(c, c, size, torch.float32)
+    assert (2 * 3 * c * size[0] * size[1] * 4 <= pssa_fused.ONEDNN_MAX_OUT_BYTES) == (size == (6, 6))
+    taps = pssa_taps(1, 8)
+    xs, ws = [t.clone().requires_grad_() for t in (x, w)], [t.clone().requires_grad_() for t in (x, w)]
+    fused = fused_pixel_shift_attention(xs[0], xs[1], b, c, 1, taps, 1, torch.float32)
+    composite = _composite(ws[0], ws[1], b, c, 1, taps, 1)
+    torch.testing.assert_close(fused, composite, rtol=1e-5, atol=1e-5)
+    grad = torch.randn_like(fused)
+    torch.testing.assert_close(torch.autograd.grad(fused, xs, grad), torch.autograd.grad(composite, ws, grad),
+                               rtol=1e-4, atol=1e-4)

@@ -32,14 +32,21 @@ def project_qkv(x: Tensor, weight: Tensor, bias: Tensor | None, out_chs: int,
 
 
 _MKLDNN = torch.backends.mkldnn.is_available()  # a constant, also inside torch.compile graphs
+# oneDNN allocates its working buffers (2-3x the output) on every call. Past about 16 MiB of output
+# they exceed what glibc keeps for reuse (its mmap threshold tops out at 32 MiB) and come back as fresh
+# pages every call: 64 ch x 56 x 56 x batch 8 (18.4 MiB) took 10944 page faults and 3.3x the time of
+# F.conv2d, while up to 9.2 MiB oneDNN ran 1.5-2.9x faster than it (benchmarks/ops.py).
+ONEDNN_MAX_OUT_BYTES = 16 << 20
 
 
 def _conv1x1(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-    """A 1x1 convolution without autograd. On CPU in float32 it calls oneDNN directly: torch's
-    heuristic picks its slow im2col path for 1x1 kernels with one thread and batch < 16, which is 1.3x
-    (56 px) to 2.5x (7 px) slower here. (Not inside torch.compile, which has no fake kernel for it.)"""
+    """A 1x1 convolution without autograd. On CPU in float32, for outputs up to ONEDNN_MAX_OUT_BYTES, it
+    calls oneDNN directly: torch's heuristic picks its im2col path for 1x1 kernels with one thread and
+    batch < 16, 1.5-2.9x slower there. (Not inside torch.compile, which has no fake kernel for it.)"""
     if x.device.type == "cpu" and x.dtype == torch.float32 and _MKLDNN and not torch.compiler.is_compiling():
-        return torch.ops.aten.mkldnn_convolution(x, weight, bias, [0, 0], [1, 1], [1, 1], 1)
+        out_bytes = x.shape[0] * weight.shape[0] * x.shape[2] * x.shape[3] * x.element_size()
+        if out_bytes <= ONEDNN_MAX_OUT_BYTES:
+            return torch.ops.aten.mkldnn_convolution(x, weight, bias, [0, 0], [1, 1], [1, 1], 1)
     return F.conv2d(x, weight, bias)
 
 
