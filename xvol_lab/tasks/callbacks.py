@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,8 @@ from torchmetrics import Metric
 
 from xvol_lab.atomic import file_mode
 from xvol_lab.data.sampler import ResumableLoader
+
+log = logging.getLogger(__name__)
 
 
 class EpochHistory(Callback):
@@ -69,6 +72,12 @@ def _mergeable_metrics(pl_module: L.LightningModule) -> dict[str, Metric]:
             and all(isinstance(v, Tensor) for v in m.metric_state.values())}
 
 
+def _per_process(trainer: L.Trainer, value: Tensor) -> Tensor:
+    """`value` of every process, stacked on the CPU: (world_size, *value.shape)."""
+    value = value.detach()
+    return (value.unsqueeze(0) if trainer.world_size == 1 else trainer.strategy.all_gather(value)).cpu()
+
+
 def _resumable_loaders(trainer: L.Trainer) -> list[ResumableLoader]:
     """The run's training loaders that can resume mid-epoch."""
     loaders = trainer.train_dataloader
@@ -108,16 +117,20 @@ class PreemptionCheckpoint(Callback):
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule,
                            checkpoint: dict[str, Any]) -> None:
         checkpoint[self.LOADER_KEY] = [loader.state_dict() for loader in _resumable_loaders(trainer)]
-        if self.preempted:
-            checkpoint[self.STATE_KEY] = {name: {k: v.detach().cpu() for k, v in m.metric_state.items()}
+        if self.preempted:  # every process is here (the stop is broadcast): gather each one's sums
+            checkpoint[self.STATE_KEY] = {name: {k: _per_process(trainer, v) for k, v in m.metric_state.items()}
                                           for name, m in _mergeable_metrics(pl_module).items()}
 
     def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule,
                            checkpoint: dict[str, Any]) -> None:
         saved = checkpoint.get(self.STATE_KEY, {})
         for name, metric in _mergeable_metrics(pl_module).items():
-            if name in saved:
-                metric.merge_state({k: v.to(metric.device) for k, v in saved[name].items()})
+            states = saved.get(name, {})
+            if states and all(len(v) == trainer.world_size for v in states.values()):
+                metric.merge_state({k: v[trainer.global_rank].to(metric.device) for k, v in states.items()})
+            elif states:
+                log.warning("resumed on %d processes, stopped on another number: the interrupted epoch's "
+                            "train/* means cover its batches after the resume only", trainer.world_size)
         self.loader_states = checkpoint.get(self.LOADER_KEY, [])
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
