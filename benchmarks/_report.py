@@ -13,6 +13,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from xvol_lab.allocator import describe as describe_malloc
 from xvol_lab.atomic import write_text
 from xvol_lab.markdown import markdown_table as frame_table
 
@@ -34,7 +35,7 @@ def device_name(device: torch.device | str = "cpu") -> str:
     device = torch.device(device)
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"CPU {_cpu_model()} ({os.cpu_count()} cores), {torch.get_num_threads()} threads"
+    return f"CPU {_cpu_model()} ({os.cpu_count()} cores), {torch.get_num_threads()} threads, {describe_malloc()}"
 
 
 def sync(device: torch.device | str = "cpu") -> None:

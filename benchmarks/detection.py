@@ -30,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import device_name, markdown_table, time_interleaved, write_section  # noqa: E402
 from torchvision.models.detection import maskrcnn_resnet50_fpn  # noqa: E402
 
+from xvol_lab.allocator import keep_freed_memory  # noqa: E402
 from xvol_lab.models import BackboneSpec  # noqa: E402
 from xvol_lab.models.detection import build_detector, from_torchvision_keys  # noqa: E402
 
@@ -87,6 +88,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     parser.add_argument("--no-write", action="store_true", help="print, do not touch BENCHMARKS.md")
     args = parser.parse_args()
+    keep_freed_memory()  # as the lab's processes do
     device = torch.device(args.device)
     if device.type == "cpu":
         torch.set_num_threads(args.threads)

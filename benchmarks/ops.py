@@ -43,6 +43,7 @@ from _report import (  # noqa: E402
     write_section,
 )
 
+from xvol_lab.allocator import keep_freed_memory  # noqa: E402
 from xvol_lab.ops import OPS, create_op, pssa_taps, reparameterize  # noqa: E402
 from xvol_lab.ops.attention import pixel_shift_attention  # noqa: E402
 from xvol_lab.ops.pssa_fused import project_qkv  # noqa: E402
@@ -90,7 +91,7 @@ class _PSSAPeer(nn.Module):
         self.layer = op.attn[0]
 
     def project(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        return project_qkv(x, self.layer.qkv.weight, None, self.layer.out_chs, 1)
+        return project_qkv(x, self.layer.qkv.weight, None, 1)
 
     def heads_last(self, t: Tensor) -> Tensor:
         b, c, h, w = t.shape
@@ -228,7 +229,7 @@ def breakdown_table(device: torch.device, batch: int, repeats: int,
         conv = torch.randn(channels, channels, 3, 3, device=device)
         w = torch.randn(3 * channels, channels, 1, 1, device=device)
         heads, taps = max(1, channels // 64), flat_taps(pssa_taps(1, 8))
-        q, k, v = project_qkv(x, w, None, channels, 1)
+        q, k, v = project_qkv(x, w, None, 1)
         grad = torch.randn_like(q)
         parts: dict[str, Callable[[], object]] = {
             "3x3 conv": partial(F.conv2d, x, conv, padding=1),
@@ -319,6 +320,7 @@ def main() -> None:
                         help="CPU intra-op threads (default 1: steady figures on a shared machine)")
     parser.add_argument("--no-write", action="store_true", help="print, do not touch BENCHMARKS.md")
     args = parser.parse_args()
+    keep_freed_memory()  # as the lab's processes do
     device = torch.device(args.device)
     if device.type == "cuda":
         torch.cuda.set_device(device)

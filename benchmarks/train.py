@@ -52,6 +52,7 @@ from _report import (  # noqa: E402
     write_section,
 )
 
+from xvol_lab.allocator import keep_freed_memory  # noqa: E402
 from xvol_lab.models import BackboneSpec, build_classifier  # noqa: E402
 from xvol_lab.schema import to_dict  # noqa: E402
 from xvol_lab.tasks import ClassificationTask  # noqa: E402
@@ -201,6 +202,7 @@ def main() -> None:
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile variants")
     parser.add_argument("--memory-of", help=argparse.SUPPRESS)  # internal: one CPU memory measurement
     args = parser.parse_args()
+    keep_freed_memory()  # as the lab's processes do
     device = torch.device(args.device)
     if device.type == "cuda":
         torch.cuda.set_device(device)

@@ -32,7 +32,7 @@ def _inputs(c_in, c, size, dtype, seed=0, base=False):
 
 
 def _composite(x, w, b, c, heads, taps, stride, base=None):
-    q, k, v = project_qkv(x, w, b, c, stride)
+    q, k, v = project_qkv(x, w, b, stride)
     y = pixel_shift_attention(q, k, v, heads, taps, stride)
     return y if base is None else base + y
 
@@ -44,7 +44,7 @@ def test_fused_forward_matches_the_composite_path(stride, shift, dirs, heads, si
     for dtype, tol in ((torch.float64, dict(atol=1e-12, rtol=1e-12)),
                        (torch.float32, dict(atol=1e-5, rtol=1e-5))):
         x, w, b = _inputs(5, 8, size, dtype)
-        fused = fused_pixel_shift_attention(x, w, b, 8, heads, taps, stride, dtype)
+        fused = fused_pixel_shift_attention(x, w, b, heads, taps, stride, dtype)
         torch.testing.assert_close(fused, _composite(x, w, b, 8, heads, taps, stride), **tol)
 
 
@@ -57,7 +57,7 @@ def test_fused_gradients_match_the_composite_path(stride, shift, dirs, heads, si
     base = torch.randn(2, 8, ho, wo, dtype=torch.float64)
     grad = torch.randn(2, 8, ho, wo, dtype=torch.float64)
     leaves = [t.clone().requires_grad_(True) for t in (x, w, b, base)]
-    fused = fused_pixel_shift_attention(*leaves[:3], 8, heads, taps, stride, torch.float64, base=leaves[3])
+    fused = fused_pixel_shift_attention(*leaves[:3], heads, taps, stride, torch.float64, base=leaves[3])
     got = torch.autograd.grad(fused, leaves, grad)
     ref_leaves = [t.clone().requires_grad_(True) for t in (x, w, b, base)]
     ref = _composite(*ref_leaves[:3], 8, heads, taps, stride, base=ref_leaves[3])
@@ -73,7 +73,7 @@ def test_fused_gradcheck(stride, shift, dirs):
     args = [t.requires_grad_(True) for t in (x, w, b)]
     taps = pssa_taps(shift, dirs)
     assert torch.autograd.gradcheck(
-        lambda x, w, b: fused_pixel_shift_attention(x, w, b, 4, 2, taps, stride, torch.float64), args)
+        lambda x, w, b: fused_pixel_shift_attention(x, w, b, 2, taps, stride, torch.float64), args)
 
 
 @pytest.mark.parametrize("stride,stack", [(1, 2), (2, 3)])
@@ -162,21 +162,43 @@ def test_fused_op_compiles_in_one_graph():
     torch.testing.assert_close(torch.autograd.grad(y.square().sum(), x)[0], grad)
 
 
-@pytest.mark.parametrize("size", [(6, 6), (40, 40)], ids=["small-output", "large-output"])
-def test_fused_layer_equals_composite_on_both_projection_paths(size, monkeypatch):
-    """float32 outputs up to ONEDNN_MAX_OUT_BYTES project with oneDNN, larger ones with F.conv2d;
-    forward and gradients agree with the composite path either way."""
-    from xvol_lab.ops import pssa_fused
+@pytest.mark.parametrize("stride,bias", [(1, True), (2, True), (2, False)])
+def test_projection_equals_plain_1x1_convolutions(stride, bias):
+    """project_qkv (dilated 1x1 kernels on CPU, one convolution per tensor) computes W_q x on the stride
+    grid and W_k x, W_v x at full size, forward and gradients, in float64 within 1e-12."""
+    x, w, b = _inputs(5, 8, (9, 7), torch.float64)
+    b = b if bias else None
+    leaves = [t.clone().requires_grad_() for t in (x, w)]
+    got = project_qkv(*leaves, b, stride)
+    ref_leaves = [t.clone().requires_grad_() for t in (x, w)]
+    xr, wr = ref_leaves
+    bq, bk, bv = (None, None, None) if b is None else b.chunk(3)
+    expected = (torch.nn.functional.conv2d(xr[:, :, ::stride, ::stride], wr[:8], bq),
+                torch.nn.functional.conv2d(xr, wr[8:16], bk), torch.nn.functional.conv2d(xr, wr[16:], bv))
+    tol = dict(atol=1e-12, rtol=1e-12)
+    torch.testing.assert_close(got, expected, **tol)
+    assert all(t.is_contiguous() for t in got)
+    grads = [torch.randn_like(t) for t in got]
+    torch.testing.assert_close(torch.autograd.grad(got, leaves, grads),
+                               torch.autograd.grad(expected, ref_leaves, grads), **tol)
 
-    monkeypatch.setattr(pssa_fused, "ONEDNN_MAX_OUT_BYTES", 2 * 3 * 8 * 10 * 10 * 4)  # keep the test small
-    c = 8
-    x, w, b = _inputs(c, c, size, torch.float32)
-    assert (2 * 3 * c * size[0] * size[1] * 4 <= pssa_fused.ONEDNN_MAX_OUT_BYTES) == (size == (6, 6))
-    taps = pssa_taps(1, 8)
-    xs, ws = [t.clone().requires_grad_() for t in (x, w)], [t.clone().requires_grad_() for t in (x, w)]
-    fused = fused_pixel_shift_attention(xs[0], xs[1], b, c, 1, taps, 1, torch.float32)
-    composite = _composite(ws[0], ws[1], b, c, 1, taps, 1)
-    torch.testing.assert_close(fused, composite, rtol=1e-5, atol=1e-5)
-    grad = torch.randn_like(fused)
-    torch.testing.assert_close(torch.autograd.grad(fused, xs, grad), torch.autograd.grad(composite, ws, grad),
-                               rtol=1e-4, atol=1e-4)
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="torch built without oneDNN")
+def test_cpu_projection_runs_on_onednn_with_one_thread():
+    """With one thread and batch < 16 torch's heuristic sends a plain 1x1 convolution to im2col + GEMM;
+    the projection, forward and backward, runs on oneDNN instead."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        x, w, _ = _inputs(8, 8, (6, 6), torch.float32)
+        x.requires_grad_()
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            q, k, v = project_qkv(x, w, None, 1)
+            (q + k + v).sum().backward()
+    finally:
+        torch.set_num_threads(threads)
+    counts = {}
+    for event in prof.events():
+        counts[event.name] = counts.get(event.name, 0) + 1
+    assert counts.get("aten::mkldnn_convolution", 0) == 3  # q, k and v
+    assert x.grad is not None and x.grad.shape == x.shape

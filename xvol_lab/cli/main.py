@@ -8,6 +8,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from xvol_lab.allocator import keep_freed_memory
 from xvol_lab.errors import ConfigError
 
 log = logging.getLogger("xvol_lab")
@@ -37,6 +38,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    keep_freed_memory()
     try:
         return int(args.func(args) or 0)
     except ConfigError as err:

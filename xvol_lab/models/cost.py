@@ -56,10 +56,6 @@ def _sdpa_backward_flop(grad_shape: Any, q_shape: Any, k_shape: Any, v_shape: An
     return sdpa_backward_flop_count(grad_shape, q_shape, k_shape, v_shape)
 
 
-def _mkldnn_conv_flop(x_shape: Any, w_shape: Any, *args: Any, out_shape: Any = None, **kwargs: Any) -> int:
-    return conv_flop_count(x_shape, w_shape, out_shape, transposed=False)
-
-
 def _pssa_fwd_flop(q_shape: Any, k_shape: Any, v_shape: Any, base_shape: Any, heads: int, taps: list[int],
                    *args: Any, **kwargs: Any) -> int:
     return 4 * (len(taps) // 2) * _numel(q_shape) + (_numel(q_shape) if base_shape is not None else 0)
@@ -76,8 +72,7 @@ ELEMENTWISE_FLOPS = {aten.mul: _mul_flop, aten.addcmul: _addcmul_flop, aten.addc
 SDPA_CPU_FLOPS = {aten._scaled_dot_product_flash_attention_for_cpu: _sdpa_flop,
                   aten._scaled_dot_product_flash_attention_for_cpu_backward: _sdpa_backward_flop}
 EXTRA_FLOPS = {**ELEMENTWISE_FLOPS, **SDPA_CPU_FLOPS,
-               torch.ops.xvol.pssa_fwd: _pssa_fwd_flop, torch.ops.xvol.pssa_bwd: _pssa_bwd_flop,
-               aten.mkldnn_convolution: _mkldnn_conv_flop}
+               torch.ops.xvol.pssa_fwd: _pssa_fwd_flop, torch.ops.xvol.pssa_bwd: _pssa_bwd_flop}
 
 
 def count_flops(model: nn.Module, inputs: Any) -> int:

@@ -45,7 +45,7 @@ class AttentionLayer(nn.Module):
 
     def project(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """q (B, C, H', W') on the stride grid; k, v (B, C, H, W)."""
-        return project_qkv(x, self.qkv.weight, self.qkv.bias, self.out_chs, self.stride)
+        return project_qkv(x, self.qkv.weight, self.qkv.bias, self.stride)
 
     def forward(self, x: Tensor, out: Tensor | None = None) -> Tensor:
         """Attention output (B, C_out, H', W'); with `out`, out + attention (possibly `out` updated).
@@ -56,7 +56,7 @@ class AttentionLayer(nn.Module):
         if self.cfg.mode == "pssa":
             dtype = compute_dtype(x)
             if pssa_backend(x.device, dtype) != "torch" and not torch.onnx.is_in_onnx_export():
-                return fused_pixel_shift_attention(x, self.qkv.weight, self.qkv.bias, self.out_chs,
+                return fused_pixel_shift_attention(x, self.qkv.weight, self.qkv.bias,
                                                    self.cfg.heads, self.cfg.taps, self.stride, dtype, out)
         q, k, v = self.project(x)
         if self.cfg.mode == "sa":

@@ -25,6 +25,7 @@ import optuna
 import torch
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from xvol_lab.allocator import keep_freed_memory
 from xvol_lab.schema import from_dict
 from xvol_lab.study.callbacks import ProgressFile, PruningReporter
 from xvol_lab.study.config import MEASURED, PrunerConfig
@@ -122,6 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    keep_freed_memory()
     watch_lifeline()
     trial_dir = Path(args[0])
     request = read_json(trial_dir / REQUEST)
