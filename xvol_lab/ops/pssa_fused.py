@@ -34,7 +34,7 @@ def project_qkv(x: Tensor, weight: Tensor, bias: Tensor | None,
     `weight` (3C, C_in, 1, 1) stacks W_q, W_k, W_v; `bias` (3C) or None. One convolution per tensor,
     each contiguous: oneDNN allocates working buffers of 2-3x its output on every call, and past about
     16 MiB of output glibc hands them back as fresh pages each time unless the process keeps freed
-    memory (`xvol_lab.allocator`); the stacked q/k/v of 64 ch x 56 x 56 x batch 8 then took 3.5x the
+    memory (`xvol_lab.allocator`); the stacked q/k/v of 64 ch x 56 x 56 x batch 8 then took about 4x the
     time of its three thirds.
     """
     xs = x if stride == 1 else x[:, :, ::stride, ::stride]
