@@ -67,8 +67,12 @@ def test_fused_gradients_match_the_composite_path(stride, shift, dirs, heads, si
         torch.testing.assert_close(g, e, atol=1e-11, rtol=1e-11)
 
 
+@pytest.mark.parametrize("limit", [0, 1 << 20], ids=["recompute", "keep"])
 @pytest.mark.parametrize("stride,shift,dirs", [(1, 1, 8), (1, 2, 4), (2, 1, 8), (2, 3, 4)])
-def test_fused_gradcheck(stride, shift, dirs):
+def test_fused_gradcheck(stride, shift, dirs, limit, monkeypatch):
+    from xvol_lab.ops import pssa_fused
+
+    monkeypatch.setattr(pssa_fused, "SAVE_QKV_MAX_BYTES", limit)  # q, k, v recomputed in backward, or kept
     x, w, b = _inputs(3, 4, (5, 6), torch.float64, seed=1)
     args = [t.requires_grad_(True) for t in (x, w, b)]
     taps = pssa_taps(shift, dirs)
@@ -88,14 +92,27 @@ def test_stacked_op_matches_the_dense_reference(stride, stack):
     torch.testing.assert_close(y, ref, atol=1e-12, rtol=1e-12)
 
 
-def test_training_saves_only_the_layer_input():
-    """The fused layer keeps x (and the weights) for backward: no q, k, v, no shifted copies."""
+@pytest.mark.parametrize("limit", [0, 1 << 20], ids=["recompute", "keep"])
+def test_training_saves_the_layer_input_and_small_qkv_only(limit, monkeypatch):
+    """The fused layer keeps x and the weights for backward, never shifted copies; q, k, v too when they
+    fit SAVE_QKV_MAX_BYTES, else the backward recomputes them. Both give the same gradients, bit for bit."""
+    from xvol_lab.ops import pssa_fused
+
+    torch.manual_seed(0)
     layer = AttentionLayer(8, 16, 1, AttentionConfig("pssa", 2))
     x = torch.randn(2, 8, 12, 12, requires_grad=True)
+    qkv = 3 * 2 * 16 * 12 * 12
+    assert qkv * 4 <= 1 << 20
+    monkeypatch.setattr(pssa_fused, "SAVE_QKV_MAX_BYTES", limit)
     saved = []
     with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
-        layer(x)
-    assert sum(t.numel() for t in saved) == x.numel() + layer.qkv.weight.numel()
+        y = layer(x)
+    assert sum(t.numel() for t in saved) == x.numel() + layer.qkv.weight.numel() + (qkv if limit else 0)
+    grads = torch.autograd.grad(y.square().sum(), [x, layer.qkv.weight])
+    monkeypatch.setattr(pssa_fused, "SAVE_QKV_MAX_BYTES", limit ^ (1 << 20))  # the other policy
+    other = torch.autograd.grad(layer(x).square().sum(), [x, layer.qkv.weight])
+    for g, o in zip(grads, other, strict=True):
+        assert torch.equal(g, o)
 
 
 def test_dispatch_picks_the_fastest_available_backend(monkeypatch):

@@ -1,8 +1,9 @@
 """Fused PSSA layer: q/k/v projection + fused pixel-shift attention, saving only the layer input.
 
 The autograd function saves x and the projection weights; the backward recomputes q, k, v (one 1x1
-convolution) and runs the fused backward kernel, which recomputes the products per tap. Training then
-keeps no (B, C, H, W) tensor per tap, and not even q, k, v: the activation memory is the input's.
+convolution per tensor) and runs the fused backward kernel, which recomputes the products per tap.
+Training then keeps no (B, C, H, W) tensor per tap, and not even q, k, v: the activation memory is
+the input's. Small layers, whose q, k, v fit SAVE_QKV_MAX_BYTES, keep them instead of recomputing.
 """
 
 from __future__ import annotations
@@ -60,8 +61,15 @@ def _projection_backward(x: Tensor, weight: Tensor, dq: Tensor, dkv: Tensor, str
     return dx, dw, torch.cat([dq.sum((0, 2, 3)), dkv.sum((0, 2, 3))]) if bias else None
 
 
+# q, k, v of up to this many bytes in all are kept for backward. Larger ones are recomputed there from x (one
+# more projection), so that a layer keeps only its input: at 64 ch x 56 x 56, batch 8, q, k, v would be
+# 19 MiB against x's 6 MiB. Deep, small layers (stage 3-4 at low resolution) keep them and skip the
+# recomputation, which costs them most relative to their other work.
+SAVE_QKV_MAX_BYTES = 4 << 20
+
+
 class _FusedPSSA(torch.autograd.Function):
-    """y = base + PSSA(project_qkv(x)); saves x, weight, bias only."""
+    """y = base + PSSA(project_qkv(x)); saves x, the weights and, when small (SAVE_QKV_MAX_BYTES), q, k, v."""
 
     @staticmethod
     def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None, base: Tensor | None, heads: int,
@@ -69,17 +77,18 @@ class _FusedPSSA(torch.autograd.Function):
         with torch.autocast(x.device.type, enabled=False):
             q, k, v = project_qkv(x.to(dtype), weight.to(dtype), None if bias is None else bias.to(dtype), stride)
             y = torch.ops.xvol.pssa_fwd(q, k, v, base, heads, taps, stride)
-        ctx.save_for_backward(x, weight, bias)
+        keep = (q.numel() + k.numel() + v.numel()) * q.element_size() <= SAVE_QKV_MAX_BYTES
+        ctx.save_for_backward(x, weight, bias, *((q, k, v) if keep else ()))
         ctx.cfg = (heads, taps, stride, dtype)
         return y
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:
-        x, weight, bias = ctx.saved_tensors
+        x, weight, bias, *qkv = ctx.saved_tensors
         heads, taps, stride, dtype = ctx.cfg
         xc, wc = x.to(dtype), weight.to(dtype)
         with torch.autocast(x.device.type, enabled=False):
-            q, k, v = project_qkv(xc, wc, None if bias is None else bias.to(dtype), stride)
+            q, k, v = qkv or project_qkv(xc, wc, None if bias is None else bias.to(dtype), stride)
             dq, dkv = torch.ops.xvol.pssa_bwd(grad.to(dtype), q, k, v, heads, taps, stride)
             dx, dw, db = _projection_backward(xc, wc, dq, dkv, stride, bias is not None)
         return (dx.to(x.dtype), dw.to(weight.dtype), None if bias is None else db.to(bias.dtype),
