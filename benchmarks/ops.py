@@ -46,7 +46,7 @@ from _report import (  # noqa: E402
 from xvol_lab.allocator import keep_freed_memory  # noqa: E402
 from xvol_lab.ops import OPS, create_op, pssa_taps, reparameterize  # noqa: E402
 from xvol_lab.ops.attention import pixel_shift_attention  # noqa: E402
-from xvol_lab.ops.pssa_fused import project_qkv  # noqa: E402
+from xvol_lab.ops.pssa_fused import SAVE_QKV_MAX_BYTES, project_qkv  # noqa: E402
 from xvol_lab.ops.pssa_kernels import flat_taps, pssa_backend  # noqa: E402
 
 STAGES = [(64, 56), (128, 28), (256, 14), (512, 7)]  # ResNet stage (channels, resolution) at 224 px
@@ -289,7 +289,8 @@ def _met(value: float, target: float) -> str:
     return "met" if value <= target else f"MISSED by {value / target - 1:.0%}"
 
 
-def _why(xvol: dict[int, float], deploy: dict[int, float], parts: dict[int, dict[str, float]]) -> list[str]:
+def _why(xvol: dict[int, float], deploy: dict[int, float], parts: dict[int, dict[str, float]],
+         batch: int) -> list[str]:
     """The measured reasons behind missed time targets (from the breakdown table)."""
     if max(xvol.values()) <= TARGET_XVOL and max(deploy.values()) <= TARGET_DEPLOY:
         return []
@@ -301,12 +302,15 @@ def _why(xvol: dict[int, float], deploy: dict[int, float], parts: dict[int, dict
         kernels = (f"; the fused kernels themselves cost {p['fused PSSA kernel, forward']:.2f}x (forward) "
                    f"and {p['fused PSSA kernel, backward']:.2f}x (backward)")
     plain = p["the same projection by plain F.conv2d"]
+    recomputed = ", ".join(f"{ch}x{size}x{size}" for ch, size in STAGES
+                           if 3 * batch * ch * size * size * 4 > SAVE_QKV_MAX_BYTES) or "none"
     return [
         f"- Why the time targets are missed: at C={c} the q/k/v projection (a 1x1 convolution with 3C "
         f"outputs, a third of the 3x3 convolution's FLOPs) costs **{projection:.2f}x** the 3x3 "
         f"convolution's forward (by torch's default dispatch it would cost {plain:.2f}x){kernels}. An "
         "X-volution pays the convolution plus this projection forward, the projection twice more in "
-        "backward (input and weight gradients) and once more to recompute q, k, v (the price of the "
+        "backward (input and weight gradients) and, where q, k, v exceed "
+        f"{SAVE_QKV_MAX_BYTES >> 20} MiB ({recomputed} here), once more to recompute them (the price of the "
         "memory target: only the layer input is saved), plus two BatchNorms. The issue's 1.34x floor "
         "counts FLOPs; the fused kernels and the BatchNorms are bound by memory traffic instead (a few "
         "passes over (B, C, H, W) tensors each), which weighs most at C = 64. The deploy form pays the "
@@ -367,7 +371,7 @@ def main() -> None:
                 if not n.startswith("pssa, ours")))
         + f". {natten_note}.",
     ]
-    verdict += _why(xvol, deploy_to_conv, parts)
+    verdict += _why(xvol, deploy_to_conv, parts, batch)
     body = "\n".join([
         f"Device: {device_name(device)}; torch {torch.__version__}; batch {batch}; medians of {repeats} "
         "interleaved repeats; clock: " + ("wall time (device synchronised)" if device.type == "cuda" else
