@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torchvision
 from torch.utils.flop_counter import FlopCounterMode
@@ -17,7 +18,10 @@ def test_all_conv_resnet_counts_like_torchvision():
     assert count_flops(ours, (1, 3, 64, 64)) == count_flops(theirs, (1, 3, 64, 64))
 
 
-def test_pssa_flops_by_hand_fused_kernels():
+@pytest.mark.parametrize("limit", [0, 1 << 20], ids=["recompute", "keep"])
+def test_pssa_flops_by_hand_fused_kernels(limit, monkeypatch):
+    """Training runs the projection once more in backward when q, k, v are recomputed, not when kept."""
+    monkeypatch.setattr("xvol_lab.ops.pssa_fused.SAVE_QKV_MAX_BYTES", limit)
     c_in, c, h, w, taps = 8, 16, 6, 5, 9
     op = create_op("pssa", c_in, c, heads=2)
     n = h * w
@@ -28,7 +32,8 @@ def test_pssa_flops_by_hand_fused_kernels():
     with counter:
         op.attn(x).sum().backward()
     backward = 10 * taps * c * n + 2 * projections  # fused backward; input and weight gradients
-    assert counter.get_total_flops() == 2 * projections + 4 * taps * c * n + (c * n - 1) + backward
+    forward = projections * (2 if limit == 0 else 1)
+    assert counter.get_total_flops() == forward + 4 * taps * c * n + (c * n - 1) + backward
 
 
 def test_pssa_flops_by_hand_composite_path(monkeypatch):
