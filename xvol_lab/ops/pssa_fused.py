@@ -1,4 +1,4 @@
-"""Fused PSSA layer: q/k/v projection + fused pixel-shift attention, saving only the layer input.
+"""Fused PSSA layer: q/k/v projection + fused pixel-shift attention, saving little for backward.
 
 The autograd function saves x and the projection weights; the backward recomputes q, k, v (one 1x1
 convolution per tensor) and runs the fused backward kernel, which recomputes the products per tap.
@@ -17,15 +17,16 @@ from xvol_lab.ops import pssa_kernels  # noqa: F401 - defines the xvol:: ops
 from xvol_lab.ops.pssa_kernels import flat_taps
 
 
-# Dilation has no effect on a 1x1 kernel, but it steers torch's CPU convolution dispatch to oneDNN, which its
-# heuristic skips for 1x1 kernels with one thread and batch < 16 (im2col + an MKL GEMM, 1.7-2.4x slower
-# on this machine's CPU, forward and backward: benchmarks/ops.py).
-_DILATION_1X1 = {"cpu": 2}
+def _dilation_1x1(x: Tensor) -> int:
+    """Dilation has no effect on a 1x1 kernel, but on CPU it steers torch's convolution dispatch to
+    oneDNN, which its heuristic skips for 1x1 kernels with one thread and batch < 16 (im2col + an MKL
+    GEMM: the q/k/v projection forward 1.3-2.4x slower on this machine's CPU, benchmarks/ops.py)."""
+    return 2 if x.device.type == "cpu" else 1
 
 
 def conv1x1(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     """A 1x1 convolution (by oneDNN on CPU)."""
-    return F.conv2d(x, weight, bias, dilation=_DILATION_1X1.get(x.device.type, 1))
+    return F.conv2d(x, weight, bias, dilation=_dilation_1x1(x))
 
 
 def project_qkv(x: Tensor, weight: Tensor, bias: Tensor | None,
@@ -48,7 +49,7 @@ def _projection_backward(x: Tensor, weight: Tensor, dq: Tensor, dkv: Tensor, str
                          bias: bool) -> tuple[Tensor, Tensor, Tensor | None]:
     """Gradients of `project_qkv` for x, weight and (when it has one) bias, given those of q and (k, v)."""
     c = dq.shape[1]
-    dil = _DILATION_1X1.get(x.device.type, 1)
+    dil = _dilation_1x1(x)
     xs = x if stride == 1 else x[:, :, ::stride, ::stride]
     dx = conv2d_input(x.shape, weight[c:], dkv, dilation=dil)
     dxq = conv2d_input(xs.shape, weight[:c], dq, dilation=dil)
