@@ -1,19 +1,20 @@
 // Fused Pixel Shift Self-Attention on CPU (float32, float64), registered as xvol::pssa_fwd / pssa_bwd.
 //
-// Forward: one pass per (batch, head, output row): the logits <q(p), k(p+t)>/sqrt(d) for every tap t,
-// the softmax over the valid taps (out-of-image taps excluded), and y(p) = sum_t a(p, t) v(p+t), plus an
-// optional `base` added (the deploy form's convolution output). No shifted copy is materialised.
+// Forward: per block of N output pixels, the logits <q(p), k(p+t)>/sqrt(d) for every tap t, the softmax
+// over the valid taps (out-of-image taps excluded), and y(p) = sum_t a(p, t) v(p+t), plus an optional
+// `base` added (the deploy form's convolution output). No shifted copy is materialised.
 // Backward: recomputes the logits and products from q, k, v (nothing else is saved), in two passes:
-//   1. per output row: a, da_t = <g, v_t>, ds_t = a_t (da_t - sum_u a_u da_u) / sqrt(d), dq = sum_t ds_t k_t;
-//   2. per input row r (race-free gather): dk(r) += ds_t(p) q(p), dv(r) += a_t(p) g(p) for p = (r - t)/s.
-// Tensors are contiguous NCHW: q (B, C, H', W') on the stride grid, k and v (B, C, H, W); C = heads * d.
-// Taps are passed flat: (ty0, tx0, ty1, tx1, ...). The centre tap is always valid, so no row is empty.
+//   1. per output block: a, da_t = <g, v_t>, ds_t = a_t (da_t - sum_u a_u da_u) / sqrt(d), dq = sum_t ds_t k_t;
+//   2. per input block r (race-free gather): dk(r) += ds_t(p) q(p), dv(r) += a_t(p) g(p) for p = r - t.
+// Tensors are NCHW: q (B, C, H', W') on the stride grid, k and v (B, C, H, W); C = heads * d. Taps are
+// passed flat: (ty0, tx0, ty1, tx1, ...), the T = 9 or 5 offsets of T(L, dirs). The centre tap is always
+// valid, so no pixel is empty.
 //
-// Stride 1 (the common case) runs a register-blocked path: a plane is flat, so tap t is the constant
-// offset ty*W + tx; a block of N pixels keeps the T logits in vector registers over the d channels
-// (1 + T loads per T fused multiply-adds), masks the out-of-image taps per pixel (row wrap-around
-// included), and applies a vector exp. Blocks whose shifted reads would leave the plane, and stride 2,
-// take the row path below.
+// A plane is flat, so tap t is a constant offset: ty*W + tx at stride 1. A block of N pixels keeps the T
+// logits in vector registers over the d channels (1 + T loads per T fused multiply-adds), masks the
+// out-of-image taps per pixel (row wrap-around included) and applies a vector exp. At stride 2, k and v
+// are laid out as S*S phase planes of (H', W') (space to depth: phase (py, px) holds x(S y' + py, S x' + px)),
+// so that tap t again reads one phase plane at a constant offset from the output pixel.
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -32,13 +33,6 @@ namespace {
 
 int64_t floor_div(int64_t a, int64_t b) { return a >= 0 ? a / b : -((-a + b - 1) / b); }
 
-// Channel rows lie H*W apart: too many streams for the hardware prefetcher, so the rows the next
-// output row will read are prefetched while this one is computed (a 2-4x speed-up measured).
-template <typename scalar_t>
-inline void prefetch_row(const scalar_t* row, int64_t n) {
-  for (int64_t i = 0; i < n; i += 64 / static_cast<int64_t>(sizeof(scalar_t))) __builtin_prefetch(row + i);
-}
-
 template <typename T>
 struct View {  // an NCHW tensor whose (C, H, W) block is contiguous; sb: its batch stride
   T* p = nullptr;
@@ -47,192 +41,18 @@ struct View {  // an NCHW tensor whose (C, H, W) block is contiguous; sb: its ba
 };
 
 struct Geometry {
-  int64_t B, heads, d, H, W, Ho, Wo, T;
-  std::vector<int64_t> ty, tx, lo, hi;  // tap offsets; valid output columns [lo, hi) of each tap
-  std::vector<int64_t> dy;              // the distinct row offsets ty
+  int64_t B, heads, d, H, W, Ho, Wo, T, S;
+  std::vector<int64_t> ty, tx;
 
   Geometry(const at::Tensor& q, const at::Tensor& k, int64_t heads_, at::IntArrayRef taps, int64_t s)
       : B(k.size(0)), heads(heads_), d(k.size(1) / heads_), H(k.size(2)), W(k.size(3)),
-        Ho(q.size(2)), Wo(q.size(3)), T(static_cast<int64_t>(taps.size()) / 2) {
+        Ho(q.size(2)), Wo(q.size(3)), T(static_cast<int64_t>(taps.size()) / 2), S(s) {
     for (int64_t t = 0; t < T; ++t) {
       ty.push_back(taps[2 * t]);
       tx.push_back(taps[2 * t + 1]);
-      lo.push_back(std::min(Wo, std::max<int64_t>(0, -floor_div(tx[t], s))));  // ceil(-tx / s)
-      hi.push_back(std::max(lo[t], std::min(Wo, floor_div(W - 1 - tx[t], s) + 1)));
-      if (std::find(dy.begin(), dy.end(), ty[t]) == dy.end()) dy.push_back(ty[t]);
     }
-  }
-  // Prefetch channel ch's rows of q-like (H', W') and k-like (H, W) tensors for output row yo.
-  template <typename scalar_t>
-  void prefetch(View<const scalar_t> qlike, View<const scalar_t> klike, int64_t ch, int64_t yo, int64_t s) const {
-    if (yo >= Ho) return;
-    if (qlike.p) prefetch_row(qlike.ch(ch) + yo * Wo, Wo);
-    for (int64_t oy : dy) {
-      const int64_t r = yo * s + oy;
-      if (r >= 0 && r < H) prefetch_row(klike.ch(ch) + r * W, W);
-    }
-  }
-  bool row_valid(int64_t t, int64_t yo, int64_t s) const {
-    const int64_t r = yo * s + ty[t];
-    return r >= 0 && r < H;
   }
 };
-
-// Softmax weights a[t * Wo + xo] of output row (bh, yo): 0 for taps outside the image.
-template <typename scalar_t, int S>
-void attention_row(View<const scalar_t> q, View<const scalar_t> k, const Geometry& g, int64_t bh, int64_t yo,
-                   scalar_t* a, scalar_t* m, scalar_t* sum) {
-  const int64_t Wo = g.Wo;
-  const scalar_t neg_inf = -std::numeric_limits<scalar_t>::infinity();
-  const scalar_t scale = scalar_t(1) / std::sqrt(scalar_t(g.d));
-  std::fill(a, a + g.T * Wo, neg_inf);
-  for (int64_t t = 0; t < g.T; ++t) {
-    if (g.row_valid(t, yo, S)) std::fill(a + t * Wo + g.lo[t], a + t * Wo + g.hi[t], scalar_t(0));
-  }
-  for (int64_t c = 0; c < g.d; ++c) {
-    const int64_t ch = bh * g.d + c;
-    const scalar_t* qrow = q.ch(ch) + yo * Wo;
-    g.prefetch(q, k, ch, yo + 1, S);
-    for (int64_t t = 0; t < g.T; ++t) {
-      if (!g.row_valid(t, yo, S)) continue;
-      const scalar_t* krow = k.ch(ch) + (yo * S + g.ty[t]) * g.W + g.tx[t];
-      scalar_t* aw = a + t * Wo;
-      for (int64_t xo = g.lo[t]; xo < g.hi[t]; ++xo) aw[xo] += qrow[xo] * krow[xo * S];
-    }
-  }
-  std::fill(m, m + Wo, neg_inf);
-  std::fill(sum, sum + Wo, scalar_t(0));
-  for (int64_t t = 0; t < g.T; ++t) {
-    scalar_t* aw = a + t * Wo;
-    for (int64_t xo = 0; xo < Wo; ++xo) m[xo] = std::max(m[xo], aw[xo] * scale);
-  }
-  for (int64_t t = 0; t < g.T; ++t) {
-    scalar_t* aw = a + t * Wo;
-    for (int64_t xo = 0; xo < Wo; ++xo) {
-      aw[xo] = std::exp(aw[xo] * scale - m[xo]);  // exp(-inf) = 0 for invalid taps
-      sum[xo] += aw[xo];
-    }
-  }
-  for (int64_t t = 0; t < g.T; ++t) {
-    scalar_t* aw = a + t * Wo;
-    for (int64_t xo = 0; xo < Wo; ++xo) aw[xo] /= sum[xo];
-  }
-}
-
-template <typename scalar_t, int S>
-void forward_impl(View<const scalar_t> q, View<const scalar_t> k, View<const scalar_t> v, View<const scalar_t> base,
-                  View<scalar_t> y,
-                  const Geometry& g) {
-  const int64_t Wo = g.Wo, plane_o = g.Ho * g.Wo, plane = g.H * g.W;
-  at::parallel_for(0, g.B * g.heads * g.Ho, 1, [&](int64_t begin, int64_t end) {
-    std::vector<scalar_t> a(g.T * Wo), m(Wo), sum(Wo);
-    for (int64_t job = begin; job < end; ++job) {
-      const int64_t yo = job % g.Ho, bh = job / g.Ho;
-      attention_row<scalar_t, S>(q, k, g, bh, yo, a.data(), m.data(), sum.data());
-      for (int64_t c = 0; c < g.d; ++c) {
-        const int64_t ch = bh * g.d + c;
-        scalar_t* yrow = y.ch(ch) + yo * Wo;
-        g.prefetch(base, v, ch, yo + 1, S);
-        if (base.p) {
-          std::copy(base.ch(ch) + yo * Wo, base.ch(ch) + (yo + 1) * Wo, yrow);
-        } else {
-          std::fill(yrow, yrow + Wo, scalar_t(0));
-        }
-        for (int64_t t = 0; t < g.T; ++t) {
-          if (!g.row_valid(t, yo, S)) continue;
-          const scalar_t* vrow = v.ch(ch) + (yo * S + g.ty[t]) * g.W + g.tx[t];
-          const scalar_t* aw = a.data() + t * Wo;
-          for (int64_t xo = g.lo[t]; xo < g.hi[t]; ++xo) yrow[xo] += aw[xo] * vrow[xo * S];
-        }
-      }
-    }
-  });
-}
-
-template <typename scalar_t, int S>
-void backward_impl(View<const scalar_t> gy, View<const scalar_t> q, View<const scalar_t> k, View<const scalar_t> v,
-                   View<scalar_t> dq, View<scalar_t> dk, View<scalar_t> dv, scalar_t* A, scalar_t* DS,
-                   const Geometry& g) {
-  const int64_t Wo = g.Wo, plane_o = g.Ho * g.Wo, plane = g.H * g.W;
-  const scalar_t scale = scalar_t(1) / std::sqrt(scalar_t(g.d));
-  // Pass 1: per output row, the weights a and the logit gradients ds (kept for pass 2), and dq.
-  at::parallel_for(0, g.B * g.heads * g.Ho, 1, [&](int64_t begin, int64_t end) {
-    std::vector<scalar_t> m(Wo), sum(Wo), gdot(Wo);
-    for (int64_t job = begin; job < end; ++job) {
-      const int64_t yo = job % g.Ho, bh = job / g.Ho;
-      scalar_t* a = A + bh * g.T * plane_o;  // (T, H', W') of this (batch, head); row yo used here
-      scalar_t* ds = DS + bh * g.T * plane_o;
-      std::vector<scalar_t> arow(g.T * Wo), da(g.T * Wo, scalar_t(0));
-      attention_row<scalar_t, S>(q, k, g, bh, yo, arow.data(), m.data(), sum.data());
-      for (int64_t c = 0; c < g.d; ++c) {
-        const int64_t ch = bh * g.d + c;
-        const scalar_t* grow = gy.ch(ch) + yo * Wo;
-        g.prefetch(gy, v, ch, yo + 1, S);
-        for (int64_t t = 0; t < g.T; ++t) {
-          if (!g.row_valid(t, yo, S)) continue;
-          const scalar_t* vrow = v.ch(ch) + (yo * S + g.ty[t]) * g.W + g.tx[t];
-          scalar_t* dat = da.data() + t * Wo;
-          for (int64_t xo = g.lo[t]; xo < g.hi[t]; ++xo) dat[xo] += grow[xo] * vrow[xo * S];
-        }
-      }
-      std::fill(gdot.begin(), gdot.end(), scalar_t(0));
-      for (int64_t t = 0; t < g.T; ++t) {
-        for (int64_t xo = 0; xo < Wo; ++xo) gdot[xo] += arow[t * Wo + xo] * da[t * Wo + xo];
-      }
-      for (int64_t t = 0; t < g.T; ++t) {
-        scalar_t* aw = a + t * plane_o + yo * Wo;
-        scalar_t* dst = ds + t * plane_o + yo * Wo;
-        for (int64_t xo = 0; xo < Wo; ++xo) {
-          aw[xo] = arow[t * Wo + xo];
-          dst[xo] = arow[t * Wo + xo] * (da[t * Wo + xo] - gdot[xo]) * scale;
-        }
-      }
-      for (int64_t c = 0; c < g.d; ++c) {
-        const int64_t ch = bh * g.d + c;
-        scalar_t* dqrow = dq.ch(ch) + yo * Wo;
-        std::fill(dqrow, dqrow + Wo, scalar_t(0));
-        for (int64_t t = 0; t < g.T; ++t) {
-          if (!g.row_valid(t, yo, S)) continue;
-          const scalar_t* krow = k.ch(ch) + (yo * S + g.ty[t]) * g.W + g.tx[t];
-          const scalar_t* dst = ds + t * plane_o + yo * Wo;
-          for (int64_t xo = g.lo[t]; xo < g.hi[t]; ++xo) dqrow[xo] += dst[xo] * krow[xo * S];
-        }
-      }
-    }
-  });
-  // Pass 2: per input row r, gather from the output rows yo with yo * S + ty = r.
-  at::parallel_for(0, g.B * g.heads * g.H, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t job = begin; job < end; ++job) {
-      const int64_t r = job % g.H, bh = job / g.H;
-      const scalar_t* a = A + bh * g.T * plane_o;
-      const scalar_t* ds = DS + bh * g.T * plane_o;
-      for (int64_t c = 0; c < g.d; ++c) {
-        const int64_t ch = bh * g.d + c;
-        scalar_t* dkrow = dk.ch(ch) + r * g.W;
-        scalar_t* dvrow = dv.ch(ch) + r * g.W;
-        std::fill(dkrow, dkrow + g.W, scalar_t(0));
-        std::fill(dvrow, dvrow + g.W, scalar_t(0));
-        for (int64_t t = 0; t < g.T; ++t) {
-          const int64_t off = r - g.ty[t];
-          if (off < 0 || off % S != 0 || off / S >= g.Ho) continue;
-          const int64_t yo = off / S;
-          const scalar_t* qrow = q.ch(ch) + yo * Wo;
-          const scalar_t* grow = gy.ch(ch) + yo * Wo;
-          const scalar_t* dst = ds + t * plane_o + yo * Wo;
-          const scalar_t* aw = a + t * plane_o + yo * Wo;
-          scalar_t* dkt = dkrow + g.tx[t];
-          scalar_t* dvt = dvrow + g.tx[t];
-          for (int64_t xo = g.lo[t]; xo < g.hi[t]; ++xo) {
-            dkt[xo * S] += dst[xo] * qrow[xo];
-            dvt[xo * S] += aw[xo] * grow[xo];
-          }
-        }
-      }
-    }
-  });
-}
-
-// ---- Stride 1: register-blocked path over the flat plane ------------------------------------------
 
 template <typename scalar_t>
 struct Lanes {
@@ -281,16 +101,31 @@ inline typename Lanes<scalar_t>::V vexp(typename Lanes<scalar_t>::V x) {
 }
 
 struct Flat {
-  int64_t P, W, H;
-  std::vector<int64_t> off;  // flat offset ty*W + tx of each tap
+  int64_t P, W, S;              // the output plane (H', W'): P = H' * W' pixels; the stride
+  std::vector<int64_t> off;     // offset oy*W' + ox of each tap within an output-sized plane
+  std::vector<int64_t> phase;   // the phase plane (py*S + px) each tap reads, where t = S*(oy, ox) + (py, px)
+  std::vector<int64_t> koff;    // offset of each tap in the k-like layout: phase * cs + off
   int64_t min_off, max_off;
-  int64_t cs;           // channel stride: P, or P plus zero margins in the padded layout
+  int64_t cs;           // q-like channel stride (q, y, g, dq; A and DS rows): P, or P plus zero margins
+  int64_t kcs;          // k-like channel stride (k, v, dk, dv): S*S planes of cs
   bool padded = false;  // every block may read M = max |off| before and N + M after its plane
 
-  explicit Flat(const Geometry& g) : P(g.H * g.W), W(g.W), H(g.H), cs(g.H * g.W) {
-    for (int64_t t = 0; t < g.T; ++t) off.push_back(g.ty[t] * g.W + g.tx[t]);
+  Flat(const Geometry& g) : P(g.Ho * g.Wo), W(g.Wo), S(g.S) {
+    for (int64_t t = 0; t < g.T; ++t) {
+      const int64_t oy = floor_div(g.ty[t], S), ox = floor_div(g.tx[t], S);
+      off.push_back(oy * W + ox);
+      phase.push_back((g.ty[t] - S * oy) * S + (g.tx[t] - S * ox));
+    }
     min_off = *std::min_element(off.begin(), off.end());
     max_off = *std::max_element(off.begin(), off.end());
+    layout(P, false);
+  }
+  void layout(int64_t cs_, bool padded_) {
+    cs = cs_;
+    kcs = S * S * cs;
+    padded = padded_;
+    koff.clear();
+    for (size_t t = 0; t < off.size(); ++t) koff.push_back(phase[t] * cs + off[t]);
   }
   int64_t margin() const { return std::max(-min_off, max_off); }
   // A block [p0, p0 + n) whose reads p + off (sign = +1) or p - off (sign = -1) all stay in the plane.
@@ -299,16 +134,22 @@ struct Flat {
     const int64_t lo = sign > 0 ? min_off : -max_off, hi = sign > 0 ? max_off : -min_off;
     return p0 + n <= P && p0 + lo >= 0 && p0 + n - 1 + hi < P;
   }
-  // Small planes (most blocks touch a border) run faster on a zero-padded copy, all blocks vectorised.
+  // A plane where more than 1/10 of the blocks touch a border runs faster on a zero-padded copy, all blocks
+  // vectorised: a border block in scalar code costs about ten vector blocks (measured, 1 thread: 16x16 and
+  // 14x14 planes 1.5-3x faster padded; 28x28 (8% border blocks) 1.1x and 56x56 1.4x slower, the copies). Stride 2 always runs on
+  // one (its k and v are rearranged into phase planes anyway).
   template <int N>
   bool wants_padding() const {
+    if (S != 1) return true;
     int64_t unsafe = 0, nb = (P + N - 1) / N;
     for (int64_t b = 0; b < nb; ++b) unsafe += !safe(b * N, N, +1) || !safe(b * N, N, -1);
-    return 4 * unsafe > nb;
+    return 10 * unsafe > nb;
   }
+  // Tap t of output pixel p reads inside the image (pixels past the plane have no valid tap).
   bool valid(const Geometry& g, int64_t t, int64_t p) const {
-    const int64_t y = p / W + g.ty[t], x = p % W + g.tx[t];
-    return y >= 0 && y < H && x >= 0 && x < W;
+    if (p >= P) return false;
+    const int64_t y = p / W * S + g.ty[t], x = p % W * S + g.tx[t];
+    return y >= 0 && y < g.H && x >= 0 && x < g.W;
   }
 };
 
@@ -318,12 +159,23 @@ inline void block_softmax(typename Lanes<scalar_t>::V (&lg)[T], const Geometry& 
                           scalar_t scale) {
   using V = typename Lanes<scalar_t>::V;
   constexpr int N = Lanes<scalar_t>::N;
-  V mask[T];
-  for (int t = 0; t < T; ++t) {
-    scalar_t m[N];
-    for (int i = 0; i < N; ++i) m[i] = f.valid(g, t, p0 + i) ? scalar_t(1) : scalar_t(0);
-    mask[t] = loadu<V>(m);
+  // The mask of valid taps: one division per block, the pixel coordinates stepped from there.
+  scalar_t m[T][N];
+  int64_t yo = p0 / f.W, xo = p0 - yo * f.W;
+  for (int i = 0; i < N; ++i) {
+    const bool inside = p0 + i < f.P;
+    const int64_t y = yo * f.S, x = xo * f.S;
+    for (int t = 0; t < T; ++t) {
+      const int64_t ty = y + g.ty[t], tx = x + g.tx[t];
+      m[t][i] = inside && ty >= 0 && ty < g.H && tx >= 0 && tx < g.W ? scalar_t(1) : scalar_t(0);
+    }
+    if (++xo == f.W) {
+      xo = 0;
+      ++yo;
+    }
   }
+  V mask[T];
+  for (int t = 0; t < T; ++t) mask[t] = loadu<V>(m[t]);
   const scalar_t big = std::numeric_limits<scalar_t>::max() / 4;
   V mx = V{} - big;
   for (int t = 0; t < T; ++t) {
@@ -350,7 +202,7 @@ inline void pixel_weights(const scalar_t* q, const scalar_t* k, const Geometry& 
       continue;
     }
     scalar_t acc = 0;
-    for (int64_t c = 0; c < g.d; ++c) acc += q[c * f.cs + p] * k[c * f.cs + p + f.off[t]];
+    for (int64_t c = 0; c < g.d; ++c) acc += q[c * f.cs + p] * k[c * f.kcs + p + f.koff[t]];
     a[t] = acc * scale;
     mx = std::max(mx, a[t]);
   }
@@ -361,12 +213,12 @@ inline void pixel_weights(const scalar_t* q, const scalar_t* k, const Geometry& 
   for (int t = 0; t < T; ++t) a[t] /= sum;
 }
 
-template <typename scalar_t, int T>
+template <typename scalar_t, int T, int S>
 void forward_flat(View<const scalar_t> q, View<const scalar_t> k, View<const scalar_t> v, View<const scalar_t> base,
                   View<scalar_t> y, const Geometry& g, const Flat& f) {
   using V = typename Lanes<scalar_t>::V;
   constexpr int N = Lanes<scalar_t>::N;
-  const int64_t P = f.P, CS = f.cs, nb = (P + N - 1) / N;
+  const int64_t P = f.P, CS = f.cs, KCS = S * S * CS, nb = (P + N - 1) / N;
   const scalar_t scale = scalar_t(1) / std::sqrt(scalar_t(g.d));
   at::parallel_for(0, g.B * g.heads * nb, 8, [&](int64_t begin, int64_t end) {
     for (int64_t job = begin; job < end; ++job) {
@@ -377,20 +229,20 @@ void forward_flat(View<const scalar_t> q, View<const scalar_t> k, View<const sca
       if (f.safe(p0, N, +1)) {
         V lg[T] = {};
         for (int64_t c = 0; c < g.d; ++c) {
-          const int64_t cp = c * CS + p0;
+          const int64_t cp = c * CS + p0, kp = c * KCS + p0;
           __builtin_prefetch(qb + cp + 4 * N);
-          __builtin_prefetch(kb + cp + 4 * N - f.W);
-          __builtin_prefetch(kb + cp + 4 * N + f.W);
+          __builtin_prefetch(kb + kp + 4 * N - f.W);
+          __builtin_prefetch(kb + kp + 4 * N + f.W);
           const V qc = loadu<V>(qb + cp);
-          for (int t = 0; t < T; ++t) lg[t] += qc * loadu<V>(kb + cp + f.off[t]);
+          for (int t = 0; t < T; ++t) lg[t] += qc * loadu<V>(kb + kp + f.koff[t]);
         }
         block_softmax<scalar_t, T>(lg, g, f, p0, scale);
         for (int64_t c = 0; c < g.d; ++c) {
-          const int64_t cp = c * CS + p0;
-          __builtin_prefetch(vb + cp + 4 * N - f.W);
-          __builtin_prefetch(vb + cp + 4 * N + f.W);
+          const int64_t cp = c * CS + p0, kp = c * KCS + p0;
+          __builtin_prefetch(vb + kp + 4 * N - f.W);
+          __builtin_prefetch(vb + kp + 4 * N + f.W);
           V out = bb ? loadu<V>(bb + cp) : V{};
-          for (int t = 0; t < T; ++t) out += lg[t] * loadu<V>(vb + cp + f.off[t]);
+          for (int t = 0; t < T; ++t) out += lg[t] * loadu<V>(vb + kp + f.koff[t]);
           storeu(yb + cp, out);
         }
         continue;
@@ -401,7 +253,7 @@ void forward_flat(View<const scalar_t> q, View<const scalar_t> k, View<const sca
         for (int64_t c = 0; c < g.d; ++c) {
           scalar_t out = bb ? bb[c * CS + p] : scalar_t(0);
           for (int t = 0; t < T; ++t) {
-            if (a[t] != scalar_t(0)) out += a[t] * vb[c * CS + p + f.off[t]];
+            if (a[t] != scalar_t(0)) out += a[t] * vb[c * KCS + p + f.koff[t]];
           }
           yb[c * CS + p] = out;
         }
@@ -410,13 +262,65 @@ void forward_flat(View<const scalar_t> q, View<const scalar_t> k, View<const sca
   });
 }
 
-template <typename scalar_t, int T>
+// Pass 2 of the backward for one phase plane: dk, dv gathered from the n taps that read it.
+template <typename scalar_t>
+struct Gather {
+  const scalar_t *q, *g, *A, *DS;
+  scalar_t *dk, *dv;
+  int64_t CS, KCS, d;
+  int tap[9];
+  int64_t off[9];
+  int n;
+
+  // A block of N pixels from r0, with the tap count a compile-time constant (the T blocks in registers).
+  template <int NT>
+  void block(int64_t r0) const {
+    using V = typename Lanes<scalar_t>::V;
+    V a[NT > 0 ? NT : 1], ds[NT > 0 ? NT : 1];
+    for (int i = 0; i < NT; ++i) {
+      a[i] = loadu<V>(A + tap[i] * CS + r0 - off[i]);
+      ds[i] = loadu<V>(DS + tap[i] * CS + r0 - off[i]);
+    }
+    for (int64_t c = 0; c < d; ++c) {
+      const int64_t cp = c * CS + r0;
+      V acck = V{}, accv = V{};
+      for (int i = 0; i < NT; ++i) {
+        acck += ds[i] * loadu<V>(q + cp - off[i]);
+        accv += a[i] * loadu<V>(g + cp - off[i]);
+      }
+      storeu(dk + c * KCS + r0, acck);
+      storeu(dv + c * KCS + r0, accv);
+    }
+  }
+  template <int NT>
+  void block_of(int64_t r0) const {  // block<n>, n dispatched down from NT
+    if constexpr (NT > 0) {
+      if (n != NT) return block_of<NT - 1>(r0);
+    }
+    block<NT>(r0);
+  }
+  void pixel(int64_t r, int64_t P) const {  // one pixel in scalar code (blocks that would leave the plane)
+    for (int64_t c = 0; c < d; ++c) {
+      scalar_t acck = 0, accv = 0;
+      for (int i = 0; i < n; ++i) {
+        const int64_t p = r - off[i];
+        if (p < 0 || p >= P) continue;
+        acck += DS[tap[i] * CS + p] * q[c * CS + p];
+        accv += A[tap[i] * CS + p] * g[c * CS + p];
+      }
+      dk[c * KCS + r] = acck;
+      dv[c * KCS + r] = accv;
+    }
+  }
+};
+
+template <typename scalar_t, int T, int S>
 void backward_flat(View<const scalar_t> gy, View<const scalar_t> q, View<const scalar_t> k, View<const scalar_t> v,
                    View<scalar_t> dq, View<scalar_t> dk, View<scalar_t> dv, scalar_t* A, scalar_t* DS,
                    const Geometry& g, const Flat& f) {
   using V = typename Lanes<scalar_t>::V;
   constexpr int N = Lanes<scalar_t>::N;
-  const int64_t P = f.P, CS = f.cs, nb = (P + N - 1) / N;
+  const int64_t P = f.P, CS = f.cs, KCS = S * S * CS, nb = (P + N - 1) / N;
   const scalar_t scale = scalar_t(1) / std::sqrt(scalar_t(g.d));
   // Pass 1: a, ds = a (da - <a, da>) / sqrt(d) into A, DS (bh, T, P); dq = sum_t ds_t k(p + t).
   at::parallel_for(0, g.B * g.heads * nb, 8, [&](int64_t begin, int64_t end) {
@@ -428,11 +332,11 @@ void backward_flat(View<const scalar_t> gy, View<const scalar_t> q, View<const s
       if (f.safe(p0, N, +1)) {
         V a[T] = {}, da[T] = {};
         for (int64_t c = 0; c < g.d; ++c) {
-          const int64_t cp = c * CS + p0;
+          const int64_t cp = c * CS + p0, kp = c * KCS + p0;
           const V qc = loadu<V>(qb + cp), gc = loadu<V>(gb + cp);
           for (int t = 0; t < T; ++t) {
-            a[t] += qc * loadu<V>(kb + cp + f.off[t]);
-            da[t] += gc * loadu<V>(vb + cp + f.off[t]);
+            a[t] += qc * loadu<V>(kb + kp + f.koff[t]);
+            da[t] += gc * loadu<V>(vb + kp + f.koff[t]);
           }
         }
         block_softmax<scalar_t, T>(a, g, f, p0, scale);
@@ -444,76 +348,80 @@ void backward_flat(View<const scalar_t> gy, View<const scalar_t> q, View<const s
           storeu(DSb + t * CS + p0, da[t]);
         }
         for (int64_t c = 0; c < g.d; ++c) {
-          const int64_t cp = c * CS + p0;
+          const int64_t kp = c * KCS + p0;
           V acc = V{};
-          for (int t = 0; t < T; ++t) acc += da[t] * loadu<V>(kb + cp + f.off[t]);
-          storeu(dqb + cp, acc);
+          for (int t = 0; t < T; ++t) acc += da[t] * loadu<V>(kb + kp + f.koff[t]);
+          storeu(dqb + c * CS + p0, acc);
         }
         continue;
       }
       for (int64_t p = p0; p < std::min(P, p0 + N); ++p) {
-        scalar_t a[T], da[T] = {}, gdot = 0;
+        scalar_t a[T], da[T] = {}, ds[T], gdot = 0;
+        bool ok[T];
         pixel_weights<scalar_t, T>(qb, kb, g, f, p, scale, a);
         for (int t = 0; t < T; ++t) {
-          if (a[t] == scalar_t(0) && !f.valid(g, t, p)) continue;
-          for (int64_t c = 0; c < g.d; ++c) da[t] += gb[c * CS + p] * vb[c * CS + p + f.off[t]];
+          ok[t] = f.valid(g, t, p);
+          if (!ok[t]) continue;
+          for (int64_t c = 0; c < g.d; ++c) da[t] += gb[c * CS + p] * vb[c * KCS + p + f.koff[t]];
           gdot += a[t] * da[t];
         }
         for (int t = 0; t < T; ++t) {
+          ds[t] = ok[t] ? a[t] * (da[t] - gdot) * scale : scalar_t(0);
           Ab[t * CS + p] = a[t];
-          DSb[t * CS + p] = f.valid(g, t, p) ? a[t] * (da[t] - gdot) * scale : scalar_t(0);
+          DSb[t * CS + p] = ds[t];
         }
         for (int64_t c = 0; c < g.d; ++c) {
           scalar_t acc = 0;
           for (int t = 0; t < T; ++t) {
-            if (f.valid(g, t, p)) acc += DSb[t * CS + p] * kb[c * CS + p + f.off[t]];
+            if (ok[t]) acc += ds[t] * kb[c * KCS + p + f.koff[t]];
           }
           dqb[c * CS + p] = acc;
         }
       }
     }
   });
-  // Pass 2: dk(r) = sum_t ds_t(r - t) q(r - t), dv(r) = sum_t a_t(r - t) g(r - t) (A, DS are 0 where
-  // tap t is invalid at r - t, which also covers the row wrap-around of the flat offsets).
-  at::parallel_for(0, g.B * g.heads * nb, 8, [&](int64_t begin, int64_t end) {
+  // Pass 2, per phase plane: dk(r) = sum_t ds_t(r - t) q(r - t), dv(r) = sum_t a_t(r - t) g(r - t) over
+  // the taps t that read this phase (A, DS are 0 where tap t is invalid at r - t, which also covers the
+  // row wrap-around of the flat offsets). A phase no tap reads gets zeros.
+  constexpr int64_t phases = S * S;
+  at::parallel_for(0, g.B * g.heads * phases * nb, 8, [&](int64_t begin, int64_t end) {
     for (int64_t job = begin; job < end; ++job) {
-      const int64_t bh = job / nb, r0 = (job % nb) * N;
+      const int64_t bh = job / (phases * nb), ph = job / nb % phases, r0 = (job % nb) * N;
       const int64_t ch0 = bh * g.d;
-      const scalar_t *qb = q.ch(ch0), *gb = gy.ch(ch0), *Ab = A + bh * T * CS, *DSb = DS + bh * T * CS;
-      scalar_t *dkb = dk.ch(ch0), *dvb = dv.ch(ch0);
+      Gather<scalar_t> gather{q.ch(ch0), gy.ch(ch0), A + bh * T * CS, DS + bh * T * CS, dk.ch(ch0) + ph * CS,
+                              dv.ch(ch0) + ph * CS, CS, KCS, g.d, {}, {}, 0};
+      for (int t = 0; t < T; ++t) {
+        if (f.phase[t] == ph) {
+          gather.tap[gather.n] = t;
+          gather.off[gather.n++] = f.off[t];
+        }
+      }
       if (f.safe(r0, N, -1)) {
-        V a[T], ds[T];
-        for (int t = 0; t < T; ++t) {
-          a[t] = loadu<V>(Ab + t * CS + r0 - f.off[t]);
-          ds[t] = loadu<V>(DSb + t * CS + r0 - f.off[t]);
-        }
-        for (int64_t c = 0; c < g.d; ++c) {
-          const int64_t cp = c * CS + r0;
-          V acck = V{}, accv = V{};
-          for (int t = 0; t < T; ++t) {
-            acck += ds[t] * loadu<V>(qb + cp - f.off[t]);
-            accv += a[t] * loadu<V>(gb + cp - f.off[t]);
-          }
-          storeu(dkb + cp, acck);
-          storeu(dvb + cp, accv);
-        }
+        gather.template block_of<T>(r0);
         continue;
       }
-      for (int64_t r = r0; r < std::min(P, r0 + N); ++r) {
-        for (int64_t c = 0; c < g.d; ++c) {
-          scalar_t acck = 0, accv = 0;
-          for (int t = 0; t < T; ++t) {
-            const int64_t p = r - f.off[t];
-            if (p < 0 || p >= P) continue;
-            acck += DSb[t * CS + p] * qb[c * CS + p];
-            accv += Ab[t * CS + p] * gb[c * CS + p];
-          }
-          dkb[c * CS + r] = acck;
-          dvb[c * CS + r] = accv;
-        }
-      }
+      for (int64_t r = r0; r < std::min(P, r0 + N); ++r) gather.pixel(r, P);
     }
   });
+}
+
+// The tensor itself when its (C, H, W) block per batch element is contiguous (e.g. a channel chunk
+// of the q/k/v projection), else a contiguous copy.
+at::Tensor planes(const at::Tensor& t, at::ScalarType dtype) {
+  const at::Tensor u = t.to(dtype);
+  const bool ok = u.stride(3) == 1 && u.stride(2) == u.size(3) && u.stride(1) == u.size(2) * u.size(3);
+  return ok ? u : u.contiguous();
+}
+
+template <typename T>
+View<T> view(const at::Tensor& t) {
+  T* p;
+  if constexpr (std::is_const_v<T>) {
+    p = t.const_data_ptr<std::remove_const_t<T>>();
+  } else {
+    p = t.mutable_data_ptr<T>();
+  }
+  return {p, t.stride(0), t.size(2) * t.size(3), t.size(1)};
 }
 
 // Scratch memory for temporaries (padded copies, A and DS), reused across calls: one grow-only buffer
@@ -544,30 +452,79 @@ class Workspace {
   int64_t used_ = 0;
 };
 
-// The padded layout of a small plane: (B*C, cs) rows, the plane at [M, M + P), zeros around it.
+// The padded layout: (B*C, s*s*cs) rows of s*s planes (s = 1 for q-like tensors, the stride for k-like
+// ones), each plane (H', W') at [M, M + P) of its cs elements, zeros around it.
 struct Padding {
-  int64_t M, P, cs, rows;
+  int64_t M, P, cs, rows, Ho, Wo;
   Padding(const Flat& f, int64_t lanes, int64_t rows_)
-      : M(f.margin()), P(f.P), cs(f.P + lanes + 2 * f.margin()), rows(rows_) {}
-  at::Tensor zeros(Workspace& ws) const { return ws.take(rows, cs, true); }
-  at::Tensor empty(Workspace& ws) const { return ws.take(rows, cs, false); }  // outputs: fully written
-  at::Tensor in(Workspace& ws, const at::Tensor& t) const {  // (B, C, H, W) -> padded rows
-    at::Tensor out = zeros(ws);
-    out.narrow(1, M, P).copy_(t.reshape({rows, P}));
+      : M(f.margin()), P(f.P), cs(f.P + lanes + 2 * f.margin()), rows(rows_), Ho(f.P / f.W), Wo(f.W) {}
+  at::Tensor take(Workspace& ws, int64_t s, bool zero) const { return ws.take(rows, s * s * cs, zero); }
+  // (B, C, h, w) -> padded planes, zeros around them: pixel (y, x) to plane (y % s, x % s) at (y / s, x / s).
+  template <typename scalar_t>
+  at::Tensor in(Workspace& ws, const at::Tensor& t, int64_t s) const {
+    if (s == 1) {  // one run per row: ATen's copy is the fastest
+      at::Tensor out = take(ws, 1, true);
+      out.narrow(1, M, P).copy_(t.reshape({rows, P}));
+      return out;
+    }
+    at::Tensor out = take(ws, s, false);
+    const View<const scalar_t> image = view<const scalar_t>(t);
+    scalar_t* buf = out.mutable_data_ptr<scalar_t>();
+    const int64_t h = t.size(2), w = t.size(3);
+    const bool exact = h == Ho * s && w == Wo * s;  // every plane pixel is an image pixel
+    at::parallel_for(0, rows, 16, [&](int64_t begin, int64_t end) {
+      for (int64_t r = begin; r < end; ++r) {
+        const scalar_t* src = image.ch(r);
+        scalar_t* planes = buf + r * s * s * cs;
+        for (int64_t ph = 0; ph < s * s; ++ph) {  // zero only what the copy leaves
+          scalar_t* plane = planes + ph * cs;
+          std::fill(plane, plane + (exact ? M : cs), scalar_t(0));
+          if (exact) std::fill(plane + M + P, plane + cs, scalar_t(0));
+        }
+        for (int64_t y = 0; y < h; ++y) {
+          for (int64_t px = 0; px < s && px < w; ++px) {
+            scalar_t* dst = planes + ((y % s) * s + px) * cs + M + (y / s) * Wo;
+            const scalar_t* row = src + y * w + px;
+            for (int64_t xo = 0, n = (w - px + s - 1) / s; xo < n; ++xo) dst[xo] = row[xo * s];
+          }
+        }
+      }
+    });
     return out;
   }
+  // Padded planes -> dst (B, C, h, w): the inverse of `in`.
+  template <typename scalar_t>
+  void out(const at::Tensor& buf, int64_t s, const at::Tensor& dst) const {
+    if (s == 1) {
+      dst.copy_(buf.narrow(1, M, P).view(dst.sizes()));
+      return;
+    }
+    const View<scalar_t> image = view<scalar_t>(dst);
+    const scalar_t* all = buf.const_data_ptr<scalar_t>();
+    const int64_t h = dst.size(2), w = dst.size(3);
+    at::parallel_for(0, rows, 16, [&](int64_t begin, int64_t end) {
+      for (int64_t r = begin; r < end; ++r) {
+        scalar_t* img = image.ch(r);
+        const scalar_t* planes = all + r * s * s * cs;
+        for (int64_t y = 0; y < h; ++y) {
+          for (int64_t px = 0; px < s && px < w; ++px) {
+            const scalar_t* src = planes + ((y % s) * s + px) * cs + M + (y / s) * Wo;
+            scalar_t* row = img + y * w + px;
+            for (int64_t xo = 0, n = (w - px + s - 1) / s; xo < n; ++xo) row[xo * s] = src[xo];
+          }
+        }
+      }
+    });
+  }
   template <typename T>
-  View<T> view(const at::Tensor& padded, int64_t channels) const {
+  View<T> layout(const at::Tensor& padded, int64_t channels, int64_t s) const {
     T* p;
     if constexpr (std::is_const_v<T>) {
       p = padded.const_data_ptr<std::remove_const_t<T>>();
     } else {
       p = padded.mutable_data_ptr<T>();
     }
-    return {p + M, channels * cs, cs, channels};
-  }
-  at::Tensor plane(const at::Tensor& padded, at::IntArrayRef sizes) const {  // padded rows -> (B, C, H, W)
-    return padded.narrow(1, M, P).reshape(sizes);
+    return {p + M, channels * s * s * cs, s * s * cs, channels};
   }
 };
 
@@ -579,27 +536,8 @@ void check_inputs(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
   TORCH_CHECK(q.size(2) == (k.size(2) + stride - 1) / stride && q.size(3) == (k.size(3) + stride - 1) / stride,
               "pssa: q must be k's size on the stride grid");
   TORCH_CHECK(heads > 0 && k.size(1) % heads == 0, "pssa: heads must divide the channels");
-  TORCH_CHECK(taps.size() % 2 == 0 && !taps.empty(), "pssa: taps are (ty, tx) pairs");
+  TORCH_CHECK(taps.size() == 18 || taps.size() == 10, "pssa: taps are the 9 or 5 (ty, tx) pairs of T(L, dirs)");
   TORCH_CHECK(q.scalar_type() == k.scalar_type() && q.scalar_type() == v.scalar_type(), "pssa: mixed dtypes");
-}
-
-// The tensor itself when its (C, H, W) block per batch element is contiguous (e.g. a channel chunk
-// of the q/k/v projection), else a contiguous copy.
-at::Tensor planes(const at::Tensor& t, at::ScalarType dtype) {
-  const at::Tensor u = t.to(dtype);
-  const bool ok = u.stride(3) == 1 && u.stride(2) == u.size(3) && u.stride(1) == u.size(2) * u.size(3);
-  return ok ? u : u.contiguous();
-}
-
-template <typename T>
-View<T> view(const at::Tensor& t) {
-  T* p;
-  if constexpr (std::is_const_v<T>) {
-    p = t.const_data_ptr<std::remove_const_t<T>>();
-  } else {
-    p = t.mutable_data_ptr<T>();
-  }
-  return {p, t.stride(0), t.size(2) * t.size(3), t.size(1)};
 }
 
 at::Tensor pssa_fwd(const at::Tensor& q_, const at::Tensor& k_, const at::Tensor& v_,
@@ -616,29 +554,23 @@ at::Tensor pssa_fwd(const at::Tensor& q_, const at::Tensor& k_, const at::Tensor
   const Geometry g(q, k, heads, taps, stride);
   AT_DISPATCH_FLOATING_TYPES(dtype, "pssa_fwd", [&] {
     using C = const scalar_t;
-    const View<C> b = base.defined() ? view<C>(base) : View<C>{};
-    if (stride == 2 || (g.T != 9 && g.T != 5)) {
-      auto run = stride == 2 ? forward_impl<scalar_t, 2> : forward_impl<scalar_t, 1>;
-      run(view<C>(q), view<C>(k), view<C>(v), b, view<scalar_t>(y), g);
-      return;
-    }
-    auto run = g.T == 9 ? forward_flat<scalar_t, 9> : forward_flat<scalar_t, 5>;
+    auto run = g.T == 9 ? (g.S == 1 ? forward_flat<scalar_t, 9, 1> : forward_flat<scalar_t, 9, 2>)
+                        : (g.S == 1 ? forward_flat<scalar_t, 5, 1> : forward_flat<scalar_t, 5, 2>);
     Flat f(g);
     if (!f.wants_padding<Lanes<scalar_t>::N>()) {
-      run(view<C>(q), view<C>(k), view<C>(v), b, view<scalar_t>(y), g, f);
+      run(view<C>(q), view<C>(k), view<C>(v), base.defined() ? view<C>(base) : View<C>{}, view<scalar_t>(y), g, f);
       return;
     }
-    const int64_t channels = q.size(1);
+    const int64_t channels = q.size(1), S = g.S;
     const Padding pad(f, Lanes<scalar_t>::N, q.size(0) * channels);
-    f.padded = true;
-    f.cs = pad.cs;
-    Workspace ws(pad.rows * pad.cs * (base.defined() ? 5 : 4), q.options());
-    const at::Tensor qp = pad.in(ws, q), kp = pad.in(ws, k), vp = pad.in(ws, v);
-    const at::Tensor bp = base.defined() ? pad.in(ws, base) : at::Tensor();
-    at::Tensor yp = pad.empty(ws);
-    run(pad.view<C>(qp, channels), pad.view<C>(kp, channels), pad.view<C>(vp, channels),
-        bp.defined() ? pad.view<C>(bp, channels) : View<C>{}, pad.view<scalar_t>(yp, channels), g, f);
-    y.copy_(pad.plane(yp, y.sizes()));
+    f.layout(pad.cs, true);
+    Workspace ws(pad.rows * pad.cs * (2 * S * S + (base.defined() ? 3 : 2)), q.options());
+    const at::Tensor qp = pad.in<scalar_t>(ws, q, 1), kp = pad.in<scalar_t>(ws, k, S), vp = pad.in<scalar_t>(ws, v, S);
+    const at::Tensor bp = base.defined() ? pad.in<scalar_t>(ws, base, 1) : at::Tensor();
+    const at::Tensor yp = pad.take(ws, 1, false);
+    run(pad.layout<C>(qp, channels, 1), pad.layout<C>(kp, channels, S), pad.layout<C>(vp, channels, S),
+        bp.defined() ? pad.layout<C>(bp, channels, 1) : View<C>{}, pad.layout<scalar_t>(yp, channels, 1), g, f);
+    pad.out<scalar_t>(yp, 1, y);
   });
   return y;
 }
@@ -657,43 +589,32 @@ std::tuple<at::Tensor, at::Tensor> pssa_bwd(const at::Tensor& gy_, const at::Ten
   const Geometry g(q, k, heads, taps, stride);
   AT_DISPATCH_FLOATING_TYPES(dtype, "pssa_bwd", [&] {
     using C = const scalar_t;
-    at::Tensor A, DS;  // weights a and logit gradients ds of every tap: (B*heads, T, H', W')
-    const int64_t ab = g.B * g.heads * g.T * g.Ho * g.Wo;
-    if (stride == 2 || (g.T != 9 && g.T != 5)) {
-      Workspace ws(2 * ab, opts);
-      A = ws.take(ab, 1, false);
-      DS = ws.take(ab, 1, false);
-      auto run = stride == 2 ? backward_impl<scalar_t, 2> : backward_impl<scalar_t, 1>;
-      run(view<C>(gy), view<C>(q), view<C>(k), view<C>(v), view<scalar_t>(dq), view<scalar_t>(dk),
-          view<scalar_t>(dv), A.mutable_data_ptr<scalar_t>(), DS.mutable_data_ptr<scalar_t>(), g);
-      return;
-    }
-    auto run = g.T == 9 ? backward_flat<scalar_t, 9> : backward_flat<scalar_t, 5>;
+    auto run = g.T == 9 ? (g.S == 1 ? backward_flat<scalar_t, 9, 1> : backward_flat<scalar_t, 9, 2>)
+                        : (g.S == 1 ? backward_flat<scalar_t, 5, 1> : backward_flat<scalar_t, 5, 2>);
     Flat f(g);
     if (!f.wants_padding<Lanes<scalar_t>::N>()) {
+      const int64_t ab = g.B * g.heads * g.T * g.Ho * g.Wo;  // A, DS: (B*heads, T, H', W')
       Workspace ws(2 * ab, opts);
-      A = ws.take(ab, 1, false);
-      DS = ws.take(ab, 1, false);
+      at::Tensor A = ws.take(ab, 1, false), DS = ws.take(ab, 1, false);
       run(view<C>(gy), view<C>(q), view<C>(k), view<C>(v), view<scalar_t>(dq), view<scalar_t>(dk),
           view<scalar_t>(dv), A.mutable_data_ptr<scalar_t>(), DS.mutable_data_ptr<scalar_t>(), g, f);
       return;
     }
-    const int64_t channels = q.size(1);
+    const int64_t channels = q.size(1), S = g.S;
     const Padding pad(f, Lanes<scalar_t>::N, q.size(0) * channels);
-    f.padded = true;
-    f.cs = pad.cs;
+    f.layout(pad.cs, true);
     const Padding buffers(f, Lanes<scalar_t>::N, g.B * g.heads * g.T);  // A, DS: (B*heads, T) padded rows
-    Workspace ws(7 * pad.rows * pad.cs + 2 * buffers.rows * buffers.cs, opts);
-    const at::Tensor gp = pad.in(ws, gy), qp = pad.in(ws, q), kp = pad.in(ws, k), vp = pad.in(ws, v);
-    at::Tensor dqp = pad.empty(ws), dkp = pad.empty(ws), dvp = pad.empty(ws);
-    at::Tensor Ap = buffers.zeros(ws), DSp = buffers.zeros(ws);
-    run(pad.view<C>(gp, channels), pad.view<C>(qp, channels), pad.view<C>(kp, channels),
-        pad.view<C>(vp, channels), pad.view<scalar_t>(dqp, channels), pad.view<scalar_t>(dkp, channels),
-        pad.view<scalar_t>(dvp, channels), Ap.mutable_data_ptr<scalar_t>() + buffers.M,
+    Workspace ws((3 + 4 * S * S) * pad.rows * pad.cs + 2 * buffers.rows * buffers.cs, opts);
+    const at::Tensor gp = pad.in<scalar_t>(ws, gy, 1), qp = pad.in<scalar_t>(ws, q, 1), kp = pad.in<scalar_t>(ws, k, S), vp = pad.in<scalar_t>(ws, v, S);
+    const at::Tensor dqp = pad.take(ws, 1, false), dkp = pad.take(ws, S, false), dvp = pad.take(ws, S, false);
+    const at::Tensor Ap = buffers.take(ws, 1, true), DSp = buffers.take(ws, 1, true);
+    run(pad.layout<C>(gp, channels, 1), pad.layout<C>(qp, channels, 1), pad.layout<C>(kp, channels, S),
+        pad.layout<C>(vp, channels, S), pad.layout<scalar_t>(dqp, channels, 1), pad.layout<scalar_t>(dkp, channels, S),
+        pad.layout<scalar_t>(dvp, channels, S), Ap.mutable_data_ptr<scalar_t>() + buffers.M,
         DSp.mutable_data_ptr<scalar_t>() + buffers.M, g, f);
-    dq.copy_(pad.plane(dqp, dq.sizes()));
-    dk.copy_(pad.plane(dkp, dk.sizes()));
-    dv.copy_(pad.plane(dvp, dv.sizes()));
+    pad.out<scalar_t>(dqp, 1, dq);
+    pad.out<scalar_t>(dkp, S, dk);
+    pad.out<scalar_t>(dvp, S, dv);
   });
   return {dq, dkv};
 }
