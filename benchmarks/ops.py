@@ -168,6 +168,25 @@ def stage_table(device: torch.device, batch: int, repeats: int,
     return markdown_table(header, rows), at
 
 
+def stride2_table(device: torch.device, batch: int, repeats: int, clock: Callable[[], float]) -> str:
+    """The first block of a stage (stride 2, C/2 -> C channels, 2H -> H): each op against nn.Conv2d."""
+    names = ["nn.Conv2d", "pssa", "xvol_pssa"]
+    rows = []
+    for channels, size in STAGES[1:]:
+        x = torch.randn(batch, channels // 2, 2 * size, 2 * size, device=device)
+        xg = x.clone().requires_grad_(True)
+        mods = {"nn.Conv2d": nn.Conv2d(channels // 2, channels, 3, 2, 1, bias=False).to(device)}
+        mods |= {n: create_op(n, channels // 2, channels, 2).to(device).train() for n in names[1:]}
+        fwd = time_interleaved({n: no_grad_fwd(m, x) for n, m in mods.items()}, repeats, device=device,
+                               clock=clock)
+        both = time_interleaved({n: fwd_bwd(m, xg) for n, m in mods.items()}, repeats, device=device,
+                                clock=clock)
+        for n in names:
+            rows.append([f"{channels // 2}x{2 * size}x{2 * size} -> {channels}x{size}x{size}", n,
+                         f"{fwd[n] / fwd['nn.Conv2d']:.2f}", f"{both[n] / both['nn.Conv2d']:.2f}"])
+    return markdown_table(["shape", "op", "fwd / conv", "fwd+bwd / conv"], rows)
+
+
 def _try_time(fns: dict[str, Callable[[], object]], repeats: int, device: torch.device,
               clock: Callable[[], float]) -> tuple[dict[str, float], dict[str, str]]:
     """Time the functions that run; the others get the first line of their error."""
@@ -339,6 +358,7 @@ def main() -> None:
     batch = 8 if device.type == "cpu" else 32
 
     stages, at = stage_table(device, batch, repeats, clock)
+    stride2 = stride2_table(device, batch, repeats, clock)
     peers, fastest, peer_notes = peers_table(device, batch, max(3, repeats // 2), clock)
     breakdown, parts = breakdown_table(device, batch, repeats, clock)
     deploy, deploy_to_conv, speedups = deploy_table(device, batch, repeats, clock)
@@ -380,6 +400,7 @@ def main() -> None:
         "Memory: " + ("peak CUDA allocation of forward." if device.type == "cuda" else
                       "activation memory saved by autograd for backward (CPU)."),
         "", *verdict, "", "### Against nn.Conv2d 3x3 (train form)", "", stages,
+        "", "### Stride 2 (the first block of a stage; k and v at the input's resolution)", "", stride2,
         "", "### PSSA and its peers (same projection and BatchNorm around each attention)", "", peers,
         *([""] + [f"- {n}" for n in peer_notes] if peer_notes else []),
         "", "### Where the time goes (forward of each part against the 3x3 convolution's)", "", breakdown,

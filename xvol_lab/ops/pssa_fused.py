@@ -11,7 +11,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.nn.grad import conv2d_input, conv2d_weight
 
 from xvol_lab.ops import pssa_kernels  # noqa: F401 - defines the xvol:: ops
 from xvol_lab.ops.pssa_kernels import flat_taps
@@ -45,21 +44,27 @@ def project_qkv(x: Tensor, weight: Tensor, bias: Tensor | None,
     return conv1x1(xs, w_q, b_q), conv1x1(x, w_k, b_k), conv1x1(x, w_v, b_v)
 
 
+def _conv1x1_backward(grad: Tensor, x: Tensor, weight: Tensor,
+                      bias: bool) -> tuple[Tensor, Tensor, Tensor | None]:
+    """Input, weight and (when it has one) bias gradients of `conv1x1(x, weight, bias)`, in one call."""
+    dil = _dilation_1x1(x)
+    return torch.ops.aten.convolution_backward(
+        grad, x, weight, [weight.shape[0]] if bias else None, [1, 1], [0, 0], [dil, dil], False, [0, 0], 1,
+        [True, True, bias])
+
+
 def _projection_backward(x: Tensor, weight: Tensor, dq: Tensor, dkv: Tensor, stride: int,
                          bias: bool) -> tuple[Tensor, Tensor, Tensor | None]:
     """Gradients of `project_qkv` for x, weight and (when it has one) bias, given those of q and (k, v)."""
     c = dq.shape[1]
-    dil = _dilation_1x1(x)
     xs = x if stride == 1 else x[:, :, ::stride, ::stride]
-    dx = conv2d_input(x.shape, weight[c:], dkv, dilation=dil)
-    dxq = conv2d_input(xs.shape, weight[:c], dq, dilation=dil)
+    dx, dw_kv, db_kv = _conv1x1_backward(dkv, x, weight[c:], bias)
+    dxq, dw_q, db_q = _conv1x1_backward(dq, xs, weight[:c], bias)
     if stride == 1:
         dx += dxq
     else:
         dx[:, :, ::stride, ::stride] += dxq
-    dw = torch.cat([conv2d_weight(xs, weight[:c].shape, dq, dilation=dil),
-                    conv2d_weight(x, weight[c:].shape, dkv, dilation=dil)])
-    return dx, dw, torch.cat([dq.sum((0, 2, 3)), dkv.sum((0, 2, 3))]) if bias else None
+    return dx, torch.cat([dw_q, dw_kv]), torch.cat([db_q, db_kv]) if bias else None
 
 
 # q, k, v of up to this many bytes in all are kept for backward. Larger ones are recomputed there from x (one
