@@ -168,6 +168,44 @@ def test_build_failure_falls_back_with_one_warning(monkeypatch, caplog):
     assert kernels.cpu_kernels_available()
 
 
+_AVX2_CHECK = """
+import torch
+from tests.test_ops_fused import OPTIONS, _composite, _inputs
+from xvol_lab.ops import pssa_taps
+from xvol_lab.ops.pssa_fused import fused_pixel_shift_attention
+from xvol_lab.ops.pssa_kernels import _cpu_build_flags, pssa_backend
+
+assert pssa_backend("cpu", torch.float64) == "cpu" and "avx2" in _cpu_build_flags()[0]
+for stride, shift, dirs, heads in OPTIONS[::5]:
+    for size in ((3, 3), (20, 19)):
+        taps = pssa_taps(shift, dirs)
+        leaves = [t.requires_grad_() for t in _inputs(5, 8, size, torch.float64)]
+        ref_leaves = [t.detach().clone().requires_grad_() for t in leaves]
+        fused = fused_pixel_shift_attention(*leaves, heads, taps, stride, torch.float64)
+        ref = _composite(*ref_leaves, 8, heads, taps, stride)
+        torch.testing.assert_close(fused, ref, atol=1e-12, rtol=1e-12)
+        for g, e in zip(torch.autograd.grad(fused.sum(), leaves), torch.autograd.grad(ref.sum(), ref_leaves)):
+            torch.testing.assert_close(g, e, atol=1e-11, rtol=1e-11)
+print("checked")
+"""
+
+
+def test_kernels_built_without_avx512_match_the_composite_path():
+    """Builds for CPUs without AVX-512 load the lanes of a plane's end blocks one by one instead of by
+    masked loads: built here for AVX2 (torch's ATEN_CPU_CAPABILITY), forward and gradients in float64."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "ATEN_CPU_CAPABILITY": "avx2", "PYTHONPATH": str(root)}
+    done = subprocess.run([sys.executable, "-c", _AVX2_CHECK], env=env, cwd=root, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().endswith("checked")
+
+
 def test_fused_op_compiles_in_one_graph():
     """trainer.compile: dynamo traces the fused layer (dispatch decided outside the graph) without a break."""
     torch.manual_seed(0)

@@ -12,9 +12,11 @@
 //
 // A plane is flat, so tap t is a constant offset: ty*W + tx at stride 1. A block of N pixels keeps the T
 // logits in vector registers over the d channels (1 + T loads per T fused multiply-adds), masks the
-// out-of-image taps per pixel (row wrap-around included) and applies a vector exp. At stride 2, k and v
-// are laid out as S*S phase planes of (H', W') (space to depth: phase (py, px) holds x(S y' + py, S x' + px)),
-// so that tap t again reads one phase plane at a constant offset from the output pixel.
+// out-of-image taps per pixel (row wrap-around included) and applies a vector exp. Blocks at either end
+// of a plane load only their lanes inside it (masked loads), so every block is vectorised and stride 1
+// needs no padded copy. At stride 2, k and v are laid out as S*S zero-padded phase planes of (H', W')
+// (space to depth: phase (py, px) holds x(S y' + py, S x' + px)), so that tap t again reads one phase
+// plane at a constant offset from the output pixel.
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -28,6 +30,10 @@
 #include <tuple>
 #include <type_traits>
 #include <vector>
+
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
 
 namespace {
 
@@ -73,6 +79,89 @@ inline void storeu(S* p, const V& v) {
   std::memcpy(p, &v, sizeof(V));
 }
 
+// Bit i set for the lanes lo <= i < hi of an N-lane block.
+template <int N>
+inline uint32_t lane_range(int64_t lo, int64_t hi) {
+  lo = std::max<int64_t>(lo, 0);
+  hi = std::min<int64_t>(hi, N);
+  return hi <= lo ? 0u : ((hi == 32 ? ~0u : (1u << hi) - 1) & ~((1u << lo) - 1));
+}
+
+// Lane i is p[i] where bit i of `m` is set, else 0; the addresses of the other lanes are never read, so
+// a block may straddle the end of a plane (AVX-512 masked loads; lane by lane elsewhere).
+template <typename V, typename S>
+inline V load_masked(const S* p, uint32_t m) {
+  V v;
+#if defined(__AVX512F__)  // one instruction whatever the mask: no branch
+  if constexpr (sizeof(S) == 4) {
+    const __m512 r = _mm512_maskz_loadu_ps(static_cast<__mmask16>(m), p);
+    std::memcpy(&v, &r, sizeof(V));
+  } else {
+    const __m512d r = _mm512_maskz_loadu_pd(static_cast<__mmask8>(m), p);
+    std::memcpy(&v, &r, sizeof(V));
+  }
+#else
+  constexpr int N = 64 / static_cast<int>(sizeof(S));
+  if (m == (1u << N) - 1) return loadu<V>(p);
+  S lanes[N] = {};
+  for (int i = 0; i < N; ++i) {
+    if (m >> i & 1u) lanes[i] = p[i];
+  }
+  std::memcpy(&v, lanes, sizeof(V));
+#endif
+  return v;
+}
+
+// The loads of a block: masked for blocks at a plane's ends, plain for the others (AVX-512 masked loads
+// run at half the rate of plain ones on this AMD EPYC: a 56x56 backward ran 1.5x slower with them only).
+template <typename V, bool Masked>
+struct Loader {
+  template <typename S>
+  V operator()(const S* p, uint32_t m) const {
+    if constexpr (Masked) {
+      return load_masked<V>(p, m);
+    } else {
+      return loadu<V>(p);
+    }
+  }
+};
+
+// Runs body(loader) with plain loads when every mask is full, else with masked ones.
+template <typename V, int N, typename Body>
+inline void with_loader(const uint32_t* masks, int n, const Body& body) {
+  bool full = true;
+  for (int i = 0; i < n; ++i) full = full && masks[i] == (1u << N) - 1;
+  if (full) {
+    body(Loader<V, false>{});
+  } else {
+    body(Loader<V, true>{});
+  }
+}
+
+// p[i] = lane i where bit i of `m` is set; other addresses untouched. A full mask takes a plain store
+template <typename V, typename S>
+inline void store_masked(S* p, const V& v, uint32_t m) {
+  constexpr int N = 64 / static_cast<int>(sizeof(S));
+  if (m == (1u << N) - 1) return storeu(p, v);
+#if defined(__AVX512F__)
+  if constexpr (sizeof(S) == 4) {
+    __m512 r;
+    std::memcpy(&r, &v, sizeof(V));
+    _mm512_mask_storeu_ps(p, static_cast<__mmask16>(m), r);
+  } else {
+    __m512d r;
+    std::memcpy(&r, &v, sizeof(V));
+    _mm512_mask_storeu_pd(p, static_cast<__mmask8>(m), r);
+  }
+#else
+  S lanes[N];
+  std::memcpy(lanes, &v, sizeof(V));
+  for (int i = 0; i < N; ++i) {
+    if (m >> i & 1u) p[i] = lanes[i];
+  }
+#endif
+}
+
 template <typename V>
 inline V vmax(V a, V b) { return a > b ? a : b; }
 
@@ -106,9 +195,8 @@ struct Flat {
   std::vector<int64_t> phase;   // the phase plane (py*S + px) each tap reads, where t = S*(oy, ox) + (py, px)
   std::vector<int64_t> koff;    // offset of each tap in the k-like layout: phase * cs + off
   int64_t min_off, max_off;
-  int64_t cs;           // q-like channel stride (q, y, g, dq; A and DS rows): P, or P plus zero margins
-  int64_t kcs;          // k-like channel stride (k, v, dk, dv): S*S planes of cs
-  bool padded = false;  // every block may read M = max |off| before and N + M after its plane
+  int64_t cs;   // q-like channel stride (q, y, g, dq; A and DS rows): P, or P plus zero margins (stride 2)
+  int64_t kcs;  // k-like channel stride (k, v, dk, dv): S*S planes of cs
 
   Flat(const Geometry& g) : P(g.Ho * g.Wo), W(g.Wo), S(g.S) {
     for (int64_t t = 0; t < g.T; ++t) {
@@ -118,33 +206,19 @@ struct Flat {
     }
     min_off = *std::min_element(off.begin(), off.end());
     max_off = *std::max_element(off.begin(), off.end());
-    layout(P, false);
+    layout(P);
   }
-  void layout(int64_t cs_, bool padded_) {
+  void layout(int64_t cs_) {
     cs = cs_;
     kcs = S * S * cs;
-    padded = padded_;
     koff.clear();
     for (size_t t = 0; t < off.size(); ++t) koff.push_back(phase[t] * cs + off[t]);
   }
   int64_t margin() const { return std::max(-min_off, max_off); }
-  // A block [p0, p0 + n) whose reads p + off (sign = +1) or p - off (sign = -1) all stay in the plane.
-  bool safe(int64_t p0, int64_t n, int sign) const {
-    if (padded) return true;
-    const int64_t lo = sign > 0 ? min_off : -max_off, hi = sign > 0 ? max_off : -min_off;
-    return p0 + n <= P && p0 + lo >= 0 && p0 + n - 1 + hi < P;
-  }
-  // A plane where more than 1/10 of the blocks touch a border runs faster on a zero-padded copy, all blocks
-  // vectorised: a border block in scalar code costs about ten vector blocks (measured, 1 thread: 16x16 and
-  // 14x14 planes 1.5-3x faster padded; 28x28 (8% border blocks) 1.1x and 56x56 1.4x slower, the copies). Stride 2 always runs on
-  // one (its k and v are rearranged into phase planes anyway).
+  // Lanes of the block at p0 whose reads p + d stay in the plane (the others are masked taps or pixels
+  // past the plane, whose weights are 0): d = 0 for q-like tensors, off[t] for tap t, -off[t] to gather.
   template <int N>
-  bool wants_padding() const {
-    if (S != 1) return true;
-    int64_t unsafe = 0, nb = (P + N - 1) / N;
-    for (int64_t b = 0; b < nb; ++b) unsafe += !safe(b * N, N, +1) || !safe(b * N, N, -1);
-    return 10 * unsafe > nb;
-  }
+  uint32_t inside(int64_t p0, int64_t d) const { return lane_range<N>(-(p0 + d), P - (p0 + d)); }
   // Tap t of output pixel p reads inside the image (pixels past the plane have no valid tap).
   bool valid(const Geometry& g, int64_t t, int64_t p) const {
     if (p >= P) return false;
@@ -191,28 +265,6 @@ inline void block_softmax(typename Lanes<scalar_t>::V (&lg)[T], const Geometry& 
   for (int t = 0; t < T; ++t) lg[t] *= inv;
 }
 
-// One pixel of a block the vector path cannot take: logits, softmax and (optionally) y, in scalar code.
-template <typename scalar_t, int T>
-inline void pixel_weights(const scalar_t* q, const scalar_t* k, const Geometry& g, const Flat& f, int64_t p,
-                          scalar_t scale, scalar_t (&a)[T]) {
-  scalar_t mx = -std::numeric_limits<scalar_t>::infinity(), sum = 0;
-  for (int t = 0; t < T; ++t) {
-    if (!f.valid(g, t, p)) {
-      a[t] = -std::numeric_limits<scalar_t>::infinity();
-      continue;
-    }
-    scalar_t acc = 0;
-    for (int64_t c = 0; c < g.d; ++c) acc += q[c * f.cs + p] * k[c * f.kcs + p + f.koff[t]];
-    a[t] = acc * scale;
-    mx = std::max(mx, a[t]);
-  }
-  for (int t = 0; t < T; ++t) {
-    a[t] = std::exp(a[t] - mx);
-    sum += a[t];
-  }
-  for (int t = 0; t < T; ++t) a[t] /= sum;
-}
-
 template <typename scalar_t, int T, int S>
 void forward_flat(View<const scalar_t> q, View<const scalar_t> k, View<const scalar_t> v, View<const scalar_t> base,
                   View<scalar_t> y, const Geometry& g, const Flat& f) {
@@ -226,38 +278,29 @@ void forward_flat(View<const scalar_t> q, View<const scalar_t> k, View<const sca
       const int64_t ch0 = bh * g.d;
       const scalar_t *qb = q.ch(ch0), *kb = k.ch(ch0), *vb = v.ch(ch0), *bb = base.p ? base.ch(ch0) : nullptr;
       scalar_t* yb = y.ch(ch0);
-      if (f.safe(p0, N, +1)) {
+      uint32_t m[T + 1];  // lanes inside the plane: for each tap's reads, then for q-like tensors
+      m[T] = f.inside<N>(p0, 0);
+      for (int t = 0; t < T; ++t) m[t] = f.inside<N>(p0, f.off[t]);
+      with_loader<V, N>(m, T + 1, [&](auto load) {
         V lg[T] = {};
         for (int64_t c = 0; c < g.d; ++c) {
           const int64_t cp = c * CS + p0, kp = c * KCS + p0;
           __builtin_prefetch(qb + cp + 4 * N);
           __builtin_prefetch(kb + kp + 4 * N - f.W);
           __builtin_prefetch(kb + kp + 4 * N + f.W);
-          const V qc = loadu<V>(qb + cp);
-          for (int t = 0; t < T; ++t) lg[t] += qc * loadu<V>(kb + kp + f.koff[t]);
+          const V qc = load(qb + cp, m[T]);
+          for (int t = 0; t < T; ++t) lg[t] += qc * load(kb + kp + f.koff[t], m[t]);
         }
         block_softmax<scalar_t, T>(lg, g, f, p0, scale);
         for (int64_t c = 0; c < g.d; ++c) {
           const int64_t cp = c * CS + p0, kp = c * KCS + p0;
           __builtin_prefetch(vb + kp + 4 * N - f.W);
           __builtin_prefetch(vb + kp + 4 * N + f.W);
-          V out = bb ? loadu<V>(bb + cp) : V{};
-          for (int t = 0; t < T; ++t) out += lg[t] * loadu<V>(vb + kp + f.koff[t]);
-          storeu(yb + cp, out);
+          V out = bb ? load(bb + cp, m[T]) : V{};
+          for (int t = 0; t < T; ++t) out += lg[t] * load(vb + kp + f.koff[t], m[t]);
+          store_masked(yb + cp, out, m[T]);
         }
-        continue;
-      }
-      for (int64_t p = p0; p < std::min(P, p0 + N); ++p) {
-        scalar_t a[T];
-        pixel_weights<scalar_t, T>(qb, kb, g, f, p, scale, a);
-        for (int64_t c = 0; c < g.d; ++c) {
-          scalar_t out = bb ? bb[c * CS + p] : scalar_t(0);
-          for (int t = 0; t < T; ++t) {
-            if (a[t] != scalar_t(0)) out += a[t] * vb[c * KCS + p + f.koff[t]];
-          }
-          yb[c * CS + p] = out;
-        }
-      }
+      });
     }
   });
 }
@@ -267,7 +310,7 @@ template <typename scalar_t>
 struct Gather {
   const scalar_t *q, *g, *A, *DS;
   scalar_t *dk, *dv;
-  int64_t CS, KCS, d;
+  int64_t CS, KCS, P, d;
   int tap[9];
   int64_t off[9];
   int n;
@@ -276,21 +319,27 @@ struct Gather {
   template <int NT>
   void block(int64_t r0) const {
     using V = typename Lanes<scalar_t>::V;
-    V a[NT > 0 ? NT : 1], ds[NT > 0 ? NT : 1];
-    for (int i = 0; i < NT; ++i) {
-      a[i] = loadu<V>(A + tap[i] * CS + r0 - off[i]);
-      ds[i] = loadu<V>(DS + tap[i] * CS + r0 - off[i]);
-    }
-    for (int64_t c = 0; c < d; ++c) {
-      const int64_t cp = c * CS + r0;
-      V acck = V{}, accv = V{};
+    constexpr int N = Lanes<scalar_t>::N;
+    uint32_t m[NT + 1];  // lanes whose source pixels r - off lie inside the plane, per tap; r inside
+    for (int i = 0; i < NT; ++i) m[i] = lane_range<N>(off[i] - r0, P + off[i] - r0);
+    m[NT] = lane_range<N>(-r0, P - r0);
+    with_loader<V, N>(m, NT + 1, [&](auto load) {
+      V a[NT > 0 ? NT : 1], ds[NT > 0 ? NT : 1];
       for (int i = 0; i < NT; ++i) {
-        acck += ds[i] * loadu<V>(q + cp - off[i]);
-        accv += a[i] * loadu<V>(g + cp - off[i]);
+        a[i] = load(A + tap[i] * CS + r0 - off[i], m[i]);
+        ds[i] = load(DS + tap[i] * CS + r0 - off[i], m[i]);
       }
-      storeu(dk + c * KCS + r0, acck);
-      storeu(dv + c * KCS + r0, accv);
-    }
+      for (int64_t c = 0; c < d; ++c) {
+        const int64_t cp = c * CS + r0;
+        V acck = V{}, accv = V{};
+        for (int i = 0; i < NT; ++i) {
+          acck += ds[i] * load(q + cp - off[i], m[i]);
+          accv += a[i] * load(g + cp - off[i], m[i]);
+        }
+        store_masked(dk + c * KCS + r0, acck, m[NT]);
+        store_masked(dv + c * KCS + r0, accv, m[NT]);
+      }
+    });
   }
   template <int NT>
   void block_of(int64_t r0) const {  // block<n>, n dispatched down from NT
@@ -298,19 +347,6 @@ struct Gather {
       if (n != NT) return block_of<NT - 1>(r0);
     }
     block<NT>(r0);
-  }
-  void pixel(int64_t r, int64_t P) const {  // one pixel in scalar code (blocks that would leave the plane)
-    for (int64_t c = 0; c < d; ++c) {
-      scalar_t acck = 0, accv = 0;
-      for (int i = 0; i < n; ++i) {
-        const int64_t p = r - off[i];
-        if (p < 0 || p >= P) continue;
-        acck += DS[tap[i] * CS + p] * q[c * CS + p];
-        accv += A[tap[i] * CS + p] * g[c * CS + p];
-      }
-      dk[c * KCS + r] = acck;
-      dv[c * KCS + r] = accv;
-    }
   }
 };
 
@@ -329,14 +365,17 @@ void backward_flat(View<const scalar_t> gy, View<const scalar_t> q, View<const s
       const int64_t ch0 = bh * g.d;
       const scalar_t *qb = q.ch(ch0), *kb = k.ch(ch0), *vb = v.ch(ch0), *gb = gy.ch(ch0);
       scalar_t *dqb = dq.ch(ch0), *Ab = A + bh * T * CS, *DSb = DS + bh * T * CS;
-      if (f.safe(p0, N, +1)) {
+      uint32_t m[T + 1];  // lanes inside the plane: for each tap's reads, then for q-like tensors
+      m[T] = f.inside<N>(p0, 0);
+      for (int t = 0; t < T; ++t) m[t] = f.inside<N>(p0, f.off[t]);
+      with_loader<V, N>(m, T + 1, [&](auto load) {
         V a[T] = {}, da[T] = {};
         for (int64_t c = 0; c < g.d; ++c) {
           const int64_t cp = c * CS + p0, kp = c * KCS + p0;
-          const V qc = loadu<V>(qb + cp), gc = loadu<V>(gb + cp);
+          const V qc = load(qb + cp, m[T]), gc = load(gb + cp, m[T]);
           for (int t = 0; t < T; ++t) {
-            a[t] += qc * loadu<V>(kb + kp + f.koff[t]);
-            da[t] += gc * loadu<V>(vb + kp + f.koff[t]);
+            a[t] += qc * load(kb + kp + f.koff[t], m[t]);
+            da[t] += gc * load(vb + kp + f.koff[t], m[t]);
           }
         }
         block_softmax<scalar_t, T>(a, g, f, p0, scale);
@@ -344,63 +383,36 @@ void backward_flat(View<const scalar_t> gy, View<const scalar_t> q, View<const s
         for (int t = 0; t < T; ++t) gdot += a[t] * da[t];
         for (int t = 0; t < T; ++t) {
           da[t] = a[t] * (da[t] - gdot) * scale;  // now ds
-          storeu(Ab + t * CS + p0, a[t]);
-          storeu(DSb + t * CS + p0, da[t]);
+          store_masked(Ab + t * CS + p0, a[t], m[T]);
+          store_masked(DSb + t * CS + p0, da[t], m[T]);
         }
         for (int64_t c = 0; c < g.d; ++c) {
           const int64_t kp = c * KCS + p0;
           V acc = V{};
-          for (int t = 0; t < T; ++t) acc += da[t] * loadu<V>(kb + kp + f.koff[t]);
-          storeu(dqb + c * CS + p0, acc);
+          for (int t = 0; t < T; ++t) acc += da[t] * load(kb + kp + f.koff[t], m[t]);
+          store_masked(dqb + c * CS + p0, acc, m[T]);
         }
-        continue;
-      }
-      for (int64_t p = p0; p < std::min(P, p0 + N); ++p) {
-        scalar_t a[T], da[T] = {}, ds[T], gdot = 0;
-        bool ok[T];
-        pixel_weights<scalar_t, T>(qb, kb, g, f, p, scale, a);
-        for (int t = 0; t < T; ++t) {
-          ok[t] = f.valid(g, t, p);
-          if (!ok[t]) continue;
-          for (int64_t c = 0; c < g.d; ++c) da[t] += gb[c * CS + p] * vb[c * KCS + p + f.koff[t]];
-          gdot += a[t] * da[t];
-        }
-        for (int t = 0; t < T; ++t) {
-          ds[t] = ok[t] ? a[t] * (da[t] - gdot) * scale : scalar_t(0);
-          Ab[t * CS + p] = a[t];
-          DSb[t * CS + p] = ds[t];
-        }
-        for (int64_t c = 0; c < g.d; ++c) {
-          scalar_t acc = 0;
-          for (int t = 0; t < T; ++t) {
-            if (ok[t]) acc += ds[t] * kb[c * KCS + p + f.koff[t]];
-          }
-          dqb[c * CS + p] = acc;
-        }
-      }
+      });
     }
   });
   // Pass 2, per phase plane: dk(r) = sum_t ds_t(r - t) q(r - t), dv(r) = sum_t a_t(r - t) g(r - t) over
   // the taps t that read this phase (A, DS are 0 where tap t is invalid at r - t, which also covers the
-  // row wrap-around of the flat offsets). A phase no tap reads gets zeros.
+  // row wrap-around of the flat offsets; sources outside the plane are masked). A phase no tap reads
+  // gets zeros.
   constexpr int64_t phases = S * S;
   at::parallel_for(0, g.B * g.heads * phases * nb, 8, [&](int64_t begin, int64_t end) {
     for (int64_t job = begin; job < end; ++job) {
       const int64_t bh = job / (phases * nb), ph = job / nb % phases, r0 = (job % nb) * N;
       const int64_t ch0 = bh * g.d;
       Gather<scalar_t> gather{q.ch(ch0), gy.ch(ch0), A + bh * T * CS, DS + bh * T * CS, dk.ch(ch0) + ph * CS,
-                              dv.ch(ch0) + ph * CS, CS, KCS, g.d, {}, {}, 0};
+                              dv.ch(ch0) + ph * CS, CS, KCS, P, g.d, {}, {}, 0};
       for (int t = 0; t < T; ++t) {
         if (f.phase[t] == ph) {
           gather.tap[gather.n] = t;
           gather.off[gather.n++] = f.off[t];
         }
       }
-      if (f.safe(r0, N, -1)) {
-        gather.template block_of<T>(r0);
-        continue;
-      }
-      for (int64_t r = r0; r < std::min(P, r0 + N); ++r) gather.pixel(r, P);
+      gather.template block_of<T>(r0);
     }
   });
 }
@@ -452,7 +464,7 @@ class Workspace {
   int64_t used_ = 0;
 };
 
-// The padded layout: (B*C, s*s*cs) rows of s*s planes (s = 1 for q-like tensors, the stride for k-like
+// The padded layout of stride 2: (B*C, s*s*cs) rows of s*s planes (s = 1 for q-like tensors, the stride for k-like
 // ones), each plane (H', W') at [M, M + P) of its cs elements, zeros around it.
 struct Padding {
   int64_t M, P, cs, rows, Ho, Wo;
@@ -557,13 +569,13 @@ at::Tensor pssa_fwd(const at::Tensor& q_, const at::Tensor& k_, const at::Tensor
     auto run = g.T == 9 ? (g.S == 1 ? forward_flat<scalar_t, 9, 1> : forward_flat<scalar_t, 9, 2>)
                         : (g.S == 1 ? forward_flat<scalar_t, 5, 1> : forward_flat<scalar_t, 5, 2>);
     Flat f(g);
-    if (!f.wants_padding<Lanes<scalar_t>::N>()) {
+    if (g.S == 1) {
       run(view<C>(q), view<C>(k), view<C>(v), base.defined() ? view<C>(base) : View<C>{}, view<scalar_t>(y), g, f);
       return;
     }
     const int64_t channels = q.size(1), S = g.S;
     const Padding pad(f, Lanes<scalar_t>::N, q.size(0) * channels);
-    f.layout(pad.cs, true);
+    f.layout(pad.cs);
     Workspace ws(pad.rows * pad.cs * (2 * S * S + (base.defined() ? 3 : 2)), q.options());
     const at::Tensor qp = pad.in<scalar_t>(ws, q, 1), kp = pad.in<scalar_t>(ws, k, S), vp = pad.in<scalar_t>(ws, v, S);
     const at::Tensor bp = base.defined() ? pad.in<scalar_t>(ws, base, 1) : at::Tensor();
@@ -592,7 +604,7 @@ std::tuple<at::Tensor, at::Tensor> pssa_bwd(const at::Tensor& gy_, const at::Ten
     auto run = g.T == 9 ? (g.S == 1 ? backward_flat<scalar_t, 9, 1> : backward_flat<scalar_t, 9, 2>)
                         : (g.S == 1 ? backward_flat<scalar_t, 5, 1> : backward_flat<scalar_t, 5, 2>);
     Flat f(g);
-    if (!f.wants_padding<Lanes<scalar_t>::N>()) {
+    if (g.S == 1) {
       const int64_t ab = g.B * g.heads * g.T * g.Ho * g.Wo;  // A, DS: (B*heads, T, H', W')
       Workspace ws(2 * ab, opts);
       at::Tensor A = ws.take(ab, 1, false), DS = ws.take(ab, 1, false);
@@ -602,7 +614,7 @@ std::tuple<at::Tensor, at::Tensor> pssa_bwd(const at::Tensor& gy_, const at::Ten
     }
     const int64_t channels = q.size(1), S = g.S;
     const Padding pad(f, Lanes<scalar_t>::N, q.size(0) * channels);
-    f.layout(pad.cs, true);
+    f.layout(pad.cs);
     const Padding buffers(f, Lanes<scalar_t>::N, g.B * g.heads * g.T);  // A, DS: (B*heads, T) padded rows
     Workspace ws((3 + 4 * S * S) * pad.rows * pad.cs + 2 * buffers.rows * buffers.cs, opts);
     const at::Tensor gp = pad.in<scalar_t>(ws, gy, 1), qp = pad.in<scalar_t>(ws, q, 1), kp = pad.in<scalar_t>(ws, k, S), vp = pad.in<scalar_t>(ws, v, S);
