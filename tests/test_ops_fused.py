@@ -69,6 +69,37 @@ def test_fused_gradients_match_the_composite_path(stride, shift, dirs, heads, si
         torch.testing.assert_close(g, e, atol=1e-11, rtol=1e-11)
 
 
+@pytest.mark.parametrize("size", [(3, 3), (9, 7), (20, 19), (12, 16)], ids=["3x3", "9x7", "20x19", "12x16"])
+@pytest.mark.parametrize("shift,dirs,heads", [(1, 8, 1), (2, 4, 2), (3, 8, 4)])
+def test_strided_ops_on_images_and_on_phase_planes_match_the_composite_path(shift, dirs, heads, size):
+    """At stride 2, xvol::pssa_fwd/bwd (k, v as images) and xvol::pssa_fwd/bwd_phased (k, v as phase
+    planes, which the layers use on CPU) give the composite path's outputs and q, k, v gradients."""
+    from xvol_lab.ops.pssa_fused import phase_image, phase_planes
+    from xvol_lab.ops.pssa_kernels import flat_taps
+
+    taps = pssa_taps(shift, dirs)
+    gen = torch.Generator().manual_seed(0)
+    ho, wo = -(-size[0] // 2), -(-size[1] // 2)
+    q = torch.randn(2, 8, ho, wo, generator=gen, dtype=torch.float64, requires_grad=True)
+    k, v = (torch.randn(2, 8, *size, generator=gen, dtype=torch.float64, requires_grad=True) for _ in "kv")
+    grad = torch.randn(2, 8, ho, wo, generator=gen, dtype=torch.float64)
+    ref = pixel_shift_attention(q, k, v, heads, taps, 2)
+    expected = torch.autograd.grad(ref, (q, k, v), grad)
+    tol = dict(atol=1e-12, rtol=1e-12)
+    ops, flat = torch.ops.xvol, flat_taps(taps)
+    qd, kd, vd = q.detach(), k.detach(), v.detach()
+    kp, vp = phase_planes(kd, 2), phase_planes(vd, 2)
+    assert kp.shape == (2, 8, 4 * ho, wo)
+    torch.testing.assert_close(phase_image(kp, size, 2), kd, atol=0, rtol=0)
+    torch.testing.assert_close(ops.pssa_fwd(qd, kd, vd, None, heads, flat, 2), ref, **tol)
+    torch.testing.assert_close(ops.pssa_fwd_phased(qd, kp, vp, None, heads, flat, 2, list(size)), ref, **tol)
+    dq, dkv = ops.pssa_bwd(grad, qd, kd, vd, heads, flat, 2)
+    dq_p, dkv_p = ops.pssa_bwd_phased(grad, qd, kp, vp, heads, flat, 2, list(size))
+    for got_q, got_kv in ((dq, dkv), (dq_p, phase_image(dkv_p, size, 2))):
+        torch.testing.assert_close(got_q, expected[0], **tol)
+        torch.testing.assert_close(got_kv, torch.cat(expected[1:], 1), **tol)
+
+
 @pytest.mark.parametrize("limit", [0, 1 << 20], ids=["recompute", "keep"])
 @pytest.mark.parametrize("stride,shift,dirs", [(1, 1, 8), (1, 2, 4), (2, 1, 8), (2, 3, 4)])
 def test_fused_gradcheck(stride, shift, dirs, limit, monkeypatch):

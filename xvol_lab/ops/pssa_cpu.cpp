@@ -50,8 +50,9 @@ struct Geometry {
   int64_t B, heads, d, H, W, Ho, Wo, T, S;
   std::vector<int64_t> ty, tx;
 
-  Geometry(const at::Tensor& q, const at::Tensor& k, int64_t heads_, at::IntArrayRef taps, int64_t s)
-      : B(k.size(0)), heads(heads_), d(k.size(1) / heads_), H(k.size(2)), W(k.size(3)),
+  // q (B, C, H', W') on the stride-s grid of an (H, W) image.
+  Geometry(const at::Tensor& q, int64_t heads_, at::IntArrayRef taps, int64_t s, int64_t H_, int64_t W_)
+      : B(q.size(0)), heads(heads_), d(q.size(1) / heads_), H(H_), W(W_),
         Ho(q.size(2)), Wo(q.size(3)), T(static_cast<int64_t>(taps.size()) / 2), S(s) {
     for (int64_t t = 0; t < T; ++t) {
       ty.push_back(taps[2 * t]);
@@ -193,38 +194,22 @@ struct Flat {
   int64_t P, W, S;              // the output plane (H', W'): P = H' * W' pixels; the stride
   std::vector<int64_t> off;     // offset oy*W' + ox of each tap within an output-sized plane
   std::vector<int64_t> phase;   // the phase plane (py*S + px) each tap reads, where t = S*(oy, ox) + (py, px)
-  std::vector<int64_t> koff;    // offset of each tap in the k-like layout: phase * cs + off
-  int64_t min_off, max_off;
-  int64_t cs;   // q-like channel stride (q, y, g, dq; A and DS rows): P, or P plus zero margins (stride 2)
-  int64_t kcs;  // k-like channel stride (k, v, dk, dv): S*S planes of cs
+  std::vector<int64_t> koff;    // offset of each tap in the k-like layout: phase * P + off
+  int64_t cs;   // q-like channel stride (q, y, g, dq; A and DS rows): P
+  int64_t kcs;  // k-like channel stride (k, v, dk, dv): S*S phase planes of P
 
-  Flat(const Geometry& g) : P(g.Ho * g.Wo), W(g.Wo), S(g.S) {
+  Flat(const Geometry& g) : P(g.Ho * g.Wo), W(g.Wo), S(g.S), cs(P), kcs(S * S * P) {
     for (int64_t t = 0; t < g.T; ++t) {
       const int64_t oy = floor_div(g.ty[t], S), ox = floor_div(g.tx[t], S);
       off.push_back(oy * W + ox);
       phase.push_back((g.ty[t] - S * oy) * S + (g.tx[t] - S * ox));
+      koff.push_back(phase.back() * P + off.back());
     }
-    min_off = *std::min_element(off.begin(), off.end());
-    max_off = *std::max_element(off.begin(), off.end());
-    layout(P);
   }
-  void layout(int64_t cs_) {
-    cs = cs_;
-    kcs = S * S * cs;
-    koff.clear();
-    for (size_t t = 0; t < off.size(); ++t) koff.push_back(phase[t] * cs + off[t]);
-  }
-  int64_t margin() const { return std::max(-min_off, max_off); }
   // Lanes of the block at p0 whose reads p + d stay in the plane (the others are masked taps or pixels
   // past the plane, whose weights are 0): d = 0 for q-like tensors, off[t] for tap t, -off[t] to gather.
   template <int N>
   uint32_t inside(int64_t p0, int64_t d) const { return lane_range<N>(-(p0 + d), P - (p0 + d)); }
-  // Tap t of output pixel p reads inside the image (pixels past the plane have no valid tap).
-  bool valid(const Geometry& g, int64_t t, int64_t p) const {
-    if (p >= P) return false;
-    const int64_t y = p / W * S + g.ty[t], x = p % W * S + g.tx[t];
-    return y >= 0 && y < g.H && x >= 0 && x < g.W;
-  }
 };
 
 // Softmax weights of one pixel block (masked taps exactly 0), from the accumulated logits.
@@ -436,9 +421,9 @@ View<T> view(const at::Tensor& t) {
   return {p, t.stride(0), t.size(2) * t.size(3), t.size(1)};
 }
 
-// Scratch memory for temporaries (padded copies, A and DS), reused across calls: one grow-only buffer
-// per calling thread. Fresh large allocations are returned to the OS and page-faulted in again on
-// every call, which cost more than the small-plane kernels themselves (measured).
+// Scratch memory for the weights A and logit gradients DS of the backward, reused across calls: one
+// grow-only buffer per calling thread. Fresh large allocations are returned to the OS and page-faulted in
+// again on every call, which cost more than the small-plane kernels themselves (measured).
 class Workspace {
  public:
   Workspace(int64_t numel, const at::TensorOptions& opts) : opts_(opts) {
@@ -447,14 +432,12 @@ class Workspace {
     if (!buffer.defined() || buffer.numel() < bytes) buffer = at::empty({bytes}, opts.dtype(at::kByte));
     base_ = buffer;
   }
-  // The next (rows, cols) block, zero-filled when asked.
-  at::Tensor take(int64_t rows, int64_t cols, bool zero) {
-    const int64_t n = (rows * cols + kAlign - 1) / kAlign * kAlign;
+  // The next block of n elements.
+  void* take(int64_t n) {
     const int64_t item = static_cast<int64_t>(opts_.dtype().itemsize());
-    at::Tensor t = base_.narrow(0, used_ * item, n * item).view(opts_.dtype().toScalarType());
-    used_ += n;
-    t = t.narrow(0, 0, rows * cols).view({rows, cols});
-    return zero ? t.zero_() : t;
+    uint8_t* p = base_.mutable_data_ptr<uint8_t>() + used_ * item;
+    used_ += (n + kAlign - 1) / kAlign * kAlign;
+    return p;
   }
 
  private:
@@ -464,127 +447,141 @@ class Workspace {
   int64_t used_ = 0;
 };
 
-// The padded layout of stride 2: (B*C, s*s*cs) rows of s*s planes (s = 1 for q-like tensors, the stride for k-like
-// ones), each plane (H', W') at [M, M + P) of its cs elements, zeros around it.
-struct Padding {
-  int64_t M, P, cs, rows, Ho, Wo;
-  Padding(const Flat& f, int64_t lanes, int64_t rows_)
-      : M(f.margin()), P(f.P), cs(f.P + lanes + 2 * f.margin()), rows(rows_), Ho(f.P / f.W), Wo(f.W) {}
-  at::Tensor take(Workspace& ws, int64_t s, bool zero) const { return ws.take(rows, s * s * cs, zero); }
-  // (B, C, h, w) -> padded planes, zeros around them: pixel (y, x) to plane (y % s, x % s) at (y / s, x / s).
-  template <typename scalar_t>
-  at::Tensor in(Workspace& ws, const at::Tensor& t, int64_t s) const {
-    if (s == 1) {  // one run per row: ATen's copy is the fastest
-      at::Tensor out = take(ws, 1, true);
-      out.narrow(1, M, P).copy_(t.reshape({rows, P}));
-      return out;
-    }
-    at::Tensor out = take(ws, s, false);
-    const View<const scalar_t> image = view<const scalar_t>(t);
-    scalar_t* buf = out.mutable_data_ptr<scalar_t>();
-    const int64_t h = t.size(2), w = t.size(3);
-    const bool exact = h == Ho * s && w == Wo * s;  // every plane pixel is an image pixel
-    at::parallel_for(0, rows, 16, [&](int64_t begin, int64_t end) {
-      for (int64_t r = begin; r < end; ++r) {
-        const scalar_t* src = image.ch(r);
-        scalar_t* planes = buf + r * s * s * cs;
-        for (int64_t ph = 0; ph < s * s; ++ph) {  // zero only what the copy leaves
-          scalar_t* plane = planes + ph * cs;
-          std::fill(plane, plane + (exact ? M : cs), scalar_t(0));
-          if (exact) std::fill(plane + M + P, plane + cs, scalar_t(0));
-        }
-        for (int64_t y = 0; y < h; ++y) {
-          for (int64_t px = 0; px < s && px < w; ++px) {
-            scalar_t* dst = planes + ((y % s) * s + px) * cs + M + (y / s) * Wo;
-            const scalar_t* row = src + y * w + px;
-            for (int64_t xo = 0, n = (w - px + s - 1) / s; xo < n; ++xo) dst[xo] = row[xo * s];
-          }
+// Phase planes (stride S): image (B, C, H, W) <-> (B, C, S*S*H', W') where plane (py, px) of a channel
+// holds pixel (S y' + py, S x' + px) at (y', x'); plane pixels past the image are zeros.
+template <typename scalar_t>
+void to_phases(View<const scalar_t> image, const Geometry& g, int64_t rows, scalar_t* out) {
+  const int64_t S = g.S, P = g.Ho * g.Wo, h = g.H, w = g.W;
+  const bool exact = h == g.Ho * S && w == g.Wo * S;  // every plane pixel is an image pixel
+  at::parallel_for(0, rows, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const scalar_t* src = image.ch(r);
+      scalar_t* planes = out + r * S * S * P;
+      if (!exact) std::fill(planes, planes + S * S * P, scalar_t(0));
+      for (int64_t y = 0; y < h; ++y) {
+        for (int64_t px = 0; px < S && px < w; ++px) {
+          scalar_t* dst = planes + ((y % S) * S + px) * P + (y / S) * g.Wo;
+          const scalar_t* row = src + y * w + px;
+          for (int64_t xo = 0, n = (w - px + S - 1) / S; xo < n; ++xo) dst[xo] = row[xo * S];
         }
       }
-    });
-    return out;
-  }
-  // Padded planes -> dst (B, C, h, w): the inverse of `in`.
-  template <typename scalar_t>
-  void out(const at::Tensor& buf, int64_t s, const at::Tensor& dst) const {
-    if (s == 1) {
-      dst.copy_(buf.narrow(1, M, P).view(dst.sizes()));
-      return;
     }
-    const View<scalar_t> image = view<scalar_t>(dst);
-    const scalar_t* all = buf.const_data_ptr<scalar_t>();
-    const int64_t h = dst.size(2), w = dst.size(3);
-    at::parallel_for(0, rows, 16, [&](int64_t begin, int64_t end) {
-      for (int64_t r = begin; r < end; ++r) {
-        scalar_t* img = image.ch(r);
-        const scalar_t* planes = all + r * s * s * cs;
-        for (int64_t y = 0; y < h; ++y) {
-          for (int64_t px = 0; px < s && px < w; ++px) {
-            const scalar_t* src = planes + ((y % s) * s + px) * cs + M + (y / s) * Wo;
-            scalar_t* row = img + y * w + px;
-            for (int64_t xo = 0, n = (w - px + s - 1) / s; xo < n; ++xo) row[xo * s] = src[xo];
-          }
+  });
+}
+
+template <typename scalar_t>
+void from_phases(const scalar_t* planes_all, const Geometry& g, int64_t rows, View<scalar_t> image) {
+  const int64_t S = g.S, P = g.Ho * g.Wo, h = g.H, w = g.W;
+  at::parallel_for(0, rows, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      scalar_t* img = image.ch(r);
+      const scalar_t* planes = planes_all + r * S * S * P;
+      for (int64_t y = 0; y < h; ++y) {
+        for (int64_t px = 0; px < S && px < w; ++px) {
+          const scalar_t* src = planes + ((y % S) * S + px) * P + (y / S) * g.Wo;
+          scalar_t* row = img + y * w + px;
+          for (int64_t xo = 0, n = (w - px + S - 1) / S; xo < n; ++xo) row[xo * S] = src[xo];
         }
       }
-    });
-  }
-  template <typename T>
-  View<T> layout(const at::Tensor& padded, int64_t channels, int64_t s) const {
-    T* p;
-    if constexpr (std::is_const_v<T>) {
-      p = padded.const_data_ptr<std::remove_const_t<T>>();
-    } else {
-      p = padded.mutable_data_ptr<T>();
     }
-    return {p + M, channels * s * s * cs, s * s * cs, channels};
-  }
-};
+  });
+}
+
+// (B, C, H, W) -> phase planes (B, C, S*S*H', W').
+at::Tensor phases(const at::Tensor& t, const Geometry& g) {
+  at::Tensor out = at::empty({t.size(0), t.size(1), g.S * g.S * g.Ho, g.Wo}, t.options());
+  AT_DISPATCH_FLOATING_TYPES(t.scalar_type(), "pssa_phases", [&] {
+    to_phases<scalar_t>(view<const scalar_t>(t), g, t.size(0) * t.size(1), out.mutable_data_ptr<scalar_t>());
+  });
+  return out;
+}
 
 void check_inputs(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, int64_t heads,
                   at::IntArrayRef taps, int64_t stride) {
   TORCH_CHECK(q.dim() == 4 && k.dim() == 4 && v.sizes() == k.sizes(), "pssa: q, k, v must be NCHW, k and v alike");
   TORCH_CHECK(q.size(0) == k.size(0) && q.size(1) == k.size(1), "pssa: q and k differ in batch or channels");
   TORCH_CHECK(stride == 1 || stride == 2, "pssa: stride must be 1 or 2");
-  TORCH_CHECK(q.size(2) == (k.size(2) + stride - 1) / stride && q.size(3) == (k.size(3) + stride - 1) / stride,
-              "pssa: q must be k's size on the stride grid");
   TORCH_CHECK(heads > 0 && k.size(1) % heads == 0, "pssa: heads must divide the channels");
   TORCH_CHECK(taps.size() == 18 || taps.size() == 10, "pssa: taps are the 9 or 5 (ty, tx) pairs of T(L, dirs)");
   TORCH_CHECK(q.scalar_type() == k.scalar_type() && q.scalar_type() == v.scalar_type(), "pssa: mixed dtypes");
 }
 
-at::Tensor pssa_fwd(const at::Tensor& q_, const at::Tensor& k_, const at::Tensor& v_,
-                    const c10::optional<at::Tensor>& base_, int64_t heads, at::IntArrayRef taps, int64_t stride) {
-  check_inputs(q_, k_, v_, heads, taps, stride);
-  const auto dtype = q_.scalar_type();
-  const at::Tensor q = planes(q_, dtype), k = planes(k_, dtype), v = planes(v_, dtype);
-  at::Tensor base;
-  if (base_.has_value()) {
-    TORCH_CHECK(base_->sizes() == q.sizes(), "pssa: base must have q's shape");
-    base = planes(*base_, dtype);
-  }
+void check_image(const at::Tensor& q, const at::Tensor& k, int64_t stride) {
+  TORCH_CHECK(q.size(2) == (k.size(2) + stride - 1) / stride && q.size(3) == (k.size(3) + stride - 1) / stride,
+              "pssa: q must be k's size on the stride grid");
+}
+
+// Phase-plane inputs: k, v (B, C, S*S*H', W') for q (B, C, H', W') on the grid of an image = (H, W).
+void check_phases(const at::Tensor& q, const at::Tensor& k, int64_t stride, at::IntArrayRef image) {
+  TORCH_CHECK(image.size() == 2, "pssa: image is (H, W)");
+  TORCH_CHECK(q.size(2) == (image[0] + stride - 1) / stride && q.size(3) == (image[1] + stride - 1) / stride,
+              "pssa: q must be the image's size on the stride grid");
+  TORCH_CHECK(k.size(2) == stride * stride * q.size(2) && k.size(3) == q.size(3),
+              "pssa: k and v must be (B, C, S*S*H', W') phase planes");
+}
+
+// y = base + PSSA, with k, v as phase planes (at stride 1: the images themselves).
+at::Tensor forward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& base,
+                   const Geometry& g) {
   at::Tensor y = at::empty(q.sizes(), q.options().memory_format(at::MemoryFormat::Contiguous));
-  const Geometry g(q, k, heads, taps, stride);
-  AT_DISPATCH_FLOATING_TYPES(dtype, "pssa_fwd", [&] {
+  AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "pssa_fwd", [&] {
     using C = const scalar_t;
     auto run = g.T == 9 ? (g.S == 1 ? forward_flat<scalar_t, 9, 1> : forward_flat<scalar_t, 9, 2>)
                         : (g.S == 1 ? forward_flat<scalar_t, 5, 1> : forward_flat<scalar_t, 5, 2>);
-    Flat f(g);
-    if (g.S == 1) {
-      run(view<C>(q), view<C>(k), view<C>(v), base.defined() ? view<C>(base) : View<C>{}, view<scalar_t>(y), g, f);
-      return;
-    }
-    const int64_t channels = q.size(1), S = g.S;
-    const Padding pad(f, Lanes<scalar_t>::N, q.size(0) * channels);
-    f.layout(pad.cs);
-    Workspace ws(pad.rows * pad.cs * (2 * S * S + (base.defined() ? 3 : 2)), q.options());
-    const at::Tensor qp = pad.in<scalar_t>(ws, q, 1), kp = pad.in<scalar_t>(ws, k, S), vp = pad.in<scalar_t>(ws, v, S);
-    const at::Tensor bp = base.defined() ? pad.in<scalar_t>(ws, base, 1) : at::Tensor();
-    const at::Tensor yp = pad.take(ws, 1, false);
-    run(pad.layout<C>(qp, channels, 1), pad.layout<C>(kp, channels, S), pad.layout<C>(vp, channels, S),
-        bp.defined() ? pad.layout<C>(bp, channels, 1) : View<C>{}, pad.layout<scalar_t>(yp, channels, 1), g, f);
-    pad.out<scalar_t>(yp, 1, y);
+    run(view<C>(q), view<C>(k), view<C>(v), base.defined() ? view<C>(base) : View<C>{}, view<scalar_t>(y), g,
+        Flat(g));
   });
   return y;
+}
+
+// dq (B, C, H', W') and dkv (B, 2C, S*S*H', W'): dk and dv as phase planes, stacked as the projection
+// lays k and v out.
+std::tuple<at::Tensor, at::Tensor> backward(const at::Tensor& gy, const at::Tensor& q, const at::Tensor& k,
+                                            const at::Tensor& v, const Geometry& g) {
+  const auto opts = q.options().memory_format(at::MemoryFormat::Contiguous);
+  at::Tensor dq = at::empty(q.sizes(), opts);
+  at::Tensor dkv = at::empty({k.size(0), 2 * k.size(1), k.size(2), k.size(3)}, opts);
+  const at::Tensor dk = dkv.narrow(1, 0, k.size(1)), dv = dkv.narrow(1, k.size(1), k.size(1));
+  AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "pssa_bwd", [&] {
+    using C = const scalar_t;
+    auto run = g.T == 9 ? (g.S == 1 ? backward_flat<scalar_t, 9, 1> : backward_flat<scalar_t, 9, 2>)
+                        : (g.S == 1 ? backward_flat<scalar_t, 5, 1> : backward_flat<scalar_t, 5, 2>);
+    const int64_t ab = g.B * g.heads * g.T * g.Ho * g.Wo;  // A, DS: (B*heads, T, H', W')
+    Workspace ws(2 * ab, opts);
+    auto* A = static_cast<scalar_t*>(ws.take(ab));
+    auto* DS = static_cast<scalar_t*>(ws.take(ab));
+    run(view<C>(gy), view<C>(q), view<C>(k), view<C>(v), view<scalar_t>(dq), view<scalar_t>(dk),
+        view<scalar_t>(dv), A, DS, g, Flat(g));
+  });
+  return {dq, dkv};
+}
+
+at::Tensor optional_planes(const c10::optional<at::Tensor>& base, const at::Tensor& q) {
+  if (!base.has_value()) return at::Tensor();
+  TORCH_CHECK(base->sizes() == q.sizes(), "pssa: base must have q's shape");
+  return planes(*base, q.scalar_type());
+}
+
+at::Tensor pssa_fwd(const at::Tensor& q_, const at::Tensor& k_, const at::Tensor& v_,
+                    const c10::optional<at::Tensor>& base_, int64_t heads, at::IntArrayRef taps, int64_t stride) {
+  check_inputs(q_, k_, v_, heads, taps, stride);
+  check_image(q_, k_, stride);
+  const auto dtype = q_.scalar_type();
+  const at::Tensor q = planes(q_, dtype), k = planes(k_, dtype), v = planes(v_, dtype);
+  const Geometry g(q, heads, taps, stride, k.size(2), k.size(3));
+  const at::Tensor base = optional_planes(base_, q);
+  return stride == 1 ? forward(q, k, v, base, g) : forward(q, phases(k, g), phases(v, g), base, g);
+}
+
+at::Tensor pssa_fwd_phased(const at::Tensor& q_, const at::Tensor& k_, const at::Tensor& v_,
+                           const c10::optional<at::Tensor>& base_, int64_t heads, at::IntArrayRef taps,
+                           int64_t stride, at::IntArrayRef image) {
+  check_inputs(q_, k_, v_, heads, taps, stride);
+  check_phases(q_, k_, stride, image);
+  const auto dtype = q_.scalar_type();
+  const at::Tensor q = planes(q_, dtype);
+  const Geometry g(q, heads, taps, stride, image[0], image[1]);
+  return forward(q, planes(k_, dtype), planes(v_, dtype), optional_planes(base_, q), g);
 }
 
 // Returns dq (B, C, H', W') and dkv (B, 2C, H, W): dk and dv stacked as the projection lays them out.
@@ -592,43 +589,28 @@ std::tuple<at::Tensor, at::Tensor> pssa_bwd(const at::Tensor& gy_, const at::Ten
                                             const at::Tensor& v_, int64_t heads, at::IntArrayRef taps,
                                             int64_t stride) {
   check_inputs(q_, k_, v_, heads, taps, stride);
+  check_image(q_, k_, stride);
   const auto dtype = q_.scalar_type();
   const at::Tensor q = planes(q_, dtype), k = planes(k_, dtype), v = planes(v_, dtype), gy = planes(gy_, dtype);
-  const auto opts = q.options().memory_format(at::MemoryFormat::Contiguous);
-  at::Tensor dq = at::empty(q.sizes(), opts);
-  at::Tensor dkv = at::empty({k.size(0), 2 * k.size(1), k.size(2), k.size(3)}, opts);
-  const at::Tensor dk = dkv.narrow(1, 0, k.size(1)), dv = dkv.narrow(1, k.size(1), k.size(1));
-  const Geometry g(q, k, heads, taps, stride);
-  AT_DISPATCH_FLOATING_TYPES(dtype, "pssa_bwd", [&] {
-    using C = const scalar_t;
-    auto run = g.T == 9 ? (g.S == 1 ? backward_flat<scalar_t, 9, 1> : backward_flat<scalar_t, 9, 2>)
-                        : (g.S == 1 ? backward_flat<scalar_t, 5, 1> : backward_flat<scalar_t, 5, 2>);
-    Flat f(g);
-    if (g.S == 1) {
-      const int64_t ab = g.B * g.heads * g.T * g.Ho * g.Wo;  // A, DS: (B*heads, T, H', W')
-      Workspace ws(2 * ab, opts);
-      at::Tensor A = ws.take(ab, 1, false), DS = ws.take(ab, 1, false);
-      run(view<C>(gy), view<C>(q), view<C>(k), view<C>(v), view<scalar_t>(dq), view<scalar_t>(dk),
-          view<scalar_t>(dv), A.mutable_data_ptr<scalar_t>(), DS.mutable_data_ptr<scalar_t>(), g, f);
-      return;
-    }
-    const int64_t channels = q.size(1), S = g.S;
-    const Padding pad(f, Lanes<scalar_t>::N, q.size(0) * channels);
-    f.layout(pad.cs);
-    const Padding buffers(f, Lanes<scalar_t>::N, g.B * g.heads * g.T);  // A, DS: (B*heads, T) padded rows
-    Workspace ws((3 + 4 * S * S) * pad.rows * pad.cs + 2 * buffers.rows * buffers.cs, opts);
-    const at::Tensor gp = pad.in<scalar_t>(ws, gy, 1), qp = pad.in<scalar_t>(ws, q, 1), kp = pad.in<scalar_t>(ws, k, S), vp = pad.in<scalar_t>(ws, v, S);
-    const at::Tensor dqp = pad.take(ws, 1, false), dkp = pad.take(ws, S, false), dvp = pad.take(ws, S, false);
-    const at::Tensor Ap = buffers.take(ws, 1, true), DSp = buffers.take(ws, 1, true);
-    run(pad.layout<C>(gp, channels, 1), pad.layout<C>(qp, channels, 1), pad.layout<C>(kp, channels, S),
-        pad.layout<C>(vp, channels, S), pad.layout<scalar_t>(dqp, channels, 1), pad.layout<scalar_t>(dkp, channels, S),
-        pad.layout<scalar_t>(dvp, channels, S), Ap.mutable_data_ptr<scalar_t>() + buffers.M,
-        DSp.mutable_data_ptr<scalar_t>() + buffers.M, g, f);
-    pad.out<scalar_t>(dqp, 1, dq);
-    pad.out<scalar_t>(dkp, S, dk);
-    pad.out<scalar_t>(dvp, S, dv);
+  const Geometry g(q, heads, taps, stride, k.size(2), k.size(3));
+  if (stride == 1) return backward(gy, q, k, v, g);
+  auto [dq, dkv_planes] = backward(gy, q, phases(k, g), phases(v, g), g);
+  at::Tensor dkv = at::empty({k.size(0), 2 * k.size(1), k.size(2), k.size(3)}, dkv_planes.options());
+  AT_DISPATCH_FLOATING_TYPES(dtype, "pssa_bwd_planes", [&] {
+    from_phases<scalar_t>(dkv_planes.const_data_ptr<scalar_t>(), g, dkv.size(0) * dkv.size(1), view<scalar_t>(dkv));
   });
   return {dq, dkv};
+}
+
+std::tuple<at::Tensor, at::Tensor> pssa_bwd_phased(const at::Tensor& gy_, const at::Tensor& q_,
+                                                   const at::Tensor& k_, const at::Tensor& v_, int64_t heads,
+                                                   at::IntArrayRef taps, int64_t stride, at::IntArrayRef image) {
+  check_inputs(q_, k_, v_, heads, taps, stride);
+  check_phases(q_, k_, stride, image);
+  const auto dtype = q_.scalar_type();
+  const at::Tensor q = planes(q_, dtype);
+  const Geometry g(q, heads, taps, stride, image[0], image[1]);
+  return backward(planes(gy_, dtype), q, planes(k_, dtype), planes(v_, dtype), g);
 }
 
 }  // namespace
@@ -636,4 +618,6 @@ std::tuple<at::Tensor, at::Tensor> pssa_bwd(const at::Tensor& gy_, const at::Ten
 TORCH_LIBRARY_IMPL(xvol, CPU, m) {
   m.impl("pssa_fwd", &pssa_fwd);
   m.impl("pssa_bwd", &pssa_bwd);
+  m.impl("pssa_fwd_phased", &pssa_fwd_phased);
+  m.impl("pssa_bwd_phased", &pssa_bwd_phased);
 }

@@ -1,6 +1,12 @@
 """The schemas of the fused PSSA ops, `xvol::pssa_fwd` and `xvol::pssa_bwd`, and their fake (meta)
 implementations: the one module every backend (pssa_kernels.py for CPU, pssa_triton.py for CUDA)
-registers its kernels against."""
+registers its kernels against.
+
+`xvol::pssa_fwd_phased` / `xvol::pssa_bwd_phased` (CPU) take k and v, and return dk and dv, as the
+phase planes of stride S, (B, C, S*S*H', W'): plane (py, px) of a channel holds pixel (S y' + py,
+S x' + px) of the (H, W) `image`, zeros past it. A projection of the phase planes of x gives them
+directly, so a strided layer rearranges its input instead of k and v.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +18,12 @@ torch.library.define("xvol::pssa_fwd",
                      "-> Tensor")
 torch.library.define("xvol::pssa_bwd",
                      "(Tensor grad, Tensor q, Tensor k, Tensor v, int heads, int[] taps, int stride) "
+                     "-> (Tensor, Tensor)")
+torch.library.define("xvol::pssa_fwd_phased",
+                     "(Tensor q, Tensor k, Tensor v, Tensor? base, int heads, int[] taps, int stride, int[] image) "
+                     "-> Tensor")
+torch.library.define("xvol::pssa_bwd_phased",
+                     "(Tensor grad, Tensor q, Tensor k, Tensor v, int heads, int[] taps, int stride, int[] image) "
                      "-> (Tensor, Tensor)")
 
 
@@ -25,5 +37,19 @@ def _pssa_fwd_fake(q: Tensor, k: Tensor, v: Tensor, base: Tensor | None, heads: 
 def _pssa_bwd_fake(grad: Tensor, q: Tensor, k: Tensor, v: Tensor, heads: int, taps: list[int],
                    stride: int) -> tuple[Tensor, Tensor]:
     """(dq, dkv): dkv stacks dk and dv on the channel axis, as the projection lays k and v out."""
+    b, c, h, w = k.shape
+    return torch.empty_like(q, memory_format=torch.contiguous_format), k.new_empty(b, 2 * c, h, w)
+
+
+@torch.library.register_fake("xvol::pssa_fwd_phased")
+def _pssa_fwd_phased_fake(q: Tensor, k: Tensor, v: Tensor, base: Tensor | None, heads: int, taps: list[int],
+                          stride: int, image: list[int]) -> Tensor:
+    return torch.empty_like(q, memory_format=torch.contiguous_format)
+
+
+@torch.library.register_fake("xvol::pssa_bwd_phased")
+def _pssa_bwd_phased_fake(grad: Tensor, q: Tensor, k: Tensor, v: Tensor, heads: int, taps: list[int],
+                          stride: int, image: list[int]) -> tuple[Tensor, Tensor]:
+    """(dq, dkv): dkv stacks dk and dv as phase planes, (B, 2C, S*S*H', W')."""
     b, c, h, w = k.shape
     return torch.empty_like(q, memory_format=torch.contiguous_format), k.new_empty(b, 2 * c, h, w)
