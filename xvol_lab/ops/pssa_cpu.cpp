@@ -93,7 +93,7 @@ inline uint32_t lane_range(int64_t lo, int64_t hi) {
 template <typename V, typename S>
 inline V load_masked(const S* p, uint32_t m) {
   V v;
-#if defined(__AVX512F__)  // one instruction whatever the mask: no branch
+#if defined(__AVX512F__)
   if constexpr (sizeof(S) == 4) {
     const __m512 r = _mm512_maskz_loadu_ps(static_cast<__mmask16>(m), p);
     std::memcpy(&v, &r, sizeof(V));
@@ -103,7 +103,6 @@ inline V load_masked(const S* p, uint32_t m) {
   }
 #else
   constexpr int N = 64 / static_cast<int>(sizeof(S));
-  if (m == (1u << N) - 1) return loadu<V>(p);
   S lanes[N] = {};
   for (int i = 0; i < N; ++i) {
     if (m >> i & 1u) lanes[i] = p[i];
@@ -111,6 +110,30 @@ inline V load_masked(const S* p, uint32_t m) {
   std::memcpy(&v, lanes, sizeof(V));
 #endif
   return v;
+}
+
+// p[i] = lane i where bit i of `m` is set; other addresses untouched. A full mask takes a plain store.
+template <typename V, typename S>
+inline void store_masked(S* p, const V& v, uint32_t m) {
+  constexpr int N = 64 / static_cast<int>(sizeof(S));
+  if (m == (1u << N) - 1) return storeu(p, v);
+#if defined(__AVX512F__)
+  if constexpr (sizeof(S) == 4) {
+    __m512 r;
+    std::memcpy(&r, &v, sizeof(V));
+    _mm512_mask_storeu_ps(p, static_cast<__mmask16>(m), r);
+  } else {
+    __m512d r;
+    std::memcpy(&r, &v, sizeof(V));
+    _mm512_mask_storeu_pd(p, static_cast<__mmask8>(m), r);
+  }
+#else
+  S lanes[N];
+  std::memcpy(lanes, &v, sizeof(V));
+  for (int i = 0; i < N; ++i) {
+    if (m >> i & 1u) p[i] = lanes[i];
+  }
+#endif
 }
 
 // The loads of a block: masked for blocks at a plane's ends, plain for the others (AVX-512 masked loads
@@ -137,30 +160,6 @@ inline void with_loader(const uint32_t* masks, int n, const Body& body) {
   } else {
     body(Loader<V, true>{});
   }
-}
-
-// p[i] = lane i where bit i of `m` is set; other addresses untouched. A full mask takes a plain store
-template <typename V, typename S>
-inline void store_masked(S* p, const V& v, uint32_t m) {
-  constexpr int N = 64 / static_cast<int>(sizeof(S));
-  if (m == (1u << N) - 1) return storeu(p, v);
-#if defined(__AVX512F__)
-  if constexpr (sizeof(S) == 4) {
-    __m512 r;
-    std::memcpy(&r, &v, sizeof(V));
-    _mm512_mask_storeu_ps(p, static_cast<__mmask16>(m), r);
-  } else {
-    __m512d r;
-    std::memcpy(&r, &v, sizeof(V));
-    _mm512_mask_storeu_pd(p, static_cast<__mmask8>(m), r);
-  }
-#else
-  S lanes[N];
-  std::memcpy(lanes, &v, sizeof(V));
-  for (int i = 0; i < N; ++i) {
-    if (m >> i & 1u) p[i] = lanes[i];
-  }
-#endif
 }
 
 template <typename V>
