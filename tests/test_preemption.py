@@ -8,6 +8,7 @@ import os
 import signal
 from pathlib import Path
 
+import lightning.pytorch as L
 import pytest
 import torch
 from lightning.pytorch.callbacks import Callback
@@ -16,6 +17,8 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from xvol_lab.data.sampler import EpochSampler, ResumableLoader
 from xvol_lab.tasks import fit
 from xvol_lab.tasks.config import load_run_config
+from xvol_lab.tasks.metrics import VAL_ACC1
+from xvol_lab.tasks.runner import build_trainer
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
@@ -86,3 +89,40 @@ def test_sigterm_mid_epoch_checkpoints_at_once_and_the_resumed_run_ends_as_an_un
     assert weights[0].keys() == weights[1].keys()
     for name, value in weights[0].items():
         assert torch.equal(value, weights[1][name]), name
+
+
+
+class _Worsening(L.LightningModule):
+    """A model whose validation accuracy falls every epoch: only the first epoch is the best."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(1))
+
+    def training_step(self, batch, batch_idx):
+        return (self.w - batch[0]).square().mean()
+
+    def validation_step(self, batch, batch_idx) -> None:
+        self.log(VAL_ACC1, 1.0 - 0.1 * self.current_epoch)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    def train_dataloader(self):
+        return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.ones(4, 1)), batch_size=2)
+
+    val_dataloader = train_dataloader
+
+
+def test_last_checkpoint_is_the_latest_epoch_even_when_the_monitor_did_not_improve(tmp_path: Path):
+    """The run's checkpoint callbacks: best.ckpt stays at the first epoch (the monitor only fell), while
+    last.ckpt, what a resume restarts from, holds the final one (Lightning's save_last would not)."""
+    config = load_run_config(None, [f"data.root={tmp_path / 'data'}", "trainer.accelerator=cpu",
+                                    "trainer.max_epochs=3"])
+    trainer = build_trainer(config, tmp_path / "run", progress=False)
+    trainer.fit(_Worsening())
+    ckpts = {name: torch.load(tmp_path / "run" / "checkpoints" / f"{name}.ckpt", map_location="cpu",
+                              weights_only=False) for name in ("best", "last")}
+    assert (ckpts["best"]["epoch"], ckpts["best"]["global_step"]) == (0, 2)
+    assert (ckpts["last"]["epoch"], ckpts["last"]["global_step"]) == (2, 6)
+    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]

@@ -6,7 +6,8 @@ Layout of ``run_dir``::
     spec.json          the BackboneSpec alone (`lab.py train --arch` reads it)
     metrics.csv        every logged metric (CSVLogger), hparams.yaml
     tb/                TensorBoard events
-    checkpoints/       best.ckpt (best epoch by the task's monitor) and last.ckpt
+    checkpoints/       best.ckpt (best epoch by the task's monitor) and last.ckpt (the latest epoch,
+                       or the step a SIGTERM stopped)
     results.json       what `fit` returned (written at the end)
 """
 
@@ -105,7 +106,10 @@ def build_trainer(config: RunConfig, run_dir: Path, *, callbacks: Iterable[Callb
                 TensorBoardLogger(run_dir, name="tb", version="", default_hp_metric=False)],
         callbacks=[
             ModelCheckpoint(dirpath=run_dir / CHECKPOINT_DIR, filename="best", monitor=monitor, mode=mode,
-                            save_top_k=1, save_last=True, auto_insert_metric_name=False,
+                            save_top_k=1, auto_insert_metric_name=False, enable_version_counter=False),
+            # last.ckpt after every epoch: Lightning's save_last=True copies only epochs that the monitor
+            # saved, so an epoch without improvement would leave last.ckpt (and a resume) an epoch behind.
+            ModelCheckpoint(dirpath=run_dir / CHECKPOINT_DIR, filename="last", save_top_k=1,
                             enable_version_counter=False),
             EpochHistory(monitor, mode), PreemptionCheckpoint(run_dir / CHECKPOINT_DIR / "last.ckpt"),
             LearningRateMonitor(logging_interval="step"), *extra, *callbacks],
