@@ -36,6 +36,15 @@ def test_pssa_flops_by_hand_fused_kernels(limit, monkeypatch):
     assert counter.get_total_flops() == forward + 4 * taps * c * n + (c * n - 1) + backward
 
 
+def test_strided_pssa_flops_by_hand_fused_kernels():
+    """Stride 2 on CPU: q projected on the 3x3 grid, k and v on the phase planes of the 5x6 input
+    (2*2 planes of 3x3: 36 pixels, the odd height padded), the phased kernel on 9 output pixels."""
+    c_in, c, taps = 8, 16, 9
+    op = create_op("pssa", c_in, c, 2, heads=2)
+    nq, nkv = 3 * 3, 2 * 2 * 3 * 3
+    assert count_flops(op, (1, c_in, 5, 6)) == 2 * c_in * c * (nq + 2 * nkv) + 4 * taps * c * nq
+
+
 def test_pssa_flops_by_hand_composite_path(monkeypatch):
     monkeypatch.setattr("xvol_lab.ops.layers.pssa_backend", lambda device, dtype: "torch")
     c_in, c, h, w, taps = 8, 16, 6, 5, 9

@@ -2,10 +2,12 @@
 
 The stock formulas cover convolutions, matrix products and fused attention on CUDA; the CPU flash
 attention kernel, which global attention reaches with contiguous inputs, has none, so its forward and
-backward get the stock SDPA formulas here. The fused PSSA kernels (`xvol::pssa_fwd`, `xvol::pssa_bwd`)
-count 2 FLOPs per multiply-add over all taps T: forward 4*T*C*N' (logits and aggregation, plus C*N'
-when a base is added), backward 10*T*C*N' (logits recomputed; da, dq, dk, dv); their q/k/v
-projection calls oneDNN's convolution directly, counted like any convolution. On the composite path
+backward get the stock SDPA formulas here. The fused PSSA kernels (`xvol::pssa_fwd`, `xvol::pssa_bwd`
+and their `_phased` forms) count 2 FLOPs per multiply-add over all taps T: forward 4*T*C*N' (logits
+and aggregation, plus C*N' when a base is added), backward 10*T*C*N' (logits recomputed; da, dq, dk,
+dv); their q/k/v projections are convolutions, counted as such (a strided layer on CPU projects the
+phase planes of x: its k and v cost S*S*H'*W' pixels, H*W or, for odd sizes, a padded row or
+column more). On the composite path
 PSSA's cost is in element-wise products (``q * k(p+t)`` summed over the head, ``a * v(p+t)``
 accumulated), which the stock counter skips; they are added here at one FLOP per multiply and one per
 add. The deploy form has no BatchNorm, so on it these formulas count PSSA and little else (activations
@@ -72,7 +74,8 @@ ELEMENTWISE_FLOPS = {aten.mul: _mul_flop, aten.addcmul: _addcmul_flop, aten.addc
 SDPA_CPU_FLOPS = {aten._scaled_dot_product_flash_attention_for_cpu: _sdpa_flop,
                   aten._scaled_dot_product_flash_attention_for_cpu_backward: _sdpa_backward_flop}
 EXTRA_FLOPS = {**ELEMENTWISE_FLOPS, **SDPA_CPU_FLOPS,
-               torch.ops.xvol.pssa_fwd: _pssa_fwd_flop, torch.ops.xvol.pssa_bwd: _pssa_bwd_flop}
+               torch.ops.xvol.pssa_fwd: _pssa_fwd_flop, torch.ops.xvol.pssa_bwd: _pssa_bwd_flop,
+               torch.ops.xvol.pssa_fwd_phased: _pssa_fwd_flop, torch.ops.xvol.pssa_bwd_phased: _pssa_bwd_flop}
 
 
 def count_flops(model: nn.Module, inputs: Any) -> int:
