@@ -38,6 +38,7 @@ import torchvision
 from lightning.pytorch.callbacks import Callback
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -54,6 +55,7 @@ from _report import (  # noqa: E402
 
 from xvol_lab.allocator import keep_freed_memory  # noqa: E402
 from xvol_lab.models import BackboneSpec, build_classifier  # noqa: E402
+from xvol_lab.models.cost import EXTRA_FLOPS  # noqa: E402
 from xvol_lab.schema import to_dict  # noqa: E402
 from xvol_lab.tasks import ClassificationTask  # noqa: E402
 from xvol_lab.tasks.config import OptimConfig  # noqa: E402
@@ -170,6 +172,15 @@ def activation_mib(name: str, images: torch.Tensor, labels: torch.Tensor) -> flo
     return saved_activation_mib(lambda: F.cross_entropy(model(images), labels))
 
 
+def training_gflops(name: str, images: torch.Tensor, labels: torch.Tensor) -> float:
+    """GFLOPs of one training step's forward and backward (`xvol_lab.models.cost` formulas)."""
+    model = VARIANTS[name][0]().to(images.device).train()
+    counter = FlopCounterMode(display=False, custom_mapping=EXTRA_FLOPS)
+    with counter:
+        F.cross_entropy(model(images), labels).backward()
+    return counter.get_total_flops() / 1e9
+
+
 def _peak_rss_mib(reset: bool = False) -> float:
     """Peak resident set size of this process (VmHWM), optionally reset to the current size first.
 
@@ -254,6 +265,14 @@ def main() -> None:
     ratio_rows = [[label, f"{value:.3f}", "reported" if target is None else f">= {target}",
                    "" if target is None else ("met" if value >= target else "MISSED")]
                   for label, value, target in ratios]
+    flops = {name: training_gflops(name, images, labels) for name in (conv, pssa3)}
+    flop_note = (
+        f"Work per training step (forward and backward FLOPs): all-conv {flops[conv]:.2f} G, xvol_pssa stage 3 "
+        f"{flops[pssa3]:.2f} G, so at equal FLOP rates the throughput ratio would be "
+        f"{flops[conv] / flops[pssa3]:.3f}. The extra work is the q/k/v projections (a third of each 3x3 "
+        "convolution's FLOPs, more at the stride-2 first block, whose k and v run at its input's resolution) "
+        "and the PSSA kernels; the measured ratio below that bound is the rate at which the projections, "
+        "kernels and the second BatchNorm run next to oneDNN's 3x3 convolutions.")
     memory_note = ("peak CUDA allocation above model and data" if device.type == "cuda" else
                    "growth of peak RSS over 4 steps in a fresh process (includes optimiser state and "
                    "allocator slack; coarse, about +-10 MiB run to run)")
@@ -264,7 +283,7 @@ def main() -> None:
         f"SGD momentum 0.9; {steps} timed steps after {warmup} warm-up steps, {repeats} interleaved "
         f"repeats (order rotated); a ratio is the median of its per-repeat ratios. "
         f"Clock: {'wall time' if device.type == 'cuda' else 'process CPU time'}. Peak memory: {memory_note}.",
-        "", markdown_table(["ratio", "value", "target", ""], ratio_rows),
+        "", markdown_table(["ratio", "value", "target", ""], ratio_rows), "", flop_note,
         "", markdown_table(["variant", "train images/s (median)", "min to max", "peak memory MiB",
                                 "saved activations MiB"], rows),
     ])

@@ -1,4 +1,5 @@
-"""Fused PSSA kernels: the `xvol::pssa_fwd` / `xvol::pssa_bwd` ops, their backends, and dispatch.
+"""Fused PSSA kernels: the `xvol::pssa_fwd` / `xvol::pssa_bwd` ops (and, on CPU, their `_phased` forms
+for strided layers, see pssa_library.py), their backends, and dispatch.
 
 One pass per tile computes the logits, the softmax over the valid taps and the aggregation; the backward
 recomputes the products from q, k, v instead of saving T shifted copies. Backends:
