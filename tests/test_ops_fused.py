@@ -100,6 +100,27 @@ def test_strided_ops_on_images_and_on_phase_planes_match_the_composite_path(shif
         torch.testing.assert_close(got_kv, torch.cat(expected[1:], 1), **tol)
 
 
+@pytest.mark.parametrize("shift,dirs,heads", [(1, 8, 2), (3, 4, 1)])
+def test_strided_layer_on_images_matches_the_composite_path(shift, dirs, heads, monkeypatch):
+    """The strided layer as CUDA runs it (k and v projected as images, xvol::pssa_fwd/bwd), here on CPU:
+    forward and gradients in float64, odd and even sizes."""
+    from xvol_lab.ops import pssa_fused
+
+    monkeypatch.setattr(pssa_fused, "_uses_phase_planes", lambda x, stride: False)
+    taps = pssa_taps(shift, dirs)
+    for size in ((9, 7), (12, 16)):
+        x, w, b = _inputs(5, 8, size, torch.float64)
+        leaves = [t.clone().requires_grad_(True) for t in (x, w, b)]
+        fused = fused_pixel_shift_attention(*leaves, heads, taps, 2, torch.float64)
+        ref_leaves = [t.clone().requires_grad_(True) for t in (x, w, b)]
+        ref = _composite(*ref_leaves, 8, heads, taps, 2)
+        torch.testing.assert_close(fused, ref, atol=1e-12, rtol=1e-12)
+        grad = torch.randn_like(ref)
+        for g, e in zip(torch.autograd.grad(fused, leaves, grad), torch.autograd.grad(ref, ref_leaves, grad),
+                        strict=True):
+            torch.testing.assert_close(g, e, atol=1e-11, rtol=1e-11)
+
+
 @pytest.mark.parametrize("limit", [0, 1 << 20], ids=["recompute", "keep"])
 @pytest.mark.parametrize("stride,shift,dirs", [(1, 1, 8), (1, 2, 4), (2, 1, 8), (2, 3, 4)])
 def test_fused_gradcheck(stride, shift, dirs, limit, monkeypatch):

@@ -105,6 +105,11 @@ def _projection_backward(x: Tensor, weight: Tensor, dq: Tensor, dkv: Tensor, str
     return dx, torch.cat([dw_q, dw_kv]), torch.cat([db_q, db_kv]) if bias else None
 
 
+def _uses_phase_planes(x: Tensor, stride: int) -> bool:
+    """Strided layers on CPU project the phase planes of x for the phased kernels; CUDA's take images."""
+    return stride > 1 and x.device.type == "cpu"
+
+
 # q, k, v of up to this many bytes in all are kept for backward. Larger ones are recomputed there from x (one
 # more projection), so that a layer keeps only its input: at 64 ch x 56 x 56, batch 8, q, k, v would be
 # 19 MiB against x's 6 MiB. Deep, small layers (stage 3-4 at low resolution) keep them and skip the
@@ -122,7 +127,7 @@ class _FusedPSSA(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None, base: Tensor | None, heads: int,
                 taps: list[int], stride: int, dtype: torch.dtype) -> Tensor:
-        phased = stride > 1 and x.device.type == "cpu"
+        phased = _uses_phase_planes(x, stride)
         with torch.autocast(x.device.type, enabled=False):
             inp = phase_planes(x.to(dtype), stride) if phased else x.to(dtype)
             weight_c = weight.to(dtype)
