@@ -193,11 +193,9 @@ struct Flat {
   int64_t P, W, S;              // the output plane (H', W'): P = H' * W' pixels; the stride
   std::vector<int64_t> off;     // offset oy*W' + ox of each tap within an output-sized plane
   std::vector<int64_t> phase;   // the phase plane (py*S + px) each tap reads, where t = S*(oy, ox) + (py, px)
-  std::vector<int64_t> koff;    // offset of each tap in the k-like layout: phase * P + off
-  int64_t cs;   // q-like channel stride (q, y, g, dq; A and DS rows): P
-  int64_t kcs;  // k-like channel stride (k, v, dk, dv): S*S phase planes of P
+  std::vector<int64_t> koff;    // offset of each tap in the k-like layout (S*S planes of P): phase * P + off
 
-  Flat(const Geometry& g) : P(g.Ho * g.Wo), W(g.Wo), S(g.S), cs(P), kcs(S * S * P) {
+  Flat(const Geometry& g) : P(g.Ho * g.Wo), W(g.Wo), S(g.S) {
     for (int64_t t = 0; t < g.T; ++t) {
       const int64_t oy = floor_div(g.ty[t], S), ox = floor_div(g.tx[t], S);
       off.push_back(oy * W + ox);
@@ -206,7 +204,7 @@ struct Flat {
     }
   }
   // Lanes of the block at p0 whose reads p + d stay in the plane (the others are masked taps or pixels
-  // past the plane, whose weights are 0): d = 0 for q-like tensors, off[t] for tap t, -off[t] to gather.
+  // past the plane, whose weights are 0): d = 0 for q-like tensors, off[t] for tap t.
   template <int N>
   uint32_t inside(int64_t p0, int64_t d) const { return lane_range<N>(-(p0 + d), P - (p0 + d)); }
 };
@@ -254,7 +252,7 @@ void forward_flat(View<const scalar_t> q, View<const scalar_t> k, View<const sca
                   View<scalar_t> y, const Geometry& g, const Flat& f) {
   using V = typename Lanes<scalar_t>::V;
   constexpr int N = Lanes<scalar_t>::N;
-  const int64_t P = f.P, CS = f.cs, KCS = S * S * CS, nb = (P + N - 1) / N;
+  const int64_t P = f.P, CS = f.P, KCS = S * S * CS, nb = (P + N - 1) / N;
   const scalar_t scale = scalar_t(1) / std::sqrt(scalar_t(g.d));
   at::parallel_for(0, g.B * g.heads * nb, 8, [&](int64_t begin, int64_t end) {
     for (int64_t job = begin; job < end; ++job) {
@@ -340,7 +338,7 @@ void backward_flat(View<const scalar_t> gy, View<const scalar_t> q, View<const s
                    const Geometry& g, const Flat& f) {
   using V = typename Lanes<scalar_t>::V;
   constexpr int N = Lanes<scalar_t>::N;
-  const int64_t P = f.P, CS = f.cs, KCS = S * S * CS, nb = (P + N - 1) / N;
+  const int64_t P = f.P, CS = f.P, KCS = S * S * CS, nb = (P + N - 1) / N;
   const scalar_t scale = scalar_t(1) / std::sqrt(scalar_t(g.d));
   // Pass 1: a, ds = a (da - <a, da>) / sqrt(d) into A, DS (bh, T, P); dq = sum_t ds_t k(p + t).
   at::parallel_for(0, g.B * g.heads * nb, 8, [&](int64_t begin, int64_t end) {
