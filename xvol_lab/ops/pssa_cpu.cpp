@@ -14,9 +14,10 @@
 // logits in vector registers over the d channels (1 + T loads per T fused multiply-adds), masks the
 // out-of-image taps per pixel (row wrap-around included) and applies a vector exp. Blocks at either end
 // of a plane load only their lanes inside it (masked loads), so every block is vectorised and stride 1
-// needs no padded copy. At stride 2, k and v are laid out as S*S zero-padded phase planes of (H', W')
-// (space to depth: phase (py, px) holds x(S y' + py, S x' + px)), so that tap t again reads one phase
-// plane at a constant offset from the output pixel.
+// needs no padded copy. At stride 2, k and v are laid out as S*S phase planes of (H', W') (space to
+// depth: phase (py, px) holds x(S y' + py, S x' + px), zeros past the image), so that tap t again reads
+// one phase plane at a constant offset from the output pixel. The layers project x's phase planes
+// (xvol::pssa_fwd_phased); the image form of the ops rearranges k and v here (`phases`).
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
