@@ -1,4 +1,4 @@
-"""The import layers of architecture.md hold: `lint-imports` checks the contracts in pyproject.toml."""
+"""Static checks: the import layers of architecture.md (`lint-imports`, contracts in pyproject.toml) and ruff."""
 
 from __future__ import annotations
 
@@ -35,3 +35,12 @@ def test_the_import_graph_has_no_circle() -> None:
     circles = sorted((m, n) for m in graph.modules for n in graph.find_modules_directly_imported_by(m)
                      if graph.chain_exists(importer=n, imported=m))
     assert circles == []
+
+
+def test_ruff_finds_nothing() -> None:
+    """The lint rules of pyproject.toml hold over the package, the CLI, the benchmarks and the tests."""
+    exe = shutil.which("ruff", path=str(Path(sys.executable).parent))
+    assert exe, "ruff is a dev dependency: pip install -e '.[dev]'"
+    done = subprocess.run([exe, "check", "--no-cache", "xvol_lab", "lab.py", "benchmarks", "tests"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]

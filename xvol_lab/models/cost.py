@@ -23,7 +23,6 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import (
     FlopCounterMode,
-    conv_flop_count,
     sdpa_backward_flop_count,
     sdpa_flop_count,
 )
