@@ -8,7 +8,7 @@ from torch import Tensor, nn
 
 from xvol_lab.ops.base import ReparamOp
 from xvol_lab.ops.fusion import bn_affine
-from xvol_lab.ops.layers import AttentionBranch, AttentionConfig, fold_bn_into_branch, fold_keys_into_queries
+from xvol_lab.ops.layers import AttentionBranch, AttentionConfig, fold_bn_into_branch
 from xvol_lab.ops.options import (
     check_channels,
     check_dirs,
@@ -38,8 +38,7 @@ class _AttentionOp(ReparamOp):
         self._build()
 
     def _build(self) -> None:
-        self.attn = AttentionBranch(self.in_chs, self.out_chs, self.stride, self.cfg, last_bias=self.deploy,
-                                    deploy=self.deploy)
+        self.attn = AttentionBranch(self.in_chs, self.out_chs, self.stride, self.cfg, last_bias=self.deploy)
         if not self.deploy:
             self.bn = nn.BatchNorm2d(self.out_chs)
 
@@ -49,8 +48,7 @@ class _AttentionOp(ReparamOp):
     def deploy_state_dict(self) -> dict[str, Tensor]:
         g, c = bn_affine(self.bn)
         state = {f"attn.{k}": v for k, v in self.attn.state_dict(keep_vars=True).items()}
-        state = fold_bn_into_branch(state, "attn", self.cfg.stack, self.out_chs, g, c)
-        return fold_keys_into_queries(state, "attn", self.in_chs, self.out_chs, self.cfg)
+        return fold_bn_into_branch(state, "attn", self.cfg.stack, self.out_chs, g, c)
 
 
 class SelfAttention(_AttentionOp):

@@ -28,48 +28,24 @@ class AttentionConfig:
         return pssa_taps(self.shift, self.dirs)
 
 
-def folds_keys(in_chs: int, out_chs: int, cfg: AttentionConfig) -> bool:
-    """Whether a deploy layer folds W_k into the queries (`fold_keys_into_queries`): single-head PSSA with
-    C_in == C_out, where the logits <W_q x(p), W_k x(p + t)> become <(W_k^T W_q) x(p), x(p + t)> and k
-    needs no projection (heads > 1 would need one W_k,i^T W_q,i per head: no saving)."""
-    return cfg.mode == "pssa" and cfg.heads == 1 and in_chs == out_chs
-
-
 class AttentionLayer(nn.Module):
     """One attention layer, no normalisation: ``q = W_q x`` on the stride grid, ``k, v`` at full size.
 
     ``qkv.weight`` stacks W_q, W_k, W_v (3*C_out rows); in the deploy form its W_v rows carry the
     folded BatchNorm scale of the branch (the dynamic kernel basis W~_v of the reference), and with
     ``bias=True`` the v rows of ``qkv.bias`` its shift (q and k rows zero): since the attention
-    weights of each query sum to 1, a bias on v is a bias on the output. A deploy layer that `folds_keys`
-    has ``qv`` instead: W_k^T W_q and W~_v (2*C_out rows), and its keys are x itself.
+    weights of each query sum to 1, a bias on v is a bias on the output.
     """
 
     def __init__(self, in_chs: int, out_chs: int, stride: int, cfg: AttentionConfig,
-                 bias: bool = False, folded: bool = False) -> None:
+                 bias: bool = False) -> None:
         super().__init__()
-        if folded and not folds_keys(in_chs, out_chs, cfg):
-            raise ValueError(f"AttentionLayer: folded keys need single-head pssa with in_chs == out_chs, "
-                             f"got {cfg.mode}, heads={cfg.heads}, {in_chs} -> {out_chs}")
-        self.out_chs, self.stride, self.cfg, self.folded = out_chs, stride, cfg, folded
-        if folded:
-            self.qv = nn.Conv2d(in_chs, 2 * out_chs, 1, bias=bias)
-        else:
-            self.qkv = nn.Conv2d(in_chs, 3 * out_chs, 1, bias=bias)
-
-    @property
-    def projection(self) -> nn.Conv2d:
-        """The layer's 1x1 projection: ``qkv``, or ``qv`` when the keys are folded."""
-        return self.qv if self.folded else self.qkv
-
-    @property
-    def value_weight(self) -> Tensor:
-        """W_v (C_out, C_in, 1, 1); in the deploy form W~_v, the dynamic kernel's basis."""
-        return self.projection.weight[-self.out_chs:]
+        self.out_chs, self.stride, self.cfg = out_chs, stride, cfg
+        self.qkv = nn.Conv2d(in_chs, 3 * out_chs, 1, bias=bias)
 
     def project(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """q (B, C, H', W') on the stride grid; k, v (B, C, H, W)."""
-        return project_qkv(x, self.projection.weight, self.projection.bias, self.stride, self.folded)
+        return project_qkv(x, self.qkv.weight, self.qkv.bias, self.stride)
 
     def forward(self, x: Tensor, out: Tensor | None = None) -> Tensor:
         """Attention output (B, C_out, H', W'); with `out`, out + attention (possibly `out` updated).
@@ -80,9 +56,8 @@ class AttentionLayer(nn.Module):
         if self.cfg.mode == "pssa":
             dtype = compute_dtype(x)
             if pssa_backend(x.device, dtype) != "torch" and not torch.onnx.is_in_onnx_export():
-                return fused_pixel_shift_attention(x, self.projection.weight, self.projection.bias,
-                                                   self.cfg.heads, self.cfg.taps, self.stride, dtype, out,
-                                                   self.folded)
+                return fused_pixel_shift_attention(x, self.qkv.weight, self.qkv.bias,
+                                                   self.cfg.heads, self.cfg.taps, self.stride, dtype, out)
         q, k, v = self.project(x)
         if self.cfg.mode == "sa":
             return global_attention(q, k, v, self.cfg.heads, out)
@@ -97,17 +72,14 @@ class AttentionLayer(nn.Module):
 class AttentionBranch(nn.Sequential):
     """``cfg.stack`` layers in sequence: the first maps C_in -> C_out at `stride`, the rest C_out -> C_out.
 
-    ``last_bias`` gives the last layer a qkv bias (the deploy form of a stand-alone attention op);
-    ``deploy`` folds the keys of the layers that `folds_keys`.
+    ``last_bias`` gives the last layer a qkv bias (the deploy form of a stand-alone attention op).
     """
 
     def __init__(self, in_chs: int, out_chs: int, stride: int, cfg: AttentionConfig,
-                 last_bias: bool = False, deploy: bool = False) -> None:
+                 last_bias: bool = False) -> None:
         chans = [in_chs] + [out_chs] * cfg.stack
         super().__init__(*[AttentionLayer(chans[i], out_chs, stride if i == 0 else 1, cfg,
-                                          bias=last_bias and i == cfg.stack - 1,
-                                          folded=deploy and folds_keys(chans[i], out_chs, cfg))
-                           for i in range(cfg.stack)])
+                                          bias=last_bias and i == cfg.stack - 1) for i in range(cfg.stack)])
 
     def forward(self, x: Tensor, out: Tensor | None = None) -> Tensor:
         for layer in list(self)[:-1]:
@@ -126,26 +98,4 @@ def fold_bn_into_branch(state: dict[str, Tensor], prefix: str, stack: int, out_c
     state = {**state, f"{key}.weight": w * torch.cat([w.new_ones(2 * out_chs), g]).view(-1, 1, 1, 1)}
     if c is not None:
         state[f"{key}.bias"] = torch.cat([c.new_zeros(2 * out_chs), c])  # q and k rows stay unbiased
-    return state
-
-
-def fold_keys_into_queries(state: dict[str, Tensor], prefix: str, in_chs: int, out_chs: int,
-                           cfg: AttentionConfig) -> dict[str, Tensor]:
-    """Replace ``qkv`` by ``qv`` = [W_k^T W_q; W_v] in the layers that `folds_keys` (deploy form).
-
-    Exact: the q and k rows carry no bias, so <W_q x(p), W_k x(p + t)> = <(W_k^T W_q) x(p), x(p + t)>.
-    The product is taken in float64.
-    """
-    state = dict(state)
-    for i in range(cfg.stack):
-        if not folds_keys(in_chs if i == 0 else out_chs, out_chs, cfg):
-            continue
-        key = f"{prefix}.{i}"
-        w = state.pop(f"{key}.qkv.weight")
-        w_q, w_k, w_v = w.flatten(1).chunk(3)
-        w_qk = (w_k.T.double() @ w_q.double()).to(w.dtype)  # (C_in, C_in)
-        state[f"{key}.qv.weight"] = torch.cat([w_qk, w_v]).view(2 * out_chs, -1, 1, 1)
-        bias = state.pop(f"{key}.qkv.bias", None)
-        if bias is not None:
-            state[f"{key}.qv.bias"] = bias[out_chs:]  # the q rows (zero) and the v rows
     return state

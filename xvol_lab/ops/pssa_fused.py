@@ -29,29 +29,24 @@ def conv1x1(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     return F.conv2d(x, weight, bias, dilation=_dilation_1x1(x))
 
 
-def project_qkv(x: Tensor, weight: Tensor, bias: Tensor | None, stride: int,
-                folded: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+def project_qkv(x: Tensor, weight: Tensor, bias: Tensor | None,
+                stride: int) -> tuple[Tensor, Tensor, Tensor]:
     """q = W_q x on the stride grid (B, C, H', W'); k = W_k x, v = W_v x at full size (B, C, H, W).
 
-    `weight` (3C, C_in, 1, 1) stacks W_q, W_k, W_v; `bias` (3C) or None. With `folded`, `weight` (2C, C, 1, 1)
-    stacks W_k^T W_q and W_v, and k is x itself (`xvol_lab.ops.layers.fold_keys_into_queries`): the logits
-    <W_k^T W_q x(p), x(p + t)> are <q(p), k(p + t)>, for one projection less. One convolution per tensor,
+    `weight` (3C, C_in, 1, 1) stacks W_q, W_k, W_v; `bias` (3C) or None. One convolution per tensor,
     each contiguous: oneDNN allocates working buffers of 2-3x its output on every call, and past about
     16 MiB of output glibc hands them back as fresh pages each time unless the process keeps freed
     memory (`xvol_lab.allocator`); the stacked q/k/v of 64 ch x 56 x 56 x batch 8 then took about 4x the
     time of its three thirds.
     """
-    return _project(x if stride == 1 else x[:, :, ::stride, ::stride], x, weight, bias, folded)
+    return _project(x if stride == 1 else x[:, :, ::stride, ::stride], x, weight, bias)
 
 
-def _project(xs: Tensor, x: Tensor, weight: Tensor, bias: Tensor | None,
-             folded: bool) -> tuple[Tensor, Tensor, Tensor]:
-    """q = W_q xs, k = W_k x, v = W_v x; folded: q = (W_k^T W_q) xs, k = x, v = W_v x."""
-    parts = 2 if folded else 3
-    w_q, *w_kv = weight.chunk(parts)
-    b_q, *b_kv = (None,) * parts if bias is None else bias.chunk(parts)
-    q, *kv = (conv1x1(xs, w_q, b_q), *(conv1x1(x, w, b) for w, b in zip(w_kv, b_kv, strict=True)))
-    return (q, x, kv[0]) if folded else (q, *kv)
+def _project(xs: Tensor, x: Tensor, weight: Tensor, bias: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+    """q = W_q xs, k = W_k x, v = W_v x."""
+    w_q, w_k, w_v = weight.chunk(3)
+    b_q, b_k, b_v = (None, None, None) if bias is None else bias.chunk(3)
+    return conv1x1(xs, w_q, b_q), conv1x1(x, w_k, b_k), conv1x1(x, w_v, b_v)
 
 
 def phase_planes(x: Tensor, stride: int) -> Tensor:
@@ -100,16 +95,11 @@ def _conv1x1_backward(grad: Tensor, x: Tensor, weight: Tensor,
 
 
 def _projection_backward(x: Tensor, weight: Tensor, dq: Tensor, dkv: Tensor, stride: int, phased: bool,
-                         bias: bool, folded: bool) -> tuple[Tensor, Tensor, Tensor | None]:
+                         bias: bool) -> tuple[Tensor, Tensor, Tensor | None]:
     """Gradients of the projection of x (an image, or its phase planes when `phased`) for x, weight and
-    (when it has one) bias, given those of q and (k, v); `folded`: k is x itself (`project_qkv`)."""
+    (when it has one) bias, given those of q and (k, v)."""
     c = dq.shape[1]
-    if folded:
-        dk, dv = dkv.chunk(2, dim=1)
-        dx, dw_kv, db_kv = _conv1x1_backward(dv, x, weight[c:], bias)
-        dx.add_(dk)
-    else:
-        dx, dw_kv, db_kv = _conv1x1_backward(dkv, x, weight[c:], bias)
+    dx, dw_kv, db_kv = _conv1x1_backward(dkv, x, weight[c:], bias)
     dxq, dw_q, db_q = _conv1x1_backward(dq, _q_input(x, stride, phased), weight[:c], bias)
     _q_input(dx, stride, phased).add_(dxq)
     return dx, torch.cat([dw_q, dw_kv]), torch.cat([db_q, db_kv]) if bias else None
@@ -128,8 +118,7 @@ SAVE_QKV_MAX_BYTES = 4 << 20
 
 
 class _FusedPSSA(torch.autograd.Function):
-    """y = base + PSSA(project_qkv(x, folded=folded)); saves x, the weights and, when small
-    (SAVE_QKV_MAX_BYTES), q, k, v.
+    """y = base + PSSA(project_qkv(x)); saves x, the weights and, when small (SAVE_QKV_MAX_BYTES), q, k, v.
 
     A strided layer on CPU projects the phase planes of x (`phase_planes`) and runs the phased kernels: k
     and v come out in the kernels' layout, so only x (C_in channels), not k and v (2C), is rearranged.
@@ -137,45 +126,44 @@ class _FusedPSSA(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None, base: Tensor | None, heads: int,
-                taps: list[int], stride: int, dtype: torch.dtype, folded: bool) -> Tensor:
+                taps: list[int], stride: int, dtype: torch.dtype) -> Tensor:
         phased = _uses_phase_planes(x, stride)
         with torch.autocast(x.device.type, enabled=False):
             inp = phase_planes(x.to(dtype), stride) if phased else x.to(dtype)
             weight_c = weight.to(dtype)
             bias_c = None if bias is None else bias.to(dtype)
-            q, k, v = _project(_q_input(inp, stride, phased), inp, weight_c, bias_c, folded)
+            q, k, v = _project(_q_input(inp, stride, phased), inp, weight_c, bias_c)
             image = list(x.shape[-2:])
             y = (torch.ops.xvol.pssa_fwd_phased(q, k, v, base, heads, taps, stride, image) if phased else
                  torch.ops.xvol.pssa_fwd(q, k, v, base, heads, taps, stride))
         keep = (q.numel() + k.numel() + v.numel()) * q.element_size() <= SAVE_QKV_MAX_BYTES
         ctx.save_for_backward(inp, weight, bias, *((q, k, v) if keep else ()))
-        ctx.cfg = (heads, taps, stride, dtype, phased, image, x.dtype, folded)
+        ctx.cfg = (heads, taps, stride, dtype, phased, image, x.dtype)
         return y
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:
         inp, weight, bias, *qkv = ctx.saved_tensors
-        heads, taps, stride, dtype, phased, image, x_dtype, folded = ctx.cfg
+        heads, taps, stride, dtype, phased, image, x_dtype = ctx.cfg
         wc = weight.to(dtype)
         with torch.autocast(inp.device.type, enabled=False):
             q, k, v = qkv or _project(_q_input(inp, stride, phased), inp, wc,
-                                      None if bias is None else bias.to(dtype), folded)
+                                      None if bias is None else bias.to(dtype))
             g = grad.to(dtype)
             dq, dkv = (torch.ops.xvol.pssa_bwd_phased(g, q, k, v, heads, taps, stride, image) if phased else
                        torch.ops.xvol.pssa_bwd(g, q, k, v, heads, taps, stride))
-            dx, dw, db = _projection_backward(inp, wc, dq, dkv, stride, phased, bias is not None, folded)
+            dx, dw, db = _projection_backward(inp, wc, dq, dkv, stride, phased, bias is not None)
             if phased:
                 dx = phase_image(dx, tuple(image), stride)
         return (dx.to(x_dtype), dw.to(weight.dtype), None if bias is None else db.to(bias.dtype),
-                grad if ctx.needs_input_grad[3] else None, None, None, None, None, None)
+                grad if ctx.needs_input_grad[3] else None, None, None, None, None)
 
 
 def fused_pixel_shift_attention(x: Tensor, weight: Tensor, bias: Tensor | None, heads: int,
                                 taps: tuple[tuple[int, int], ...], stride: int, dtype: torch.dtype,
-                                base: Tensor | None = None, folded: bool = False) -> Tensor:
+                                base: Tensor | None = None) -> Tensor:
     """PSSA of one layer with the fused kernels (`dtype`: the projections' compute dtype): (B, C, H', W').
 
     With `base` (B, C, H', W') the result is base + attention, summed inside the kernel's single pass.
-    `folded`: `weight` stacks W_k^T W_q and W_v, and k is x (`project_qkv`).
     """
-    return _FusedPSSA.apply(x, weight, bias, base, heads, flat_taps(taps), stride, dtype, folded)
+    return _FusedPSSA.apply(x, weight, bias, base, heads, flat_taps(taps), stride, dtype)

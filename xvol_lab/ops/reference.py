@@ -88,7 +88,7 @@ def dynamic_kernel(op: _XVolution, x: Tensor) -> Tensor:
     layer = op.attn[0]
     a = layer_attention_weights(layer, x)  # (B, heads, N', N)
     heads, c = op.cfg.heads, op.out_chs
-    w_dyn = layer.value_weight[:, :, 0, 0].reshape(heads, c // heads, -1)  # W~_v: (heads, d, C_in)
+    w_dyn = layer.qkv.weight[2 * c:, :, 0, 0].reshape(heads, c // heads, -1)  # W~_v: (heads, d, C_in)
     dynamic = torch.einsum("bhpr,hdc->bprhdc", a, w_dyn).flatten(3, 4)  # (B, N', N, C_out, C_in)
     return static_kernel(op.conv.weight, *x.shape[-2:], op.stride)[None] + dynamic
 

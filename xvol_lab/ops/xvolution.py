@@ -4,8 +4,7 @@ Deploy (reference, "Re-parameterization"): the static kernel W~_c = g_c * W_c wi
 b~_c + c_a, plus the content-dependent kernel sum_i a_i(p, t) W~_v,i whose basis W~_v = g_a * W_v sits
 in the attention layer's W_v rows. It is evaluated without materialising K_p, by aggregating
 v = W~_v x; `xvol_lab.ops.reference.dynamic_conv_reference` materialises K_p and must agree.
-With stack > 1 the deploy form folds both BatchNorms and keeps the stack. Single-head PSSA layers with
-C_in == C_out also fold W_k into the queries (`fold_keys_into_queries`): one projection less.
+With stack > 1 the deploy form folds both BatchNorms and keeps the stack.
 """
 
 from __future__ import annotations
@@ -17,7 +16,7 @@ from torch import Tensor, nn
 from xvol_lab.ops.attention_ops import attention_config
 from xvol_lab.ops.base import ReparamOp
 from xvol_lab.ops.fusion import bn_affine, fuse_conv_bn
-from xvol_lab.ops.layers import AttentionBranch, AttentionConfig, fold_bn_into_branch, fold_keys_into_queries
+from xvol_lab.ops.layers import AttentionBranch, AttentionConfig, fold_bn_into_branch
 from xvol_lab.ops.options import check_channels, check_kernel_size, check_stride
 
 
@@ -38,7 +37,7 @@ class _XVolution(ReparamOp):
     def _build(self) -> None:
         k = self.kernel_size
         self.conv = nn.Conv2d(self.in_chs, self.out_chs, k, self.stride, k // 2, bias=self.deploy)
-        self.attn = AttentionBranch(self.in_chs, self.out_chs, self.stride, self.cfg, deploy=self.deploy)
+        self.attn = AttentionBranch(self.in_chs, self.out_chs, self.stride, self.cfg)
         if not self.deploy:
             self.bn_conv = nn.BatchNorm2d(self.out_chs)
             self.bn_attn = nn.BatchNorm2d(self.out_chs)
@@ -53,7 +52,6 @@ class _XVolution(ReparamOp):
         g_attn, c_attn = bn_affine(self.bn_attn)
         state = {f"attn.{k}": v for k, v in self.attn.state_dict(keep_vars=True).items()}
         state = fold_bn_into_branch(state, "attn", self.cfg.stack, self.out_chs, g_attn)
-        state = fold_keys_into_queries(state, "attn", self.in_chs, self.out_chs, self.cfg)
         return {**state, "conv.weight": weight, "conv.bias": bias_conv + c_attn}
 
 
