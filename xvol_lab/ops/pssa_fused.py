@@ -10,23 +10,11 @@ the input's. Small layers, whose q, k, v fit SAVE_QKV_MAX_BYTES, keep them inste
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from xvol_lab.ops import pssa_kernels  # noqa: F401 - defines the xvol:: ops
+from xvol_lab.ops.projection import conv1x1, conv1x1_backward
 from xvol_lab.ops.pssa_kernels import flat_taps
-
-
-def _dilation_1x1(x: Tensor) -> int:
-    """Dilation has no effect on a 1x1 kernel, but on CPU it steers torch's convolution dispatch to
-    oneDNN, which its heuristic skips for 1x1 kernels with one thread and batch < 16 (im2col + an MKL
-    GEMM: the q/k/v projection forward 1.3-2.4x slower on this machine's CPU, benchmarks/ops.py)."""
-    return 2 if x.device.type == "cpu" else 1
-
-
-def conv1x1(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
-    """A 1x1 convolution (by oneDNN on CPU)."""
-    return F.conv2d(x, weight, bias, dilation=_dilation_1x1(x))
 
 
 def project_qkv(x: Tensor, weight: Tensor, bias: Tensor | None,
@@ -85,22 +73,13 @@ def _q_input(x: Tensor, stride: int, phased: bool) -> Tensor:
     return x[:, :, ::stride, ::stride]
 
 
-def _conv1x1_backward(grad: Tensor, x: Tensor, weight: Tensor,
-                      bias: bool) -> tuple[Tensor, Tensor, Tensor | None]:
-    """Input, weight and (when it has one) bias gradients of `conv1x1(x, weight, bias)`, in one call."""
-    dil = _dilation_1x1(x)
-    return torch.ops.aten.convolution_backward(
-        grad, x, weight, [weight.shape[0]] if bias else None, [1, 1], [0, 0], [dil, dil], False, [0, 0], 1,
-        [True, True, bias])
-
-
 def _projection_backward(x: Tensor, weight: Tensor, dq: Tensor, dkv: Tensor, stride: int, phased: bool,
                          bias: bool) -> tuple[Tensor, Tensor, Tensor | None]:
     """Gradients of the projection of x (an image, or its phase planes when `phased`) for x, weight and
     (when it has one) bias, given those of q and (k, v)."""
     c = dq.shape[1]
-    dx, dw_kv, db_kv = _conv1x1_backward(dkv, x, weight[c:], bias)
-    dxq, dw_q, db_q = _conv1x1_backward(dq, _q_input(x, stride, phased), weight[:c], bias)
+    dx, dw_kv, db_kv = conv1x1_backward(dkv, x, weight[c:], bias)
+    dxq, dw_q, db_q = conv1x1_backward(dq, _q_input(x, stride, phased), weight[:c], bias)
     _q_input(dx, stride, phased).add_(dxq)
     return dx, torch.cat([dw_q, dw_kv]), torch.cat([db_q, db_kv]) if bias else None
 

@@ -3,8 +3,8 @@ for strided layers, see pssa_library.py), their backends, and dispatch.
 
 One pass per tile computes the logits, the softmax over the valid taps and the aggregation; the backward
 recomputes the products from q, k, v instead of saving T shifted copies. Backends:
-- "cpu": a C++ extension (pssa_cpu.cpp, OpenMP via ATen's parallel_for), JIT-built once and cached under
-  torch's extensions directory; float32 and float64.
+- "cpu": a C++ extension (pssa_cpu.cpp, and conv1x1_cpu.cpp for the projections; OpenMP via ATen's
+  parallel_for), JIT-built once and cached under torch's extensions directory; float32 and float64.
 - "triton": Triton kernels on CUDA (pssa_triton.py); float32, float16, bfloat16 (float32 accumulation).
 - "torch": the composite path of `xvol_lab.ops.attention` (every other device or dtype, or when a
   kernel cannot be built: logged once, never an error).
@@ -24,7 +24,8 @@ from xvol_lab.ops import pssa_library  # noqa: F401 - defines the xvol:: ops
 
 log = logging.getLogger(__name__)
 
-CPU_SOURCE = Path(__file__).with_name("pssa_cpu.cpp")
+CPU_SOURCES = [Path(__file__).with_name(name) for name in ("pssa_cpu.cpp", "conv1x1_cpu.cpp")]
+CPU_HEADER = Path(__file__).with_name("cpu_vec.h")
 CPU_DTYPES = (torch.float32, torch.float64)
 CUDA_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -37,7 +38,8 @@ def _cpu_build_flags() -> tuple[str, list[str]]:
     capability = torch.backends.cpu.get_cpu_capability()  # "DEFAULT", "AVX2", "AVX512", ...
     isa = {"AVX2": ["-mavx2", "-mfma"], "AVX512": ["-mavx512f", "-mavx512dq", "-mavx2", "-mfma"]}
     flags = ["-O3", "-fopenmp", "-ffp-contract=fast", *isa.get(capability, [])]
-    digest = hashlib.sha256(CPU_SOURCE.read_bytes() + " ".join(flags).encode()).hexdigest()[:12]
+    code = b"".join(path.read_bytes() for path in [*CPU_SOURCES, CPU_HEADER])
+    digest = hashlib.sha256(code + " ".join(flags).encode()).hexdigest()[:12]
     return f"xvol_pssa_cpu_{capability.lower()}_{digest}", flags
 
 
@@ -58,7 +60,7 @@ def _load_cpu_kernels() -> bool:
 
     name, flags = _cpu_build_flags()
     try:
-        load(name=name, sources=[str(CPU_SOURCE)], extra_cflags=flags,
+        load(name=name, sources=[str(path) for path in CPU_SOURCES], extra_cflags=flags,
              is_python_module=False, verbose=False)
     except Exception as err:  # noqa: BLE001 - any build failure means: use the composite path
         log.warning("PSSA C++ kernels unavailable (%s: %s); using the composite torch path",

@@ -1,6 +1,8 @@
-"""The schemas of the fused PSSA ops, `xvol::pssa_fwd` and `xvol::pssa_bwd`, and their fake (meta)
-implementations: the one module every backend (pssa_kernels.py for CPU, pssa_triton.py for CUDA)
-registers its kernels against.
+"""The schemas of the `xvol::` ops and their fake (meta) implementations: the one module every backend
+(pssa_kernels.py for CPU, pssa_triton.py for CUDA) registers its kernels against.
+
+`xvol::pssa_fwd` / `xvol::pssa_bwd`: the fused PSSA kernels. `xvol::conv1x1` (CPU): the 1x1 convolution of
+the q/k/v projections (`xvol_lab.ops.projection`).
 
 `xvol::pssa_fwd_phased` / `xvol::pssa_bwd_phased` (CPU) take k and v, and return dk and dv, as the
 phase planes of stride S, (B, C, S*S*H', W'): plane (py, px) of a channel holds pixel (S y' + py,
@@ -25,6 +27,8 @@ torch.library.define("xvol::pssa_fwd_phased",
 torch.library.define("xvol::pssa_bwd_phased",
                      "(Tensor grad, Tensor q, Tensor k, Tensor v, int heads, int[] taps, int stride, int[] image) "
                      "-> (Tensor, Tensor)")
+
+torch.library.define("xvol::conv1x1", "(Tensor x, Tensor weight, Tensor? bias) -> Tensor")
 
 
 @torch.library.register_fake("xvol::pssa_fwd")
@@ -53,3 +57,8 @@ def _pssa_bwd_phased_fake(grad: Tensor, q: Tensor, k: Tensor, v: Tensor, heads: 
     """(dq, dkv): dkv stacks dk and dv as phase planes, (B, 2C, S*S*H', W')."""
     b, c, h, w = k.shape
     return torch.empty_like(q, memory_format=torch.contiguous_format), k.new_empty(b, 2 * c, h, w)
+
+
+@torch.library.register_fake("xvol::conv1x1")
+def _conv1x1_fake(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    return x.new_empty(x.shape[0], weight.shape[0], *x.shape[2:])

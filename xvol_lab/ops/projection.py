@@ -1,0 +1,75 @@
+"""The 1x1 convolutions of the q/k/v projections: `xvol::conv1x1` on CPU (conv1x1_cpu.cpp, with its
+autograd formula), oneDNN elsewhere.
+
+The kernel runs at about 200 GFLOP/s on one core of this project's CPU whatever the number of input
+channels K; oneDNN's 1x1 convolution is slower up to K = 192 (at 64 input channels, 0.51x a 3x3
+convolution's forward for the 3C projection, against the kernel's 0.37x) and faster beyond (at K = 512,
+0.34x against 0.48x), so `conv1x1` runs the kernel up to CPU_KERNEL_MAX_CHANNELS.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from xvol_lab.ops.pssa_kernels import CPU_DTYPES, cpu_kernels_available
+
+
+def _dilation_1x1(x: Tensor) -> int:
+    """Dilation has no effect on a 1x1 kernel, but on CPU it steers torch's convolution dispatch to
+    oneDNN, which its heuristic skips for 1x1 kernels with one thread and batch < 16 (im2col + an MKL
+    GEMM: the q/k/v projection forward 1.3-2.4x slower on this machine's CPU, benchmarks/ops.py)."""
+    return 2 if x.device.type == "cpu" else 1
+
+
+CPU_KERNEL_MAX_CHANNELS = 192  # input channels up to which xvol::conv1x1 beats oneDNN (measured, see above)
+
+
+def uses_cpu_kernel(x: Tensor) -> bool:
+    """Whether `conv1x1` runs `xvol::conv1x1` for x: CPU float32/float64 with at most
+    CPU_KERNEL_MAX_CHANNELS channels and the kernels built, outside autocast (the op does not cast) and
+    outside ONNX export (the op has no ONNX form)."""
+    return (x.device.type == "cpu" and x.dtype in CPU_DTYPES and x.shape[1] <= CPU_KERNEL_MAX_CHANNELS
+            and not torch.is_autocast_enabled("cpu") and not torch.onnx.is_in_onnx_export()
+            and cpu_kernels_available())
+
+
+def conv1x1(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """A 1x1 convolution: by `xvol::conv1x1` on CPU, else by oneDNN (`F.conv2d`)."""
+    if uses_cpu_kernel(x):
+        return torch.ops.xvol.conv1x1(x, weight, bias)
+    return F.conv2d(x, weight, bias, dilation=_dilation_1x1(x))
+
+
+def conv1x1_backward(grad: Tensor, x: Tensor, weight: Tensor,
+                     bias: bool) -> tuple[Tensor, Tensor, Tensor | None]:
+    """Input, weight and (when it has one) bias gradients of `conv1x1(x, weight, bias)`. The input gradient
+    is a 1x1 convolution of `grad` with the transposed weight (`xvol::conv1x1` on CPU); the weight and bias
+    gradients come from one `aten.convolution_backward` call."""
+    dil = _dilation_1x1(x)
+    if uses_cpu_kernel(grad):
+        _, dw, db = torch.ops.aten.convolution_backward(
+            grad, x, weight, [weight.shape[0]] if bias else None, [1, 1], [0, 0], [dil, dil], False, [0, 0], 1,
+            [False, True, bias])
+        return torch.ops.xvol.conv1x1(grad, weight.transpose(0, 1), None), dw, db
+    return torch.ops.aten.convolution_backward(
+        grad, x, weight, [weight.shape[0]] if bias else None, [1, 1], [0, 0], [dil, dil], False, [0, 0], 1,
+        [True, True, bias])
+
+
+def _setup_context(ctx: Any, inputs: tuple[Tensor, Tensor, Tensor | None], output: Tensor) -> None:
+    x, weight, bias = inputs
+    ctx.save_for_backward(x, weight)
+    ctx.has_bias = bias is not None
+
+
+def _backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+    x, weight = ctx.saved_tensors
+    dx, dw, db = conv1x1_backward(grad.contiguous(), x, weight, ctx.has_bias)
+    return dx, dw, db
+
+
+torch.library.register_autograd("xvol::conv1x1", _backward, setup_context=_setup_context)
