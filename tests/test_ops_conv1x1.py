@@ -86,8 +86,8 @@ def _ops_run(fn) -> dict[str, int]:
 
 @pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="torch built without oneDNN")
 def test_projection_runs_the_kernel_up_to_its_channel_limit_and_onednn_beyond():
-    """q, k, v (one call at stride 1) and their input gradient by xvol::conv1x1 up to CPU_KERNEL_MAX_CHANNELS
-    input channels; by oneDNN beyond (where it is faster) and under autocast (the kernel does not cast)."""
+    """q, k, v and the input gradient by xvol::conv1x1 up to CPU_KERNEL_MAX_CHANNELS input channels, by
+    oneDNN beyond (where it is faster) and under autocast (the kernel does not cast)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -101,7 +101,7 @@ def test_projection_runs_the_kernel_up_to_its_channel_limit_and_onednn_beyond():
                 (q + k + v).sum().backward()
 
             counts = _ops_run(run)
-            assert counts.get("xvol::conv1x1", 0) == (2 if kernel else 0)  # q, k, v in one call; its input gradient
+            assert counts.get("xvol::conv1x1", 0) == (6 if kernel else 0)  # q, k, v and their input gradients
             assert counts.get("aten::mkldnn_convolution", 0) == (0 if kernel else 3)
         x = torch.randn(2, 8, 6, 6)
         with torch.autocast("cpu", dtype=torch.bfloat16):

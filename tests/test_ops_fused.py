@@ -291,8 +291,7 @@ def test_projection_equals_plain_1x1_convolutions(stride, bias):
                 torch.nn.functional.conv2d(xr, wr[8:16], bk), torch.nn.functional.conv2d(xr, wr[16:], bv))
     tol = dict(atol=1e-12, rtol=1e-12)
     torch.testing.assert_close(got, expected, **tol)
-    for t in got:  # each image's (C, H, W) contiguous, as the kernels read them (a channel chunk at stride 1)
-        assert t.stride()[1:] == (t.shape[2] * t.shape[3], t.shape[3], 1)
+    assert all(t.is_contiguous() for t in got)
     grads = [torch.randn_like(t) for t in got]
     torch.testing.assert_close(torch.autograd.grad(got, leaves, grads),
                                torch.autograd.grad(expected, ref_leaves, grads), **tol)

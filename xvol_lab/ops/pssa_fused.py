@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from xvol_lab.ops import pssa_kernels  # noqa: F401 - defines the xvol:: ops
-from xvol_lab.ops.projection import conv1x1, conv1x1_backward, uses_cpu_kernel
+from xvol_lab.ops.projection import conv1x1, conv1x1_backward
 from xvol_lab.ops.pssa_kernels import flat_taps
 
 
@@ -21,24 +21,17 @@ def project_qkv(x: Tensor, weight: Tensor, bias: Tensor | None,
                 stride: int) -> tuple[Tensor, Tensor, Tensor]:
     """q = W_q x on the stride grid (B, C, H', W'); k = W_k x, v = W_v x at full size (B, C, H, W).
 
-    `weight` (3C, C_in, 1, 1) stacks W_q, W_k, W_v; `bias` (3C) or None. Each image's (C, H, W) block of
-    q, k and v is contiguous. Through oneDNN, one convolution per tensor: oneDNN allocates working buffers
-    of 2-3x its output on every call, and past about 16 MiB of output glibc hands them back as fresh pages
-    each time unless the process keeps freed memory (`xvol_lab.allocator`); the stacked q/k/v of 64 ch x
-    56 x 56 x batch 8 then took about 4x the time of its three thirds.
+    `weight` (3C, C_in, 1, 1) stacks W_q, W_k, W_v; `bias` (3C) or None. One convolution per tensor,
+    each contiguous: oneDNN allocates working buffers of 2-3x its output on every call, and past about
+    16 MiB of output glibc hands them back as fresh pages each time unless the process keeps freed
+    memory (`xvol_lab.allocator`); the stacked q/k/v of 64 ch x 56 x 56 x batch 8 then took about 4x the
+    time of its three thirds.
     """
     return _project(x if stride == 1 else x[:, :, ::stride, ::stride], x, weight, bias)
 
 
 def _project(xs: Tensor, x: Tensor, weight: Tensor, bias: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
-    """q = W_q xs, k = W_k x, v = W_v x. With `xvol::conv1x1` (no working buffers), one call per input: at
-    stride 1 q, k and v are channel chunks of one (B, 3C, H, W) output, which reads x once."""
-    if uses_cpu_kernel(x):
-        if xs is x:
-            return tuple(conv1x1(x, weight, bias).chunk(3, dim=1))
-        c = weight.shape[0] // 3
-        k, v = conv1x1(x, weight[c:], None if bias is None else bias[c:]).chunk(2, dim=1)
-        return conv1x1(xs, weight[:c], None if bias is None else bias[:c]), k, v
+    """q = W_q xs, k = W_k x, v = W_v x."""
     w_q, w_k, w_v = weight.chunk(3)
     b_q, b_k, b_v = (None, None, None) if bias is None else bias.chunk(3)
     return conv1x1(xs, w_q, b_q), conv1x1(x, w_k, b_k), conv1x1(x, w_v, b_v)
