@@ -62,10 +62,26 @@ def test_lanes_past_an_image_never_reach_the_output():
     torch.testing.assert_close(y, F.conv2d(x, weight), atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("parts", [1, 2, 3])
+def test_conv1x1_split_gives_the_chunks_as_separate_tensors(parts, dtype):
+    """Output channels split into `parts` contiguous tensors, each its own allocation; parts of 5 rows
+    straddle the kernel's 6-row blocks."""
+    x, w, b = _operands(3, 7, 5 * parts, 9, 7, dtype)
+    got = torch.ops.xvol.conv1x1_split(x, w, b, parts)
+    assert len(got) == parts and len({t.untyped_storage().data_ptr() for t in got}) == parts
+    assert all(t.is_contiguous() for t in got)
+    torch.testing.assert_close(tuple(got), F.conv2d(x, w, b).chunk(parts, dim=1), **TOL[dtype])
+
+
 def test_conv1x1_gradients():
     x, w, b = (t.requires_grad_() for t in _operands(2, 5, 7, 6, 5, torch.float64))
     assert torch.autograd.gradcheck(lambda x, w, b: torch.ops.xvol.conv1x1(x, w, b), (x, w, b))
     assert torch.autograd.gradcheck(lambda x, w: torch.ops.xvol.conv1x1(x, w, None), (x, w))
+    w3, b3 = (t.detach().repeat(3, *[1] * (t.dim() - 1)).requires_grad_() for t in (w, b))
+    assert torch.autograd.gradcheck(lambda x, w, b: torch.ops.xvol.conv1x1_split(x, w, b, 3), (x, w3, b3))
+    # only some parts used: the others' gradients are zeros
+    assert torch.autograd.gradcheck(lambda x, w, b: torch.ops.xvol.conv1x1_split(x, w, b, 3)[1], (x, w3, b3))
 
 
 def test_conv1x1_rejects_mismatched_operands():
@@ -86,8 +102,8 @@ def _ops_run(fn) -> dict[str, int]:
 
 @pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="torch built without oneDNN")
 def test_projection_runs_the_kernel_up_to_its_channel_limit_and_onednn_beyond():
-    """q, k, v and the input gradient by xvol::conv1x1 up to CPU_KERNEL_MAX_CHANNELS input channels, by
-    oneDNN beyond (where it is faster) and under autocast (the kernel does not cast)."""
+    """q, k, v and their input gradient by xvol::conv1x1(_split) up to CPU_KERNEL_MAX_CHANNELS input
+    channels; by oneDNN beyond (where it is faster) and under autocast (the kernel does not cast)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -101,7 +117,8 @@ def test_projection_runs_the_kernel_up_to_its_channel_limit_and_onednn_beyond():
                 (q + k + v).sum().backward()
 
             counts = _ops_run(run)
-            assert counts.get("xvol::conv1x1", 0) == (6 if kernel else 0)  # q, k, v and their input gradients
+            assert counts.get("xvol::conv1x1_split", 0) == (1 if kernel else 0)  # q, k, v in one pass over x
+            assert counts.get("xvol::conv1x1", 0) == (1 if kernel else 0)  # their input gradient
             assert counts.get("aten::mkldnn_convolution", 0) == (0 if kernel else 3)
         x = torch.randn(2, 8, 6, 6)
         with torch.autocast("cpu", dtype=torch.bfloat16):

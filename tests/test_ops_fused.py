@@ -233,6 +233,8 @@ for shape in SHAPES:  # the projections' kernel: lanes past an image's end loade
     x, w, b = _operands(*shape, torch.float64)
     torch.testing.assert_close(torch.ops.xvol.conv1x1(x, w, b), torch.nn.functional.conv2d(x, w, b),
                                atol=1e-12, rtol=1e-12)
+    for part in torch.ops.xvol.conv1x1_split(x, w.repeat(3, 1, 1, 1), b.repeat(3), 3):
+        torch.testing.assert_close(part, torch.nn.functional.conv2d(x, w, b), atol=1e-12, rtol=1e-12)
 for stride, shift, dirs, heads in OPTIONS[::5]:
     for size in ((3, 3), (20, 19)):
         taps = pssa_taps(shift, dirs)

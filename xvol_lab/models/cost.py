@@ -5,7 +5,7 @@ attention kernel, which global attention reaches with contiguous inputs, has non
 backward get the stock SDPA formulas here. The fused PSSA kernels (`xvol::pssa_fwd`, `xvol::pssa_bwd`
 and their `_phased` forms) count 2 FLOPs per multiply-add over all taps T: forward 4*T*C*N' (logits
 and aggregation, plus C*N' when a base is added), backward 10*T*C*N' (logits recomputed; da, dq, dk,
-dv); their q/k/v projections are convolutions, counted as such (`xvol::conv1x1` on CPU: 2 FLOPs per
+dv); their q/k/v projections are convolutions, counted as such (`xvol::conv1x1` and `_split` on CPU: 2 FLOPs per
 multiply-add, like the stock convolution formula; a strided layer on CPU projects the
 phase planes of x: its k and v cost S*S*H'*W' pixels, H*W or, for odd sizes, a padded row or
 column more). On the composite path
@@ -80,7 +80,7 @@ SDPA_CPU_FLOPS = {aten._scaled_dot_product_flash_attention_for_cpu: _sdpa_flop,
 EXTRA_FLOPS = {**ELEMENTWISE_FLOPS, **SDPA_CPU_FLOPS,
                torch.ops.xvol.pssa_fwd: _pssa_fwd_flop, torch.ops.xvol.pssa_bwd: _pssa_bwd_flop,
                torch.ops.xvol.pssa_fwd_phased: _pssa_fwd_flop, torch.ops.xvol.pssa_bwd_phased: _pssa_bwd_flop,
-               torch.ops.xvol.conv1x1: _conv1x1_flop}
+               torch.ops.xvol.conv1x1: _conv1x1_flop, torch.ops.xvol.conv1x1_split: _conv1x1_flop}
 
 
 def count_flops(model: nn.Module, inputs: Any) -> int:

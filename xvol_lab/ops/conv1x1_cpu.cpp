@@ -11,7 +11,7 @@
 // image's last vector masked) and a block takes 4 consecutive vectors, which may belong to different
 // images: a 4x4 or 7x7 image (deep stages) fills the registers as well as a 56x56 one. x needs each
 // image's (H, W) contiguous (any batch and channel strides: a channel chunk of a projection, a phase
-// plane); y is contiguous.
+// plane); y is contiguous, or (xvol::conv1x1_split) several tensors that split the output channels.
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -21,6 +21,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <vector>
 
 namespace {
 
@@ -36,11 +37,12 @@ struct Operands {
   int64_t readable;    // elements of x's storage from x on: lanes past an image may be read, not used
   const scalar_t* wp;  // w packed: (ceil(O / kRows), C, kRows), zeros past O
   const scalar_t* bias;  // (O) or nullptr
-  scalar_t* y;         // (B, O, P) contiguous
+  scalar_t* const* y;  // output row o of image b: y[o] + b * yb + p (rows of one or several tensors)
+  int64_t yb;
   int64_t C, O, P;
 };
 
-// Output channels o0 .. o0 + R - 1 of the pixel vectors at x offsets xs[j] / y offsets ys[j] (lanes m[j]
+// Output channels o0 .. o0 + R - 1 of the pixel vectors at x offsets xs[j] / row offsets ys[j] (lanes m[j]
 // stored). Loads are masked only where a plain one would leave x's storage (Masked): a vector's lanes past
 // its image read the next channel's or image's values, which end in lanes that are never stored. (AVX-512
 // masked loads run at half the rate of plain ones on this AMD EPYC, and at 7x7 every block has a tail.)
@@ -76,7 +78,7 @@ inline void block(const Operands<scalar_t>& a, int64_t o0, const int64_t* xs, co
   }
 #define XVOL_STORE(r)                                                                           \
   if constexpr (R > r) {                                                                        \
-    scalar_t* yr = a.y + (o0 + r) * a.P;                                                         \
+    scalar_t* yr = a.y[o0 + r];                                                                  \
     store_masked(yr + ys[0], a##r##0, m[0]);                                                     \
     if (m[1]) store_masked(yr + ys[1], a##r##1, m[1]);                                           \
     if (m[2]) store_masked(yr + ys[2], a##r##2, m[2]);                                           \
@@ -118,7 +120,7 @@ void conv1x1_kernel(const Operands<scalar_t>& a, int64_t B) {
         const int64_t v = std::min(blk * kVectors + j, vectors - 1);
         const int64_t b = v / per_image, p = (v % per_image) * N;
         xs[j] = b * a.xb + p;
-        ys[j] = b * a.O * a.P + p;
+        ys[j] = b * a.yb + p;
         m[j] = blk * kVectors + j < vectors ? lane_range<N>(0, a.P - p) : 0u;
         inside = inside && xs[j] + (a.C - 1) * a.xc + N <= a.readable;
       }
@@ -146,13 +148,19 @@ at::Tensor pack(const at::Tensor& w) {
   return wp;
 }
 
-at::Tensor conv1x1(const at::Tensor& x_, const at::Tensor& weight, const c10::optional<at::Tensor>& bias) {
+// y = [y_0, ..., y_{parts-1}] with y_i (B, O / parts, H, W) contiguous: output channels i*O/parts on. Separate
+// tensors, not chunks of one: an allocation past glibc's 32 MiB mmap threshold is page-faulted in anew on
+// every call (q, k, v of 64 ch x 112 x 112 x 4: 38 MiB stacked, 13 MiB each).
+std::vector<at::Tensor> conv1x1_split(const at::Tensor& x_, const at::Tensor& weight,
+                                      const c10::optional<at::Tensor>& bias, int64_t parts) {
   TORCH_CHECK(x_.dim() == 4 && weight.dim() == 4 && weight.size(2) == 1 && weight.size(3) == 1,
               "conv1x1: x must be NCHW and weight (O, C, 1, 1)");
   TORCH_CHECK(weight.size(1) == x_.size(1), "conv1x1: weight has ", weight.size(1), " input channels, x ",
               x_.size(1));
   TORCH_CHECK(x_.scalar_type() == weight.scalar_type(), "conv1x1: x and weight differ in dtype");
+  TORCH_CHECK(parts > 0 && weight.size(0) % parts == 0, "conv1x1: parts must divide the output channels");
   const int64_t B = x_.size(0), C = x_.size(1), H = x_.size(2), W = x_.size(3), O = weight.size(0);
+  const int64_t Op = O / parts, P = H * W;
   const bool images_contiguous = x_.stride(3) == 1 && (H == 1 || x_.stride(2) == W);
   const at::Tensor x = images_contiguous ? x_ : x_.contiguous();
   const at::Tensor wp = pack(weight.reshape({O, C}).contiguous());
@@ -161,18 +169,33 @@ at::Tensor conv1x1(const at::Tensor& x_, const at::Tensor& weight, const c10::op
     TORCH_CHECK(bias->numel() == O, "conv1x1: bias must have one value per output channel");
     b = bias->to(x.scalar_type()).contiguous();
   }
-  at::Tensor y = at::empty({B, O, H, W}, x.options().memory_format(at::MemoryFormat::Contiguous));
-  if (y.numel() == 0) return y;
+  std::vector<at::Tensor> ys;
+  for (int64_t i = 0; i < parts; ++i) {
+    ys.push_back(at::empty({B, Op, H, W}, x.options().memory_format(at::MemoryFormat::Contiguous)));
+  }
+  if (B * O * P == 0 || C == 0) {
+    for (auto& y : ys) y.zero_();
+    return ys;
+  }
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "conv1x1", [&] {
+    std::vector<scalar_t*> rows(O);
+    for (int64_t o = 0; o < O; ++o) rows[o] = ys[o / Op].mutable_data_ptr<scalar_t>() + (o % Op) * P;
     const int64_t readable = static_cast<int64_t>(x.storage().nbytes() / sizeof(scalar_t)) - x.storage_offset();
     const Operands<scalar_t> a{x.const_data_ptr<scalar_t>(), x.stride(0), x.stride(1), readable,
                                wp.const_data_ptr<scalar_t>(), b.defined() ? b.const_data_ptr<scalar_t>() : nullptr,
-                               y.mutable_data_ptr<scalar_t>(), C, O, H * W};
+                               rows.data(), Op * P, C, O, P};
     conv1x1_kernel(a, B);
   });
-  return y;
+  return ys;
+}
+
+at::Tensor conv1x1(const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias) {
+  return conv1x1_split(x, weight, bias, 1)[0];
 }
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(xvol, CPU, m) { m.impl("conv1x1", &conv1x1); }
+TORCH_LIBRARY_IMPL(xvol, CPU, m) {
+  m.impl("conv1x1", &conv1x1);
+  m.impl("conv1x1_split", &conv1x1_split);
+}

@@ -44,6 +44,15 @@ def conv1x1(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     return F.conv2d(x, weight, bias, dilation=_dilation_1x1(x))
 
 
+def conv1x1_split(x: Tensor, weight: Tensor, bias: Tensor | None, parts: int) -> list[Tensor]:
+    """`conv1x1` with the output channels split into `parts` separate tensors (one pass over x by the CPU
+    kernel; its outputs are separate allocations, below glibc's mmap threshold where a stacked one is not)."""
+    if uses_cpu_kernel(x):
+        return list(torch.ops.xvol.conv1x1_split(x, weight, bias, parts))
+    biases = [None] * parts if bias is None else bias.chunk(parts)
+    return [conv1x1(x, w, b) for w, b in zip(weight.chunk(parts), biases, strict=True)]
+
+
 def conv1x1_backward(grad: Tensor, x: Tensor, weight: Tensor,
                      bias: bool) -> tuple[Tensor, Tensor, Tensor | None]:
     """Input, weight and (when it has one) bias gradients of `conv1x1(x, weight, bias)`. The input gradient
@@ -72,4 +81,15 @@ def _backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, Tensor | None, Ten
     return dx, dw, db
 
 
+def _split_setup_context(ctx: Any, inputs: tuple[Tensor, Tensor, Tensor | None, int], output: list[Tensor]) -> None:
+    _setup_context(ctx, inputs[:3], output)
+    ctx.part_shape = output[0].shape
+
+
+def _split_backward(ctx: Any, grads: list[Tensor | None]) -> tuple[Tensor | None, Tensor | None, Tensor | None, None]:
+    grad = torch.cat([ctx.saved_tensors[0].new_zeros(ctx.part_shape) if g is None else g for g in grads], dim=1)
+    return (*_backward(ctx, grad), None)
+
+
 torch.library.register_autograd("xvol::conv1x1", _backward, setup_context=_setup_context)
+torch.library.register_autograd("xvol::conv1x1_split", _split_backward, setup_context=_split_setup_context)

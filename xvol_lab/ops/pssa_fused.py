@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from xvol_lab.ops import pssa_kernels  # noqa: F401 - defines the xvol:: ops
-from xvol_lab.ops.projection import conv1x1, conv1x1_backward
+from xvol_lab.ops.projection import conv1x1, conv1x1_backward, conv1x1_split
 from xvol_lab.ops.pssa_kernels import flat_taps
 
 
@@ -21,20 +21,23 @@ def project_qkv(x: Tensor, weight: Tensor, bias: Tensor | None,
                 stride: int) -> tuple[Tensor, Tensor, Tensor]:
     """q = W_q x on the stride grid (B, C, H', W'); k = W_k x, v = W_v x at full size (B, C, H, W).
 
-    `weight` (3C, C_in, 1, 1) stacks W_q, W_k, W_v; `bias` (3C) or None. One convolution per tensor,
-    each contiguous: oneDNN allocates working buffers of 2-3x its output on every call, and past about
-    16 MiB of output glibc hands them back as fresh pages each time unless the process keeps freed
-    memory (`xvol_lab.allocator`); the stacked q/k/v of 64 ch x 56 x 56 x batch 8 then took about 4x the
-    time of its three thirds.
+    `weight` (3C, C_in, 1, 1) stacks W_q, W_k, W_v; `bias` (3C) or None. Each tensor is contiguous and a
+    separate allocation (`xvol::conv1x1_split` on CPU, else one oneDNN convolution per tensor): past about
+    16 MiB glibc hands freed memory back as fresh pages unless the process keeps it (`xvol_lab.allocator`),
+    and past 32 MiB always. oneDNN also allocates working buffers of 2-3x its output on every call; its
+    stacked q/k/v of 64 ch x 56 x 56 x batch 8 took about 4x the time of its three thirds.
     """
     return _project(x if stride == 1 else x[:, :, ::stride, ::stride], x, weight, bias)
 
 
 def _project(xs: Tensor, x: Tensor, weight: Tensor, bias: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
-    """q = W_q xs, k = W_k x, v = W_v x."""
-    w_q, w_k, w_v = weight.chunk(3)
-    b_q, b_k, b_v = (None, None, None) if bias is None else bias.chunk(3)
-    return conv1x1(xs, w_q, b_q), conv1x1(x, w_k, b_k), conv1x1(x, w_v, b_v)
+    """q = W_q xs, k = W_k x, v = W_v x: one `conv1x1_split` per input (x read once for q, k, v at stride 1)."""
+    if xs is x:
+        q, k, v = conv1x1_split(x, weight, bias, 3)
+        return q, k, v
+    c = weight.shape[0] // 3
+    k, v = conv1x1_split(x, weight[c:], None if bias is None else bias[c:], 2)
+    return conv1x1(xs, weight[:c], None if bias is None else bias[:c]), k, v
 
 
 def phase_planes(x: Tensor, stride: int) -> Tensor:

@@ -2,7 +2,8 @@
 (pssa_kernels.py for CPU, pssa_triton.py for CUDA) registers its kernels against.
 
 `xvol::pssa_fwd` / `xvol::pssa_bwd`: the fused PSSA kernels. `xvol::conv1x1` (CPU): the 1x1 convolution of
-the q/k/v projections (`xvol_lab.ops.projection`).
+the q/k/v projections (`xvol_lab.ops.projection`); `xvol::conv1x1_split` the same, its output channels
+split into `parts` tensors.
 
 `xvol::pssa_fwd_phased` / `xvol::pssa_bwd_phased` (CPU) take k and v, and return dk and dv, as the
 phase planes of stride S, (B, C, S*S*H', W'): plane (py, px) of a channel holds pixel (S y' + py,
@@ -29,6 +30,7 @@ torch.library.define("xvol::pssa_bwd_phased",
                      "-> (Tensor, Tensor)")
 
 torch.library.define("xvol::conv1x1", "(Tensor x, Tensor weight, Tensor? bias) -> Tensor")
+torch.library.define("xvol::conv1x1_split", "(Tensor x, Tensor weight, Tensor? bias, int parts) -> Tensor[]")
 
 
 @torch.library.register_fake("xvol::pssa_fwd")
@@ -62,3 +64,8 @@ def _pssa_bwd_phased_fake(grad: Tensor, q: Tensor, k: Tensor, v: Tensor, heads: 
 @torch.library.register_fake("xvol::conv1x1")
 def _conv1x1_fake(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
     return x.new_empty(x.shape[0], weight.shape[0], *x.shape[2:])
+
+
+@torch.library.register_fake("xvol::conv1x1_split")
+def _conv1x1_split_fake(x: Tensor, weight: Tensor, bias: Tensor | None, parts: int) -> list[Tensor]:
+    return [x.new_empty(x.shape[0], weight.shape[0] // parts, *x.shape[2:]) for _ in range(parts)]
