@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from xvol_lab.ops import pssa_kernels as kernels
-from xvol_lab.ops.projection import CPU_KERNEL_MAX_CHANNELS, conv1x1, uses_cpu_kernel
+from xvol_lab.ops.projection import MIN_LANE_USE, conv1x1, lane_use, uses_cpu_kernel
 from xvol_lab.ops.pssa_fused import phase_planes, project_qkv
 
 pytestmark = pytest.mark.skipif(not kernels.cpu_kernels_available(), reason="no C++ toolchain")
@@ -101,15 +101,18 @@ def _ops_run(fn) -> dict[str, int]:
 
 
 @pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="torch built without oneDNN")
-def test_projection_runs_the_kernel_up_to_its_channel_limit_and_onednn_beyond():
-    """q, k, v and their input gradient by xvol::conv1x1(_split) up to CPU_KERNEL_MAX_CHANNELS input
-    channels; by oneDNN beyond (where it is faster) and under autocast (the kernel does not cast)."""
+def test_projection_runs_the_kernel_where_images_fill_its_lanes_and_onednn_elsewhere():
+    """q, k, v (one pass over x) and their input gradient by xvol::conv1x1(_split) where the images fill at
+    least MIN_LANE_USE of the vector lanes; by oneDNN elsewhere (7x7: 49 of 64 float lanes) and under autocast
+    (the kernel does not cast)."""
+    assert lane_use(64, torch.float32) == 1.0 and lane_use(49, torch.float32) == 49 / 64
+    assert lane_use(196, torch.float32) == 196 / 208 >= MIN_LANE_USE > lane_use(49, torch.float64) == 49 / 56
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        for c_in, kernel in ((8, True), (CPU_KERNEL_MAX_CHANNELS, True), (CPU_KERNEL_MAX_CHANNELS + 8, False)):
-            x = torch.randn(2, c_in, 6, 6, requires_grad=True)
-            w = torch.randn(24, c_in, 1, 1)
+        for size, kernel in ((8, True), (14, True), (7, False)):
+            x = torch.randn(2, 16, size, size, requires_grad=True)
+            w = torch.randn(24, 16, 1, 1)
             assert uses_cpu_kernel(x) == kernel
 
             def run(x=x, w=w):
@@ -120,7 +123,7 @@ def test_projection_runs_the_kernel_up_to_its_channel_limit_and_onednn_beyond():
             assert counts.get("xvol::conv1x1_split", 0) == (1 if kernel else 0)  # q, k, v in one pass over x
             assert counts.get("xvol::conv1x1", 0) == (1 if kernel else 0)  # their input gradient
             assert counts.get("aten::mkldnn_convolution", 0) == (0 if kernel else 3)
-        x = torch.randn(2, 8, 6, 6)
+        x = torch.randn(2, 8, 8, 8)
         with torch.autocast("cpu", dtype=torch.bfloat16):
             assert not uses_cpu_kernel(x) and conv1x1(x, torch.randn(4, 8, 1, 1)).dtype == torch.bfloat16
     finally:

@@ -2,10 +2,10 @@
 //   y(b, o, p) = sum_c w(o, c) x(b, c, p) [+ bias(o)]
 // the q/k/v projections of the fused PSSA layers, and (with w transposed) their input gradients.
 //
-// With few input channels (K = C_in <= 128 here) oneDNN's 1x1 convolution reaches 55-80% of a 3x3
-// convolution's FLOP rate on this project's CPU and MKL's GEMM less; this kernel runs at about 200 GFLOP/s
-// on one core at every K, which beats oneDNN up to K = 192 (benchmarks/ops.py). `xvol_lab.ops.projection`
-// dispatches by K. A register block is 6 output channels x 4 vectors of pixels: 24 accumulators, and per
+// oneDNN's 1x1 convolution reaches 55-90% of a 3x3 convolution's FLOP rate on this project's CPU (the
+// fewer the input channels, the lower) and MKL's GEMM less; this kernel runs at the 3x3's where each
+// image fills its vectors (`xvol_lab.ops.projection` dispatches on that). A register block is 6 output
+// channels x 4 vectors of pixels: 24 accumulators, and per
 // input channel 4 loads, 6 broadcasts and 24
 // fused multiply-adds. The pixels of every image are cut into vectors (16 float / 8 double lanes; an
 // image's last vector masked) and a block takes 4 consecutive vectors, which may belong to different

@@ -1,10 +1,12 @@
 """The 1x1 convolutions of the q/k/v projections: `xvol::conv1x1` on CPU (conv1x1_cpu.cpp, with its
 autograd formula), oneDNN elsewhere.
 
-The kernel runs at about 200 GFLOP/s on one core of this project's CPU whatever the number of input
-channels K; oneDNN's 1x1 convolution is slower up to K = 192 (at 64 input channels, 0.51x a 3x3
-convolution's forward for the 3C projection, against the kernel's 0.37x) and faster beyond (at K = 512,
-0.34x against 0.48x), so `conv1x1` runs the kernel up to CPU_KERNEL_MAX_CHANNELS.
+The kernel computes whole vectors of one image's pixels (16 float / 8 double lanes): where an image's pixel
+count fills its vectors it runs at 210-235 GFLOP/s on one core of this project's CPU, as fast as a 3x3
+convolution, where oneDNN's 1x1 convolution reaches 125 (64 input channels) to 205 (512). Where an image
+ends in a part-filled vector the idle lanes cost their share: at 7x7, 49 of 64 lanes work and oneDNN is
+faster (196 against 168 GFLOP/s at 512 channels). `conv1x1` runs the kernel where at least
+MIN_LANE_USE of the lanes work.
 """
 
 from __future__ import annotations
@@ -25,14 +27,21 @@ def _dilation_1x1(x: Tensor) -> int:
     return 2 if x.device.type == "cpu" else 1
 
 
-CPU_KERNEL_MAX_CHANNELS = 192  # input channels up to which xvol::conv1x1 beats oneDNN (measured, see above)
+MIN_LANE_USE = 0.9  # 14x14: 196 of 208 float lanes, as fast as oneDNN; 7x7: 49 of 64, slower
+
+
+def lane_use(pixels: int, dtype: torch.dtype) -> float:
+    """The share of vector lanes that hold pixels when each image's `pixels` are cut into 64-byte vectors."""
+    lanes = 512 // torch.finfo(dtype).bits
+    return pixels / (-(-pixels // lanes) * lanes)
 
 
 def uses_cpu_kernel(x: Tensor) -> bool:
-    """Whether `conv1x1` runs `xvol::conv1x1` for x: CPU float32/float64 with at most
-    CPU_KERNEL_MAX_CHANNELS channels and the kernels built, outside autocast (the op does not cast) and
+    """Whether `conv1x1` runs `xvol::conv1x1` for x: CPU float32/float64 whose images fill at least
+    MIN_LANE_USE of the kernel's lanes, with the kernels built, outside autocast (the op does not cast) and
     outside ONNX export (the op has no ONNX form)."""
-    return (x.device.type == "cpu" and x.dtype in CPU_DTYPES and x.shape[1] <= CPU_KERNEL_MAX_CHANNELS
+    return (x.device.type == "cpu" and x.dtype in CPU_DTYPES and x.shape[2] * x.shape[3] > 0
+            and lane_use(x.shape[2] * x.shape[3], x.dtype) >= MIN_LANE_USE
             and not torch.is_autocast_enabled("cpu") and not torch.onnx.is_in_onnx_export()
             and cpu_kernels_available())
 
