@@ -68,14 +68,13 @@ def conv1x1_backward(grad: Tensor, x: Tensor, weight: Tensor,
     is a 1x1 convolution of `grad` with the transposed weight (`xvol::conv1x1` on CPU); the weight and bias
     gradients come from one `aten.convolution_backward` call."""
     dil = _dilation_1x1(x)
-    if uses_cpu_kernel(grad):
-        _, dw, db = torch.ops.aten.convolution_backward(
-            grad, x, weight, [weight.shape[0]] if bias else None, [1, 1], [0, 0], [dil, dil], False, [0, 0], 1,
-            [False, True, bias])
-        return torch.ops.xvol.conv1x1(grad, weight.transpose(0, 1), None), dw, db
-    return torch.ops.aten.convolution_backward(
+    kernel = uses_cpu_kernel(grad)
+    dx, dw, db = torch.ops.aten.convolution_backward(
         grad, x, weight, [weight.shape[0]] if bias else None, [1, 1], [0, 0], [dil, dil], False, [0, 0], 1,
-        [True, True, bias])
+        [not kernel, True, bias])
+    if kernel:
+        dx = torch.ops.xvol.conv1x1(grad, weight.transpose(0, 1), None)
+    return dx, dw, db
 
 
 def _setup_context(ctx: Any, inputs: tuple[Tensor, Tensor, Tensor | None], output: Tensor) -> None:
