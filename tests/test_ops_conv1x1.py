@@ -89,6 +89,8 @@ def test_conv1x1_rejects_mismatched_operands():
         torch.ops.xvol.conv1x1(torch.randn(1, 3, 2, 2), torch.randn(5, 4, 1, 1), None)
     with pytest.raises(RuntimeError, match="one value per output channel"):
         torch.ops.xvol.conv1x1(torch.randn(1, 3, 2, 2), torch.randn(5, 3, 1, 1), torch.randn(4))
+    with pytest.raises(RuntimeError, match="parts must divide the output channels"):
+        torch.ops.xvol.conv1x1_split(torch.randn(1, 3, 2, 2), torch.randn(5, 3, 1, 1), None, 2)
 
 
 def _ops_run(fn) -> dict[str, int]:
