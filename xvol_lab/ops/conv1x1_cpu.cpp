@@ -91,12 +91,13 @@ inline void block(const Operands<scalar_t>& a, int64_t o0, const int64_t* xs, co
 #undef XVOL_ROWS
 }
 
-// All output channels of one block of pixel vectors, kRows at a time.
+// Output channels o0 .. o1 - 1 of one block of pixel vectors, kRows at a time.
 template <typename scalar_t, bool Masked>
-inline void rows(const Operands<scalar_t>& a, const int64_t* xs, const int64_t* ys, const uint32_t* m) {
-  int64_t o = 0;
-  for (; o + kRows <= a.O; o += kRows) block<scalar_t, kRows, Masked>(a, o, xs, ys, m);
-  switch (a.O - o) {
+inline void rows(const Operands<scalar_t>& a, int64_t o0, int64_t o1, const int64_t* xs, const int64_t* ys,
+                 const uint32_t* m) {
+  int64_t o = o0;
+  for (; o + kRows <= o1; o += kRows) block<scalar_t, kRows, Masked>(a, o, xs, ys, m);
+  switch (o1 - o) {
     case 1: return block<scalar_t, 1, Masked>(a, o, xs, ys, m);
     case 2: return block<scalar_t, 2, Masked>(a, o, xs, ys, m);
     case 3: return block<scalar_t, 3, Masked>(a, o, xs, ys, m);
@@ -106,13 +107,21 @@ inline void rows(const Operands<scalar_t>& a, const int64_t* xs, const int64_t* 
   }
 }
 
+// Threads share the work by (pixel block, group of kGroupRows output channels): small images have few
+// pixel blocks (4x4 x 16 images: 4), which alone would leave all but a few threads idle.
+constexpr int64_t kGroupRows = 8 * kRows;
+constexpr int64_t kTaskFlops = int64_t{1} << 22;  // at least this much work per task (about 20 us)
+
 template <typename scalar_t>
 void conv1x1_kernel(const Operands<scalar_t>& a, int64_t B) {
   constexpr int N = Lanes<scalar_t>::N;
   const int64_t per_image = (a.P + N - 1) / N, vectors = B * per_image;
   const int64_t blocks = (vectors + kVectors - 1) / kVectors;
-  at::parallel_for(0, blocks, 16, [&](int64_t begin, int64_t end) {
-    for (int64_t blk = begin; blk < end; ++blk) {
+  const int64_t groups = (a.O + kGroupRows - 1) / kGroupRows;
+  const int64_t grain = std::max<int64_t>(1, kTaskFlops / (2 * kGroupRows * kVectors * N * a.C));
+  at::parallel_for(0, blocks * groups, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t blk = item / groups, o0 = item % groups * kGroupRows, o1 = std::min(a.O, o0 + kGroupRows);
       int64_t xs[kVectors], ys[kVectors];
       uint32_t m[kVectors];
       bool inside = true;  // every lane of every load inside x's storage
@@ -125,9 +134,9 @@ void conv1x1_kernel(const Operands<scalar_t>& a, int64_t B) {
         inside = inside && xs[j] + (a.C - 1) * a.xc + N <= a.readable;
       }
       if (inside) {
-        rows<scalar_t, false>(a, xs, ys, m);
+        rows<scalar_t, false>(a, o0, o1, xs, ys, m);
       } else {
-        rows<scalar_t, true>(a, xs, ys, m);
+        rows<scalar_t, true>(a, o0, o1, xs, ys, m);
       }
     }
   });
