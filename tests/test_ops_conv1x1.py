@@ -49,6 +49,22 @@ def test_conv1x1_reads_views_in_place_and_copies_others(dtype):
         torch.testing.assert_close(got, F.conv2d(view.contiguous(), weight), **TOL[dtype], msg=name)
 
 
+def test_threads_share_pixel_blocks_and_output_channels_with_identical_results():
+    """16 images of 4x4 make 4 pixel blocks; with 2 threads the output channels are shared out too. Each
+    output is summed by one thread in the same order, so the result is bit-identical to one thread's."""
+    x, w, b = _operands(16, 32, 768, 4, 4, torch.float32)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = torch.ops.xvol.conv1x1(x, w, b)
+        torch.set_num_threads(2)
+        two = torch.ops.xvol.conv1x1(x, w, b)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(one, two)
+    torch.testing.assert_close(two, F.conv2d(x, w, b), atol=1e-4, rtol=1e-5)
+
+
 def test_lanes_past_an_image_never_reach_the_output():
     """The kernel reads whole vectors past an image's last pixel (plain loads are twice as fast as masked
     ones) and must drop those lanes: values past the image here are NaN, the output has none."""
