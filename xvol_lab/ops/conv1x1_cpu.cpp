@@ -5,13 +5,12 @@
 // oneDNN's 1x1 convolution reaches 55-90% of a 3x3 convolution's FLOP rate on this project's CPU (the
 // fewer the input channels, the lower) and MKL's GEMM less; this kernel runs at the 3x3's where each
 // image fills its vectors (`xvol_lab.ops.projection` dispatches on that). A register block is 6 output
-// channels x 4 vectors of pixels: 24 accumulators, and per
-// input channel 4 loads, 6 broadcasts and 24
+// channels x 4 vectors of pixels: 24 accumulators, and per input channel 4 loads, 6 broadcasts and 24
 // fused multiply-adds. The pixels of every image are cut into vectors (16 float / 8 double lanes; an
-// image's last vector masked) and a block takes 4 consecutive vectors, which may belong to different
-// images: a 4x4 or 7x7 image (deep stages) fills the registers as well as a 56x56 one. x needs each
-// image's (H, W) contiguous (any batch and channel strides: a channel chunk of a projection, a phase
-// plane); y is contiguous, or (xvol::conv1x1_split) several tensors that split the output channels.
+// image's last vector part-filled) and a block takes 4 consecutive vectors, which may belong to different
+// images: 4x4 images fill the registers as well as 56x56 ones. x needs each image's (H, W) contiguous
+// (any batch and channel strides: a channel chunk of a projection, a phase plane); y is contiguous, or
+// (xvol::conv1x1_split) several tensors that split the output channels.
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>

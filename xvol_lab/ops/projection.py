@@ -85,8 +85,7 @@ def _setup_context(ctx: Any, inputs: tuple[Tensor, Tensor, Tensor | None], outpu
 
 def _backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
     x, weight = ctx.saved_tensors
-    dx, dw, db = conv1x1_backward(grad.contiguous(), x, weight, ctx.has_bias)
-    return dx, dw, db
+    return conv1x1_backward(grad.contiguous(), x, weight, ctx.has_bias)
 
 
 def _split_setup_context(ctx: Any, inputs: tuple[Tensor, Tensor, Tensor | None, int], output: list[Tensor]) -> None:
