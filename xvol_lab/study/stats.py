@@ -201,5 +201,5 @@ def nonnegative_interval(values: Sequence[float | None], level: float = LEVEL) -
     rng = np.random.default_rng(0)
     means = xs[rng.integers(0, len(xs), size=(BOOTSTRAP_RESAMPLES, len(xs)))].mean(axis=1)
     tail = (1 - level) / 2
-    low, high = np.quantile(means, [tail, 1 - tail])
+    low, high = np.clip(np.quantile(means, [tail, 1 - tail]), xs.min(), xs.max())  # no round-off past them
     return float(low), float(high)
