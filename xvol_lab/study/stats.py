@@ -76,7 +76,7 @@ def summary(values: Sequence[float | None]) -> Summary:
 @dataclass(frozen=True)
 class Paired:
     """x - y paired by seed: mean difference, its 95% t interval, the number of pairs, the paired
-    t-test p-value and the exact sign-flip p-value (NaN where undefined)."""
+    t-test p-value, the exact sign-flip p-value and the differences' std (NaN where undefined)."""
 
     diff: float
     ci95_low: float
@@ -84,6 +84,7 @@ class Paired:
     n: int
     p: float
     p_exact: float
+    std: float  # of the paired differences (ddof=1; NaN for n < 2)
 
 
 def t_test_p(diffs: Sequence[float]) -> float:
@@ -118,7 +119,7 @@ def paired(x_by_seed: Mapping[int, float], y_by_seed: Mapping[int, float]) -> Pa
                    if finite([x_by_seed[s]]) and finite([y_by_seed[s]]))
     diffs = [float(x_by_seed[s]) - float(y_by_seed[s]) for s in seeds]
     s = summary(diffs)
-    return Paired(s.mean, s.ci95_low, s.ci95_high, s.n, t_test_p(diffs), sign_flip_p(diffs))
+    return Paired(s.mean, s.ci95_low, s.ci95_high, s.n, t_test_p(diffs), sign_flip_p(diffs), s.std)
 
 
 def holm(pvalues: Sequence[float]) -> list[float]:
