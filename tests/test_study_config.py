@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from xvol_lab.cli.main import main
-from xvol_lab.ops import OPS
 from xvol_lab.errors import ConfigError
+from xvol_lab.ops import OPS
 from xvol_lab.study.config import STUDIES_DIR, list_study_files, load_study_config
 
 OPS_LIST = "conv, sa, pssa, xvol_sa, xvol_pssa"

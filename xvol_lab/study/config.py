@@ -283,12 +283,12 @@ class StudyConfig:
 
     @functools.cached_property
     def schedule(self) -> tuple[PlanItem, ...]:
-        """The planned trials in order: the `enqueue` points, the controls, then the other grid points;
-        the baseline and the controls carry their role."""
-        items = [PlanItem(p, "baseline" if i == self.baseline_point else None) for i, p in enumerate(self.plan)]
+        """The planned trials in order: the baseline (every other row is paired with it), the controls,
+        then the other `plan` points (`enqueue`, then the grid); the baseline and controls carry their role."""
+        first = [] if self.baseline_point is None else [PlanItem(self.plan[self.baseline_point], "baseline")]
         controls = [PlanItem({}, role) for role in self.controls.roles]
-        cut = len(self.enqueue)
-        return tuple(items[:cut] + controls + items[cut:])
+        rest = [PlanItem(p) for i, p in enumerate(self.plan) if i != self.baseline_point]
+        return tuple(first + controls + rest)
 
     @property
     def n_trials(self) -> int:

@@ -109,9 +109,10 @@ def latency_devices(frame: pd.DataFrame) -> list[str]:
 
 def counted_study(data: StudyData) -> optuna.Study:
     """The stored trials in an in-memory study under the same numbers: counted complete and pruned
-    trials with their params, values and per-epoch values; every other trial as an empty FAIL."""
+    trials with their params, values and per-epoch values; every other trial (controls included) as
+    an empty FAIL."""
     study = in_memory_study(data.directions)
-    complete = {t.number for t in data.complete}
+    complete = {t.number for t in data.complete if not control_role(t)}  # controls are no point of the space
     pruned = {t.number for t in counted(data.trials) if t.state == TrialState.PRUNED}
     trials = []
     for t in data.trials:

@@ -123,7 +123,7 @@ def _order_key(frame: pd.DataFrame, baseline: str | None) -> Callable[[str], tup
     changed = dict(zip(frame[CONFIGURATION], frame[CHANGED], strict=True))
     role = dict(zip(frame[CONFIGURATION], frame[ROLE], strict=True))
     rank = {POSITIVE: 1, NEGATIVE: 2}
-    return lambda label: (label != baseline, -rank.get(role[label], 3), len(changed[label]), changed[label],
+    return lambda label: (label != baseline, rank.get(role[label], 3), len(changed[label]), changed[label],
                           label)
 
 
