@@ -48,8 +48,9 @@ COLUMNS = ("epochs", "n", "mean", "sd", "min", "max", "floor", "ceiling", "posit
 
 def two_clusters(values: Sequence[float]) -> str:
     """``no``, or ``yes: 3 runs near 0.52, 2 near 0.81``: split at the largest gap between sorted
-    values, both sides with at least 2 runs and Ashman's D = sqrt(2) |m1 - m2| / sqrt(s1^2 + s2^2)
-    above `SEPARATION`; ``too few runs`` below 4."""
+    values with at least 2 runs on each side; two clusters when that gap is wider than either
+    side's own range and Ashman's D = sqrt(2) |m1 - m2| / sqrt(s1^2 + s2^2) is above `SEPARATION`
+    (evenly spread runs have neither); ``too few runs`` below 4."""
     xs = sorted(values)
     if len(xs) < 4:
         return "too few runs"
@@ -58,7 +59,7 @@ def two_clusters(values: Sequence[float]) -> str:
     low, high = xs[:cut], xs[cut:]
     spread = math.sqrt(statistics.variance(low) + statistics.variance(high))
     d = math.inf if spread == 0 else math.sqrt(2) * (statistics.fmean(high) - statistics.fmean(low)) / spread
-    if gap <= 0 or d <= SEPARATION:
+    if gap <= max(low[-1] - low[0], high[-1] - high[0]) or d <= SEPARATION:
         return "no"
     return (f"yes: {len(low)} runs near {format_number(statistics.fmean(low))}, {len(high)} near "
             f"{format_number(statistics.fmean(high))}")
