@@ -12,6 +12,7 @@ from _report_studies import open_study
 from optuna.distributions import CategoricalDistribution
 from optuna.trial import create_trial
 
+from xvol_lab.cli.main import main
 from xvol_lab.markdown import format_number
 from xvol_lab.study import sequential, stats
 from xvol_lab.study.config import load_study_config
@@ -159,3 +160,16 @@ def test_stage_effects_are_descriptive_for_adaptive_samplers(tmp_path, data):
     assert tpe.attrs["note"].startswith("descriptive: the tpe sampler chose the configurations")
     conv = tpe.set_index(["stage", "op"]).loc[(3, "conv")]
     assert (conv["val/acc1 min"], conv["val/acc1 max"]) == (min(BASE), max(BASE))
+
+
+def test_power_prints_the_seeds_needed_per_row(tmp_path, capsys):
+    data = build(tmp_path, name="pw")
+    table = ablation_table(data).set_index("configuration")
+    assert main(["study", "power", str(tmp_path / "pw.yaml"), "--effect", "0.02", "--runs",
+                 str(tmp_path / "runs")]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("pw: val/acc1, detect 0.02 with 80% power")
+    for name in ("negative control: all-conv, disjoint seeds", "X-volution(PSSA) in stage 3"):
+        needed = stats.seeds_needed(table.loc[name, "val/acc1 diff_std"], 0.02, 0.05 / 3)
+        line = next(line for line in out.splitlines() if line.startswith(f"| {name} "))
+        assert line.rstrip(" |").endswith(f"| {needed}")

@@ -54,6 +54,9 @@ BAD = [
     ({"base": {"trainer": {"max_epochs": 4}}},
      "base.trainer.max_epochs: set by budget.epochs; expected no value here"),
     ({"heartbeat": 0}, "heartbeat: got 0, expected an integer >= 1 (seconds)"),
+    ({"base": {"data": {"num_classes": 4}}, "objectives": [{"metric": "val/acc5", "direction": "maximize"}]},
+     "objectives.0.metric: got val/acc5, expected another metric: with 4 classes the top-5 accuracy is 1 by "
+     "construction"),
     ({"budget": {"n_trials": 3, "seeds": 0}}, "budget.seeds: got 0, expected an integer >= 1"),
     ({"budget": {"n_trials": 3, "seeds": "two"}}, "budget.seeds: got 'two', expected int or a mapping"),
     ({"budget": {"n_trials": 3, "seeds": {"min": 5, "max": 3}}}, "budget.seeds.min: got 5, expected at most max (3)"),

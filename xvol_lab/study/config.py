@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 import yaml
 
+from xvol_lab.data.config import BALANCED_NAMES
 from xvol_lab.errors import ConfigError
 from xvol_lab.models import BackboneSpec
 from xvol_lab.ops.options import resolve_heads
@@ -193,6 +194,11 @@ class StudyConfig:
         if not self.objectives:
             raise ValueError("objectives: got [], expected at least one {metric, direction}")
         distinct("objectives", tuple(o.metric for o in self.objectives))
+        data = self.base.data
+        for i, o in enumerate(self.objectives):
+            if o.metric == metrics.VAL_ACC5 and data.name in BALANCED_NAMES and data.num_classes <= 5:
+                raise ValueError(f"objectives.{i}.metric: got {o.metric}, expected another metric: with "
+                                 f"{data.num_classes} classes the top-5 accuracy is 1 by construction")
         if self.pruner.name != "none":
             if len(self.objectives) > 1:
                 raise ValueError(f"pruner.name: got {self.pruner.name!r}, expected 'none' with several "

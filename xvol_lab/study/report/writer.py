@@ -19,6 +19,7 @@ from matplotlib.figure import Figure
 
 from xvol_lab.errors import ConfigError
 from xvol_lab.markdown import format_number, markdown_table
+from xvol_lab.study.controls import NEGATIVE
 from xvol_lab.study.progress import best_text
 from xvol_lab.study.report.findings import ablation_findings, baseline_text, blind, compact_ablation, trivial_text
 from xvol_lab.study.report.frame import counted_study
@@ -32,7 +33,7 @@ from xvol_lab.study.report.plots import (
     pareto_figure,
     stage_effect_figure,
 )
-from xvol_lab.study.report.source import StudyData
+from xvol_lab.study.report.source import StudyData, control_role
 from xvol_lab.study.report.tables import (
     NON_ADAPTIVE,
     ablation_table,
@@ -159,7 +160,8 @@ def seeds_text(data: StudyData) -> str:
     if not runs:
         return "none yet"
     counts = sorted({len(r) for r in runs})
-    seeds = sorted({s for r in runs for s in r})
+    paired = [r for t, r in zip(data.complete, runs, strict=True) if control_role(t) != NEGATIVE]
+    seeds = sorted({s for r in paired or runs for s in r})  # the negative control's disjoint seeds left out
     n = str(counts[0]) if len(counts) == 1 else f"{counts[0]} to {counts[-1]}"
     return f"{n} ({', '.join(map(str, seeds))})"
 
