@@ -62,9 +62,11 @@ def _softmax(logits, valid, scale):
 
 
 @triton.jit
-def _pssa_fwd_kernel(q_ptr, k_ptr, v_ptr, base_ptr, y_ptr, taps_ptr, n_taps, heads, d, height, width, h_out,
-                     w_out, sq, sk, sv, sbase, sy, scale, HAS_BASE: tl.constexpr, stride: tl.constexpr,
-                     T: tl.constexpr, BP: tl.constexpr, BD: tl.constexpr):
+def _query_program(q_ptr, k_ptr, v_ptr, taps_ptr, n_taps, heads, d, height, width, h_out, w_out, sq, sk, sv,
+                   stride: tl.constexpr, T: tl.constexpr, BP: tl.constexpr):
+    """What a program over (batch*head, block of output pixels) works on: batch b, head h, the output
+    pixels p, the taps' input offsets `off` (T, BP) and whether they lie in the image, and the head's
+    q, k, v channels."""
     bh = tl.program_id(0)
     b, h = bh // heads, bh % heads
     n_pix, plane = h_out * w_out, height * width
@@ -73,6 +75,15 @@ def _pssa_fwd_kernel(q_ptr, k_ptr, v_ptr, base_ptr, y_ptr, taps_ptr, n_taps, hea
     q_base = q_ptr + b * sq + h * d * n_pix
     k_base = k_ptr + b * sk + h * d * plane
     v_base = v_ptr + b * sv + h * d * plane
+    return bh, b, h, n_pix, plane, p, off, valid, q_base, k_base, v_base
+
+
+@triton.jit
+def _pssa_fwd_kernel(q_ptr, k_ptr, v_ptr, base_ptr, y_ptr, taps_ptr, n_taps, heads, d, height, width, h_out,
+                     w_out, sq, sk, sv, sbase, sy, scale, HAS_BASE: tl.constexpr, stride: tl.constexpr,
+                     T: tl.constexpr, BP: tl.constexpr, BD: tl.constexpr):
+    bh, b, h, n_pix, plane, p, off, valid, q_base, k_base, v_base = _query_program(
+        q_ptr, k_ptr, v_ptr, taps_ptr, n_taps, heads, d, height, width, h_out, w_out, sq, sk, sv, stride, T, BP)
     a = _softmax(_logits(q_base, k_base, off, valid, p, n_pix, d, n_pix, plane, T, BP, BD), valid, scale)
     for c0 in range(0, d, BD):
         c = c0 + tl.arange(0, BD)
@@ -93,14 +104,8 @@ def _pssa_bwd_query_kernel(g_ptr, q_ptr, k_ptr, v_ptr, dq_ptr, a_ptr, ds_ptr, ta
                            height, width, h_out, w_out, sg, sq, sk, sv, sdq, scale, stride: tl.constexpr,
                            T: tl.constexpr, BP: tl.constexpr, BD: tl.constexpr):
     """Per output pixel: a and ds = a (da - <a, da>) * scale into (BH, T, P) buffers, and dq."""
-    bh = tl.program_id(0)
-    b, h = bh // heads, bh % heads
-    n_pix, plane = h_out * w_out, height * width
-    p = tl.program_id(1) * BP + tl.arange(0, BP)
-    off, valid = _tap_geometry(taps_ptr, n_taps, p, n_pix, w_out, height, width, stride, T)
-    q_base = q_ptr + b * sq + h * d * n_pix
-    k_base = k_ptr + b * sk + h * d * plane
-    v_base = v_ptr + b * sv + h * d * plane
+    bh, b, h, n_pix, plane, p, off, valid, q_base, k_base, v_base = _query_program(
+        q_ptr, k_ptr, v_ptr, taps_ptr, n_taps, heads, d, height, width, h_out, w_out, sq, sk, sv, stride, T, BP)
     g_base = g_ptr + b * sg + h * d * n_pix
     a = _softmax(_logits(q_base, k_base, off, valid, p, n_pix, d, n_pix, plane, T, BP, BD), valid, scale)
     da = _logits(g_base, v_base, off, valid, p, n_pix, d, n_pix, plane, T, BP, BD)  # <g(p), v(p + t)>
