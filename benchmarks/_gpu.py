@@ -17,9 +17,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from torch.utils.benchmark import Timer
-
 from _report import BENCHMARKS_MD, device_name, markdown_table, write_section
+from torch.utils.benchmark import Timer
 
 from xvol_lab.atomic import write_text
 

@@ -66,6 +66,7 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow  # the interpreter: about a minute of CPU here
 def test_triton_kernels_read_and_write_every_layout_in_place_and_match_the_composite_path():
     env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     out = subprocess.run([sys.executable, "-c", SCRIPT, str(REPO / "tests")], env=env, capture_output=True,
