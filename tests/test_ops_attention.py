@@ -134,7 +134,7 @@ def test_composite_pssa_takes_channels_last_input_and_matches_nchw(heads, stride
     x = torch.randn(2, 16, 9, 10, dtype=torch.bfloat16)
     outs, grads = [], []
     for fmt in (torch.contiguous_format, torch.channels_last):
-        xi = x.contiguous(memory_format=fmt).requires_grad_()
+        xi = x.detach().contiguous(memory_format=fmt).requires_grad_()
         y = op(xi)
         y.float().square().sum().backward()
         outs.append(y)
