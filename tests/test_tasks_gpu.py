@@ -16,11 +16,14 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from _helpers import detector_overrides
 
 from xvol_lab.data import build_datamodule
-from xvol_lab.tasks import VAL_ACC1, VAL_LOSS, ClassificationTask, fit
+from xvol_lab.tasks import VAL_ACC1, VAL_LOSS, fit
+from xvol_lab.tasks.classification import ClassificationTask
 from xvol_lab.tasks.config import load_run_config
-from xvol_lab.tasks.metrics import MONITOR, TRAIN_LOSS
+from xvol_lab.tasks.metrics import TRAIN_LOSS
+from xvol_lab.tasks.registry import MONITOR
 
 REPO = Path(__file__).resolve().parents[1]
 GPUS = torch.cuda.device_count() if torch.cuda.is_available() else 0
@@ -28,11 +31,7 @@ pytestmark = pytest.mark.gpu
 needs_cuda = pytest.mark.skipif(GPUS < 1, reason="needs CUDA")
 needs_two = pytest.mark.skipif(GPUS < 2, reason="needs 2 CUDA devices")
 
-DETECTOR = ["detector.min_size=64", "detector.max_size=64", "detector.fpn_channels=16",
-            "detector.anchor_sizes=[8,16,32,64,128]", "detector.rpn_pre_nms_top_n_train=64",
-            "detector.rpn_post_nms_top_n_train=32", "detector.rpn_pre_nms_top_n_test=64",
-            "detector.rpn_post_nms_top_n_test=32", "detector.box_batch_size_per_image=32",
-            "detector.box_detections_per_img=20"]
+DETECTOR = detector_overrides()
 TASKS = {
     "classification": ["data.name=shapes", "data.image_size=32", "data.num_classes=4"],
     "semantic_segmentation": ["data.name=shapes-seg", "data.image_size=32", "data.num_classes=4"],

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
 TRAIN_LOSS = "train/loss"
 TRAIN_ACC1 = "train/acc1"
 VAL_LOSS = "val/loss"
@@ -17,13 +15,5 @@ VAL_BOX_AP75 = "val/box_ap75"
 VAL_MASK_AP = "val/mask_ap"
 VAL_MASK_AP50 = "val/mask_ap50"
 
-# task -> (the metric that picks the best epoch / trial, and whether higher or lower is better)
-MONITOR: dict[str, tuple[str, Literal["max", "min"]]] = {
-    "classification": (VAL_ACC1, "max"),
-    "semantic_segmentation": (VAL_MIOU, "max"),
-    "detection": (VAL_BOX_AP, "max"),
-    "instance_segmentation": (VAL_MASK_AP, "max"),
-}
-
-__all__ = ["MONITOR", "TRAIN_ACC1", "TRAIN_LOSS", "VAL_ACC1", "VAL_ACC5", "VAL_BOX_AP", "VAL_BOX_AP50",
+__all__ = ["TRAIN_ACC1", "TRAIN_LOSS", "VAL_ACC1", "VAL_ACC5", "VAL_BOX_AP", "VAL_BOX_AP50",
            "VAL_BOX_AP75", "VAL_LOSS", "VAL_MASK_AP", "VAL_MASK_AP50", "VAL_MIOU", "VAL_PIXEL_ACC"]
