@@ -287,8 +287,7 @@ def main() -> None:
         "", markdown_table(["variant", "train images/s (median)", "min to max", "peak memory MiB",
                                 "saved activations MiB"], rows),
     ])
-    suffix = "" if device.type == "cpu" else f", {device.type}"
-    title = f"Training throughput (benchmarks/train.py{suffix})"
+    title = f"Training throughput (benchmarks/train.py, {device.type})"
     if not args.no_write:
         write_section(title, body)
     print(body)

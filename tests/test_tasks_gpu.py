@@ -1,6 +1,7 @@
 """What only a GPU can check (marked `gpu`, skipped without CUDA): a bf16-mixed training run of each
-task, with the settings that misbehave only on CUDA (deterministic algorithms, channels-last, pinned
-uint8 batches from sized worker pools); and, with two GPUs, NCCL DDP classification (metrics over
+task with X-volution(PSSA) in stage 3 and X-volution(SA) in stage 4 (the Triton kernels, fused SDPA),
+with the settings that misbehave only on CUDA (deterministic algorithms, channels-last, pinned
+uint8 batches from sized worker pools); and, with two GPUs, on the same operators, NCCL DDP classification (metrics over
 the whole validation set) and detection validation (SyncBatchNorm on by default)."""
 
 from __future__ import annotations
@@ -39,6 +40,9 @@ TASKS = {
 }
 
 
+GPU_OPS = ["model.stages.2.op=xvol_pssa", "model.stages.3.op=xvol_sa"]  # the Triton kernels and fused SDPA
+
+
 def overrides(task: str, root: Path) -> list[str]:
     return [f"task={task}", *TASKS[task], f"data.root={root}", "data.num_train=32", "data.num_val=9",
             "data.batch_size=8", "model.width_mult=0.125", "trainer.max_epochs=1"]
@@ -47,7 +51,7 @@ def overrides(task: str, root: Path) -> list[str]:
 @needs_cuda
 @pytest.mark.parametrize("task", list(TASKS))
 def test_bf16_mixed_training_run_on_cuda(tmp_path, task):
-    config = load_run_config(None, [*overrides(task, tmp_path / "data"), "trainer.accelerator=cuda",
+    config = load_run_config(None, [*overrides(task, tmp_path / "data"), *GPU_OPS, "trainer.accelerator=cuda",
                                     "trainer.devices=1", "trainer.precision=bf16-mixed",
                                     "trainer.deterministic=true", "trainer.channels_last=true",
                                     "trainer.log_every_n_steps=1"])
@@ -66,7 +70,7 @@ def lab_train(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
 @needs_two
 def test_nccl_ddp_classification_counts_every_validation_image_once(tmp_path):
     proc = lab_train(tmp_path, "--devices", "2", "--strategy", "ddp", "--max-epochs", "2",
-                     *[f"--set={o}" for o in overrides("classification", tmp_path / "data")],
+                     *[f"--set={o}" for o in [*overrides("classification", tmp_path / "data"), *GPU_OPS]],
                      "--set=data.num_val=41", "--set=trainer.accelerator=cuda",
                      "--set=trainer.precision=bf16-mixed")
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -90,7 +94,7 @@ def test_nccl_ddp_detection_validates_with_synced_batchnorm(tmp_path):
     """trainer.sync_batchnorm defaults to on here (dense task, 2 CUDA processes): SyncBatchNorm's
     NCCL all-reduces in training, then COCO validation gathered across the processes."""
     proc = lab_train(tmp_path, "--devices", "2", "--strategy", "ddp", "--max-epochs", "1",
-                     *[f"--set={o}" for o in overrides("detection", tmp_path / "data")],
+                     *[f"--set={o}" for o in [*overrides("detection", tmp_path / "data"), *GPU_OPS]],
                      "--set=trainer.accelerator=cuda", "--set=trainer.precision=bf16-mixed")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Initializing distributed: GLOBAL_RANK: 1, MEMBER: 2/2" in proc.stderr
