@@ -9,6 +9,8 @@ TRAIN_ACC1 = "train/acc1"
 VAL_LOSS = "val/loss"
 VAL_ACC1 = "val/acc1"
 VAL_ACC5 = "val/acc5"
+# area under the validation accuracy curve, chance 0 .. perfect 1 (xvol_lab.tasks.curve)
+VAL_ACC1_AUC = "val/acc1_auc"
 VAL_MIOU = "val/miou"
 VAL_PIXEL_ACC = "val/pixel_acc"
 VAL_BOX_AP = "val/box_ap"
@@ -25,5 +27,10 @@ MONITOR: dict[str, tuple[str, Literal["max", "min"]]] = {
     "instance_segmentation": (VAL_MASK_AP, "max"),
 }
 
-__all__ = ["MONITOR", "TRAIN_ACC1", "TRAIN_LOSS", "VAL_ACC1", "VAL_ACC5", "VAL_BOX_AP", "VAL_BOX_AP50",
-           "VAL_BOX_AP75", "VAL_LOSS", "VAL_MASK_AP", "VAL_MASK_AP50", "VAL_MIOU", "VAL_PIXEL_ACC"]
+# metrics of the whole run so far rather than of one epoch: a run reports their last value, not the
+# best epoch's
+RUN_METRICS: frozenset[str] = frozenset({VAL_ACC1_AUC})
+
+__all__ = ["MONITOR", "RUN_METRICS", "TRAIN_ACC1", "TRAIN_LOSS", "VAL_ACC1", "VAL_ACC1_AUC", "VAL_ACC5",
+           "VAL_BOX_AP", "VAL_BOX_AP50", "VAL_BOX_AP75", "VAL_LOSS", "VAL_MASK_AP", "VAL_MASK_AP50", "VAL_MIOU",
+           "VAL_PIXEL_ACC"]

@@ -33,6 +33,7 @@ from xvol_lab.errors import ConfigError
 from xvol_lab.tasks.callbacks import EpochHistory, PreemptionCheckpoint, ProgressBar
 from xvol_lab.tasks.cluster import cluster_plugins
 from xvol_lab.tasks.config import RunConfig, dump_run_config
+from xvol_lab.tasks.curve import LearningCurve
 from xvol_lab.tasks.execution import deterministic_mode, effective_optim, sync_batchnorm
 from xvol_lab.tasks.metrics import MONITOR
 from xvol_lab.tasks.registry import build_task
@@ -94,7 +95,9 @@ def build_trainer(config: RunConfig, run_dir: Path, *, callbacks: Iterable[Callb
     `deterministic` and `sync_batchnorm` resolved for the hardware (`xvol_lab.tasks.execution`)."""
     monitor, mode = MONITOR[config.task]
     t = config.trainer
-    extra = [ProgressBar(t.log_every_n_steps)] if progress else []
+    extra: list[Callback] = [ProgressBar(t.log_every_n_steps)] if progress else []
+    if t.curve_points:
+        extra.append(LearningCurve(t.curve_points, t.curve_images))
     return L.Trainer(
         max_epochs=t.max_epochs, accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes,
         strategy=t.strategy, precision=t.precision, limit_train_batches=t.limit_train_batches,
