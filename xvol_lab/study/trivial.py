@@ -6,6 +6,7 @@ predicting background everywhere". Per metric:
 - ``val/acc1`` (``val/acc5``): always predicting the most frequent validation class (its five most
   frequent). The generated classification sets are balanced (image i has label i mod K), so this
   is ceil(V / K) / V, i.e. chance 1 / K; other datasets are counted from their validation labels.
+- ``val/acc1_auc``: 0, by construction (the area under the learning curve rescales chance to 0).
 - ``val/miou``, ``val/pixel_acc``: predicting background (label 0) for every pixel, scored by the
   task's own metric (`segmentation_metrics`) on the validation masks as the network sees them.
   With IoU averaged over the classes present in prediction or target, that is the background IoU
@@ -29,6 +30,7 @@ from xvol_lab.data.config import BALANCED_NAMES, DataConfig
 from xvol_lab.study.config import StudyConfig
 from xvol_lab.tasks.metrics import (
     VAL_ACC1,
+    VAL_ACC1_AUC,
     VAL_ACC5,
     VAL_BOX_AP,
     VAL_BOX_AP50,
@@ -57,7 +59,7 @@ def trivial_level(config: StudyConfig) -> dict[str, float]:
     if VAL_MIOU in metrics or VAL_PIXEL_ACC in metrics:
         background = all_background_scores(config.base.data)
         levels.update({name: background[name] for name in (VAL_MIOU, VAL_PIXEL_ACC) if name in metrics})
-    levels.update({name: 0.0 for name in DETECTION_METRICS if name in metrics})
+    levels.update({name: 0.0 for name in (*DETECTION_METRICS, VAL_ACC1_AUC) if name in metrics})
     return levels
 
 
