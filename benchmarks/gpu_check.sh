@@ -40,8 +40,9 @@ import itertools
 import torch
 
 from xvol_lab.ops import create_op, pssa_taps
-from xvol_lab.ops.attention import pixel_shift_attention
-from xvol_lab.ops.pssa_kernels import flat_taps, pssa_backend
+from xvol_lab.ops.attention_functions import pixel_shift_attention
+from xvol_lab.ops.kernels.backends import pssa_backend
+from xvol_lab.ops.kernels.schemas import flat_taps
 
 assert pssa_backend("cuda", torch.bfloat16) == "triton", "the Triton kernels did not load"
 torch.manual_seed(0)

@@ -45,9 +45,11 @@ from _report import (  # noqa: E402
 
 from xvol_lab.allocator import keep_freed_memory  # noqa: E402
 from xvol_lab.ops import OPS, create_op, pssa_taps, reparameterize  # noqa: E402
-from xvol_lab.ops.attention import pixel_shift_attention  # noqa: E402
-from xvol_lab.ops.pssa_fused import SAVE_QKV_MAX_BYTES, project_qkv  # noqa: E402
-from xvol_lab.ops.pssa_kernels import flat_taps, pssa_backend  # noqa: E402
+from xvol_lab.ops.attention_functions import pixel_shift_attention  # noqa: E402
+from xvol_lab.ops.kernels.backends import pssa_backend  # noqa: E402
+from xvol_lab.ops.kernels.projection import project_qkv  # noqa: E402
+from xvol_lab.ops.kernels.pssa_autograd import SAVE_QKV_MAX_BYTES  # noqa: E402
+from xvol_lab.ops.kernels.schemas import flat_taps  # noqa: E402
 
 STAGES = [(64, 56), (128, 28), (256, 14), (512, 7)]  # ResNet stage (channels, resolution) at 224 px
 GROWTH_SIZES = [28, 40, 56, 80, 112]

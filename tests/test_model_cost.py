@@ -21,7 +21,7 @@ def test_all_conv_resnet_counts_like_torchvision():
 @pytest.mark.parametrize("limit", [0, 1 << 20], ids=["recompute", "keep"])
 def test_pssa_flops_by_hand_fused_kernels(limit, monkeypatch):
     """Training runs the projection once more in backward when q, k, v are recomputed, not when kept."""
-    monkeypatch.setattr("xvol_lab.ops.pssa_fused.SAVE_QKV_MAX_BYTES", limit)
+    monkeypatch.setattr("xvol_lab.ops.kernels.pssa_autograd.SAVE_QKV_MAX_BYTES", limit)
     c_in, c, h, w, taps = 8, 16, 6, 5, 9
     op = create_op("pssa", c_in, c, heads=2)
     n = h * w
@@ -46,7 +46,7 @@ def test_strided_pssa_flops_by_hand_fused_kernels():
 
 
 def test_pssa_flops_by_hand_composite_path(monkeypatch):
-    monkeypatch.setattr("xvol_lab.ops.layers.pssa_backend", lambda device, dtype: "torch")
+    monkeypatch.setattr("xvol_lab.ops.attention_branch.pssa_backend", lambda device, dtype: "torch")
     c_in, c, h, w, taps = 8, 16, 6, 5, 9
     op = create_op("pssa", c_in, c, heads=2).eval()
     n = h * w

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from xvol_lab.ops import create_op, pssa_taps
-from xvol_lab.ops.layers import AttentionConfig, AttentionLayer
+from xvol_lab.ops.attention_branch import AttentionConfig, AttentionLayer
 from xvol_lab.ops.reference import attention_reference, layer_attention_weights, pssa_neighbourhood
 
 
@@ -113,7 +113,7 @@ def test_global_attention_reaches_the_flash_kernel_on_cpu():
 
 def test_aggregation_keeps_the_value_dtype():
     """CUDA autocast leaves softmax weights in float32: bf16 values must still give a bf16 output."""
-    from xvol_lab.ops.attention import pixel_shift_aggregate
+    from xvol_lab.ops.attention_functions import pixel_shift_aggregate
 
     taps = pssa_taps(1, 8)
     weights = torch.rand(2, 2, len(taps), 5, 5).softmax(2)  # float32

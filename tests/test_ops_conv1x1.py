@@ -6,9 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from xvol_lab.ops import pssa_kernels as kernels
-from xvol_lab.ops.projection import MIN_LANE_USE, conv1x1, lane_use, uses_cpu_kernel
-from xvol_lab.ops.pssa_fused import phase_planes, project_qkv
+from xvol_lab.ops.kernels import backends as kernels
+from xvol_lab.ops.kernels.conv1x1 import MIN_LANE_USE, conv1x1, lane_use, uses_cpu_kernel
+from xvol_lab.ops.kernels.projection import phase_planes, project_qkv
 
 pytestmark = pytest.mark.skipif(not kernels.cpu_kernels_available(), reason="no C++ toolchain")
 

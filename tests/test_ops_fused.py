@@ -9,10 +9,11 @@ import pytest
 import torch
 
 from xvol_lab.ops import create_op, pssa_taps
-from xvol_lab.ops import pssa_kernels as kernels
-from xvol_lab.ops.attention import pixel_shift_attention
-from xvol_lab.ops.layers import AttentionConfig, AttentionLayer
-from xvol_lab.ops.pssa_fused import fused_pixel_shift_attention, project_qkv
+from xvol_lab.ops.attention_branch import AttentionConfig, AttentionLayer
+from xvol_lab.ops.attention_functions import pixel_shift_attention
+from xvol_lab.ops.kernels import backends as kernels
+from xvol_lab.ops.kernels.projection import project_qkv
+from xvol_lab.ops.kernels.pssa_autograd import fused_pixel_shift_attention
 from xvol_lab.ops.reference import attention_reference
 
 pytestmark = pytest.mark.skipif(not kernels.cpu_kernels_available(), reason="no C++ toolchain")
@@ -74,8 +75,8 @@ def test_fused_gradients_match_the_composite_path(stride, shift, dirs, heads, si
 def test_strided_ops_on_images_and_on_phase_planes_match_the_composite_path(shift, dirs, heads, size):
     """At stride 2, xvol::pssa_fwd/bwd (k, v as images) and xvol::pssa_fwd/bwd_phased (k, v as phase
     planes, which the layers use on CPU) give the composite path's outputs and q, k, v gradients."""
-    from xvol_lab.ops.pssa_fused import phase_image, phase_planes
-    from xvol_lab.ops.pssa_kernels import flat_taps
+    from xvol_lab.ops.kernels.projection import phase_image, phase_planes
+    from xvol_lab.ops.kernels.schemas import flat_taps
 
     taps = pssa_taps(shift, dirs)
     gen = torch.Generator().manual_seed(0)
@@ -104,9 +105,9 @@ def test_strided_ops_on_images_and_on_phase_planes_match_the_composite_path(shif
 def test_strided_layer_on_images_matches_the_composite_path(shift, dirs, heads, monkeypatch):
     """The strided layer as CUDA runs it (k and v projected as images, xvol::pssa_fwd/bwd), here on CPU:
     forward and gradients in float64, odd and even sizes."""
-    from xvol_lab.ops import pssa_fused
+    from xvol_lab.ops.kernels import pssa_autograd
 
-    monkeypatch.setattr(pssa_fused, "_uses_phase_planes", lambda x, stride: False)
+    monkeypatch.setattr(pssa_autograd, "_uses_phase_planes", lambda x, stride: False)
     taps = pssa_taps(shift, dirs)
     for size in ((9, 7), (12, 16)):
         x, w, b = _inputs(5, 8, size, torch.float64)
@@ -124,9 +125,9 @@ def test_strided_layer_on_images_matches_the_composite_path(shift, dirs, heads, 
 @pytest.mark.parametrize("limit", [0, 1 << 20], ids=["recompute", "keep"])
 @pytest.mark.parametrize("stride,shift,dirs", [(1, 1, 8), (1, 2, 4), (2, 1, 8), (2, 3, 4)])
 def test_fused_gradcheck(stride, shift, dirs, limit, monkeypatch):
-    from xvol_lab.ops import pssa_fused
+    from xvol_lab.ops.kernels import pssa_autograd
 
-    monkeypatch.setattr(pssa_fused, "SAVE_QKV_MAX_BYTES", limit)  # q, k, v recomputed in backward, or kept
+    monkeypatch.setattr(pssa_autograd, "SAVE_QKV_MAX_BYTES", limit)  # q, k, v recomputed in backward, or kept
     x, w, b = _inputs(3, 4, (5, 6), torch.float64, seed=1)
     args = [t.requires_grad_(True) for t in (x, w, b)]
     taps = pssa_taps(shift, dirs)
@@ -150,20 +151,20 @@ def test_stacked_op_matches_the_dense_reference(stride, stack):
 def test_training_saves_the_layer_input_and_small_qkv_only(limit, monkeypatch):
     """The fused layer keeps x and the weights for backward, never shifted copies; q, k, v too when they
     fit SAVE_QKV_MAX_BYTES, else the backward recomputes them. Both give the same gradients, bit for bit."""
-    from xvol_lab.ops import pssa_fused
+    from xvol_lab.ops.kernels import pssa_autograd
 
     torch.manual_seed(0)
     layer = AttentionLayer(8, 16, 1, AttentionConfig("pssa", 2))
     x = torch.randn(2, 8, 12, 12, requires_grad=True)
     qkv = 3 * 2 * 16 * 12 * 12
     assert qkv * 4 <= 1 << 20
-    monkeypatch.setattr(pssa_fused, "SAVE_QKV_MAX_BYTES", limit)
+    monkeypatch.setattr(pssa_autograd, "SAVE_QKV_MAX_BYTES", limit)
     saved = []
     with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
         y = layer(x)
     assert sum(t.numel() for t in saved) == x.numel() + layer.qkv.weight.numel() + (qkv if limit else 0)
     grads = torch.autograd.grad(y.square().sum(), [x, layer.qkv.weight])
-    monkeypatch.setattr(pssa_fused, "SAVE_QKV_MAX_BYTES", limit ^ (1 << 20))  # the other policy
+    monkeypatch.setattr(pssa_autograd, "SAVE_QKV_MAX_BYTES", limit ^ (1 << 20))  # the other policy
     other = torch.autograd.grad(layer(x).square().sum(), [x, layer.qkv.weight])
     for g, o in zip(grads, other, strict=True):
         assert torch.equal(g, o)
@@ -209,7 +210,7 @@ def test_build_failure_falls_back_with_one_warning(monkeypatch, caplog):
     monkeypatch.setattr(cpp_extension, "load", no_compiler)
     monkeypatch.setattr(kernels, "_AVAILABLE", {})
     try:
-        with caplog.at_level(logging.WARNING, logger="xvol_lab.ops.pssa_kernels"):
+        with caplog.at_level(logging.WARNING, logger="xvol_lab.ops.kernels.backends"):
             assert kernels.pssa_backend("cpu", torch.float32) == "torch"
             assert kernels.pssa_backend("cpu", torch.float64) == "torch"
         assert len(caplog.records) == 1 and "g++ not found" in caplog.records[0].getMessage()
@@ -224,8 +225,8 @@ _AVX2_CHECK = """
 import torch
 from tests.test_ops_fused import OPTIONS, _composite, _inputs
 from xvol_lab.ops import pssa_taps
-from xvol_lab.ops.pssa_fused import fused_pixel_shift_attention
-from xvol_lab.ops.pssa_kernels import _cpu_build_flags, pssa_backend
+from xvol_lab.ops.kernels.pssa_autograd import fused_pixel_shift_attention
+from xvol_lab.ops.kernels.backends import _cpu_build_flags, pssa_backend
 
 assert pssa_backend("cpu", torch.float64) == "cpu" and "avx2" in _cpu_build_flags()[0]
 from tests.test_ops_conv1x1 import SHAPES, _operands

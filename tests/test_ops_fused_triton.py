@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from xvol_lab.ops import create_op
-from xvol_lab.ops import pssa_kernels as kernels
+from xvol_lab.ops.kernels import backends as kernels
 
 REPO = Path(__file__).resolve().parents[1]
 triton = pytest.importorskip("triton")
@@ -21,9 +21,9 @@ triton = pytest.importorskip("triton")
 INTERPRETED = textwrap.dedent("""
     import torch
     from xvol_lab.ops import pssa_taps
-    from xvol_lab.ops.attention import pixel_shift_attention
-    from xvol_lab.ops.pssa_kernels import flat_taps
-    from xvol_lab.ops.pssa_triton import pssa_bwd_triton, pssa_fwd_triton
+    from xvol_lab.ops.attention_functions import pixel_shift_attention
+    from xvol_lab.ops.kernels.schemas import flat_taps
+    from xvol_lab.ops.kernels.pssa_triton import pssa_bwd_triton, pssa_fwd_triton
 
     torch.manual_seed(0)
     cases = [(1, 1, 8, 2, (7, 6)), (2, 3, 4, 1, (6, 7)), (1, 2, 8, 1, (3, 3))]

@@ -14,14 +14,14 @@ from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
 from xvol_lab.errors import ConfigError
-from xvol_lab.schema import to_dict, with_overrides
+from xvol_lab.schema import with_overrides
 from xvol_lab.study.config import PrunerConfig, load_study_config
 from xvol_lab.study.launch import STORAGE_ENV
 from xvol_lab.study.ledger import VOID, counted, slots, tally
+from xvol_lab.study.outcome import read_outcome
 from xvol_lab.study.samplers import make_pruner
 from xvol_lab.study.storage import busy_timeout, grace_seconds, join_study, open_storage
 from xvol_lab.study.trial import StudyTrial, exit_code
-from xvol_lab.study.worker import read_outcome
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 NOW = datetime.datetime(2026, 1, 1)
@@ -108,8 +108,8 @@ def test_trial_process_reports_reach_the_study_for_each_pruner(tmp_path: Path, m
         study.tell(t, value)
     asked = study.ask()
     monkeypatch.setenv(STORAGE_ENV, url)
-    request = {"study": "s", "trial_number": asked.number, "pruner": to_dict(config), "steps": 4}
-    child = StudyTrial(request)  # the trial process: Optuna's public storage API, no Trial(...) of its own
+    # the trial process: Optuna's public storage API, no Trial(...) of its own
+    child = StudyTrial("s", asked.number, config, 4)
     child.report(0.1, 1)
     child.report(0.1, 2)
     pruned = bool(child.should_prune())

@@ -5,11 +5,11 @@ from __future__ import annotations
 import argparse
 import subprocess
 import sys
-from pathlib import Path
 
 from xvol_lab.errors import ConfigError
+from xvol_lab.paths import REPO_ROOT
 
-BENCHMARKS_DIR = Path(__file__).resolve().parents[2] / "benchmarks"
+BENCHMARKS_DIR = REPO_ROOT / "benchmarks"
 
 
 def available() -> list[str]:

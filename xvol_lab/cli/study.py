@@ -12,14 +12,12 @@ from xvol_lab.cli.report import add_study_commands
 from xvol_lab.cli.storage_args import add_storage_arguments, storage_argument
 from xvol_lab.cli.submit import add_submit_parser
 from xvol_lab.errors import ConfigError
-from xvol_lab.study import signals
 from xvol_lab.study.config import list_study_files, load_study_config
-from xvol_lab.study.launch import watch_lifeline
 from xvol_lab.study.pool import run_workers, worker_environments
 from xvol_lab.study.progress import make_view
 from xvol_lab.study.storage import STORAGE_ENV, default_storage_url
 from xvol_lab.study.summary import progress_text, status
-from xvol_lab.study.worker import run_study
+from xvol_lab.study.worker import work
 
 RUN_HELP = """\
 Run study NAME (a file studies/NAME.yaml, or a path to a study YAML file) until it has
@@ -92,16 +90,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     trainer = config.base.trainer
     environments = worker_environments(workers, trainer.devices, trainer.accelerator != "cpu")
     if workers > 1:
-        sets = ["--set", *overrides] if overrides else []
-        code = run_workers(["study", "run", args.name, "--runs", str(args.runs), "--no-live", *sets],
-                           environments, {STORAGE_ENV: url})
+        code = run_workers(args.name, args.runs, overrides, environments, {STORAGE_ENV: url})
     else:
-        watch_lifeline()  # a worker started by --workers stops with its study process
-        restore = signals.install()  # SIGTERM / SIGUSR1 / Ctrl-C hand the running trial back
-        try:
-            run_study(name, config, runs=args.runs, storage_url=url, view=make_view(args.live))
-        finally:
-            restore()
+        work(name, config, runs=args.runs, storage_url=url, view=make_view(args.live))
         code = 0
     for line in status(name, config, url)[1]:
         print(line)

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from xvol_lab.atomic import write_text
+from xvol_lab.paths import REPO_ROOT
 from xvol_lab.study.config import load_study_config, resolve_study_path
 from xvol_lab.study.sbatch import batch_script, check_storage, resources, script_path, submit
 from xvol_lab.study.storage import STORAGE_ENV, read_storage_file
@@ -58,7 +59,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     check_storage(res, args.storage_file, os.environ)
     study_args = [str(resolve_study_path(args.name).resolve()), *(["--set", *overrides] if overrides else [])]
     text = batch_script(study_args, name, res, runs=args.runs, workdir=Path.cwd(), python=sys.executable,
-                        lab=Path(__file__).resolve().parents[2] / "lab.py", storage_file=args.storage_file,
+                        lab=REPO_ROOT / "lab.py", storage_file=args.storage_file,
                         storage_in_env=bool(os.environ.get(STORAGE_ENV)))
     path = script_path(args.runs, name)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -28,7 +28,7 @@ from torch.utils.flop_counter import (
     sdpa_flop_count,
 )
 
-from xvol_lab.ops import pssa_kernels  # noqa: F401 - defines the xvol:: ops counted below
+from xvol_lab.ops.kernels import xvol
 
 aten = torch.ops.aten
 
@@ -78,9 +78,9 @@ ELEMENTWISE_FLOPS = {aten.mul: _mul_flop, aten.addcmul: _addcmul_flop, aten.addc
 SDPA_CPU_FLOPS = {aten._scaled_dot_product_flash_attention_for_cpu: _sdpa_flop,
                   aten._scaled_dot_product_flash_attention_for_cpu_backward: _sdpa_backward_flop}
 EXTRA_FLOPS = {**ELEMENTWISE_FLOPS, **SDPA_CPU_FLOPS,
-               torch.ops.xvol.pssa_fwd: _pssa_fwd_flop, torch.ops.xvol.pssa_bwd: _pssa_bwd_flop,
-               torch.ops.xvol.pssa_fwd_phased: _pssa_fwd_flop, torch.ops.xvol.pssa_bwd_phased: _pssa_bwd_flop,
-               torch.ops.xvol.conv1x1: _conv1x1_flop, torch.ops.xvol.conv1x1_split: _conv1x1_flop}
+               xvol.pssa_fwd: _pssa_fwd_flop, xvol.pssa_bwd: _pssa_bwd_flop,
+               xvol.pssa_fwd_phased: _pssa_fwd_flop, xvol.pssa_bwd_phased: _pssa_bwd_flop,
+               xvol.conv1x1: _conv1x1_flop, xvol.conv1x1_split: _conv1x1_flop}
 
 
 def count_flops(model: nn.Module, inputs: Any) -> int:

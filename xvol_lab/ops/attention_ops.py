@@ -6,9 +6,9 @@ from typing import Any, ClassVar, Literal
 
 from torch import Tensor, nn
 
+from xvol_lab.ops.attention_branch import AttentionBranch, AttentionConfig, fold_bn_into_branch
 from xvol_lab.ops.base import ReparamOp
-from xvol_lab.ops.fusion import bn_affine
-from xvol_lab.ops.layers import AttentionBranch, AttentionConfig, fold_bn_into_branch
+from xvol_lab.ops.bn_folding import bn_affine
 from xvol_lab.ops.options import (
     check_channels,
     check_dirs,

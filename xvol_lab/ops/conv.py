@@ -7,7 +7,7 @@ from typing import Any, ClassVar
 from torch import Tensor, nn
 
 from xvol_lab.ops.base import ReparamOp
-from xvol_lab.ops.fusion import fuse_conv_bn
+from xvol_lab.ops.bn_folding import fuse_conv_bn
 from xvol_lab.ops.options import check_channels, check_kernel_size, check_stride
 
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from xvol_lab.ops.attention import out_size
-from xvol_lab.ops.layers import AttentionLayer
+from xvol_lab.ops.attention_branch import AttentionLayer
+from xvol_lab.ops.attention_functions import out_size
 from xvol_lab.ops.xvolution import _XVolution
 
 

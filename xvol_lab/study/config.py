@@ -20,6 +20,7 @@ import yaml
 from xvol_lab.errors import ConfigError
 from xvol_lab.models import BackboneSpec
 from xvol_lab.ops.options import resolve_heads
+from xvol_lab.paths import REPO_ROOT
 from xvol_lab.schema import from_dict, parse_override, to_dict, with_overrides
 from xvol_lab.study.space import check_point, expand_space, spec_of
 from xvol_lab.study.space_config import SpaceConfig, distinct, listing
@@ -39,7 +40,7 @@ LATENCY_DEVICE = "latency_device"
 MEASURE_ERROR = "measure_error"
 MAX_SEED = 2**32 - 1  # the largest seed Lightning's seed_everything takes
 # Where `lab.py study run NAME` looks for NAME.yaml.
-STUDIES_DIR = Path(__file__).resolve().parents[2] / "studies"
+STUDIES_DIR = REPO_ROOT / "studies"
 
 
 def epoch_metrics() -> tuple[str, ...]:

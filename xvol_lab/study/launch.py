@@ -21,6 +21,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from xvol_lab.errors import ConfigError
+from xvol_lab.paths import child_pythonpath
 from xvol_lab.study import slurm
 
 log = logging.getLogger(__name__)
@@ -28,7 +29,6 @@ log = logging.getLogger(__name__)
 LIFELINE_ENV = "XVOL_LIFELINE"
 STORAGE_ENV = "XVOL_STUDY_STORAGE"
 TRIAL_MODULE = "xvol_lab.study.trial"
-PACKAGE_ROOT = Path(__file__).resolve().parents[2]
 
 
 def trial_command(trial_dir: Path, devices: int, nodes: int,
@@ -68,7 +68,7 @@ def start_trial(command: list[str], log_file: Path, storage_url: str, *,
     full = slurm.trial_environment(command, {**os.environ, **(env or {})})
     full[STORAGE_ENV] = storage_url
     full[LIFELINE_ENV] = "1"
-    full["PYTHONPATH"] = os.pathsep.join(p for p in (str(PACKAGE_ROOT), full.get("PYTHONPATH")) if p)
+    full["PYTHONPATH"] = child_pythonpath(full)
     with log_file.open("ab") as out:
         return subprocess.Popen(command, stdin=subprocess.PIPE, stdout=out, stderr=subprocess.STDOUT,
                                 env=full, start_new_session=True)

@@ -1,4 +1,5 @@
-"""How a trial ended: one seed's run (its result.json) and the configuration over its seeds.
+"""What a trial process is asked to run (`TrialRequest`, its trial.json) and how a trial ended: one
+seed's run (its result.json) and the configuration over its seeds.
 
 A study trial is one configuration trained once per seed (`StudyConfig.seeds`), each seed in its
 own run folder ``trial_<n>/seed_<s>/``. `combine` turns the seeds' outcomes into the trial's:
@@ -22,14 +23,42 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from xvol_lab.study.config import LATENCY_DEVICE, MEASURE_ERROR, MEASURED
-from xvol_lab.study.files import LOG, RESULT, read_json
+from xvol_lab.schema import from_dict, to_dict
+from xvol_lab.study.config import LATENCY_DEVICE, MEASURE_ERROR, MEASURED, PrunerConfig
+from xvol_lab.study.files import LOG, REQUEST, RESULT, read_json, write_json
+from xvol_lab.tasks.config import RunConfig
 
 STATES = ("complete", "pruned", "failed")
 # Exit code of a trial process that stopped on SIGTERM/SIGUSR1 (preemption) with its last
 # checkpoint kept: the trial is handed back (queued again), not failed.
 INTERRUPTED_EXIT = 75
 HAND_BACK_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
+
+
+@dataclass(frozen=True)
+class TrialRequest:
+    """What the study process asks a trial process to run: one seed of trial `trial_number`."""
+
+    study: str
+    trial_number: int
+    config: RunConfig  # the seed's run (its seed included)
+    objectives: tuple[str, ...]  # metric names, in the study's order
+    pruner: PrunerConfig
+    report: str | None  # the metric reported each epoch for pruning; None without a pruner
+    step_offset: int  # the pruning step of this seed's first epoch (seed index x epochs)
+    steps: int  # pruning steps of the whole configuration (epochs x seeds)
+    resume: str | None = None  # "last": continue from the run folder's last checkpoint
+
+
+def write_request(run_dir: Path, request: TrialRequest) -> None:
+    """Write `request` to run_dir/trial.json (atomically)."""
+    write_json(run_dir / REQUEST, to_dict(request))
+
+
+def read_request(run_dir: Path) -> TrialRequest | None:
+    """The request in run_dir/trial.json, or None when there is none (a `ConfigError` when malformed)."""
+    data = read_json(run_dir / REQUEST)
+    return None if data is None else from_dict(TrialRequest, data)
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,8 @@
 """`lab.py study run NAME --workers K`: K trials at once on this machine.
 
-The study process starts K workers, each ``lab.py study run NAME`` (the same study, storage and
-overrides, without ``--workers``) in a process of its own, and waits for them. They share the
-study like any workers (`xvol_lab.study.lock`, the exact budget). Each is pinned to its share
+The study process starts K workers, each ``python -m xvol_lab.study.worker NAME`` (the same study,
+storage and overrides; `xvol_lab.study.worker.main`) in a process of its own, and waits for them.
+They share the study like any workers (`xvol_lab.study.lock`, the exact budget). Each is pinned to its share
 of the machine, which its trial processes inherit: GPUs ``i*d .. i*d+d-1`` of the visible ones
 (`CUDA_VISIBLE_DEVICES`, d = devices per trial; K x d must not exceed the visible GPUs) and
 ``cores // K`` CPU threads (`OMP_NUM_THREADS`, `MKL_NUM_THREADS`). Concurrent DDP trials
@@ -18,13 +18,16 @@ import signal
 import subprocess
 import sys
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from types import FrameType
 
 from xvol_lab.errors import ConfigError
-from xvol_lab.study.launch import LIFELINE_ENV, PACKAGE_ROOT
+from xvol_lab.paths import child_pythonpath
+from xvol_lab.study.launch import LIFELINE_ENV
 from xvol_lab.study.signals import STOP_SIGNALS
 
 log = logging.getLogger(__name__)
+WORKER_MODULE = "xvol_lab.study.worker"
 
 
 def visible_gpus(env: Mapping[str, str]) -> list[str]:
@@ -38,10 +41,8 @@ def visible_gpus(env: Mapping[str, str]) -> list[str]:
 
 def worker_environments(workers: int, devices: int, use_gpus: bool,
                         env: Mapping[str, str] | None = None) -> list[dict[str, str]]:
-    """The variables each of `workers` workers runs with (see the module docstring)."""
+    """The variables each of `workers` (>= 1, as `lab.py` checked) workers runs with (module docstring)."""
     env = os.environ if env is None else env
-    if workers < 1:
-        raise ConfigError(f"--workers {workers}: expected an integer >= 1")
     cores = len(os.sched_getaffinity(0))
     if workers > cores:
         log.warning("--workers %d exceeds the %d CPU core(s) this process may use: the trials share "
@@ -61,12 +62,15 @@ def worker_environments(workers: int, devices: int, use_gpus: bool,
     return out
 
 
-def run_workers(args: Sequence[str], environments: Sequence[Mapping[str, str]],
+def run_workers(study: str, runs: Path, overrides: Sequence[str], environments: Sequence[Mapping[str, str]],
                 extra: Mapping[str, str]) -> int:
-    """Run ``lab.py ARGS`` once per environment (laid over this one, with `extra`), pass stop
-    signals on, and wait for all; the largest exit code."""
-    command = [sys.executable, str(PACKAGE_ROOT / "lab.py"), *args]
-    procs = [subprocess.Popen(command, env={**os.environ, **extra, **pinned, LIFELINE_ENV: "1"},
+    """Run a worker of `study` (``python -m xvol_lab.study.worker``) once per environment (laid over this
+    one, with `extra`), pass stop signals on, and wait for all; the largest exit code."""
+    command = [sys.executable, "-m", WORKER_MODULE, study, "--runs", str(runs)]
+    if overrides:
+        command += ["--set", *overrides]
+    base = {**os.environ, **extra}
+    procs = [subprocess.Popen(command, env={**base, **pinned, LIFELINE_ENV: "1", "PYTHONPATH": child_pythonpath(base)},
                               stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, start_new_session=True)
              for pinned in environments]
 

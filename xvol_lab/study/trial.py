@@ -1,6 +1,6 @@
 """The trial process: ``python -m xvol_lab.study.trial TRIAL_DIR`` trains the trial the study asked for.
 
-It reads TRIAL_DIR/trial.json (run config, objectives, pruning), calls
+It reads TRIAL_DIR/trial.json (`xvol_lab.study.outcome.TrialRequest`: run config, objectives, pruning), calls
 `xvol_lab.tasks.runner.fit` with a progress file and (single objective with a pruner) a per-epoch
 reporter to the study's storage (URL in the environment), measures the deploy form, and writes
 TRIAL_DIR/result.json: ``{state: complete|pruned|failed, reason, values, metrics, params_m,
@@ -26,17 +26,16 @@ import torch
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from xvol_lab.allocator import keep_freed_memory
-from xvol_lab.schema import from_dict
+from xvol_lab.errors import ConfigError
 from xvol_lab.study.callbacks import ProgressFile, PruningReporter
 from xvol_lab.study.config import MEASURED, PrunerConfig
-from xvol_lab.study.files import PROGRESS, REQUEST, RESULT, read_json, write_json
+from xvol_lab.study.files import PROGRESS, REQUEST, RESULT, write_json
 from xvol_lab.study.launch import STORAGE_ENV, watch_lifeline
 from xvol_lab.study.measure import measure
-from xvol_lab.study.outcome import INTERRUPTED_EXIT
+from xvol_lab.study.outcome import INTERRUPTED_EXIT, TrialRequest, read_request
 from xvol_lab.study.samplers import make_pruner
 from xvol_lab.study.storage import open_storage
 from xvol_lab.tasks import NonFiniteLossError, fit
-from xvol_lab.tasks.config import RunConfig
 
 log = logging.getLogger("xvol_lab.study.trial")
 DIVERGED = "diverged: "
@@ -57,17 +56,17 @@ def _first_line(err: BaseException) -> str:
 
 
 class StudyTrial:
-    """The trial of `request` (study name and trial number) seen from the trial process, through
-    Optuna's public storage API: `report` stores an intermediate value, `should_prune` asks the
-    study's pruner, as `optuna.trial.Trial` does in the process that asked for the trial."""
+    """Trial `number` of study `study` seen from the trial process, through Optuna's public storage
+    API: `report` stores an intermediate value, `should_prune` asks the study's pruner (`pruner` over
+    `steps` steps), as `optuna.trial.Trial` does in the process that asked for the trial."""
 
-    def __init__(self, request: dict[str, Any]) -> None:
+    def __init__(self, study: str, number: int, pruner: PrunerConfig, steps: int) -> None:
         self.storage = open_storage(os.environ[STORAGE_ENV])
-        self.pruner = make_pruner(from_dict(PrunerConfig, request["pruner"]), request["steps"])
-        self.study = optuna.load_study(study_name=request["study"], storage=self.storage, pruner=self.pruner,
+        self.pruner = make_pruner(pruner, steps)
+        self.study = optuna.load_study(study_name=study, storage=self.storage, pruner=self.pruner,
                                        sampler=optuna.samplers.RandomSampler())
-        study = self.storage.get_study_id_from_name(request["study"])
-        self.trial_id = self.storage.get_trial_id_from_study_id_trial_number(study, request["trial_number"])
+        study_id = self.storage.get_study_id_from_name(study)
+        self.trial_id = self.storage.get_trial_id_from_study_id_trial_number(study_id, number)
 
     def report(self, value: float, step: int) -> None:
         """Store `value` at `step` (a retry overwrites the value its interrupted attempt stored)."""
@@ -78,17 +77,20 @@ class StudyTrial:
         return self.pruner.prune(self.study, self.storage.get_trial(self.trial_id))
 
 
-def train(request: dict[str, Any], trial_dir: Path) -> dict[str, Any]:
+def train(request: TrialRequest, trial_dir: Path) -> dict[str, Any]:
     """Train the requested trial; the outcome as written to result.json."""
-    config = from_dict(RunConfig, request["config"])
+    config = request.config
     progress = ProgressFile(trial_dir / PROGRESS)
     callbacks: list[Any] = [progress]
     reporter = None
-    if request.get("report"):
-        reporter = PruningReporter(lambda: StudyTrial(request), request["report"], request["step_offset"])
+    if request.report:
+        def connect() -> StudyTrial:
+            return StudyTrial(request.study, request.trial_number, request.pruner, request.steps)
+
+        reporter = PruningReporter(connect, request.report, request.step_offset)
         callbacks.append(reporter)
     try:
-        metrics = fit(config, trial_dir, callbacks=callbacks, progress=False, resume=request.get("resume"))
+        metrics = fit(config, trial_dir, callbacks=callbacks, progress=False, resume=request.resume)
     except SIGTERMException:  # preempted: the last checkpoint stays, the study hands the trial back
         return {"state": INTERRUPTED}
     except NonFiniteLossError as err:
@@ -106,7 +108,7 @@ def train(request: dict[str, Any], trial_dir: Path) -> dict[str, Any]:
         return outcome
     outcome.update(measure(config, progress.device, run_dir=trial_dir))
     values = []
-    for name in request["objectives"]:
+    for name in request.objectives:
         value = outcome.get(name) if name in MEASURED else metrics.get(name)
         if value is None or not math.isfinite(value):
             return {**outcome, "state": "failed",
@@ -126,17 +128,21 @@ def main(argv: list[str] | None = None) -> int:
     keep_freed_memory()
     watch_lifeline()
     trial_dir = Path(args[0])
-    request = read_json(trial_dir / REQUEST)
+    try:
+        request = read_request(trial_dir)
+    except ConfigError as err:
+        print(f"{trial_dir / REQUEST}: {err}", file=sys.stderr)
+        return 2
     if request is None:
         print(f"{trial_dir / REQUEST}: missing or not JSON", file=sys.stderr)
         return 2
     outcome = train(request, trial_dir)
     if outcome["state"] == INTERRUPTED:
-        log.warning("trial %s stopped by SIGTERM; its last checkpoint is kept", request["trial_number"])
+        log.warning("trial %s stopped by SIGTERM; its last checkpoint is kept", request.trial_number)
         return INTERRUPTED_EXIT
     if global_rank() == 0:
         write_json(trial_dir / RESULT, {"reason": None, **outcome})
-        log.info("trial %s %s%s", request["trial_number"], outcome["state"],
+        log.info("trial %s %s%s", request.trial_number, outcome["state"],
                  f": {outcome['reason']}" if outcome.get("reason") else "")
     return exit_code(outcome, global_rank())
 

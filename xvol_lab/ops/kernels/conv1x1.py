@@ -17,7 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from xvol_lab.ops.pssa_kernels import CPU_DTYPES, cpu_kernels_available
+from xvol_lab.ops.kernels.backends import CPU_DTYPES, cpu_kernels_available
+from xvol_lab.ops.kernels.schemas import xvol
 
 
 def _dilation_1x1(x: Tensor) -> int:
@@ -49,7 +50,7 @@ def uses_cpu_kernel(x: Tensor) -> bool:
 def conv1x1(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     """A 1x1 convolution: by `xvol::conv1x1` on CPU, else by oneDNN (`F.conv2d`)."""
     if uses_cpu_kernel(x):
-        return torch.ops.xvol.conv1x1(x, weight, bias)
+        return xvol.conv1x1(x, weight, bias)
     return F.conv2d(x, weight, bias, dilation=_dilation_1x1(x))
 
 
@@ -57,7 +58,7 @@ def conv1x1_split(x: Tensor, weight: Tensor, bias: Tensor | None, parts: int) ->
     """`conv1x1` with the output channels split into `parts` separate tensors (one pass over x by the CPU
     kernel; its outputs are separate allocations, below glibc's mmap threshold where a stacked one is not)."""
     if uses_cpu_kernel(x):
-        return list(torch.ops.xvol.conv1x1_split(x, weight, bias, parts))
+        return list(xvol.conv1x1_split(x, weight, bias, parts))
     biases = [None] * parts if bias is None else bias.chunk(parts)
     return [conv1x1(x, w, b) for w, b in zip(weight.chunk(parts), biases, strict=True)]
 
@@ -73,7 +74,7 @@ def conv1x1_backward(grad: Tensor, x: Tensor, weight: Tensor,
         grad, x, weight, [weight.shape[0]] if bias else None, [1, 1], [0, 0], [dil, dil], False, [0, 0], 1,
         [not kernel, True, bias])
     if kernel:
-        dx = torch.ops.xvol.conv1x1(grad, weight.transpose(0, 1), None)
+        dx = xvol.conv1x1(grad, weight.transpose(0, 1), None)
     return dx, dw, db
 
 

@@ -1,12 +1,12 @@
-"""Fused PSSA kernels: the `xvol::pssa_fwd` / `xvol::pssa_bwd` ops (and, on CPU, their `_phased` forms
-for strided layers, see pssa_library.py), their backends, and dispatch.
+"""The backends of the `xvol::` ops (schemas.py) and which one runs: the `xvol::pssa_fwd` / `xvol::pssa_bwd`
+fused PSSA kernels (and, on CPU, their `_phased` forms for strided layers) and `xvol::conv1x1`.
 
 One pass per tile computes the logits, the softmax over the valid taps and the aggregation; the backward
 recomputes the products from q, k, v instead of saving T shifted copies. Backends:
 - "cpu": a C++ extension (pssa_cpu.cpp, and conv1x1_cpu.cpp for the projections; OpenMP via ATen's
   parallel_for), JIT-built once and cached under torch's extensions directory; float32 and float64.
 - "triton": Triton kernels on CUDA (pssa_triton.py); float32, float16, bfloat16 (float32 accumulation).
-- "torch": the composite path of `xvol_lab.ops.attention` (every other device or dtype, or when a
+- "torch": the composite path of `xvol_lab.ops.attention_functions` (every other device or dtype, or when a
   kernel cannot be built: logged once, never an error).
 `pssa_backend(device, dtype)` picks the fastest one available; layers call it, so no flag is needed.
 """
@@ -19,8 +19,6 @@ from pathlib import Path
 
 import torch
 from torch import Tensor
-
-from xvol_lab.ops import pssa_library  # noqa: F401 - defines the xvol:: ops
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +79,7 @@ def _load_triton_kernels() -> bool:
     if not torch.cuda.is_available():
         return False
     try:
-        from xvol_lab.ops import pssa_triton  # noqa: F401
+        from xvol_lab.ops.kernels import pssa_triton  # noqa: F401 - registers the CUDA kernels
     except Exception as err:  # noqa: BLE001 - e.g. no triton: use the composite path
         log.warning("PSSA Triton kernels unavailable (%s: %s); using the composite torch path",
                     type(err).__name__, err)
@@ -105,7 +103,3 @@ def compute_dtype(x: Tensor) -> torch.dtype:
         return torch.get_autocast_dtype(x.device.type)
     return x.dtype
 
-
-def flat_taps(taps: tuple[tuple[int, int], ...]) -> list[int]:
-    """(ty0, tx0, ty1, tx1, ...): the op schema's int[] form of the taps."""
-    return [o for tap in taps for o in tap]

@@ -4,7 +4,7 @@
 //
 // oneDNN's 1x1 convolution reaches 55-90% of a 3x3 convolution's FLOP rate on this project's CPU (the
 // fewer the input channels, the lower) and MKL's GEMM less; this kernel runs at the 3x3's where each
-// image fills its vectors (`xvol_lab.ops.projection` dispatches on that). A register block is 6 output
+// image fills its vectors (`xvol_lab.ops.kernels.conv1x1` dispatches on that). A register block is 6 output
 // channels x 4 vectors of pixels: 24 accumulators, and per input channel 4 loads, 6 broadcasts and 24
 // fused multiply-adds. The pixels of every image are cut into vectors (16 float / 8 double lanes; an
 // image's last vector part-filled) and a block takes 4 consecutive vectors, which may belong to different

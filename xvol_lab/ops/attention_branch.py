@@ -8,9 +8,10 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from xvol_lab.ops.attention import global_attention, pixel_shift_attention, pixel_shift_weights, pssa_taps
-from xvol_lab.ops.pssa_fused import fused_pixel_shift_attention, project_qkv
-from xvol_lab.ops.pssa_kernels import compute_dtype, pssa_backend
+from xvol_lab.ops.attention_functions import global_attention, pixel_shift_attention, pixel_shift_weights, pssa_taps
+from xvol_lab.ops.kernels.backends import compute_dtype, pssa_backend
+from xvol_lab.ops.kernels.projection import project_qkv
+from xvol_lab.ops.kernels.pssa_autograd import fused_pixel_shift_attention
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,10 @@
 """The schemas of the `xvol::` ops and their fake (meta) implementations: the one module every backend
-(pssa_kernels.py for CPU, pssa_triton.py for CUDA) registers its kernels against.
+(the C++ extension built by backends.py for CPU, pssa_triton.py for CUDA) registers its kernels against.
+The package imports it first (`xvol_lab.ops.kernels`), so `xvol`, the ops' namespace, is complete for
+every module that uses it.
 
 `xvol::pssa_fwd` / `xvol::pssa_bwd`: the fused PSSA kernels. `xvol::conv1x1` (CPU): the 1x1 convolution of
-the q/k/v projections (`xvol_lab.ops.projection`); `xvol::conv1x1_split` the same, its output channels
+the q/k/v projections (`xvol_lab.ops.kernels.conv1x1`); `xvol::conv1x1_split` the same, its output channels
 split into `parts` tensors.
 
 `xvol::pssa_fwd_phased` / `xvol::pssa_bwd_phased` (CPU) take k and v, and return dk and dv, as the
@@ -69,3 +71,11 @@ def _conv1x1_fake(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
 @torch.library.register_fake("xvol::conv1x1_split")
 def _conv1x1_split_fake(x: Tensor, weight: Tensor, bias: Tensor | None, parts: int) -> list[Tensor]:
     return [x.new_empty(x.shape[0], weight.shape[0] // parts, *x.shape[2:]) for _ in range(parts)]
+
+
+xvol = torch.ops.xvol  # the namespace of the ops defined above
+
+
+def flat_taps(taps: tuple[tuple[int, int], ...]) -> list[int]:
+    """(ty0, tx0, ty1, tx1, ...): the op schema's int[] form of the taps."""
+    return [o for tap in taps for o in tap]

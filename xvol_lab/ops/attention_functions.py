@@ -1,4 +1,4 @@
-"""Fast attention kernels: global multi-head self-attention and Pixel Shift Self-Attention (PSSA).
+"""The attention functions in plain torch: global multi-head self-attention and Pixel Shift Self-Attention.
 
 Queries live on the stride grid (B, C, H', W'); keys and values at full resolution (B, C, H, W).
 `xvol_lab.ops.reference` holds the readable dense versions the tests compare against.

@@ -16,8 +16,6 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from xvol_lab.ops import pssa_library  # noqa: F401 - defines the xvol:: ops
-
 T_PAD = 16  # taps, padded to a power of two (9 for dirs=8, 5 for dirs=4)
 BLOCK_P = 32  # pixels per program
 BLOCK_D = 16  # channels per inner step

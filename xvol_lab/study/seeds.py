@@ -1,0 +1,129 @@
+"""The per-seed runner: train one configuration once per seed, each seed in a trial process.
+
+Seed s of a trial runs in its run folder trial_<n>/seed_<s>/: the study process writes the seed's
+`TrialRequest` there (trial.json), starts ``python -m xvol_lab.study.trial RUN_DIR``
+(`xvol_lab.study.launch`), shows its progress, and reads its outcome (`xvol_lab.study.outcome`).
+Seeds that finished in an interrupted attempt are kept; an interrupted seed continues from its last
+checkpoint; the first seed that does not complete ends the configuration.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from xvol_lab.models import BackboneSpec
+from xvol_lab.study.config import StudyConfig
+from xvol_lab.study.files import LOG, PROGRESS, read_json
+from xvol_lab.study.launch import start_trial, stop_trial, trial_command
+from xvol_lab.study.outcome import Outcome, TrialRequest, combine, finished_outcome, read_outcome, write_request
+from xvol_lab.study.progress import View
+from xvol_lab.tasks.config import RunConfig
+from xvol_lab.tasks.runner import CHECKPOINT_DIR
+
+log = logging.getLogger(__name__)
+
+
+def seed_dir(trial_dir: Path, seed: int) -> Path:
+    """The run folder of `seed` in a trial folder."""
+    return trial_dir / f"seed_{seed}"
+
+
+def fresh_dir(path: Path) -> Path:
+    """`path`, created empty; a leftover folder of the same name (old storage) is moved aside."""
+    if path.exists():
+        aside = path.with_name(f"{path.name}.stale-{time.strftime('%Y%m%d-%H%M%S')}")
+        log.warning("%s exists but its trial is new in the storage: moved to %s", path, aside.name)
+        shutil.move(str(path), str(aside))
+    path.mkdir(parents=True)
+    return path
+
+
+def run_trial(run_dir: Path, command: list[str], storage_url: str, view: View, poll: float = 0.5) -> Outcome:
+    """Run the trial process to its end (showing its progress) and read its outcome."""
+    proc = start_trial(command, run_dir / LOG, storage_url)
+    try:
+        while True:
+            try:
+                proc.wait(poll)
+                break
+            except subprocess.TimeoutExpired:
+                view.trial_progress(read_json(run_dir / PROGRESS))
+    finally:
+        stop_trial(proc)
+    return read_outcome(run_dir, proc.returncode)
+
+
+def _distributed(config: RunConfig) -> RunConfig:
+    """DDP when the trial spans several processes and the strategy was left to Lightning."""
+    t = config.trainer
+    if t.devices * t.num_nodes > 1 and t.strategy == "auto":
+        return dataclasses.replace(config, trainer=dataclasses.replace(t, strategy="ddp"))
+    return config
+
+
+def _prepare(run_dir: Path, number: int) -> str | None:
+    """Make `run_dir` ready for a seed's trial process: "last" when an earlier attempt left a last
+    checkpoint (continue from it); else emptied but for the log (interrupted before its first
+    checkpoint: start over), or created."""
+    if (run_dir / CHECKPOINT_DIR / "last.ckpt").is_file():
+        log.info("trial %d: %s continues from its last checkpoint", number, run_dir.name)
+        return "last"
+    if run_dir.exists():
+        for entry in run_dir.iterdir():
+            if entry.is_dir():
+                shutil.rmtree(entry)
+            elif entry.name != LOG:
+                entry.unlink()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return None
+
+
+@dataclass(frozen=True)
+class SeedRunner:
+    """Trains the configurations of study `study` (its `config`) in trial processes."""
+
+    study: str
+    config: StudyConfig
+    storage_url: str
+    view: View
+
+    def run(self, number: int, spec: BackboneSpec, trial_dir: Path) -> Outcome:
+        """Train trial `number`'s `spec` once per seed (module docstring) and combine the seeds'
+        outcomes (`xvol_lab.study.outcome.combine`); an interrupted seed's outcome as it is."""
+        seeds = self.config.seeds
+        runs: list[tuple[int, Outcome]] = []
+        for index, seed in enumerate(seeds):
+            run_dir = seed_dir(trial_dir, seed)
+            outcome = finished_outcome(run_dir)
+            if outcome is not None:
+                log.info("trial %d: seed %d finished in an earlier attempt (%s); kept", number, seed,
+                         outcome.state)
+            else:
+                self.view.trial_started(number, spec.describe() + (f" seed {seed}" if len(seeds) > 1 else ""))
+                outcome = self._run_seed(number, run_dir, self.config.run_config(spec, seed), index)
+                if outcome.state == "interrupted":
+                    return outcome
+            runs.append((seed, outcome))
+            if outcome.state != "complete":
+                break
+        return combine(runs, len(seeds))
+
+    def _run_seed(self, number: int, run_dir: Path, run_config: RunConfig, index: int) -> Outcome:
+        """Train one seed (the `index`-th) in `run_dir`: from its last checkpoint when an earlier
+        attempt left one, else from the start."""
+        resume = _prepare(run_dir, number)
+        config, epochs = self.config, self.config.budget.epochs
+        write_request(run_dir, TrialRequest(
+            study=self.study, trial_number=number, config=_distributed(run_config),
+            objectives=tuple(config.metric_names), pruner=config.pruner,
+            report=config.metric_names[0] if config.pruner.name != "none" else None,
+            step_offset=index * epochs, steps=epochs * len(config.seeds), resume=resume))
+        trainer = config.base.trainer
+        command = trial_command(run_dir, trainer.devices, trainer.num_nodes)
+        return run_trial(run_dir, command, self.storage_url, self.view)
