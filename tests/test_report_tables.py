@@ -65,7 +65,7 @@ def par(tmp_path_factory):
 def test_trials_table_lists_every_trial_with_state_reason_stages_metrics_and_costs(abl):
     table = trials_table(abl)
     assert list(table.columns) == [
-        "number", "state", "reason", "stage1", "stage2", "stage3", "stage4", "val/acc1", "val/acc5",
+        "number", "state", "reason", "stage1", "stage2", "stage3", "stage4", "val/acc1",  # no val/acc5: 4 classes
         "val/loss", "train/loss", "params (M)", "GFLOPs (2×MAC)", "latency b1 (ms)", f"latency b{BATCH} (ms)",
         "GMACs", "epochs", "best epoch", "wall time (s)"]
     assert list(table["number"]) == list(range(12))
@@ -86,7 +86,7 @@ def test_trials_table_lists_every_trial_with_state_reason_stages_metrics_and_cos
     stored = {t.number: t for t in abl.study.get_trials()}
     for n in (0, 1, 2, 4, 5, 6):
         assert rows.loc[n, "val/acc1"] == stored[n].values[0]
-        for key in ("val/acc5", "val/loss", "train/loss", "epochs"):
+        for key in ("val/loss", "train/loss", "epochs"):
             assert rows.loc[n, key] == stored[n].user_attrs[key]
         assert rows.loc[n, "params (M)"] == stored[n].user_attrs["params_m"]
         assert rows.loc[n, "latency b1 (ms)"] == stored[n].user_attrs["latency_ms"]

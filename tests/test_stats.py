@@ -4,9 +4,22 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
+from scipy import stats as sps
 
-from xvol_lab.study.stats import holm, paired, sign_flip_p, significant, summary, t_test_p
+from xvol_lab.study.stats import (
+    holm,
+    mde,
+    nonnegative_interval,
+    paired,
+    seeds_needed,
+    sign_flip_p,
+    significant,
+    summary,
+    t_power,
+    t_test_p,
+)
 
 
 def t975_df2() -> float:
@@ -70,3 +83,34 @@ def test_holm_by_hand_keeps_order_and_skips_missing():
     assert adjusted[3:] == pytest.approx([0.06, 0.02])
     assert holm([0.6, 0.9]) == pytest.approx([1.0, 1.0])  # capped at 1
     assert [significant(p) for p in adjusted] == [True, False, False, False, True]
+
+
+def test_seeds_needed_matches_the_textbook_sample_size():
+    """G*Power / Cohen: a paired (one-sample) t-test needs 34 pairs to detect d_z = 0.5 with 80%
+    power at two-sided alpha 0.05; 33 are not enough."""
+    assert seeds_needed(1.0, 0.5) == 34
+    assert seeds_needed(2.0, -1.0) == 34  # the sign of the effect does not matter; the scale cancels
+    assert t_power(0.5 * math.sqrt(33), 33, 0.05) < 0.8 <= t_power(0.5 * math.sqrt(34), 34, 0.05)
+    assert seeds_needed(0.0, 0.1) == 2 and seeds_needed(math.nan, 0.1) is None
+
+
+def test_mde_has_80_percent_power_by_simulation():
+    d = mde(1.0, 10)
+    assert d == pytest.approx(0.996, abs=1e-3)
+    rng = np.random.default_rng(0)
+    x = rng.normal(d, 1.0, size=(100_000, 10))
+    t = x.mean(axis=1) / (x.std(axis=1, ddof=1) / math.sqrt(10))
+    assert np.mean(np.abs(t) > sps.t.ppf(0.975, 9)) == pytest.approx(0.8, abs=0.006)
+    assert mde(0.02, 10) == pytest.approx(0.02 * d, rel=1e-9)  # linear in the spread
+    assert mde(1.0, 10, alpha=0.01) > d  # a stricter level (Holm) needs a larger effect
+    assert math.isnan(mde(1.0, 1)) and mde(0.0, 5) == 0.0
+
+
+def test_interval_of_a_loss_never_goes_below_zero():
+    losses = [0.001, 0.002, 0.4]
+    s = summary(losses)
+    assert s.ci95_low < 0  # the t interval would
+    low, high = nonnegative_interval(losses)
+    assert 0.001 <= low < s.mean < high <= 0.4
+    assert nonnegative_interval([0.3, 0.3]) == (0.3, 0.3)
+    assert all(math.isnan(v) for v in nonnegative_interval([0.3]))

@@ -8,6 +8,7 @@ import pytest
 
 from xvol_lab.cli.main import main
 from xvol_lab.errors import ConfigError
+from xvol_lab.ops import OPS
 from xvol_lab.study.config import STUDIES_DIR, list_study_files, load_study_config
 
 OPS_LIST = "conv, sa, pssa, xvol_sa, xvol_pssa"
@@ -53,8 +54,26 @@ BAD = [
     ({"base": {"trainer": {"max_epochs": 4}}},
      "base.trainer.max_epochs: set by budget.epochs; expected no value here"),
     ({"heartbeat": 0}, "heartbeat: got 0, expected an integer >= 1 (seconds)"),
+    ({"base": {"data": {"num_classes": 4}}, "objectives": [{"metric": "val/acc5", "direction": "maximize"}]},
+     "objectives.0.metric: got val/acc5, expected another metric: with 4 classes the top-5 accuracy is 1 by "
+     "construction"),
     ({"budget": {"n_trials": 3, "seeds": 0}}, "budget.seeds: got 0, expected an integer >= 1"),
-    ({"budget": {"n_trials": 3, "seeds": "two"}}, "budget.seeds: got 'two', expected an integer"),
+    ({"budget": {"n_trials": 3, "seeds": "two"}}, "budget.seeds: got 'two', expected int or a mapping"),
+    ({"budget": {"n_trials": 3, "seeds": {"min": 5, "max": 3}}}, "budget.seeds.min: got 5, expected at most max (3)"),
+    ({"budget": {"n_trials": 3, "seeds": {"min": 1, "max": 3}}},
+     "budget.seeds.min: got 1, expected at least 2 when max > min (a paired t-test needs 2 seeds)"),
+    ({"budget": {"n_trials": 3, "seeds": {"min": 2, "max": 3}}},
+     "budget.seeds: expected an all-conv configuration in enqueue or the grid (the baseline every row is "
+     "compared with)"),
+    ({"controls": {"negative": {"name": "itself"}}},
+     "controls: expected an all-conv configuration in enqueue or the grid (the baseline every row is "
+     "compared with)"),
+    ({"enqueue": [{"stage3.op": "conv"}], "controls": {"positive": {"name": "x", "params": {"stage3.op": "foo"}}}},
+     f"controls.positive.params.stage3.op: got 'foo', expected one of {', '.join(OPS)}"),
+    ({"enqueue": [{"stage3.op": "conv"}], "controls": {"positive": {"name": "x", "params": {"stage9.op": "sa"}}}},
+     "controls.positive.params.stage9.op: unknown key; expected stage<1-4>.<op|kernel_size|heads|shift|dirs|stack>"),
+    ({"enqueue": [{"stage3.op": "conv"}], "controls": {"negative": {"name": ""}}},
+     "controls.negative.name: got '', expected a short description of the control"),
     ({"budget": {"n_trials": 3, "max_retries": -1}}, "budget.max_retries: got -1, expected an integer >= 0"),
     ({"base": {"seed": -1}},
      "base.seed: got -1, expected an integer from 0 to 4294967295 (seeds base.seed + 0 .. budget.seeds - 1)"),

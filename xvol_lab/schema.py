@@ -32,6 +32,8 @@ def _join(path: str, key: str | int) -> str:
 
 
 def _type_name(tp: Any) -> str:
+    if dataclasses.is_dataclass(tp):
+        return "a mapping"
     if get_origin(tp) is Literal:
         return "one of " + ", ".join(repr(a) for a in get_args(tp))
     return getattr(tp, "__name__", str(tp))
@@ -60,10 +62,14 @@ def _coerce(tp: Any, value: Any, path: str) -> Any:
 
 
 def _union(tp: Any, value: Any, path: str) -> Any:
-    """The first option that takes `value`; the one option's own error, or a list of the options."""
+    """The first option that takes `value`; the one option's own error (a mapping: the one dataclass
+    option's), or a list of the options."""
     options = get_args(tp)
     if value is None and type(None) in options:
         return None
+    classes = [o for o in options if dataclasses.is_dataclass(o)]
+    if isinstance(value, dict) and len(classes) == 1:  # a mapping is meant for the one dataclass: its own error
+        return _coerce(classes[0], value, path)
     errors = []
     for option in options:
         if option is type(None):

@@ -8,6 +8,7 @@ from pathlib import Path
 from rich.console import Console
 
 from xvol_lab.cli.args import positive_int
+from xvol_lab.cli.design import add_design_commands
 from xvol_lab.cli.report import add_study_commands
 from xvol_lab.cli.storage_args import add_storage_arguments, storage_argument
 from xvol_lab.cli.submit import add_submit_parser
@@ -36,8 +37,8 @@ RUNS_HELP = "runs folder: <runs>/<study>/ holds study.db and the trial folders (
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     """Add the `study` command group."""
     p = subparsers.add_parser("study", help="architecture searches (Optuna) from studies/*.yaml")
-    sub = p.add_subparsers(dest="study_command", metavar="{list,run,status,report,export,results,submit}",
-                           required=True)
+    sub = p.add_subparsers(dest="study_command", required=True,
+                           metavar="{list,run,status,report,export,results,power,calibrate,submit}")
 
     ls = sub.add_parser("list", help="the shipped studies and the state of their default storage")
     ls.add_argument("--runs", type=Path, default=RUNS, metavar="DIR", help=RUNS_HELP)
@@ -74,6 +75,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     st.add_argument("--runs", type=Path, default=RUNS, metavar="DIR", help=RUNS_HELP)
     st.set_defaults(func=cmd_status)
     add_study_commands(sub)
+    add_design_commands(sub)
     add_submit_parser(sub)
 
 

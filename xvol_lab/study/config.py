@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,11 +18,14 @@ from typing import Any, Literal
 
 import yaml
 
+from xvol_lab.data.config import BALANCED_NAMES
 from xvol_lab.errors import ConfigError
 from xvol_lab.models import BackboneSpec
 from xvol_lab.ops.options import resolve_heads
 from xvol_lab.paths import REPO_ROOT
 from xvol_lab.schema import from_dict, parse_override, to_dict, with_overrides
+from xvol_lab.study.controls import NEGATIVE_SEED_OFFSET, POSITIVE, ControlsConfig
+from xvol_lab.study.sequential import SeedDesign
 from xvol_lab.study.space import check_point, expand_space, spec_of
 from xvol_lab.study.space_config import SpaceConfig, distinct, listing
 from xvol_lab.tasks import metrics
@@ -41,6 +45,14 @@ MEASURE_ERROR = "measure_error"
 MAX_SEED = 2**32 - 1  # the largest seed Lightning's seed_everything takes
 # Where `lab.py study run NAME` looks for NAME.yaml.
 STUDIES_DIR = REPO_ROOT / "studies"
+
+
+def metric_range(metric: str) -> tuple[float, float] | None:
+    """The values `metric` can take (`xvol_lab.tasks.metrics.RANGES`; measured costs are >= 0);
+    None when unknown."""
+    if metric in MEASURED:
+        return 0.0, math.inf
+    return metrics.RANGES.get(metric)
 
 
 def epoch_metrics() -> tuple[str, ...]:
@@ -98,24 +110,64 @@ class PrunerConfig:
 
 
 @dataclass(frozen=True)
+class SeedsConfig:
+    """Seeds per configuration where a comparison is undecided (`xvol_lab.study.sequential`): every
+    configuration first trains `min` seeds, then one more at a time until its comparison with the
+    baseline is decided or it has `max` (the baseline always trains `max`)."""
+
+    min: int = 1
+    max: int = 1
+
+    def __post_init__(self) -> None:
+        if self.min < 1:
+            raise ValueError(f"min: got {self.min}, expected an integer >= 1")
+        if self.max < self.min:
+            raise ValueError(f"min: got {self.min}, expected at most max ({self.max})")
+        if self.max > self.min < 2:
+            raise ValueError(f"min: got {self.min}, expected at least 2 when max > min (a paired t-test "
+                             "needs 2 seeds)")
+
+
+@dataclass(frozen=True)
 class BudgetConfig:
     """`n_trials` finished trials, each one configuration (null: the grid's size, grid studies
-    only), trained `seeds` times (seeds base.seed + 0 .. seeds - 1) for `epochs` epochs each
-    (replaces base.trainer.max_epochs). An interrupted trial (lost worker, preemption) is
-    continued by a retry at most `max_retries` times; model failures are never retried."""
+    only; the controls run on top), trained `seeds` times (seeds base.seed + 0 .. seeds - 1; or
+    ``{min, max}``: `SeedsConfig`) for `epochs` epochs each (replaces base.trainer.max_epochs).
+    An interrupted trial (lost worker, preemption) is continued by a retry at most `max_retries`
+    times; model failures are never retried."""
 
     n_trials: int | None = None
     epochs: int = 3
-    seeds: int = 1
+    seeds: int | SeedsConfig = 1
     max_retries: int = 3
 
     def __post_init__(self) -> None:
         for name in ("n_trials", "epochs", "seeds"):
             value = getattr(self, name)
-            if value is not None and value < 1:
+            if isinstance(value, int) and value < 1:
                 raise ValueError(f"{name}: got {value}, expected an integer >= 1")
         if self.max_retries < 0:
             raise ValueError(f"max_retries: got {self.max_retries}, expected an integer >= 0")
+
+    @property
+    def design(self) -> SeedDesign:
+        """The seeds as a sequential design (min = max for a plain number)."""
+        if isinstance(self.seeds, SeedsConfig):
+            return SeedDesign(self.seeds.min, self.seeds.max)
+        return SeedDesign(self.seeds, self.seeds)
+
+    @property
+    def max_seeds(self) -> int:
+        """The most seeds a configuration trains (the baseline's number)."""
+        return self.design.max
+
+
+@dataclass(frozen=True)
+class PlanItem:
+    """A planned trial: its point of the space (`{}` for a control) and its role, if any."""
+
+    point: dict[str, Any]
+    role: Literal["baseline", "positive", "negative"] | None = None
 
 
 @dataclass(frozen=True)
@@ -131,6 +183,7 @@ class StudyConfig:
     pruner: PrunerConfig = field(default_factory=PrunerConfig)
     budget: BudgetConfig = field(default_factory=BudgetConfig)
     enqueue: tuple[dict[str, Any], ...] = ()
+    controls: ControlsConfig = field(default_factory=ControlsConfig)
     heartbeat: int = 10
 
     def __post_init__(self) -> None:
@@ -141,6 +194,11 @@ class StudyConfig:
         if not self.objectives:
             raise ValueError("objectives: got [], expected at least one {metric, direction}")
         distinct("objectives", tuple(o.metric for o in self.objectives))
+        data = self.base.data
+        for i, o in enumerate(self.objectives):
+            if o.metric == metrics.VAL_ACC5 and data.name in BALANCED_NAMES and data.num_classes <= 5:
+                raise ValueError(f"objectives.{i}.metric: got {o.metric}, expected another metric: with "
+                                 f"{data.num_classes} classes the top-5 accuracy is 1 by construction")
         if self.pruner.name != "none":
             if len(self.objectives) > 1:
                 raise ValueError(f"pruner.name: got {self.pruner.name!r}, expected 'none' with several "
@@ -150,9 +208,12 @@ class StudyConfig:
                                  f"{self.objectives[0].metric} (measured once, after training)")
         if self.heartbeat < 1:
             raise ValueError(f"heartbeat: got {self.heartbeat}, expected an integer >= 1 (seconds)")
-        if not 0 <= self.base.seed <= MAX_SEED - self.budget.seeds + 1:
+        offset = NEGATIVE_SEED_OFFSET if self.controls.negative else 0
+        last = self.budget.max_seeds - 1 + offset
+        if not 0 <= self.base.seed <= MAX_SEED - last:
+            shifted = f" (the negative control's: base.seed + {offset} + i)" if offset else ""
             raise ValueError(f"base.seed: got {self.base.seed}, expected an integer from 0 to "
-                             f"{MAX_SEED - self.budget.seeds + 1} (seeds base.seed + 0 .. budget.seeds - 1)")
+                             f"{MAX_SEED - last} (seeds base.seed + 0 .. budget.seeds - 1{shifted})")
         self._check_heads()
         for j, point in enumerate(self.enqueue):
             check_point(self.space, self.base.model, point, f"enqueue.{j}")
@@ -164,6 +225,20 @@ class StudyConfig:
         elif self.budget.n_trials is None:
             raise ValueError(f"budget.n_trials: got null, expected an integer >= 1 (only grid studies "
                              f"default to the grid size; sampler is {self.sampler.name!r})")
+        self._check_baseline()
+
+    def _check_baseline(self) -> None:
+        """Controls and added seeds need an all-conv baseline; the positive control applies to it."""
+        needs = [what for what, used in (("controls", bool(self.controls.roles)),
+                                         ("budget.seeds", self.budget.design.sequential)) if used]
+        if needs and self.baseline_spec is None:
+            raise ValueError(f"{needs[0]}: expected an all-conv configuration in enqueue or the grid "
+                             "(the baseline every row is compared with)")
+        if self.controls.positive is not None and self.baseline_spec is not None:
+            try:
+                self.controls.spec(POSITIVE, self.baseline_spec)
+            except ValueError as err:
+                raise ValueError(f"controls.positive.{err}") from None
 
     def _check_heads(self) -> None:
         assert self.space is not None
@@ -197,15 +272,42 @@ class StudyConfig:
                        if spec_of(self.space, self.base.model, p) not in taken]
         return tuple(points)
 
+    @functools.cached_property
+    def baseline_point(self) -> int | None:
+        """The index in `plan` of the baseline: the first all-conv point; None without one."""
+        assert self.space is not None
+        for i, point in enumerate(self.plan):
+            if all(s.op == "conv" for s in spec_of(self.space, self.base.model, point).stages):
+                return i
+        return None
+
+    @property
+    def baseline_spec(self) -> BackboneSpec | None:
+        """The baseline's network (`baseline_point`), None without one."""
+        assert self.space is not None
+        i = self.baseline_point
+        return None if i is None else spec_of(self.space, self.base.model, self.plan[i])
+
+    @functools.cached_property
+    def schedule(self) -> tuple[PlanItem, ...]:
+        """The planned trials in order: the baseline (every other row is paired with it), the controls,
+        then the other `plan` points (`enqueue`, then the grid); the baseline and controls carry their role."""
+        first = [] if self.baseline_point is None else [PlanItem(self.plan[self.baseline_point], "baseline")]
+        controls = [PlanItem({}, role) for role in self.controls.roles]
+        rest = [PlanItem(p) for i, p in enumerate(self.plan) if i != self.baseline_point]
+        return tuple(first + controls + rest)
+
     @property
     def n_trials(self) -> int:
-        """Finished trials (configurations) the study ends with."""
-        return self.budget.n_trials if self.budget.n_trials is not None else len(self.plan)
+        """Finished trials the study ends with: its configurations and its controls."""
+        configurations = self.budget.n_trials if self.budget.n_trials is not None else len(self.plan)
+        return configurations + len(self.controls.roles)
 
     @property
     def seeds(self) -> list[int]:
-        """The seeds every configuration is trained with: base.seed + 0 .. budget.seeds - 1."""
-        return [self.base.seed + i for i in range(self.budget.seeds)]
+        """The seeds the baseline trains (every configuration trains a prefix of them):
+        base.seed + 0 .. max - 1."""
+        return [self.base.seed + i for i in range(self.budget.max_seeds)]
 
     def run_config(self, spec: BackboneSpec, seed: int | None = None) -> RunConfig:
         """The base run config with the trial's architecture, the budget's epochs and `seed`
@@ -220,10 +322,16 @@ class StudyConfig:
         data = to_dict(self)
         base = data["base"]
         dataset = {k: v for k, v in base["data"].items() if k not in ("root", "num_workers")}
-        seeds = {"seeds": self.budget.seeds} if self.budget.seeds != 1 else {}  # storages made before seeds
+        design = self.budget.design
+        seeds: dict[str, Any] = {}  # absent for one seed: storages made before seeds
+        if design.sequential:
+            seeds = {"seeds": {"min": design.min, "max": design.max}}
+        elif design.max != 1:
+            seeds = {"seeds": design.max}
+        controls = {"controls": data["controls"]} if self.controls.roles else {}  # absent: older storages
         return {k: data[k] for k in ("task", "space", "objectives", "sampler", "pruner", "enqueue")} | {
             "epochs": self.budget.epochs, "seed": base["seed"], "data": dataset, "model": base["model"],
-            "optim": base["optim"]} | seeds
+            "optim": base["optim"]} | seeds | controls
 
 
 # ---- files ------------------------------------------------------------------------------------------

@@ -5,15 +5,17 @@ Each claim is checked on the studies that test it (`CLAIMS`), on each study's fi
 
 - "beats" / "hurts": a configuration against the all-conv baseline, the rows of the study's
   ablation table (`xvol_lab.study.report.ablation_table`): reproduced when the difference is
-  distinguishable (95% interval excludes 0 and Holm-corrected paired t-test p < 0.05) in the
-  claim's direction, contradicted when distinguishable the other way, otherwise not
-  distinguishable at this budget;
+  distinguishable (95% interval excludes 0 and Holm-corrected p < 0.05) in the claim's direction,
+  contradicted when distinguishable the other way, otherwise not distinguishable at this budget,
+  with the row's minimum detectable effect (MDE) beside it;
 - "about as good as": two configurations paired by seed (one test, no correction): contradicted
   when distinguishable, reproduced when the whole 95% interval of the difference lies within
-  ±`EQUIVALENCE_MARGIN`, otherwise not distinguishable at this budget.
+  ±`EQUIVALENCE_MARGIN`, otherwise not distinguishable at this budget (with its MDE).
 
-A study whose storage is missing (or empty) is listed as not run; a claim no shipped study can test
-says so.
+A study whose positive control was not detected cannot tell "no effect" from "too small to see":
+its evidence reads "this budget cannot detect effects of this size" instead of "not
+distinguishable". Each study's section shows its controls and their verdicts. A study whose
+storage is missing (or empty) is listed as not run; a claim no shipped study can test says so.
 """
 
 from __future__ import annotations
@@ -34,18 +36,18 @@ from xvol_lab.study import stats
 from xvol_lab.study.config import StudyConfig, list_study_files, load_study_config
 from xvol_lab.study.report import StudyData, ablation_table, load_study_data
 from xvol_lab.study.report.findings import (
-    BETTER,
-    SAME,
-    WORSE,
     baseline_text,
+    blind,
     compact_ablation,
+    difference_text,
     interval,
     signed,
     trivial_text,
-    verdict,
+    verdict_words,
 )
-from xvol_lab.study.report.frame import CHANGED, CONFIGURATION, SEED, seed_frame
+from xvol_lab.study.report.frame import CHANGED, CONFIGURATION, ROLE, SEED, seed_frame
 from xvol_lab.study.report.tables import objective_column
+from xvol_lab.study.report.verdicts import BETTER, BLIND, SAME, WORSE, mde_text, verdict
 from xvol_lab.study.report.writer import seeds_text
 from xvol_lab.study.storage import default_storage_url, shown_url, sqlite_file
 
@@ -58,10 +60,15 @@ EQUIVALENCE_MARGIN = 0.01  # "about as good": the paired difference's 95% interv
 XVOL = ("xvol_sa", "xvol_pssa")
 RULES = ("Each claim of the paper is checked on the studies that test it, on their first objective. "
          "Reproduced / contradicted: the 95% t interval of the difference paired by seed excludes 0 and the "
-         "paired t-test p (Holm-corrected across an ablation's rows) is below 0.05, in / against the claim's "
-         "direction; otherwise not distinguishable at this budget. \"About as good\": reproduced when the "
-         "whole interval lies within ±{margin} (and the two are not both within {margin} of a score's "
-         "ceiling of 1, where saturation alone makes them equal), contradicted when the two are "
+         "paired t-test p (sequential when seeds were added where undecided; Holm-corrected across an "
+         "ablation's rows) is below 0.05, in / against the claim's direction; otherwise not distinguishable "
+         "at this budget, stated with the minimum detectable effect (MDE: the difference found with 80% "
+         "power at two-sided alpha 0.05 after Holm, from the measured spread of the paired differences). "
+         "A study whose positive control (a network that lacks what the task needs) was not detected says "
+         "\"this budget cannot detect effects of this size\" instead; its negative control (all-conv "
+         "against itself under other seeds) must be not distinguishable. \"About as good\": reproduced "
+         "when the whole interval lies within ±{margin} (and the two are not both within {margin} of a "
+         "score's ceiling of 1, where saturation alone makes them equal), contradicted when the two are "
          "distinguishable.")
 RESULTS_MD = "RESULTS.md"
 STORAGE = "study.db"  # <runs>/<study>/study.db: `default_storage_url` without $XVOL_STORAGE
@@ -83,6 +90,14 @@ class Evidence:
     p_kind: str  # "Holm" or "paired t"
     seeds: str
     verdict: str
+    mde: float = math.nan
+
+    @property
+    def words(self) -> str:
+        """The verdict with the MDE beside it where nothing was distinguished."""
+        if self.verdict.startswith((NOT_DISTINGUISHABLE, BLIND)):
+            return f"{self.verdict} ({mde_text(self.mde)})"
+        return self.verdict
 
 
 @dataclass(frozen=True)
@@ -117,25 +132,25 @@ def _rows_against_baseline(data: StudyData, stage: int, hurts: bool) -> list[Evi
     if baseline is None:
         return []
     configs = frame.drop_duplicates(CONFIGURATION).set_index(CONFIGURATION)
-    label, direction = _first_metric(data)
+    label, _ = _first_metric(data)
+    undetectable = BLIND if blind(data, table) else NOT_DISTINGUISHABLE
     out = []
     for _, row in table.iterrows():
         name = row[CONFIGURATION]
-        if configs.loc[name, CHANGED] != (stage,) or configs.loc[name, f"stage{stage} op"] not in XVOL:
+        if (configs.loc[name, ROLE] or configs.loc[name, CHANGED] != (stage,)
+                or configs.loc[name, f"stage{stage} op"] not in XVOL):
             continue
-        found = verdict(row[f"{label} diff"], row[f"{label} diff_ci95_low"], row[f"{label} diff_ci95_high"],
-                        row[f"{label} p_holm"], direction)
         wanted, against = (WORSE, BETTER) if hurts else (BETTER, WORSE)
-        word = {wanted: REPRODUCED, against: CONTRADICTED}.get(found, NOT_DISTINGUISHABLE)
+        word = {wanted: REPRODUCED, against: CONTRADICTED}.get(row[f"{label} verdict"], undetectable)
         out.append(Evidence(data.name, name, baseline, label, row[f"{label} diff"],
                             row[f"{label} diff_ci95_low"], row[f"{label} diff_ci95_high"],
-                            row[f"{label} p_holm"], "Holm", row["seeds"], word))
+                            row[f"{label} p_holm"], "Holm", row["seeds"], word, row[f"{label} mde"]))
     return out
 
 
 def _by_seed(frame: pd.DataFrame, stage: int, op: str, metric: str) -> tuple[str, dict[int, float]]:
     """The configuration with `op` in `stage` only, and its value by seed (repeats averaged)."""
-    rows = frame[(frame[CHANGED] == (stage,)) & (frame[f"stage{stage} op"] == op)]
+    rows = frame[(frame[CHANGED] == (stage,)) & (frame[f"stage{stage} op"] == op) & (frame[ROLE] == "")]
     if rows.empty:
         return "", {}
     name = str(rows[CONFIGURATION].iloc[0])
@@ -162,17 +177,18 @@ def _equivalence(data: StudyData, first: str, second: str) -> list[Evidence]:
         return []
     pair = stats.paired(a, b)
     found = verdict(pair.diff, pair.ci95_low, pair.ci95_high, pair.p, direction)
+    undetectable = BLIND if blind(data, ablation_table(data)) else NOT_DISTINGUISHABLE
     if found in (BETTER, WORSE):
         word = CONTRADICTED
     elif _at_ceiling(a, b, direction):
-        word = f"{NOT_DISTINGUISHABLE} (both at the ceiling)"
+        word = f"{undetectable}: both at the ceiling"
     elif found == SAME and -EQUIVALENCE_MARGIN <= pair.ci95_low and pair.ci95_high <= EQUIVALENCE_MARGIN:
         word = REPRODUCED
     else:
-        word = NOT_DISTINGUISHABLE
+        word = undetectable
     seeds = ", ".join(map(str, sorted(set(a) & set(b))))
     return [Evidence(data.name, name_a, name_b, label, pair.diff, pair.ci95_low, pair.ci95_high, pair.p,
-                     "paired t", seeds, word)]
+                     "paired t", seeds, word, stats.mde(pair.std, pair.n))]
 
 
 def _named(*names: str) -> Callable[[dict[str, StudyResult]], list[str]]:
@@ -226,9 +242,16 @@ def load_results(runs: Path, study_files: Sequence[Path]) -> dict[str, StudyResu
 
 
 def claim_verdict(evidence: Sequence[Evidence]) -> str:
-    """The claim's verdict: the evidence's common verdict, or ``mixed`` naming each."""
+    """The claim's verdict: the evidence's common verdict (with its MDE, or their range, where
+    nothing was distinguished), or ``mixed`` naming each."""
     verdicts = list(dict.fromkeys(e.verdict for e in evidence))
     if len(verdicts) == 1:
+        if len(evidence) == 1:
+            return evidence[0].words
+        mdes = [e.mde for e in evidence if not math.isnan(e.mde)]
+        if verdicts[0].startswith((NOT_DISTINGUISHABLE, BLIND)) and mdes:
+            span = mde_text(min(mdes)) + (f" to {format_number(max(mdes))}" if max(mdes) > min(mdes) else "")
+            return f"{verdicts[0]} ({span})"
         return verdicts[0]
     where = {v: ", ".join(f"{e.study} ({e.first})" for e in evidence if e.verdict == v) for v in verdicts}
     return "mixed: " + "; ".join(f"{v} in {w}" for v, w in where.items())
@@ -238,7 +261,7 @@ def _evidence_table(evidence: Sequence[Evidence]) -> pd.DataFrame:
     return pd.DataFrame([{"study": e.study, "comparison": f"{e.first} vs {e.second}", "metric": e.metric,
                           "diff [95% CI]": f"{signed(e.diff)} {interval(e.low, e.high)}".strip(),
                           "p": f"{format_number(float(e.p))} ({e.p_kind})" if not math.isnan(e.p) else "",
-                          "seeds": e.seeds, "verdict": e.verdict} for e in evidence])
+                          "MDE": e.mde, "seeds": e.seeds, "verdict": e.words} for e in evidence])
 
 
 def regenerate_command(name: str) -> str:
@@ -287,9 +310,33 @@ def _study_lines(result: StudyResult, runs: Path) -> list[str]:
     trivial = trivial_text(data.config)
     baseline = baseline_text(data, table, trivial)
     lines += [f"- baseline: {baseline}"] if baseline else [f"- trivial level: {trivial}"] if trivial else []
+    lines += _control_lines(data, table)
     lines += [f"- regenerate: {regenerate_command(result.name)}", ""]
     if not table.empty:
         lines.append(markdown_table(compact_ablation(data, table)))
+    return lines
+
+
+def _control_lines(data: StudyData, table: pd.DataFrame) -> list[str]:
+    """``- positive control: <name>: detected (...)`` per control of the study file (on the first
+    objective), or that it has not run."""
+    label, _ = _first_metric(data)
+    lines = []
+    for role in data.config.controls.roles:
+        name = data.config.controls.label(role)
+        rows = table[table[CONFIGURATION] == name] if not table.empty else table
+        if rows.empty or math.isnan(rows[f"{label} diff"].iloc[0]):
+            lines.append(f"- {name}: not run yet")
+            continue
+        row = rows.iloc[0]
+        lines.append(f"- {name}: {verdict_words(row[f'{label} verdict'], row[f'{label} mde'], False)} "
+                     f"({difference_text(label, row)})")
+    if data.config.controls.roles and blind(data, table):
+        lines.append(f"- **{BLIND}**: the positive control was not detected, so no difference in this "
+                     "study's table can be read as \"no effect\"")
+    elif not data.config.controls.roles:
+        lines.append("- controls: none (the study file has no `controls`): whether this budget can see an "
+                     "effect is not shown")
     return lines
 
 

@@ -14,6 +14,7 @@ import logging
 import shutil
 import subprocess
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -93,10 +94,13 @@ class SeedRunner:
     storage_url: str
     view: View
 
-    def run(self, number: int, spec: BackboneSpec, trial_dir: Path) -> Outcome:
-        """Train trial `number`'s `spec` once per seed (module docstring) and combine the seeds'
-        outcomes (`xvol_lab.study.outcome.combine`); an interrupted seed's outcome as it is."""
-        seeds = self.config.seeds
+    def run(self, number: int, spec: BackboneSpec, trial_dir: Path, *, seeds: Sequence[int] | None = None,
+            decided: Callable[[list[float]], bool] | None = None, prune: bool = True) -> Outcome:
+        """Train trial `number`'s `spec` once per seed (module docstring; `seeds`, default the study's)
+        and combine the seeds' outcomes (`xvol_lab.study.outcome.combine`); an interrupted seed's
+        outcome as it is. `decided` (the first objective's values so far -> bool) ends the seeds
+        early once it says so; `prune` False keeps the pruner away (the controls)."""
+        seeds = list(self.config.seeds if seeds is None else seeds)
         runs: list[tuple[int, Outcome]] = []
         for index, seed in enumerate(seeds):
             run_dir = seed_dir(trial_dir, seed)
@@ -106,23 +110,26 @@ class SeedRunner:
                          outcome.state)
             else:
                 self.view.trial_started(number, spec.describe() + (f" seed {seed}" if len(seeds) > 1 else ""))
-                outcome = self._run_seed(number, run_dir, self.config.run_config(spec, seed), index)
+                outcome = self._run_seed(number, run_dir, self.config.run_config(spec, seed), index, prune)
                 if outcome.state == "interrupted":
                     return outcome
             runs.append((seed, outcome))
             if outcome.state != "complete":
                 break
+            if decided is not None and len(runs) < len(seeds) and decided([o.values[0] for _, o in runs if o.values]):
+                log.info("trial %d: decided after %d seeds; no more seeds", number, len(runs))
+                break
         return combine(runs, len(seeds))
 
-    def _run_seed(self, number: int, run_dir: Path, run_config: RunConfig, index: int) -> Outcome:
+    def _run_seed(self, number: int, run_dir: Path, run_config: RunConfig, index: int, prune: bool) -> Outcome:
         """Train one seed (the `index`-th) in `run_dir`: from its last checkpoint when an earlier
-        attempt left one, else from the start."""
+        attempt left one, else from the start; reporting to the pruner when `prune`."""
         resume = _prepare(run_dir, number)
         config, epochs = self.config, self.config.budget.epochs
         write_request(run_dir, TrialRequest(
             study=self.study, trial_number=number, config=_distributed(run_config),
             objectives=tuple(config.metric_names), pruner=config.pruner,
-            report=config.metric_names[0] if config.pruner.name != "none" else None,
+            report=config.metric_names[0] if config.pruner.name != "none" and prune else None,
             step_offset=index * epochs, steps=epochs * len(config.seeds), resume=resume))
         trainer = config.base.trainer
         command = trial_command(run_dir, trainer.devices, trainer.num_nodes)

@@ -12,6 +12,11 @@ from `scipy.stats`.
   test cannot go below ``2 / 2^n``: with 3 seeds never below 0.25, so at that budget it can never
   reach 0.05; that is why the t-test decides, and the exact p is shown beside it.
 - `holm`: Holm's step-down correction of a family of p-values.
+- `mde` / `seeds_needed`: power of the two-sided paired t-test from the noncentral t distribution:
+  the smallest |difference| detected with probability `POWER` at level alpha with n pairs, and the
+  pairs needed to detect a given difference.
+- `nonnegative_interval`: a 95% percentile-bootstrap interval of the mean for quantities that cannot
+  be negative (a loss): it never goes below 0, where a t interval can.
 """
 
 from __future__ import annotations
@@ -22,10 +27,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from scipy import optimize
 from scipy import stats as sps
 
 LEVEL = 0.95
 ALPHA = 0.05
+POWER = 0.8
+BOOTSTRAP_RESAMPLES = 4000
+MAX_SEEDS_NEEDED = 100_000  # `seeds_needed` gives up beyond this
 EXACT_MAX_N = 16  # 2^16 sign patterns; beyond that the exact test is not computed
 
 
@@ -67,7 +76,7 @@ def summary(values: Sequence[float | None]) -> Summary:
 @dataclass(frozen=True)
 class Paired:
     """x - y paired by seed: mean difference, its 95% t interval, the number of pairs, the paired
-    t-test p-value and the exact sign-flip p-value (NaN where undefined)."""
+    t-test p-value, the exact sign-flip p-value and the differences' std (NaN where undefined)."""
 
     diff: float
     ci95_low: float
@@ -75,6 +84,7 @@ class Paired:
     n: int
     p: float
     p_exact: float
+    std: float  # of the paired differences (ddof=1; NaN for n < 2)
 
 
 def t_test_p(diffs: Sequence[float]) -> float:
@@ -109,7 +119,7 @@ def paired(x_by_seed: Mapping[int, float], y_by_seed: Mapping[int, float]) -> Pa
                    if finite([x_by_seed[s]]) and finite([y_by_seed[s]]))
     diffs = [float(x_by_seed[s]) - float(y_by_seed[s]) for s in seeds]
     s = summary(diffs)
-    return Paired(s.mean, s.ci95_low, s.ci95_high, s.n, t_test_p(diffs), sign_flip_p(diffs))
+    return Paired(s.mean, s.ci95_low, s.ci95_high, s.n, t_test_p(diffs), sign_flip_p(diffs), s.std)
 
 
 def holm(pvalues: Sequence[float]) -> list[float]:
@@ -133,3 +143,64 @@ def significant(p_holm: float, alpha: float = ALPHA) -> bool:
 def excludes_zero(low: float, high: float) -> bool:
     """The interval [low, high] lies strictly on one side of 0."""
     return (low > 0 and high > 0) or (low < 0 and high < 0)
+
+
+def t_power(noncentrality: float, n: int, alpha: float) -> float:
+    """Power of the two-sided one-sample (paired) t-test at level `alpha` with `n` pairs when the
+    true standardised shift is ``noncentrality = delta * sqrt(n) / sd``: P(|T'| > t(1 - alpha/2, n - 1))
+    with T' noncentral t (n - 1 degrees of freedom)."""
+    df = n - 1
+    crit = float(sps.t.ppf(1 - alpha / 2, df))
+    # P(T'(nc) < -crit) = P(T'(-nc) > crit): the upper tail stays finite where the cdf gives NaN
+    return float(sps.nct.sf(crit, df, noncentrality) + sps.nct.sf(crit, df, -noncentrality))
+
+
+def mde(std: float, n: int, alpha: float = ALPHA, power: float = POWER) -> float:
+    """The minimum detectable |mean difference| of a paired t-test with `n` pairs whose differences
+    have standard deviation `std`: the shift detected with probability `power` at two-sided level
+    `alpha`. NaN for n < 2 or an unknown std; 0 with zero spread."""
+    if n < 2 or math.isnan(std):
+        return math.nan
+    if std == 0.0:
+        return 0.0
+    high = 1.0
+    while t_power(high, n, alpha) < power:
+        high *= 2
+    noncentrality = optimize.brentq(lambda nc: t_power(nc, n, alpha) - power, 0.0, high, xtol=1e-10)
+    return float(noncentrality * std / math.sqrt(n))
+
+
+def seeds_needed(std: float, effect: float, alpha: float = ALPHA, power: float = POWER) -> int | None:
+    """The fewest pairs (>= 2) with which a paired t-test detects a mean difference of |`effect`|
+    with probability `power` at two-sided level `alpha`, when the differences have standard
+    deviation `std`; None when the std is unknown or more than `MAX_SEEDS_NEEDED` would be needed."""
+    if math.isnan(std) or effect == 0:
+        return None
+    if std == 0.0:
+        return 2
+
+    def enough(n: int) -> bool:
+        return t_power(abs(effect) * math.sqrt(n) / std, n, alpha) >= power
+
+    if not enough(MAX_SEEDS_NEEDED):
+        return None
+    low, high = 1, 2
+    while not enough(high):
+        low, high = high, high * 2
+    while high - low > 1:  # enough(high), not enough(low) (low = 1 is never enough)
+        mid = (low + high) // 2
+        low, high = (low, mid) if enough(mid) else (mid, high)
+    return high
+
+
+def nonnegative_interval(values: Sequence[float | None], level: float = LEVEL) -> tuple[float, float]:
+    """Percentile-bootstrap `level` interval of the mean of non-negative `values` (fixed resamples,
+    so a report is repeatable); it lies within [min, max] of the values, never below 0. NaN for n < 2."""
+    xs = np.asarray(finite(values), dtype=float)
+    if len(xs) < 2:
+        return math.nan, math.nan
+    rng = np.random.default_rng(0)
+    means = xs[rng.integers(0, len(xs), size=(BOOTSTRAP_RESAMPLES, len(xs)))].mean(axis=1)
+    tail = (1 - level) / 2
+    low, high = np.clip(np.quantile(means, [tail, 1 - tail]), xs.min(), xs.max())  # no round-off past them
+    return float(low), float(high)

@@ -26,7 +26,7 @@ import optuna
 
 from xvol_lab.allocator import keep_freed_memory
 from xvol_lab.errors import ConfigError
-from xvol_lab.study import signals
+from xvol_lab.study import roles, signals
 from xvol_lab.study.config import StudyConfig, load_study_config
 from xvol_lab.study.launch import trial_command, watch_lifeline
 from xvol_lab.study.ledger import Tally, tally
@@ -36,7 +36,6 @@ from xvol_lab.study.protocol import Claim, SharedStudy
 from xvol_lab.study.samplers import PlannedSampler, base_sampler_factory, make_pruner
 from xvol_lab.study.seeds import SeedRunner, fresh_dir, seed_dir
 from xvol_lab.study.signals import deferred
-from xvol_lab.study.space import suggest_spec
 from xvol_lab.study.storage import STORAGE_ENV, default_storage_url, open_storage
 
 log = logging.getLogger(__name__)
@@ -55,8 +54,8 @@ class Worker:
         trial_command(self.folder, trainer.devices, trainer.num_nodes)  # check the resources before any trial
         storage = open_storage(url, heartbeat=config.heartbeat, max_retries=config.budget.max_retries)
         factory = base_sampler_factory(config.sampler, len(config.objectives))
-        self.sampler = PlannedSampler(config.plan, factory, config.sampler.seed)
-        pruner = make_pruner(config.pruner, config.budget.epochs * config.budget.seeds)
+        self.sampler = PlannedSampler([item.point for item in config.schedule], factory, config.sampler.seed)
+        pruner = make_pruner(config.pruner, config.budget.epochs * config.budget.max_seeds)
         self.shared = SharedStudy(storage, url, name, config, self.sampler, pruner)
         self.seeds = SeedRunner(name, config, url, self.view)
 
@@ -103,10 +102,11 @@ class Worker:
         trial, shared = claim.trial, self.shared
         with shared.heartbeat(claim):
             self._snapshot()  # counts this trial as running
-            plan = self.config.plan
-            self.sampler.assign(trial.number, plan[claim.slot] if claim.slot < len(plan) else None)
+            plan = self.config.schedule
+            item = plan[claim.slot] if claim.slot < len(plan) else None
+            self.sampler.assign(trial.number, item.point if item else None)
             try:
-                outcome = self._train(trial)
+                outcome = self._train(trial, item.role if item else None)
             except (KeyboardInterrupt, SystemExit):
                 with deferred(), shared.lock.held():
                     shared.hand_back(trial.number)
@@ -124,14 +124,18 @@ class Worker:
                 with deferred():
                     self._tell(trial, outcome)
 
-    def _train(self, trial: optuna.Trial) -> Outcome:
-        """Pick the trial's architecture, record it, and train it once per seed (`SeedRunner`)."""
-        spec = suggest_spec(trial, self.config.space, self.config.base.model)
+    def _train(self, trial: optuna.Trial, role: str | None) -> Outcome:
+        """Pick the trial's architecture (a control's from the study file), record it, and train it
+        once per seed (`SeedRunner`), stopping early where the seed design allows (`roles`)."""
+        spec = roles.trial_spec(self.config, trial, role)
+        seeds = roles.trial_seeds(self.config, role)
         trial_dir = self.shared.inherited_dir(trial.number) or fresh_dir(self.folder / f"trial_{trial.number}")
         trial.set_user_attr("arch", f"[{', '.join(stage.describe() for stage in spec.stages)}]")
         trial.set_user_attr("trial_dir", str(trial_dir.resolve()))
-        trial.set_user_attr("run_dir", str(seed_dir(trial_dir, self.config.seeds[0]).resolve()))
-        return self.seeds.run(trial.number, spec, trial_dir)
+        trial.set_user_attr("run_dir", str(seed_dir(trial_dir, seeds[0]).resolve()))
+        return self.seeds.run(trial.number, spec, trial_dir, seeds=seeds,
+                              decided=roles.stop_rule(self.config, self.shared.trials, role),
+                              prune=role not in self.config.controls.roles)
 
     def _tell(self, trial: optuna.Trial, outcome: Outcome) -> None:
         """Tell the study how the trial ended and show it (`SharedStudy.tell`)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 TRAIN_LOSS = "train/loss"
@@ -31,6 +32,15 @@ MONITOR: dict[str, tuple[str, Literal["max", "min"]]] = {
 # best epoch's
 RUN_METRICS: frozenset[str] = frozenset({VAL_ACC1_AUC})
 
-__all__ = ["MONITOR", "RUN_METRICS", "TRAIN_ACC1", "TRAIN_LOSS", "VAL_ACC1", "VAL_ACC1_AUC", "VAL_ACC5",
+# The values each metric can take (low, high): reports keep intervals inside it and place a baseline
+# in it (`lab.py study calibrate`: its position as a fraction of high - low). val/acc1_auc is 0 at
+# chance and 1 when perfect from the first point (below chance it is slightly negative).
+RANGES: dict[str, tuple[float, float]] = {
+    TRAIN_LOSS: (0.0, math.inf), VAL_LOSS: (0.0, math.inf),
+    **{name: (0.0, 1.0) for name in (TRAIN_ACC1, VAL_ACC1, VAL_ACC1_AUC, VAL_ACC5, VAL_MIOU, VAL_PIXEL_ACC,
+                                     VAL_BOX_AP, VAL_BOX_AP50, VAL_BOX_AP75, VAL_MASK_AP, VAL_MASK_AP50)},
+}
+
+__all__ = ["MONITOR", "RANGES", "RUN_METRICS", "TRAIN_ACC1", "TRAIN_LOSS", "VAL_ACC1", "VAL_ACC1_AUC", "VAL_ACC5",
            "VAL_BOX_AP", "VAL_BOX_AP50", "VAL_BOX_AP75", "VAL_LOSS", "VAL_MASK_AP", "VAL_MASK_AP50", "VAL_MIOU",
            "VAL_PIXEL_ACC"]

@@ -1,10 +1,10 @@
-"""The ablation in words: a verdict for each difference to the baseline, a compact view of the
-ablation table for report.md, and the task's trivial level (`xvol_lab.study.trivial`) beside the
-baseline.
+"""The ablation in words: a verdict for each difference to the baseline (`verdicts`) with its
+minimum detectable effect, the controls' verdicts, a compact view of the ablation table for
+report.md, and the task's trivial level (`xvol_lab.study.trivial`) beside the baseline.
 
-A difference is *distinguishable* when its 95% interval excludes 0 and its Holm-corrected paired
-t-test p is below 0.05; then it is better or worse in the objective's direction. Otherwise it is
-"not distinguishable from all-conv at this budget" (or has too few paired seeds for an interval).
+A difference that is not distinguishable is written with its MDE beside it; when the study's
+positive control was not detected, the study says "this budget cannot detect effects of this size"
+instead (`blind`).
 """
 
 from __future__ import annotations
@@ -16,30 +16,39 @@ import pandas as pd
 
 from xvol_lab.errors import ConfigError
 from xvol_lab.markdown import format_number
-from xvol_lab.study import stats
 from xvol_lab.study.config import StudyConfig
+from xvol_lab.study.controls import POSITIVE, ROLE_LABEL
 from xvol_lab.study.report.frame import CONFIGURATION, DEVICE
 from xvol_lab.study.report.source import StudyData
 from xvol_lab.study.report.tables import objective_column
+from xvol_lab.study.report.verdicts import (
+    BETTER,
+    BLIND,
+    DETECTED,
+    FALSE_POSITIVE,
+    NOT_DETECTED,
+    SAME,
+    TOO_FEW,
+    WORSE,
+    mde_text,
+)
 from xvol_lab.study.trivial import DETECTION_METRICS, trivial_level
 from xvol_lab.tasks.metrics import VAL_ACC1, VAL_ACC5, VAL_MIOU, VAL_PIXEL_ACC
 
 log = logging.getLogger(__name__)
 
-BETTER, WORSE, SAME, TOO_FEW = "better", "worse", "not distinguishable", "too few seeds"
 TRIVIAL_HOW = {VAL_ACC1: "always the most frequent class", VAL_ACC5: "always the five most frequent classes",
                VAL_MIOU: "background everywhere", VAL_PIXEL_ACC: "background everywhere",
                **{m: "no detections" for m in DETECTION_METRICS}}
 
 
-def verdict(diff: float, low: float, high: float, p_holm: float, direction: str) -> str:
-    """`BETTER` / `WORSE` (interval excludes 0 and Holm p < 0.05, in the objective's `direction`),
-    `SAME` (not distinguishable), or `TOO_FEW` (no interval: fewer than 2 paired seeds)."""
-    if math.isnan(low) or math.isnan(high):
-        return TOO_FEW
-    if not (stats.excludes_zero(low, high) and stats.significant(p_holm)):
-        return SAME
-    return BETTER if (diff > 0) == (direction == "maximize") else WORSE
+def blind(data: StudyData, table: pd.DataFrame) -> bool:
+    """The study has a positive control and it was not detected on the first objective."""
+    rows = table[table[CONFIGURATION].str.startswith(ROLE_LABEL[POSITIVE])] if not table.empty else table
+    if data.config.controls.positive is None:
+        return False
+    label = objective_column(data.metric_names[0])
+    return rows.empty or rows[f"{label} verdict"].iloc[0] != DETECTED
 
 
 def signed(value: float) -> str:
@@ -53,13 +62,25 @@ def interval(low: float, high: float) -> str:
 
 
 def difference_text(label: str, row: pd.Series) -> str:
-    """``val/acc1 +0.012, 95% CI [-0.003, 0.027], Holm p 0.41 (3 seeds)``."""
+    """``val/acc1 +0.012, 95% CI [-0.003, 0.027], Holm p 0.41, MDE 0.031 (3 runs)``."""
     text = f"{label} {signed(row[f'{label} diff'])}"
     if not math.isnan(row[f"{label} diff_ci95_low"]):
         text += f", 95% CI {interval(row[f'{label} diff_ci95_low'], row[f'{label} diff_ci95_high'])}"
     if not math.isnan(row[f"{label} p_holm"]):
         text += f", Holm p {format_number(float(row[f'{label} p_holm']))}"
-    return text + f" ({int(row[f'{label} n'])} runs)"
+    return text + f", {mde_text(row[f'{label} mde'])} ({int(row[f'{label} n'])} runs)"
+
+
+def verdict_words(found: str, mde: float, is_blind: bool) -> str:
+    """A row's verdict against all-conv in words; "not distinguishable" always carries its MDE, and
+    becomes `BLIND` in a study whose positive control was not detected."""
+    if found in (SAME, TOO_FEW):
+        if is_blind:
+            return f"{BLIND} ({mde_text(mde)})"
+        return f"not distinguishable from all-conv at this budget ({mde_text(mde)})"
+    return {BETTER: "better than all-conv", WORSE: "worse than all-conv", DETECTED: "detected (worse than all-conv)",
+            NOT_DETECTED: f"NOT detected: {BLIND}", FALSE_POSITIVE: "distinguishable from all-conv: a false "
+            "positive of the test (it compares all-conv with itself)"}.get(found, found)
 
 
 def row_name(row: pd.Series) -> str:
@@ -72,27 +93,22 @@ def row_name(row: pd.Series) -> str:
 def ablation_findings(data: StudyData, table: pd.DataFrame) -> list[str]:
     """One sentence per configuration other than the baseline and objective, in table order."""
     out = []
+    is_blind = blind(data, table)
     for _, row in table.iterrows():
         if row[CONFIGURATION] == table.attrs.get("baseline"):
             continue
-        for metric, direction in zip(data.metric_names, data.directions, strict=True):
+        for metric in data.metric_names:
             label = objective_column(metric)
-            diff = row[f"{label} diff"]
-            if math.isnan(diff):
+            if math.isnan(row[f"{label} diff"]):
                 continue
-            found = verdict(diff, row[f"{label} diff_ci95_low"], row[f"{label} diff_ci95_high"],
-                            row[f"{label} p_holm"], direction)
-            words = {BETTER: "better than all-conv", WORSE: "worse than all-conv",
-                     SAME: "not distinguishable from all-conv at this budget",
-                     TOO_FEW: "too few paired seeds for an interval; not distinguishable from all-conv "
-                              "at this budget"}[found]
+            words = verdict_words(row[f"{label} verdict"], row[f"{label} mde"], is_blind)
             out.append(f"{row_name(row)}: {words} ({difference_text(label, row)})")
     return out
 
 
 def compact_ablation(data: StudyData, table: pd.DataFrame) -> pd.DataFrame:
     """The ablation table for reading: configuration, runs, seeds, and per objective the mean with
-    its interval, the paired difference with its interval, the Holm p and the mark."""
+    its interval, the paired difference with its interval, the Holm p, the MDE and the verdict."""
     keys = [CONFIGURATION, *([DEVICE] if DEVICE in table else [])]
     out = table[[*keys, "n", "seeds"]].copy()
     for metric in data.metric_names:
@@ -107,7 +123,8 @@ def compact_ablation(data: StudyData, table: pd.DataFrame) -> pd.DataFrame:
                                        table[f"{label} diff_ci95_low"], table[f"{label} diff_ci95_high"],
                                        strict=True)]
         out[f"{label} p (Holm)"] = table[f"{label} p_holm"]
-        out[f"{label} sig"] = table[f"{label} sig"]
+        out[f"{label} MDE"] = table[f"{label} mde"]
+        out[f"{label} verdict"] = table[f"{label} verdict"]
     return out
 
 

@@ -2,8 +2,11 @@
 
 - `seed_frame`: one long DataFrame with a row per counted complete trial and seed (the trial's user
   attrs ``seeds`` and ``per_seed``; a trial without them is one run with the study's base.seed and
-  its stored values): trial, configuration (whether it is all-conv, which stages it changes), the
-  operator of each stage, seed, every objective and cost metric, and the latency's device;
+  its stored values): trial, configuration (whether it is all-conv, which stages it changes), its
+  control role ('' for the others; a control's configuration is its row name, ``positive control:
+  <name>``), the operator of each stage, seed, the seed it pairs with (the baseline's: the negative
+  control's seeds shifted back to the baseline's), every objective and cost metric, and the
+  latency's device;
 - `counted_study`: an in-memory Optuna study holding the stored trials under their own numbers,
   the counted complete and pruned ones as they are and every other one as FAIL, for Optuna's
   importances and plots.
@@ -18,11 +21,13 @@ import pandas as pd
 from optuna.trial import TrialState, create_trial
 
 from xvol_lab.study.config import FLOPS_G, LATENCY_BATCH_MS, LATENCY_DEVICE, LATENCY_MS, PARAMS_M
+from xvol_lab.study.controls import NEGATIVE, NEGATIVE_SEED_OFFSET
 from xvol_lab.study.ledger import counted
 from xvol_lab.study.report.source import (
     StudyData,
     changed_stages,
     configuration_label,
+    control_role,
     is_all_conv,
     number_attr,
 )
@@ -34,6 +39,8 @@ CONFIGURATION = "configuration"
 SEED = "seed"
 DEVICE = "latency device"
 ALL_CONV = "all_conv"
+ROLE = "control"
+PAIR = "paired seed"
 CHANGED = "changed stages"
 STAGE_OPS = tuple(f"stage{i} op" for i in STAGES)
 COSTS = (PARAMS_M, FLOPS_G, LATENCY_MS, LATENCY_BATCH_MS)
@@ -66,20 +73,24 @@ def seed_frame(data: StudyData) -> pd.DataFrame:
     several seeds, the costs that do not depend on the seed (params, FLOPs) take the trial's value
     and the others stay NaN."""
     metrics = metric_columns(data)
-    columns = [TRIAL, CONFIGURATION, ALL_CONV, CHANGED, *STAGE_OPS, SEED, *metrics, DEVICE]
+    columns = [TRIAL, CONFIGURATION, ALL_CONV, CHANGED, ROLE, *STAGE_OPS, SEED, PAIR, *metrics, DEVICE]
     rows = []
+    controls = data.config.controls
     for trial in data.complete:
         spec = data.spec(trial)
         if spec is None:
             continue
+        role = control_role(trial)
         seeds = trial.user_attrs.get("seeds") or [data.config.base.seed]
         per_seed = trial.user_attrs.get("per_seed") or {}
-        base = {TRIAL: trial.number, CONFIGURATION: configuration_label(spec), ALL_CONV: is_all_conv(spec),
-                CHANGED: changed_stages(spec),
+        base = {TRIAL: trial.number,
+                CONFIGURATION: controls.label(role) if role else configuration_label(spec),
+                ALL_CONV: is_all_conv(spec) and not role, CHANGED: changed_stages(spec), ROLE: role,
                 **{col: stage.op for col, stage in zip(STAGE_OPS, spec.stages, strict=True)},
                 DEVICE: str(trial.user_attrs.get(DEVICE_ATTR) or "")}
+        shift = NEGATIVE_SEED_OFFSET if role == NEGATIVE else 0
         for i, seed in enumerate(seeds):
-            row = {**base, SEED: int(seed)}
+            row = {**base, SEED: int(seed), PAIR: int(seed) - shift}
             for metric in metrics:
                 if metric in per_seed:
                     row[metric] = _float(per_seed[metric][i])
@@ -98,9 +109,10 @@ def latency_devices(frame: pd.DataFrame) -> list[str]:
 
 def counted_study(data: StudyData) -> optuna.Study:
     """The stored trials in an in-memory study under the same numbers: counted complete and pruned
-    trials with their params, values and per-epoch values; every other trial as an empty FAIL."""
+    trials with their params, values and per-epoch values; every other trial (controls included) as
+    an empty FAIL."""
     study = in_memory_study(data.directions)
-    complete = {t.number for t in data.complete}
+    complete = {t.number for t in data.complete if not control_role(t)}  # controls are no point of the space
     pruned = {t.number for t in counted(data.trials) if t.state == TrialState.PRUNED}
     trials = []
     for t in data.trials:

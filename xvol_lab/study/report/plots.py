@@ -136,9 +136,10 @@ def ablation_figure(data: StudyData, table: pd.DataFrame) -> Figure:
 
 def stage_effect_figure(data: StudyData, table: pd.DataFrame) -> Figure:
     """Per searched stage and objective: each operator's mean over its runs with the 95% interval
-    (`stage_effects_table`)."""
+    (`stage_effects_table`; adaptive samplers: the runs' min and max, descriptive)."""
     if table.empty:
         raise NoData(table.attrs.get("note", "no complete trial yet"))
+    valid = f"{_labels(data)[0]} ci95_low" in table
     stages = list(dict.fromkeys(table["stage"]))
     labels = _labels(data)
     fig = Figure(figsize=(max(5.0, 3.2 * len(stages)), 3 * len(labels)), layout="constrained")
@@ -149,8 +150,8 @@ def stage_effect_figure(data: StudyData, table: pd.DataFrame) -> Figure:
             part = table[table["stage"] == stage].reset_index(drop=True)
             ticks = [op if DEVICE not in part or not part.loc[i, DEVICE] else f"{op} [{part.loc[i, DEVICE]}]"
                      for i, op in enumerate(part["op"])]
-            ax.errorbar(range(len(part)), part[f"{label} mean"],
-                        yerr=_yerr(part, f"{label} mean", f"{label} ci95_low", f"{label} ci95_high"),
+            low, high = (f"{label} ci95_low", f"{label} ci95_high") if valid else (f"{label} min", f"{label} max")
+            ax.errorbar(range(len(part)), part[f"{label} mean"], yerr=_yerr(part, f"{label} mean", low, high),
                         fmt="o", capsize=4, color="tab:blue")
             for x, n in enumerate(part["n"]):
                 mean = part.loc[x, f"{label} mean"]
@@ -162,5 +163,5 @@ def stage_effect_figure(data: StudyData, table: pd.DataFrame) -> Figure:
             ax.set_title(f"stage {stage}", fontsize="medium")
             if col == 0:
                 ax.set_ylabel(label)
-    fig.suptitle(f"{data.name}: by operator (mean, 95% CI)")
+    fig.suptitle(f"{data.name}: by operator (mean, {'95% CI' if valid else 'min-max of the runs, descriptive'})")
     return fig

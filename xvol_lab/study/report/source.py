@@ -21,6 +21,7 @@ from xvol_lab.errors import ConfigError
 from xvol_lab.models import BackboneSpec, StageSpec, build_classifier
 from xvol_lab.models.cost import count_flops
 from xvol_lab.study.config import FLOPS_G, StudyConfig, load_study_config
+from xvol_lab.study.controls import CONTROL_ATTR
 from xvol_lab.study.ledger import Tally, counted, tally
 from xvol_lab.study.space import spec_of
 from xvol_lab.study.standing import complete_trials, retried_as, state_and_reason
@@ -72,6 +73,12 @@ def configuration_label(spec: BackboneSpec) -> str:
                      for label, where in groups.items())
 
 
+def control_role(trial: FrozenTrial) -> str:
+    """'positive' / 'negative' for a control's trial, '' for the others."""
+    role = trial.user_attrs.get(CONTROL_ATTR)
+    return role if isinstance(role, str) else ""
+
+
 def wall_seconds(trial: FrozenTrial) -> float:
     """datetime_complete - datetime_start in seconds; NaN while the trial runs or waits."""
     if trial.datetime_start is None or trial.datetime_complete is None:
@@ -115,9 +122,14 @@ class StudyData:
         return shown_url(self.url)
 
     def spec(self, trial: FrozenTrial) -> BackboneSpec | None:
-        """The trial's architecture; None while it has no complete point of the space (waiting, or
-        params that do not fit the study file any more; see `bad_params`)."""
+        """The trial's architecture (a control's: from the study file's `controls`); None while it has
+        no complete point of the space (waiting, or params that do not fit the study file any more;
+        see `bad_params`)."""
         if trial.number not in self._specs:
+            role = control_role(trial)
+            if role in self.config.controls.roles and self.config.baseline_spec is not None:
+                self._specs[trial.number] = self.config.controls.spec(role, self.config.baseline_spec)
+                return self._specs[trial.number]
             try:
                 self._specs[trial.number] = spec_of(self.config.space, self.config.base.model, trial.params)
             except ValueError as err:

@@ -19,8 +19,9 @@ from matplotlib.figure import Figure
 
 from xvol_lab.errors import ConfigError
 from xvol_lab.markdown import format_number, markdown_table
+from xvol_lab.study.controls import NEGATIVE
 from xvol_lab.study.progress import best_text
-from xvol_lab.study.report.findings import ablation_findings, baseline_text, compact_ablation, trivial_text
+from xvol_lab.study.report.findings import ablation_findings, baseline_text, blind, compact_ablation, trivial_text
 from xvol_lab.study.report.frame import counted_study
 from xvol_lab.study.report.plots import (
     NoData,
@@ -32,14 +33,16 @@ from xvol_lab.study.report.plots import (
     pareto_figure,
     stage_effect_figure,
 )
-from xvol_lab.study.report.source import StudyData
+from xvol_lab.study.report.source import StudyData, control_role
 from xvol_lab.study.report.tables import (
+    NON_ADAPTIVE,
     ablation_table,
     importance_table,
     pareto_table,
     stage_effects_table,
     trials_table,
 )
+from xvol_lab.study.report.verdicts import BLIND
 from xvol_lab.study.summary import counts_text
 
 log = logging.getLogger(__name__)
@@ -126,7 +129,8 @@ def _plots(data: StudyData,
     study = counted_study(data)
     return {
         "ablation": ("Difference to all-conv (95% CI)", lambda: ablation_figure(data, tables["ablation"][1])),
-        "stage_effects": ("Objective by operator and stage (95% CI)",
+        "stage_effects": ("Objective by operator and stage (95% CI)" if data.config.sampler.name in NON_ADAPTIVE else
+                          "Objective by operator and stage (min-max of the runs, descriptive)",
                           lambda: stage_effect_figure(data, tables["stage_effects"][1])),
         "history": ("Optimization history", lambda: history_figure(data, study)),
         "importance": ("Parameter importance",
@@ -156,7 +160,8 @@ def seeds_text(data: StudyData) -> str:
     if not runs:
         return "none yet"
     counts = sorted({len(r) for r in runs})
-    seeds = sorted({s for r in runs for s in r})
+    paired = [r for t, r in zip(data.complete, runs, strict=True) if control_role(t) != NEGATIVE]
+    seeds = sorted({s for r in paired or runs for s in r})  # the negative control's disjoint seeds left out
     n = str(counts[0]) if len(counts) == 1 else f"{counts[0]} to {counts[-1]}"
     return f"{n} ({', '.join(map(str, seeds))})"
 
@@ -166,10 +171,15 @@ def _ablation_lines(data: StudyData, table: pd.DataFrame, trivial: str) -> list[
     configuration."""
     if table.empty:
         return []
-    lines = ["Mean over runs with its 95% t interval; difference to all-conv paired by seed with its "
-             "95% t interval; p: paired t-test, Holm-corrected across rows (`*`: below 0.05). "
+    lines = ["Mean over runs with its 95% interval; difference to all-conv paired by seed with its "
+             "95% t interval; p: paired t-test (sequential where seeds were added while undecided), "
+             "Holm-corrected across rows; MDE: the smallest difference detected with 80% power at that "
+             "level, from the spread of the paired differences. Controls: the positive control must be "
+             "detected, the negative control (all-conv under other seeds) not distinguishable. "
              "The table file adds std, the exact sign-flip p and the costs.", "",
              markdown_table(compact_ablation(data, table))]
+    if blind(data, table):
+        lines[2:2] = [f"**{BLIND}**: the positive control was not detected.", ""]
     baseline = baseline_text(data, table, trivial)
     if baseline:
         lines[2:2] = [f"Baseline: {baseline}.", ""]

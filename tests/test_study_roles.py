@@ -1,0 +1,89 @@
+"""The worker's side of controls and added seeds (`xvol_lab.study.roles`, `SeedRunner.run`), without
+training: seed outcomes are written as result files or returned by a stand-in for the trial process."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from optuna.trial import FixedTrial, create_trial
+
+from xvol_lab.study import roles, sequential
+from xvol_lab.study.config import load_study_config
+from xvol_lab.study.files import RESULT, write_json
+from xvol_lab.study.outcome import Outcome
+from xvol_lab.study.progress import LogView
+from xvol_lab.study.seeds import SeedRunner, seed_dir
+
+BASE = [0.60, 0.64, 0.58, 0.62, 0.66]
+
+
+@pytest.fixture
+def config(tmp_path):
+    data = {"base": {"data": {"name": "shapes", "root": str(tmp_path / "data"), "image_size": 16,
+                              "num_train": 64, "num_val": 32, "batch_size": 16, "num_workers": 0},
+                     "model": {"block": "basic", "depths": [1, 1, 1, 1], "width_mult": 0.125, "stem": "small"},
+                     "trainer": {"accelerator": "cpu"}},
+            "space": {"stages": {3: {"op": ["conv", "pssa"]}}},
+            "sampler": {"name": "grid"}, "budget": {"epochs": 1, "seeds": {"min": 3, "max": 5}},
+            "controls": {"positive": {"name": "SA in stage 4", "params": {"stage4.op": "sa"}},
+                         "negative": {"name": "itself"}}}
+    path = tmp_path / "roles.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return load_study_config(path)[1]
+
+
+def baseline_trial(tmp_path: Path, values: list[float]):
+    trial_dir = tmp_path / "trial_0"
+    for seed, value in enumerate(values):
+        seed_dir(trial_dir, seed).mkdir(parents=True)
+        write_json(seed_dir(trial_dir, seed) / RESULT, {"state": "complete", "values": [value], "metrics": {}})
+    return create_trial(values=[0.6], user_attrs={roles.BASELINE_ATTR: True, "trial_dir": str(trial_dir)})
+
+
+def test_controls_get_their_network_seeds_and_mark(config):
+    trial = FixedTrial({})
+    spec = roles.trial_spec(config, trial, "positive")
+    assert [s.op for s in spec.stages] == ["conv", "conv", "conv", "sa"]
+    assert trial.user_attrs == {"control": "positive"}
+    assert roles.trial_seeds(config, "negative") == [10000, 10001, 10002, 10003, 10004]
+    assert roles.trial_seeds(config, "positive") == roles.trial_seeds(config, None) == [0, 1, 2, 3, 4]
+    baseline = FixedTrial({"stage3.op": "conv"})
+    assert roles.trial_spec(config, baseline, "baseline").stages[2].op == "conv"
+    assert baseline.user_attrs == {"baseline": True}
+
+
+def test_stop_rule_reads_the_baseline_and_decides_by_the_design(config, tmp_path):
+    trials = [baseline_trial(tmp_path, BASE[:4])]  # seed 4 of the baseline not finished yet
+    assert roles.stop_rule(config, lambda: trials, "baseline") is None
+    decided = roles.stop_rule(config, lambda: trials, None)
+    rows = config.n_trials - 1  # 2 grid points + 2 controls, all but the baseline
+    far = [b - 0.3 + 0.001 * i for i, b in enumerate(BASE)]
+    assert rows == 3 and decided(far[:3])
+    assert sequential.sequential_p([f - b for f, b in zip(far[:3], BASE, strict=False)],
+                                   config.budget.design) < 0.05 / 3
+    assert not decided(far[:2])  # before the first look
+    close = [b + d for b, d in zip(BASE, [0.01, -0.02, 0.015, 0.0, 0.01], strict=True)]
+    assert not decided(close[:4])
+    assert not decided(far[:5])  # the baseline has no seed 4 yet: the look is skipped, not decided
+
+
+def test_seed_runner_stops_when_decided_and_keeps_the_pruner_off_controls(config, tmp_path, monkeypatch):
+    calls = []
+
+    def fake_seed(self, number, run_dir, run_config, index, prune):
+        calls.append((run_config.seed, prune))
+        return Outcome("complete", values=[0.3 + 0.01 * index], attrs={"val/acc1": 0.3})
+
+    monkeypatch.setattr(SeedRunner, "_run_seed", fake_seed)
+    runner = SeedRunner("roles", config, "sqlite://", LogView())
+    spec = roles.trial_spec(config, FixedTrial({}), "positive")
+    outcome = runner.run(7, spec, tmp_path / "trial_7", seeds=[0, 1, 2, 3, 4],
+                         decided=lambda values: len(values) >= 3, prune=False)
+    assert calls == [(0, False), (1, False), (2, False)]
+    assert outcome.state == "complete" and outcome.attrs["seeds"] == [0, 1, 2]
+    assert outcome.values == pytest.approx([0.31])
+    calls.clear()
+    runner.run(8, spec, tmp_path / "trial_8")  # no rule: every seed of the study
+    assert [seed for seed, _ in calls] == [0, 1, 2, 3, 4] and all(prune for _, prune in calls)
