@@ -39,11 +39,25 @@ def placement(meta: dict, prefix: str) -> Placement:
                      tuple(float(meta[prefix + c]) for c in "rgb"))
 
 
-def centre_unit_input_grad(size: int, stage: int, seed: int, batch: int) -> torch.Tensor:
+SMALL_STEM = BackboneSpec(depths=(2, 2, 2, 2), width_mult=0.25, stem="small")
+
+
+def positive_control_spec() -> BackboneSpec:
+    """The small-stem ResNet-18 with the stage changes of op_ablation's positive control."""
+    study = yaml.safe_load((REPO / "studies" / "op_ablation.yaml").read_text())
+    spec = SMALL_STEM
+    for key, value in study["controls"]["positive"]["params"].items():
+        stage, field = key.removeprefix("stage").split(".")
+        spec = spec.with_stage(int(stage), **{field: value})
+    return spec
+
+
+def centre_unit_input_grad(size: int, stage: int, seed: int, batch: int,
+                           spec: BackboneSpec = SMALL_STEM) -> torch.Tensor:
     """|d (centre unit of stage `stage`, all channels) / d input|, summed over the batch and colour
-    channels, for the small-stem ResNet-18 initialised with `seed` on `batch` random inputs."""
+    channels, for the network of `spec` initialised with `seed` on `batch` random inputs."""
     torch.manual_seed(seed)
-    net = build_backbone(BackboneSpec(depths=(2, 2, 2, 2), width_mult=0.25, stem="small")).eval()
+    net = build_backbone(spec).eval()
     x = torch.randn(batch, 3, size, size, requires_grad=True)
     feature = net.forward_features(x)[stage - 1]
     centre = feature.shape[-1] // 2
@@ -51,13 +65,13 @@ def centre_unit_input_grad(size: int, stage: int, seed: int, batch: int) -> torc
     return x.grad.abs().sum((0, 1))
 
 
-def receptive_field(size: int, stage: int) -> int:
+def receptive_field(size: int, stage: int, spec: BackboneSpec = SMALL_STEM) -> int:
     """Side in pixels of the input region that a stage-`stage` unit at the centre depends on:
     the support of the gradient of that unit (all channels) w.r.t. the input, over random inputs
     and two random initialisations of the small-stem ResNet-18 (the theoretical receptive field)."""
     support = torch.zeros(size, size, dtype=torch.bool)
     for seed in range(2):
-        support |= centre_unit_input_grad(size, stage, seed, batch=2) > 0
+        support |= centre_unit_input_grad(size, stage, seed, batch=2, spec=spec) > 0
     rows, cols = support.nonzero(as_tuple=True)
     return int(max(rows.max() - rows.min(), cols.max() - cols.min())) + 1
 
@@ -108,6 +122,16 @@ def test_no_stage2_unit_sees_both_shapes_at_the_proxy_size():
     # a window of rf x rf pixels holds two pixels only if they are < rf apart (Chebyshev)
     assert min(gaps) >= rf
     assert min(meta["gap"] for meta in metas) >= rf  # the recorded relation distance agrees
+
+
+def test_no_unit_of_the_positive_control_sees_both_discs():
+    # op_ablation's positive control mixes no pixels after stage 2: its last stage's units see what
+    # one stage-2 unit sees, less than the discs' smallest distance (the test above)
+    spec = positive_control_spec()
+    assert all(stage.op == "pointwise" for stage in spec.stages[2:])
+    size = proxy_size()
+    assert receptive_field(size, 4, spec) == receptive_field(size, 3, spec) == receptive_field(size, 2) == 25
+    assert receptive_field(size, 4) == size  # the all-conv network's stage 4 sees the whole image
 
 
 def test_label_is_the_hue_offset_and_the_painted_hues_agree():

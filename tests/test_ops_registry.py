@@ -18,6 +18,7 @@ VARIANTS = {
     "pssa": [{}, {"shift": 2, "dirs": 4, "heads": 2}, {"stack": 2}],
     "xvol_sa": [{}, {"kernel_size": 1, "heads": 2}],
     "xvol_pssa": [{}, {"shift": 3, "dirs": 4, "heads": 4}, {"stack": 3, "shift": 2}],
+    "pointwise": [{}],
 }
 CASES = [(name, opts) for name in NAMES for opts in VARIANTS[name]]
 
@@ -122,7 +123,7 @@ def test_default_heads_use_head_dim_64():
 
 
 @pytest.mark.parametrize("name,kwargs,message", [
-    ("nope", {}, "unknown operator 'nope'; expected one of conv, sa, pssa, xvol_sa, xvol_pssa"),
+    ("nope", {}, "unknown operator 'nope'; expected one of conv, sa, pssa, xvol_sa, xvol_pssa, pointwise"),
     ("pssa", {"shift": 0}, "shift: got 0, expected an integer >= 1"),
     ("xvol_pssa", {"heads": 3}, "heads: got 3, expected a positive divisor of out_chs=16"),
     ("pssa", {"dirs": 6}, "dirs: got 6, expected 4 or 8"),
@@ -131,12 +132,21 @@ def test_default_heads_use_head_dim_64():
     ("pssa", {"stack": 0}, "stack: got 0, expected an integer >= 1"),
     ("sa", {"shift": 2}, "shift: not an option of op 'sa'; expected one of heads"),
     ("conv", {"heads": 2}, "heads: not an option of op 'conv'; expected one of kernel_size"),
+    ("pointwise", {"kernel_size": 3}, "kernel_size: not an option of op 'pointwise'; expected one of none"),
 ])
 def test_bad_options_fail_at_construction(name, kwargs, message):
     stride = kwargs.pop("stride", 1)
     with pytest.raises(ValueError) as err:
         create_op(name, 8, 16, stride, **kwargs)
     assert message in str(err.value)
+
+
+def test_pointwise_mixes_no_pixels():
+    # each output pixel depends on the input pixel at (stride * i, stride * j) alone
+    op = create_op("pointwise", 3, 4, 2).eval()
+    x = torch.randn(1, 3, 7, 7, requires_grad=True)
+    op(x)[0, :, 1, 2].sum().backward()
+    assert (x.grad.abs().sum(1)[0] > 0).nonzero().tolist() == [[2, 4]]
 
 
 def test_reparameterize_copies_unless_inplace():

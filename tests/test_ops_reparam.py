@@ -18,6 +18,7 @@ GRID += [("pssa", s, {"shift": L, "dirs": d, "heads": h})
          for s, L, d, h in itertools.product([1, 2], [1, 3], [4, 8], [1, 4])]
 GRID += [("sa", s, {"heads": h}) for s, h in itertools.product([1, 2], [1, 4])]
 GRID += [("conv", s, {"kernel_size": k}) for s, k in itertools.product([1, 2], [1, 3, 5])]
+GRID += [("pointwise", s, {}) for s in (1, 2)]
 IDS = [f"{n}-s{s}-" + "-".join(f"{k}{v}" for k, v in o.items()) for n, s, o in GRID]
 
 

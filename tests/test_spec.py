@@ -124,7 +124,7 @@ def test_python_lists_are_stored_as_tuples() -> None:
     assert spec.width_mult == 1.0 and isinstance(spec.width_mult, float)
 
 
-OPS_LIST = "conv, sa, pssa, xvol_sa, xvol_pssa"
+OPS_LIST = "conv, sa, pssa, xvol_sa, xvol_pssa, pointwise"
 
 
 def _set(data: dict, path: str, value: object) -> dict:

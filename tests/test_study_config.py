@@ -11,7 +11,7 @@ from xvol_lab.errors import ConfigError
 from xvol_lab.ops import OPS
 from xvol_lab.study.config import STUDIES_DIR, list_study_files, load_study_config
 
-OPS_LIST = "conv, sa, pssa, xvol_sa, xvol_pssa"
+OPS_LIST = "conv, sa, pssa, xvol_sa, xvol_pssa, pointwise"
 
 BAD = [
     # (changes to the tiny study, message after "<file>: ")
@@ -31,8 +31,8 @@ BAD = [
      "space.place.1: got 2, expected a stage listed under stages (3)"),
     ({"objectives": [{"metric": "val/acc", "direction": "maximize"}]},
      "objectives.0.metric: got 'val/acc', expected one of train/loss, train/acc1, val/loss, val/acc1, "
-     "val/acc5, val/miou, val/pixel_acc, val/box_ap, val/box_ap50, val/box_ap75, val/mask_ap, val/mask_ap50, "
-     "latency_ms, params_m, flops_g, latency_batch_ms"),
+     "val/acc5, val/acc1_auc, val/miou, val/pixel_acc, val/box_ap, val/box_ap50, val/box_ap75, val/mask_ap, "
+     "val/mask_ap50, latency_ms, params_m, flops_g, latency_batch_ms"),
     ({"objectives": [{"metric": "val/acc1", "direction": "up"}]},
      "objectives.0.direction: got 'up', expected one of 'maximize', 'minimize'"),
     ({"enqueue": [{"stage3.op": "sa"}]},
@@ -147,7 +147,8 @@ def test_shipped_classification_studies_and_budgets():
     loaded = {n: load_study_config(n) for n in CLASSIFICATION_STUDIES}
     assert all(name == n and config.description for n, (name, config) in loaded.items())
     sizes = {n: config.n_trials for n, (_, config) in loaded.items()}
-    assert sizes == {"stage_search": 10, "stage_ablation": 5, "op_ablation": 5, "shift_ablation": 4,
+    # the ablations: their grid and a positive and a negative control
+    assert sizes == {"stage_search": 10, "stage_ablation": 7, "op_ablation": 7, "shift_ablation": 7,
                      "pareto_search": 10}
     _, pareto = load_study_config("pareto_search")
     assert pareto.metric_names == ["val/acc1", "latency_ms", "params_m"]
@@ -155,6 +156,12 @@ def test_shipped_classification_studies_and_budgets():
     _, search = load_study_config("stage_search")
     assert search.plan == ({f"stage{i}.op": "conv" for i in (1, 2, 3, 4)},)
     assert (search.sampler.name, search.pruner.name) == ("tpe", "median")
+    assert search.pruner.n_warmup_steps == 2  # Optuna prunes from step n_warmup_steps: not after epoch 1
+    for name in ("op_ablation", "stage_ablation", "shift_ablation"):  # the ceiling-free primary metric
+        config = loaded[name][1]
+        assert config.metric_names[0] == "val/acc1_auc" and config.base.trainer.curve_points >= 4
+        assert config.controls.positive.params == {"stage3.op": "pointwise", "stage4.op": "pointwise"}
+        assert config.controls.negative is not None
 
 
 def test_resolve_names_and_paths(tmp_path: Path):

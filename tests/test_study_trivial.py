@@ -21,6 +21,11 @@ def test_classification_is_the_majority_class_rate(tiny_study):
     _, config = load_study_config(tiny_study(base={"data": {"name": "shapes-context", "image_size": 32,
                                                             "num_classes": 2, "num_val": 1000}}))
     assert trivial_level(config) == {"val/acc1": 0.5}
+    objectives = [{"metric": "val/acc1_auc", "direction": "maximize"}, {"metric": "val/acc1", "direction": "maximize"}]
+    _, config = load_study_config(tiny_study(base={"data": {"name": "shapes-context", "image_size": 32,
+                                                            "num_classes": 2, "num_val": 1000},
+                                                   "trainer": {"curve_points": 4}}, objectives=objectives))
+    assert trivial_level(config) == {"val/acc1_auc": 0.0, "val/acc1": 0.5}  # the curve rescales chance to 0
 
 
 def test_segmentation_is_background_everywhere_scored_by_hand(tiny_study, tmp_path):

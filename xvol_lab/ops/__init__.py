@@ -1,4 +1,5 @@
-"""X-volution operators: conv, sa, pssa, xvol_sa, xvol_pssa; registry and re-parameterization."""
+"""X-volution operators: conv, sa, pssa, xvol_sa, xvol_pssa (and pointwise, an ablation row); registry and
+re-parameterization."""
 
 from xvol_lab.ops.attention_functions import global_attention, pixel_shift_attention, pssa_taps
 from xvol_lab.ops.base import ReparamOp

@@ -9,6 +9,7 @@ from torch import nn
 from xvol_lab.ops.attention_ops import PixelShiftSelfAttention, SelfAttention
 from xvol_lab.ops.base import ReparamOp
 from xvol_lab.ops.conv import ConvBN
+from xvol_lab.ops.pointwise import PointwiseBN
 from xvol_lab.ops.xvolution import XVolutionPSSA, XVolutionSA
 
 OPS: dict[str, type[ReparamOp]] = {
@@ -17,6 +18,7 @@ OPS: dict[str, type[ReparamOp]] = {
     "pssa": PixelShiftSelfAttention,
     "xvol_sa": XVolutionSA,
     "xvol_pssa": XVolutionPSSA,
+    "pointwise": PointwiseBN,  # no spatial mixing: the positive control of the long-range proxy
 }
 
 

@@ -6,6 +6,7 @@ predicting background everywhere". Per metric:
 - ``val/acc1`` (``val/acc5``): always predicting the most frequent validation class (its five most
   frequent). The generated classification sets are balanced (image i has label i mod K), so this
   is ceil(V / K) / V, i.e. chance 1 / K; other datasets are counted from their validation labels.
+- ``val/acc1_auc``: 0, by construction (the area under the learning curve rescales chance to 0).
 - ``val/miou``, ``val/pixel_acc``: predicting background (label 0) for every pixel, scored by the
   task's own metric (`segmentation_metrics`) on the validation masks as the network sees them.
   With IoU averaged over the classes present in prediction or target, that is the background IoU
@@ -30,6 +31,7 @@ from xvol_lab.data.config import BALANCED_NAMES, DataConfig
 from xvol_lab.study.config import StudyConfig
 from xvol_lab.tasks.metrics import (
     VAL_ACC1,
+    VAL_ACC1_AUC,
     VAL_ACC5,
     VAL_BOX_AP,
     VAL_BOX_AP50,
@@ -64,6 +66,11 @@ def majority_class_scores(data: DataConfig) -> dict[str, float]:
     return {VAL_ACC1: sum(counts[:1]) / total, VAL_ACC5: sum(counts[:5]) / total}
 
 
+def _classification_levels(data: DataConfig) -> dict[str, float]:
+    """The majority class's accuracies; `val/acc1_auc` rescales chance to 0, so its level is 0."""
+    return {**majority_class_scores(data), VAL_ACC1_AUC: 0.0}
+
+
 def _val_label_counts(data: DataConfig) -> Counter[int]:
     """How many validation images each class has."""
     if data.name in BALANCED_NAMES:  # label = index mod K
@@ -96,7 +103,7 @@ def _nothing_detected(data: DataConfig) -> dict[str, float]:
 
 # TaskRecord.trivial -> (the metrics it gives a level, their levels on a dataset)
 _LEVELS: dict[Trivial, tuple[tuple[str, ...], Callable[[DataConfig], dict[str, float]]]] = {
-    "majority_class": ((VAL_ACC1, VAL_ACC5), majority_class_scores),
+    "majority_class": ((VAL_ACC1, VAL_ACC5, VAL_ACC1_AUC), _classification_levels),
     "all_background": ((VAL_MIOU, VAL_PIXEL_ACC), all_background_scores),
     "zero": (DETECTION_METRICS, _nothing_detected),
 }

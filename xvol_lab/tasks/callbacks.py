@@ -17,6 +17,7 @@ from torchmetrics import Metric
 
 from xvol_lab.atomic import file_mode
 from xvol_lab.data.sampler import ResumableLoader
+from xvol_lab.tasks.metrics import RUN_METRICS
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +49,8 @@ class EpochHistory(Callback):
 
     def best(self) -> dict[str, float]:
         """The record of the best epoch by `monitor` (earliest on ties), with ``best_epoch`` counted
-        from 1 (the number of epochs trained); ``{}`` when no epoch was validated."""
+        from 1 (the number of epochs trained), and the metrics of the whole run (`RUN_METRICS`) of the
+        last validated epoch; ``{}`` when no epoch was validated."""
         scored = [r for r in self.history if self.monitor in r]
         if not scored:
             return {}
@@ -56,6 +58,7 @@ class EpochHistory(Callback):
         record = max(scored, key=lambda r: sign * r[self.monitor])
         best = {k: v for k, v in record.items() if k != "epoch"}
         best["best_epoch"] = record["epoch"] + 1.0
+        best.update({k: v for k, v in self.history[-1].items() if k in RUN_METRICS})
         return best
 
     def state_dict(self) -> dict[str, Any]:

@@ -114,7 +114,9 @@ class TrainerConfig:
     each GPU sees a few images, off otherwise. `accumulate_grad_batches` batches make one optimiser
     step. `compile` runs the network through `torch.compile` with `compile_backend` (detection:
     the backbone and FPN alone); `channels_last` stores the network and its image batches in the
-    channels-last memory format.
+    channels-last memory format. `curve_points` > 0 (classification) measures validation accuracy
+    that many times per epoch on the first `curve_images` validation images and logs the area under
+    that learning curve, ``val/acc1_auc`` (`xvol_lab.tasks.curve`).
     """
 
     max_epochs: int = 5
@@ -134,9 +136,13 @@ class TrainerConfig:
     compile: bool = False
     compile_backend: CompileBackend = "inductor"
     channels_last: bool = False
+    curve_points: int = 0
+    curve_images: int = 250
 
     def __post_init__(self) -> None:
-        for name in ("max_epochs", "num_nodes", "log_every_n_steps", "check_val_every_n_epoch",
+        if self.curve_points < 0:
+            raise ValueError(f"curve_points: got {self.curve_points}, expected an integer >= 0 (0: no curve)")
+        for name in ("curve_images", "max_epochs", "num_nodes", "log_every_n_steps", "check_val_every_n_epoch",
                      "accumulate_grad_batches"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}: got {getattr(self, name)}, expected an integer >= 1")
@@ -190,6 +196,9 @@ class RunConfig:
         if self.data.name not in datasets:
             raise ValueError(f"data.name: got {self.data.name!r} for task {self.task!r}, expected one of "
                              f"{', '.join(datasets)}")
+        if self.trainer.curve_points and self.task != "classification":
+            raise ValueError(f"trainer.curve_points: got {self.trainer.curve_points} for task {self.task!r}, "
+                             "expected 0 (the learning curve is a classification metric)")
 
 
 

@@ -34,6 +34,7 @@ from xvol_lab.schema import to_dict
 from xvol_lab.tasks.callbacks import EpochHistory, PreemptionCheckpoint, ProgressBar
 from xvol_lab.tasks.cluster import cluster_plugins
 from xvol_lab.tasks.config import RunConfig, dump_run_config
+from xvol_lab.tasks.curve import LearningCurve
 from xvol_lab.tasks.execution import deterministic_mode, effective_optim, sync_batchnorm
 from xvol_lab.tasks.registry import task_record
 from xvol_lab.tasks.transfer import init_backbone
@@ -95,7 +96,9 @@ def build_trainer(config: RunConfig, run_dir: Path, *, callbacks: Iterable[Callb
     record = task_record(config.task)
     monitor, mode = record.monitor, record.mode
     t = config.trainer
-    extra = [ProgressBar(t.log_every_n_steps)] if progress else []
+    extra: list[Callback] = [ProgressBar(t.log_every_n_steps)] if progress else []
+    if t.curve_points:
+        extra.append(LearningCurve(t.curve_points, t.curve_images))
     return L.Trainer(
         max_epochs=t.max_epochs, accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes,
         strategy=t.strategy, precision=t.precision, limit_train_batches=t.limit_train_batches,
