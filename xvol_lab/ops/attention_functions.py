@@ -80,12 +80,15 @@ def pixel_shift_aggregate(weights: Tensor, v: Tensor, taps: tuple[Tap, ...], str
     pad = max(max(abs(ty), abs(tx)) for ty, tx in taps)
     vp = F.pad(v, (pad, pad, pad, pad))
     shifted = [_shifted(vp, t, pad, (ho, wo), stride).view(b, heads, c // heads, ho, wo) for t in taps]
+    start = 0
     if out is None:  # splitting C of a (B, C, H', W') tensor is a view in every layout; merging back is not
-        out = torch.empty((b, c, ho, wo), dtype=v.dtype, device=v.device, memory_format=_layout(v)).zero_()
+        out = torch.empty((b, c, ho, wo), dtype=v.dtype, device=v.device, memory_format=_layout(v))
+        out.view(b, heads, c // heads, ho, wo).copy_(weights[:, :, :1] * shifted[0])  # first tap: a product
+        start = 1
     acc = out.view(b, heads, c // heads, ho, wo)
-    for j in range(len(taps)):
+    for j in range(start, len(taps)):
         acc = acc.addcmul_(weights[:, :, j: j + 1], shifted[j])
-    return out
+    return acc.reshape(b, c, ho, wo)  # a view of `out`; returned from `acc` so that traced exports see the sums
 
 
 def _layout(t: Tensor) -> torch.memory_format:

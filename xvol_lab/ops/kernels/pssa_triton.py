@@ -17,6 +17,8 @@ Importing this module registers the CUDA kernels; `TRITON_INTERPRET=1` runs the 
 
 from __future__ import annotations
 
+import os
+
 import torch
 import triton
 import triton.language as tl
@@ -213,6 +215,8 @@ _TUNED[_pssa_bwd_key_kernel] = triton.autotune(configs=CONFIGS, key=["d", "heigh
 def _launch(kernel, grid_pixels: int, rows: int, config: triton.Config | None, *args, **kwargs) -> None:
     """Run `kernel` autotuned, or with `config`: one program per (row, block of `grid_pixels`)."""
     grid = lambda meta: (rows, triton.cdiv(grid_pixels, meta["BP"]))  # noqa: E731
+    if config is None and os.environ.get("TRITON_INTERPRET") == "1":
+        config = CONFIGS[0]  # the interpreter has no device timer to autotune with
     if config is None:
         _TUNED[kernel][grid](*args, **kwargs)
     else:
