@@ -177,7 +177,7 @@ def _fake_worker(path: str, runs: str, log: str) -> None:
     """A worker whose trials 'train' in 50 ms and log their point (for the race test)."""
     _, config = load_study_config(path)
 
-    def train(self, trial):
+    def train(self, trial, role=None):
         from xvol_lab.study.space import suggest_spec
 
         suggest_spec(trial, self.config.space, self.config.base.model)
