@@ -32,7 +32,7 @@ from torchvision.models.detection import maskrcnn_resnet50_fpn  # noqa: E402
 
 from xvol_lab.allocator import keep_freed_memory  # noqa: E402
 from xvol_lab.models import BackboneSpec  # noqa: E402
-from xvol_lab.models.detection import build_detector, from_torchvision_keys  # noqa: E402
+from xvol_lab.models.detection import DetectorConfig, build_detector, from_torchvision_keys  # noqa: E402
 
 NUM_CLASSES = 90  # torchvision's default 91 outputs include the background
 # Enough ground-truth boxes that every model fills its quota of 32 positive RoIs per image (ground
@@ -96,12 +96,13 @@ def main() -> None:
     repeats = 3 if args.quick else 9
     size, batch = (256, 2) if device.type == "cpu" else (512, 4)
     sizes = dict(min_size=size, max_size=size, **SAMPLING)
+    detector = DetectorConfig(**sizes)
     conv = BackboneSpec.preset("resnet50")
     xvol = conv.with_stage(3, op="xvol_pssa")
     models = {
         REFERENCE: maskrcnn_resnet50_fpn(weights=None, weights_backbone=None, **sizes),
-        ALL_CONV: build_detector(conv, NUM_CLASSES, masks=True, **sizes),
-        XVOL: build_detector(xvol, NUM_CLASSES, masks=True, **sizes),
+        ALL_CONV: build_detector(conv, NUM_CLASSES, detector, masks=True),
+        XVOL: build_detector(xvol, NUM_CLASSES, detector, masks=True),
     }
     shared = from_torchvision_keys(models[REFERENCE].state_dict())
     models[ALL_CONV].load_state_dict(shared)  # the same weights: the same proposals, the same work

@@ -378,7 +378,7 @@ def main() -> None:
                    importlib.util.find_spec("natten") else "NATTEN is not installed here (no wheel for this "
                    "torch/CPU; `pip install natten` builds it from source without its CUDA kernels)")
     verdict = [
-        "Targets (CPU, batch 8, default path):",
+        f"Targets ({device_name(device)}, batch {batch}, default path):",
         "- `xvol_pssa` forward+backward / nn.Conv2d: " + ", ".join(
             f"{c}: **{v:.2f}x** ({_met(v, TARGET_XVOL)})" for c, v in xvol.items())
         + f" (target <= {TARGET_XVOL}).",

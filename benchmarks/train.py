@@ -57,7 +57,7 @@ from xvol_lab.allocator import keep_freed_memory  # noqa: E402
 from xvol_lab.models import BackboneSpec, build_classifier  # noqa: E402
 from xvol_lab.models.cost import EXTRA_FLOPS  # noqa: E402
 from xvol_lab.schema import to_dict  # noqa: E402
-from xvol_lab.tasks import ClassificationTask  # noqa: E402
+from xvol_lab.tasks.classification import ClassificationTask  # noqa: E402
 from xvol_lab.tasks.config import OptimConfig  # noqa: E402
 from xvol_lab.tasks.optim import build_optimizer, build_scheduler  # noqa: E402
 
@@ -287,8 +287,7 @@ def main() -> None:
         "", markdown_table(["variant", "train images/s (median)", "min to max", "peak memory MiB",
                                 "saved activations MiB"], rows),
     ])
-    suffix = "" if device.type == "cpu" else f", {device.type}"
-    title = f"Training throughput (benchmarks/train.py{suffix})"
+    title = f"Training throughput (benchmarks/train.py, {device.type})"
     if not args.no_write:
         write_section(title, body)
     print(body)

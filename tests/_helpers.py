@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import multiprocessing
 import os
 import tempfile
@@ -14,7 +16,36 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from xvol_lab.models.detection import DetectorConfig
+from xvol_lab.schema import to_dict
+
 BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+
+# The tests' detector: 64 px images, a 16-channel FPN and few proposals, so that it trains in seconds.
+TINY_DETECTOR = DetectorConfig(min_size=64, max_size=64, fpn_channels=16, anchor_sizes=(8, 16, 32, 64, 128),
+                               rpn_pre_nms_top_n_train=64, rpn_post_nms_top_n_train=32, rpn_pre_nms_top_n_test=64,
+                               rpn_post_nms_top_n_test=32, box_batch_size_per_image=32, box_detections_per_img=20)
+
+
+def tiny_detector(**changes: Any) -> DetectorConfig:
+    """`TINY_DETECTOR` with `changes` (DetectorConfig fields)."""
+    return dataclasses.replace(TINY_DETECTOR, **changes)
+
+
+def detector_fields(config: DetectorConfig = TINY_DETECTOR) -> dict[str, Any]:
+    """The fields of `config` that differ from torchvision's defaults, as plain values."""
+    default = to_dict(DetectorConfig())
+    return {k: v for k, v in to_dict(config).items() if v != default[k]}
+
+
+def detector_overrides(config: DetectorConfig = TINY_DETECTOR) -> list[str]:
+    """`config` as ``--set`` overrides (``detector.KEY=VALUE``) of `lab.py` and `load_run_config`."""
+    return [f"detector.{k}={json.dumps(v)}" for k, v in detector_fields(config).items()]
+
+
+def detector_yaml(config: DetectorConfig = TINY_DETECTOR) -> str:
+    """`config` as the flow mapping of a YAML ``detector:`` section."""
+    return json.dumps(detector_fields(config))
 
 
 def randomize_batchnorm(model: nn.Module, seed: int = 0,

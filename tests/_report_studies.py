@@ -30,7 +30,7 @@ BASE = BackboneSpec.from_dict({"block": "basic", "depths": [1, 1, 1, 1], "width_
 def write_study_file(folder: Path, name: str, *,
                      objectives: tuple[tuple[str, str], ...] = (("val/acc1", "maximize"),)) -> Path:
     """studies-style YAML `name`.yaml in `folder`: stages 3 (conv/pssa/xvol_pssa, L in 1-2) and 4
-    (conv/xvol_sa) of a tiny ResNet on 16 px shapes."""
+    (conv/xvol_sa) of a tiny ResNet on 16 px shapes, random sampler."""
     pruner = "median" if len(objectives) == 1 else "none"
     objective_text = ", ".join(f"{{metric: {m}, direction: {d}}}" for m, d in objectives)
     path = folder / f"{name}.yaml"
@@ -47,6 +47,7 @@ space:
     3: {{op: [conv, pssa, xvol_pssa], shift: [1, 2]}}
     4: {{op: [conv, xvol_sa]}}
 objectives: [{objective_text}]
+sampler: {{name: random}}  # not adaptive: the per-stage table gives valid intervals (TPE: descriptive)
 pruner: {{name: {pruner}}}
 budget: {{n_trials: 12, epochs: 1}}
 """)

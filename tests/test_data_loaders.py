@@ -81,6 +81,25 @@ def test_loader_defaults_are_sized_from_the_machine(tmp_path, monkeypatch):
     assert loader.num_workers == 2 and loader.pin_memory  # 12 CPUs / 4 processes, minus the trainer's
 
 
+def test_a_task_of_an_srun_step_sizes_its_workers_from_its_own_cpus(tmp_path, monkeypatch):
+    """srun --ntasks=4 --exact --cpus-per-task=6 gives each process its 6 CPUs: 5 workers, not 6 / 4 - 1."""
+    dm = ready(tmp_path, num_workers=None)
+
+    class FakeTrainer:
+        accelerator, num_devices, world_size, global_rank = None, 4, 4, 0
+
+    dm.trainer = FakeTrainer()
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(6)))
+    assert dm.train_dataloader().num_workers == 1  # the processes Lightning starts share the 6 CPUs
+    for name, value in {"SLURM_STEP_ID": "0", "SLURM_NTASKS": "4", "SLURM_CPUS_PER_TASK": "6"}.items():
+        monkeypatch.setenv(name, value)
+    assert dm.train_dataloader().num_workers == 5
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(24)))  # a step without CPU binding
+    assert dm.train_dataloader().num_workers == 5
+    monkeypatch.setenv("SLURM_NTASKS", "1")  # one task: it starts the other processes itself
+    assert dm.train_dataloader().num_workers == 5  # 24 CPUs / 4 processes - 1
+
+
 @pytest.mark.parametrize("size, replicas", [(41, 2), (7, 3), (8, 4)])
 def test_unpadded_sampler_visits_every_sample_once(size, replicas):
     parts = [list(UnpaddedDistributedSampler(range(size), replicas, rank)) for rank in range(replicas)]

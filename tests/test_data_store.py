@@ -28,7 +28,7 @@ def leftovers(cfg: DataConfig) -> list[str]:
 @pytest.mark.parametrize("interrupt", [RuntimeError("disk full"), KeyboardInterrupt()])
 def test_interrupted_generation_leaves_nothing_that_loads(tmp_path, monkeypatch, interrupt):
     cfg = small(tmp_path)
-    real = store.GENERATORS["shapes"]
+    real = store.DRAWERS["shapes"]
     calls = []
 
     def failing_draw(*args):
@@ -37,8 +37,8 @@ def test_interrupted_generation_leaves_nothing_that_loads(tmp_path, monkeypatch,
             raise interrupt
         return real.draw(*args)
 
-    failing = store.Generator(real.version, real.class_names, failing_draw)
-    monkeypatch.setitem(store.GENERATORS, "shapes", failing)
+    failing = store.Drawer(real.version, real.class_names, failing_draw)
+    monkeypatch.setitem(store.DRAWERS, "shapes", failing)
     with pytest.raises(type(interrupt)):
         generate(cfg)
     assert len(calls) == 17
@@ -47,7 +47,7 @@ def test_interrupted_generation_leaves_nothing_that_loads(tmp_path, monkeypatch,
     with pytest.raises(ConfigError, match="no dataset at .*c10-s32-n20-v10-seed0; run `python lab.py data"):
         store.read_generated(cfg)
 
-    monkeypatch.setitem(store.GENERATORS, "shapes", real)
+    monkeypatch.setitem(store.DRAWERS, "shapes", real)
     assert tree(generate(cfg)) == tree(generate(small(tmp_path / "fresh")))
     assert len(store.read_generated(cfg).samples["train"]) == 20
 

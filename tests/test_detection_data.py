@@ -270,6 +270,7 @@ def _generate(root: str) -> None:
     sc.generate_shapes_coco(root, PARAMS)
 
 
+@pytest.mark.slow
 def test_concurrent_generation_makes_one_complete_folder(tmp_path):
     ctx = multiprocessing.get_context("fork")
     procs = [ctx.Process(target=_generate, args=(str(tmp_path),)) for _ in range(2)]

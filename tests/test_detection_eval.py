@@ -6,7 +6,7 @@ import lightning.pytorch as L
 import numpy as np
 import pytest
 import torch
-from _helpers import gloo_ranks
+from _helpers import TINY_DETECTOR, gloo_ranks
 from lightning.pytorch.callbacks import Callback
 from pycocotools import mask as mask_utils
 from torch import nn
@@ -40,9 +40,7 @@ pytestmark = [pytest.mark.filterwarnings("ignore:__array__ implementation:Deprec
               pytest.mark.usefixtures("one_thread")]  # tests/conftest.py
 
 PARAMS = ShapesCocoParams(image_size=64, num_train=8, num_val=8, num_classes=3, seed=0)
-TINY = dict(min_size=64, max_size=64, fpn_channels=16, anchor_sizes=[8, 16, 32, 64, 128],
-            rpn_pre_nms_top_n_train=64, rpn_post_nms_top_n_train=32, rpn_pre_nms_top_n_test=64,
-            rpn_post_nms_top_n_test=32, box_batch_size_per_image=32, box_detections_per_img=20)
+TINY = to_dict(TINY_DETECTOR)
 SPEC = to_dict(BackboneSpec.preset("resnet18", width_mult=0.125))
 BOX_KEYS = {VAL_BOX_AP, VAL_BOX_AP50, VAL_BOX_AP75}
 
@@ -196,6 +194,7 @@ def _gather(rank: int, parts: list) -> tuple[bool, dict]:
     return merged is None, broadcast_metrics(metrics)
 
 
+@pytest.mark.slow
 def test_results_are_gathered_on_rank_zero_and_metrics_broadcast():
     def result(image_id: int, score: float) -> dict:
         return {"bbox": [{"image_id": image_id, "category_id": 1, "bbox": [0, 0, 1, 1], "score": score}]}

@@ -1,13 +1,10 @@
 """Detectors over the searchable backbone: FPN wiring, stage freezing, options, re-parameterization."""
 
 import re
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
-from _helpers import randomize_batchnorm
+from _helpers import TINY_DETECTOR, randomize_batchnorm, tiny_detector
 from torch import nn
 from torchvision.models.detection import FasterRCNN, MaskRCNN
 from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
@@ -21,9 +18,6 @@ from xvol_lab.schema import from_dict
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
-TINY = dict(min_size=64, max_size=64, fpn_channels=16, anchor_sizes=(8, 16, 32, 64, 128),
-            rpn_pre_nms_top_n_train=64, rpn_post_nms_top_n_train=32, rpn_pre_nms_top_n_test=64,
-            rpn_post_nms_top_n_test=32, box_batch_size_per_image=32, box_detections_per_img=20)
 
 
 def spec(block: str = "resnet18", **stage3) -> BackboneSpec:
@@ -34,23 +28,23 @@ def spec(block: str = "resnet18", **stage3) -> BackboneSpec:
 @pytest.mark.parametrize("preset", ["resnet18", "resnet50"])
 def test_fpn_reads_its_input_channels_from_feature_info(preset):
     s = spec(preset)
-    model = build_detector(s, 3, masks=False, **TINY)
+    model = build_detector(s, 3, TINY_DETECTOR, masks=False)
     fpn_in = [block[0].in_channels for block in model.backbone.fpn.inner_blocks]
     assert fpn_in == [f["num_chs"] for f in model.backbone.feature_info] == list(s.channels)
     features = model.backbone(torch.rand(1, 3, 64, 64))
     assert list(features) == ["0", "1", "2", "3", "pool"]
     assert [f.shape[-1] for f in features.values()] == [16, 8, 4, 2, 1]  # strides 4..32, then pooled
-    assert all(f.shape[1] == TINY["fpn_channels"] for f in features.values())
+    assert all(f.shape[1] == TINY_DETECTOR.fpn_channels for f in features.values())
 
 
 @pytest.mark.parametrize("masks, cls", [(False, FasterRCNN), (True, MaskRCNN)])
 def test_num_classes_excludes_the_background(masks, cls):
-    model = build_detector(spec(), 5, masks=masks, **TINY)
+    model = build_detector(spec(), 5, TINY_DETECTOR, masks=masks)
     assert type(model) is cls
     assert model.roi_heads.box_predictor.cls_score.out_features == 6
     if masks:
         assert model.roi_heads.mask_predictor.mask_fcn_logits.out_channels == 6
-        assert model.roi_heads.mask_head[0][0].in_channels == TINY["fpn_channels"]
+        assert model.roi_heads.mask_head[0][0].in_channels == TINY_DETECTOR.fpn_channels
 
 
 # Options given to both sides (torchvision takes them under the same names); the rest are defaults.
@@ -71,7 +65,7 @@ def test_all_conv_detector_is_torchvisions(preset, masks):
     load under renamed keys (strict) and the predictions are identical."""
     torch.manual_seed(0)
     ref = torchvision_detector(preset, masks).eval()
-    ours = build_detector(BackboneSpec.preset(preset), 90, masks=masks, **SAME).eval()
+    ours = build_detector(BackboneSpec.preset(preset), 90, DetectorConfig(**SAME), masks=masks).eval()
     ours.load_state_dict(from_torchvision_keys(ref.state_dict()))
     images = list(torch.rand(2, 3, 64, 64))
     with torch.no_grad():
@@ -84,7 +78,7 @@ def test_all_conv_detector_is_torchvisions(preset, masks):
 
 @pytest.mark.parametrize("trainable", [0, 2, 5])
 def test_trainable_stages_freeze_like_torchvision(trainable):
-    model = build_detector(spec(), 3, masks=False, trainable_stages=trainable, **TINY)
+    model = build_detector(spec(), 3, tiny_detector(trainable_stages=trainable), masks=False)
     body = model.backbone.body
     trained = set(TRAINABLE_ORDER[:trainable])
     for name, module in body.named_children():
@@ -112,30 +106,31 @@ def test_trainable_stages_freeze_like_torchvision(trainable):
     ({"max_size": 32, "min_size": 64}, "max_size: got 32, expected at least min_size (64)"),
     ({"fpn_channels": 0}, "fpn_channels: got 0, expected an integer >= 1"),
     ({"box_score_thresh": 1.0}, "box_score_thresh: got 1.0, expected a number in [0, 1)"),
-    ({"anchor_size": (8,)}, "anchor_size: not a detector option; expected one of anchor_sizes, "),
 ])
 def test_bad_options_name_the_field(options, message):
     with pytest.raises(ValueError, match="^" + re.escape(message)):
-        build_detector(spec(), 3, masks=False, **options)
+        DetectorConfig(**options)
 
 
 def test_config_from_dict_names_the_key_path():
     assert from_dict(DetectorConfig, {"anchor_sizes": [4, 8, 16, 32, 64]}).anchor_sizes == (4, 8, 16, 32, 64)
     with pytest.raises(ConfigError, match=r"^detector\.trainable_stages: got -1"):
         from_dict(DetectorConfig, {"trainable_stages": -1}, "detector")
+    with pytest.raises(ConfigError, match=r"^detector\.anchor_size: unknown key; expected one of min_size, "):
+        from_dict(DetectorConfig, {"anchor_size": [8]}, "detector")  # a misspelt option
 
 
 @pytest.mark.parametrize("masks", [False, True])
 def test_reparameterize_keeps_eval_predictions(masks):
     torch.manual_seed(0)
-    model = build_detector(spec(op="xvol_pssa", shift=2), 3, masks=masks, box_score_thresh=0.0, **TINY)
+    model = build_detector(spec(op="xvol_pssa", shift=2), 3, tiny_detector(box_score_thresh=0.0), masks=masks)
     randomize_batchnorm(model.backbone.body)
     model.eval()
     deployed = reparameterize(model)
     assert all(op.deploy for op in deployed.modules() if isinstance(op, ReparamOp))
     assert not any(op.deploy for op in model.modules() if isinstance(op, ReparamOp))
-    fresh = build_detector(spec(op="xvol_pssa", shift=2), 3, masks=masks, box_score_thresh=0.0, deploy=True,
-                           **TINY)
+    fresh = build_detector(spec(op="xvol_pssa", shift=2), 3, tiny_detector(box_score_thresh=0.0), masks=masks,
+                           deploy=True)
     fresh.load_state_dict(deployed.state_dict())  # a deploy checkpoint loads into a deploy-form build
     images = list(torch.rand(2, 3, 64, 64))
     with torch.no_grad():
@@ -148,11 +143,3 @@ def test_reparameterize_keeps_eval_predictions(masks):
         torch.testing.assert_close(a["scores"], b["scores"], atol=1e-4, rtol=0)
         if masks:
             torch.testing.assert_close(a["masks"], b["masks"], atol=1e-4, rtol=0)
-
-
-def test_models_stay_free_of_lightning():
-    code = ("import sys, xvol_lab.models.detection; "
-            "print(sorted(m for m in ('lightning', 'optuna', 'pytorch_lightning') if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         cwd=Path(__file__).resolve().parents[1])
-    assert out.stdout.strip() == "[]"

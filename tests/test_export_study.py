@@ -34,7 +34,8 @@ from xvol_lab.study.export import OPSET, check_images, select_trials, verify_exp
 from xvol_lab.study.report import load_study_data
 from xvol_lab.study.report.writer import format_number
 from xvol_lab.study.space import spec_of
-from xvol_lab.tasks import VAL_ACC1, ClassificationTask, export_deploy, fit, load_deploy
+from xvol_lab.tasks import VAL_ACC1, export_deploy, fit, load_deploy
+from xvol_lab.tasks.classification import ClassificationTask
 from xvol_lab.tasks.config import load_run_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py

@@ -9,6 +9,7 @@ from pathlib import Path
 import onnx
 import pytest
 import torch
+from _helpers import detector_yaml, tiny_detector
 from _report_studies import open_study
 from optuna.distributions import CategoricalDistribution
 from optuna.trial import create_trial
@@ -26,10 +27,7 @@ from xvol_lab.tasks.verify import compare_detections
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
-DETECTOR = ("{min_size: 64, max_size: 64, fpn_channels: 16, anchor_sizes: [8, 16, 32, 64, 128], "
-            "rpn_pre_nms_top_n_train: 64, rpn_post_nms_top_n_train: 32, rpn_pre_nms_top_n_test: 64, "
-            "rpn_post_nms_top_n_test: 32, box_batch_size_per_image: 32, box_detections_per_img: 10, "
-            "box_score_thresh: 0.0}")
+DETECTOR = detector_yaml(tiny_detector(box_detections_per_img=10, box_score_thresh=0.0))
 STUDIES = {
     "seg": ("semantic_segmentation", "{name: shapes-seg, image_size: 32, num_classes: 4, num_train: 16, "
             "num_val: 8, batch_size: 8, num_workers: 0}", "stem: small", "val/miou"),

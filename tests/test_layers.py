@@ -1,4 +1,4 @@
-"""Static checks: the import layers of architecture.md (`lint-imports`, contracts in pyproject.toml) and ruff."""
+"""Static checks: the import layers of docs/architecture.md (`lint-imports`, contracts in pyproject.toml) and ruff."""
 
 from __future__ import annotations
 

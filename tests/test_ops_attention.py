@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from xvol_lab.ops import create_op, pssa_taps
+from xvol_lab.ops import create_op, pixel_shift_attention, pssa_taps
 from xvol_lab.ops.attention_branch import AttentionConfig, AttentionLayer
 from xvol_lab.ops.reference import attention_reference, layer_attention_weights, pssa_neighbourhood
 
@@ -122,3 +122,35 @@ def test_aggregation_keeps_the_value_dtype():
     assert y.dtype == torch.bfloat16
     expected = pixel_shift_aggregate(weights.double(), v.double(), taps, 1)
     torch.testing.assert_close(y.double(), expected, atol=0.05, rtol=0.02)
+
+
+@pytest.mark.parametrize("heads", [1, 2, 4])
+@pytest.mark.parametrize("stride", [1, 2])
+def test_composite_pssa_takes_channels_last_input_and_matches_nchw(heads, stride):
+    """The composite path (bf16 on CPU; float64 or no Triton on CUDA) with channels-last input: it used to
+    fail for heads >= 2 (`acc.view`: "view size is not compatible"). Output and gradients equal NCHW's."""
+    torch.manual_seed(0)
+    op = create_op("pssa", 16, 32, stride, heads=heads).to(torch.bfloat16)
+    x = torch.randn(2, 16, 9, 10, dtype=torch.bfloat16)
+    outs, grads = [], []
+    for fmt in (torch.contiguous_format, torch.channels_last):
+        xi = x.detach().contiguous(memory_format=fmt).requires_grad_()
+        y = op(xi)
+        y.float().square().sum().backward()
+        outs.append(y)
+        grads.append(xi.grad)
+    assert outs[1].shape == (2, 32, -(-9 // stride), -(-10 // stride))
+    torch.testing.assert_close(outs[1], outs[0], atol=2e-2, rtol=2e-2)
+    torch.testing.assert_close(grads[1], grads[0], atol=5e-2, rtol=5e-2)
+
+
+@pytest.mark.parametrize("heads", [2, 4])
+def test_pixel_shift_attention_keeps_channels_last_and_matches_nchw_exactly(heads):
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 8, 7, 6, dtype=torch.float64) for _ in range(3))
+    taps = pssa_taps(1, 8)
+    ref = pixel_shift_attention(q, k, v, heads, taps, 1)
+    cl = [t.contiguous(memory_format=torch.channels_last) for t in (q, k, v)]
+    y = pixel_shift_attention(*cl, heads, taps, 1)
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(y, ref, atol=1e-12, rtol=1e-12)

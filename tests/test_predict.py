@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from _helpers import detector_overrides, tiny_detector
 from PIL import Image
 from pycocotools.coco import COCO
 
@@ -23,11 +24,7 @@ from xvol_lab.tasks.onnx import export_portable
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 N = 6
-DETECTOR = ["detector.min_size=64", "detector.max_size=64", "detector.fpn_channels=16",
-            "detector.anchor_sizes=[8,16,32,64,128]", "detector.rpn_pre_nms_top_n_test=64",
-            "detector.rpn_post_nms_top_n_test=32", "detector.rpn_pre_nms_top_n_train=64",
-            "detector.rpn_post_nms_top_n_train=32", "detector.box_batch_size_per_image=32",
-            "detector.box_detections_per_img=10", "detector.box_score_thresh=0.0"]
+DETECTOR = detector_overrides(tiny_detector(box_detections_per_img=10, box_score_thresh=0.0))
 TASKS = {
     "classification": ["data.image_size=16", "data.num_classes=4", "model.stem=small"],
     "semantic_segmentation": ["data.name=shapes-seg", "data.image_size=32", "data.num_classes=4",

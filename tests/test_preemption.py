@@ -69,6 +69,7 @@ class Preempt(Callback):
             os.kill(os.getpid(), signal.SIGTERM)
 
 
+@pytest.mark.slow
 def test_sigterm_mid_epoch_checkpoints_at_once_and_the_resumed_run_ends_as_an_uninterrupted_one(tmp_path: Path):
     config = load_run_config(None, [
         f"data.root={tmp_path / 'data'}", "data.image_size=16", "data.num_classes=4", "data.num_train=192",

@@ -77,8 +77,8 @@ def test_report_md_links_every_table_and_plot(abl, capsys):
     assert "1 interrupted, 1 void" in report
     assert "val/acc1 0.8000 (trial 2)" in report
     assert "| X-volution(PSSA, L=2) in stage 3 | 3 | 0 | 0.75 [0.6258, 0.8742] | +0.22 |" in report
-    assert ("- X-volution(PSSA, L=2) in stage 3: too few paired seeds for an interval; not "
-            "distinguishable from all-conv at this budget (val/acc1 +0.22 (3 runs))") in report
+    assert ("- X-volution(PSSA, L=2) in stage 3: not distinguishable from all-conv at this budget (MDE unknown "
+            "(fewer than 2 paired seeds)) (val/acc1 +0.22, MDE unknown (fewer than 2 paired seeds) (3 runs))") in report
     assert "- seeds per configuration: 1 (0)" in report
     assert "- trivial level: val/acc1 0.25 (always the most frequent class)" in report
     assert "Difference to all-conv (95% CI): not drawn (no configuration paired" in report
@@ -165,12 +165,12 @@ def test_seeded_report_words_each_difference_and_draws_error_bars(tmp_path):
     assert ("Baseline: all-conv (conv everywhere): val/acc1 0.6 [0.3516, 0.8484]; trivial level val/acc1 "
             "0.25 (always the most frequent class).") in report
     assert ("- X-volution(PSSA, L=2) in stage 3: better than all-conv (val/acc1 +0.06, 95% CI [0.03516, "
-            "0.08484], Holm p 0.01827 (3 runs))") in report
+            "0.08484], Holm p 0.01827, MDE 0.04625 (3 runs))") in report
     assert ("- PSSA in stage 3; X-volution(SA) in stage 4: not distinguishable from all-conv at this budget "
-            "(val/acc1 +0.01, 95% CI [") in report
+            "(MDE 0.1224) (val/acc1 +0.01, 95% CI [") in report
     assert "| conv everywhere | 3 | 0, 1, 2 | 0.6 [0.3516, 0.8484] | baseline |  |  |" in report
     assert ("| X-volution(PSSA, L=2) in stage 3 | 3 | 0, 1, 2 | 0.66 [0.3867, 0.9333] "
-            "| +0.06 [0.03516, 0.08484] | 0.01827 | * |") in report
+            "| +0.06 [0.03516, 0.08484] | 0.01827 | 0.04625 | better |") in report
 
 
 def test_report_of_a_study_given_by_storage_url(tmp_path):

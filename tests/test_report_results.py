@@ -12,6 +12,8 @@ from optuna.distributions import CategoricalDistribution
 from optuna.trial import create_trial
 
 from xvol_lab.cli.main import main
+from xvol_lab.markdown import format_number
+from xvol_lab.study import stats
 from xvol_lab.study.results import write_results
 
 OPS = ["conv", "sa", "pssa", "xvol_sa", "xvol_pssa"]
@@ -86,7 +88,8 @@ def test_reproduced_claims_and_a_study_that_was_not_run(tmp_path):
     assert ("**Verdict: mixed: reproduced in op_ablation (X-volution(PSSA) in stage 3); not distinguishable "
             "at this budget in op_ablation (PSSA in stage 3)**") in pssa
     assert "| X-volution(PSSA) in stage 3 vs X-volution(SA) in stage 3 | val/acc1 | +0.001333 [" in pssa
-    assert "(paired t) | 0, 1, 2 | reproduced |" in pssa
+    mde = stats.mde(statistics.stdev([0.001, 0.001, 0.002]), 3)  # one test: alpha 0.05
+    assert f"(paired t) | {format_number(mde)} | 0, 1, 2 | reproduced |" in pssa
     studies = text.split("## Studies\n", 1)[1]
     assert "seeds per configuration 3 (0, 1, 2), 2 epochs, data shapes 16 px, 64 train / 32 val" in studies
     assert ("- baseline: all-conv (conv everywhere): val/acc1 0.6 [0.3516, 0.8484]; trivial level val/acc1 "
@@ -113,7 +116,9 @@ def test_noisy_ablation_is_not_distinguishable(tmp_path):
     add_seeded(study, {"place": 3}, dist, shifted([0.05, -0.04, 0.06]))
     text = results_text(tmp_path)
     stage3 = claim(text, "X-volution beats conv when placed in stage 3")
-    assert "**Verdict: not distinguishable at this budget**" in stage3
+    mde = stats.mde(statistics.stdev([0.05, -0.04, 0.06]), 3)  # one row: Holm's first step is 0.05
+    assert f"**Verdict: not distinguishable at this budget (MDE {format_number(mde)})**" in stage3
+    assert "- controls: none (the study file has no `controls`)" in text
     assert "| stage_ablation | X-volution(PSSA) in stage 3 vs conv everywhere |" in stage3
     assert "- op_ablation: not run" in stage3
     pssa = claim(text, "PSSA is about as good as global SA")
@@ -162,5 +167,5 @@ def test_equivalence_at_the_ceiling_is_not_evidence(tmp_path):
     op_ablation(tmp_path / "runs", {"conv": top, "sa": top, "pssa": top, "xvol_sa": top,
                                     "xvol_pssa": [0.998, 1.0, 1.0]})
     pssa = claim(results_text(tmp_path), "PSSA is about as good as global SA")
-    assert "**Verdict: not distinguishable at this budget (both at the ceiling)**" in pssa
+    assert "**Verdict: not distinguishable at this budget: both at the ceiling (MDE " in pssa
     assert "reproduced" not in pssa

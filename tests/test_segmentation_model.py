@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 import torch
 from _helpers import randomize_batchnorm
@@ -96,9 +93,3 @@ def test_bad_arguments_name_the_field():
         SemanticFPN(tiny(), 0)
     with pytest.raises(ValueError, match=r"^fpn_channels: got 4, expected an integer >= 8 or None$"):
         SemanticFPN(tiny(), 3, fpn_channels=4)
-
-
-def test_importing_the_model_leaves_lightning_out():
-    code = ("import sys, xvol_lab.models.semantic_fpn; "
-            "sys.exit(int(any(m in sys.modules for m in ('lightning', 'pytorch_lightning', 'optuna'))))")
-    assert subprocess.run([sys.executable, "-c", code]).returncode == 0

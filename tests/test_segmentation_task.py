@@ -103,6 +103,7 @@ def confusion_miou(model: torch.nn.Module, dm: ShapesSegDataModule) -> tuple[flo
     return float((tp[union > 0] / union[union > 0]).mean()), float(tp.sum() / confusion.sum())
 
 
+@pytest.mark.slow
 def test_short_training_run_lowers_the_loss_and_logs_the_metrics(tmp_path):
     cfg = DataConfig(name="shapes-seg", root=str(tmp_path), image_size=32, num_train=48, num_val=16,
                      num_classes=4, batch_size=16, num_workers=0)
@@ -158,6 +159,7 @@ def _validate_rank(rank: int, cfg: DataConfig) -> tuple[int, dict]:
     return validate(task, dm)  # compute() sums the metric states over both processes
 
 
+@pytest.mark.slow
 def test_two_gloo_processes_validate_each_image_once(tmp_path):
     """9 validation images on 2 processes: 5 + 4 images in batches [2, 2, 1] and [2, 2] (padding would
     repeat one); the synced metrics equal one process's over the whole set."""

@@ -139,6 +139,7 @@ def test_time_with_hours_past_a_day_is_refused():
         check_time("1-24:00")
 
 
+@pytest.mark.slow
 def test_usr1_hands_the_trial_back_and_requeues_the_job(tmp_path, monkeypatch):
     """The script itself, run by bash with a fake worker and a fake scontrol: SLURM's USR1 becomes
     SIGTERM for the worker, the script waits for it to finish, then requeues the job."""

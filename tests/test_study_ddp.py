@@ -15,6 +15,7 @@ from xvol_lab.study.launch import trial_command
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
+@pytest.mark.slow
 def test_two_process_trial_is_one_trial(tiny_study, run_lab, tmp_path: Path):
     path = tiny_study("ddp", budget={"n_trials": 1, "epochs": 2},
                       pruner={"name": "median", "n_startup_trials": 0})

@@ -29,6 +29,8 @@ from xvol_lab.study.space import expand_space
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
+pytestmark = pytest.mark.slow  # every test starts study and trial processes
+
 
 def trainings(folder: Path) -> dict[str, int]:
     """seed run folder -> how many trial processes finished training in it (from its trial.log)."""

@@ -11,7 +11,8 @@ from optuna.trial import TrialState
 from rich.console import Console
 
 from xvol_lab.study.ledger import tally
-from xvol_lab.study.progress import LiveView, LogView, StudyState, best_text, pareto_front, remaining_seconds
+from xvol_lab.study.progress import LiveView, LogView, StudyState, best_text, remaining_seconds
+from xvol_lab.study.standing import best_trials
 
 T0 = datetime.datetime(2026, 1, 1)
 
@@ -31,9 +32,9 @@ def test_best_value_follows_the_direction_and_pareto_front_drops_dominated_trial
     assert best_text(trials, ["val/loss"], ["minimize"]) == "val/loss 0.2500 (trial 2)"
     assert best_text([], ["val/acc1"], ["maximize"]) == "no complete trial yet"
     multi = [done(0, [0.5, 2.0]), done(1, [0.75, 3.0]), done(2, [0.4, 2.5]), done(3, [0.75, 2.0])]
-    assert [t.number for t in pareto_front(multi, ["maximize", "minimize"])] == [3]
+    assert [t.number for t in best_trials(multi, ["maximize", "minimize"])] == [3]
     multi.append(done(4, [0.3, 1.0]))
-    front = pareto_front(multi, ["maximize", "minimize"])
+    front = best_trials(multi, ["maximize", "minimize"])
     assert [t.number for t in front] == [3, 4]
     text = best_text(multi, ["val/acc1", "latency_ms"], ["maximize", "minimize"])
     assert text == "Pareto front: 2 trial(s) (3, 4)"

@@ -11,6 +11,7 @@ import subprocess
 from pathlib import Path
 
 import optuna
+import pytest
 from _study_processes import load, run_command, trial_pids, wait_for
 from optuna.trial import FixedTrial, TrialState
 
@@ -26,6 +27,7 @@ from xvol_lab.tasks.config import load_run_config
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
+@pytest.mark.slow
 def test_study_end_to_end(tiny_study, run_lab, tmp_path: Path, capsys):
     path = tiny_study(enqueue=[{"stage3.op": "conv"}], pruner={"name": "median", "n_startup_trials": 1})
     runs = tmp_path / "runs"
@@ -68,6 +70,7 @@ def test_study_end_to_end(tiny_study, run_lab, tmp_path: Path, capsys):
     assert "tiny: 3/3 finished" in capsys.readouterr().out and len(load(runs, "tiny").get_trials()) == 3
 
 
+@pytest.mark.slow
 def test_diverging_trials_fail_with_their_reason_and_the_study_goes_on(tiny_study, run_lab, tmp_path: Path):
     path = tiny_study("nan", base={"optim": {"lr": 1e30, "warmup_epochs": 0}}, sampler={"name": "grid"},
                       space={"stages": {3: {"op": ["conv", "pssa"]}}}, budget={"epochs": 1, "seeds": 2})
@@ -116,6 +119,7 @@ def assert_seed_attrs(t: optuna.trial.FrozenTrial, seeds: list[int]) -> None:
     assert t.values == [statistics.fmean(r["values"][0] for r in results)]
 
 
+@pytest.mark.slow
 def test_two_workers_share_a_seeded_grid_and_run_each_point_and_seed_once(tiny_study, lab_env, tmp_path):
     path = tiny_study("grid", sampler={"name": "grid"}, budget={"epochs": 1, "seeds": 2}, base={"seed": 3},
                       space={"stages": {3: {"op": ["conv", "pssa"]}}})
@@ -140,6 +144,7 @@ def test_two_workers_share_a_seeded_grid_and_run_each_point_and_seed_once(tiny_s
     assert len(datasets) == 1  # the seed never changes the dataset
 
 
+@pytest.mark.slow
 def test_kill_9_during_a_seeded_trial_then_resume_keeps_finished_seeds(tiny_study, lab_env, tmp_path: Path):
     path = tiny_study("resume", budget={"n_trials": 1, "epochs": 2, "seeds": 2})
     runs = tmp_path / "runs"
@@ -172,6 +177,7 @@ def test_kill_9_during_a_seeded_trial_then_resume_keeps_finished_seeds(tiny_stud
     assert_seed_attrs(retry, [0, 1])
 
 
+@pytest.mark.slow
 def test_tpe_is_told_one_value_per_configuration(tiny_study, tmp_path: Path, monkeypatch):
     path = tiny_study("tpe", sampler={"name": "tpe", "seed": 0, "n_startup_trials": 1},
                       pruner={"name": "median", "n_startup_trials": 5},

@@ -9,11 +9,11 @@ import pytest
 
 from xvol_lab.errors import ConfigError
 from xvol_lab.models import BackboneSpec
+from xvol_lab.schema import with_overrides
 from xvol_lab.tasks.config import (
     OptimConfig,
     RunConfig,
     TrainerConfig,
-    apply_overrides,
     dump_run_config,
     load_run_config,
     load_spec,
@@ -113,9 +113,9 @@ def test_overrides_apply_in_order_after_the_arch_file(tmp_path):
     config = load_run_config(tmp_path / "cfg.yaml", overrides, arch=tmp_path / "spec.json")
     assert config.optim.lr == 0.4
     assert config.model == spec.with_stage(1, op="pssa")
-    assert apply_overrides(config, ["trainer.devices=2"], label="--devices").trainer.devices == 2
+    assert with_overrides(config, ["trainer.devices=2"], label="--devices").trainer.devices == 2
     with pytest.raises(ConfigError, match=r"^--devices trainer.devices=0: trainer.devices: got 0"):
-        apply_overrides(config, ["trainer.devices=0"], label="--devices")
+        with_overrides(config, ["trainer.devices=0"], label="--devices")
 
 
 def test_spec_file_errors_name_the_file(tmp_path, monkeypatch):

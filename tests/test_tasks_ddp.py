@@ -15,12 +15,14 @@ import torch
 import torch.nn.functional as F
 
 from xvol_lab.data import build_datamodule
-from xvol_lab.tasks import VAL_ACC1, VAL_LOSS, ClassificationTask
+from xvol_lab.tasks import VAL_ACC1, VAL_LOSS
+from xvol_lab.tasks.classification import ClassificationTask
 from xvol_lab.tasks.config import load_run_config
 
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_ddp_two_cpu_processes_return_metrics(tmp_path):
     overrides = [f"data.root={tmp_path / 'data'}", "data.image_size=16", "data.num_classes=4",
                  "data.num_train=64", "data.num_val=41", "data.batch_size=10", "data.num_workers=0",

@@ -19,7 +19,8 @@ from torch.utils.data import DataLoader, TensorDataset
 from xvol_lab.data import DataConfig
 from xvol_lab.errors import ConfigError
 from xvol_lab.models import BackboneSpec, build_classifier
-from xvol_lab.tasks import ClassificationTask, NonFiniteLossError, fit
+from xvol_lab.tasks import NonFiniteLossError, fit
+from xvol_lab.tasks.classification import ClassificationTask
 from xvol_lab.tasks.config import OptimConfig, RunConfig, TrainerConfig, load_run_config
 from xvol_lab.tasks.detection import DetectionTask
 from xvol_lab.tasks.execution import deterministic_mode, effective_optim, global_batch, sync_batchnorm

@@ -1,6 +1,7 @@
 """What only a GPU can check (marked `gpu`, skipped without CUDA): a bf16-mixed training run of each
-task, with the settings that misbehave only on CUDA (deterministic algorithms, channels-last, pinned
-uint8 batches from sized worker pools); and, with two GPUs, NCCL DDP classification (metrics over
+task with X-volution(PSSA) in stage 3 and X-volution(SA) in stage 4 (the Triton kernels, fused SDPA),
+with the settings that misbehave only on CUDA (deterministic algorithms, channels-last, pinned
+uint8 batches from sized worker pools); and, with two GPUs, on the same operators, NCCL DDP classification (metrics over
 the whole validation set) and detection validation (SyncBatchNorm on by default)."""
 
 from __future__ import annotations
@@ -15,11 +16,14 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from _helpers import detector_overrides
 
 from xvol_lab.data import build_datamodule
-from xvol_lab.tasks import VAL_ACC1, VAL_LOSS, ClassificationTask, fit
+from xvol_lab.tasks import VAL_ACC1, VAL_LOSS, fit
+from xvol_lab.tasks.classification import ClassificationTask
 from xvol_lab.tasks.config import load_run_config
-from xvol_lab.tasks.metrics import MONITOR, TRAIN_LOSS
+from xvol_lab.tasks.metrics import TRAIN_LOSS
+from xvol_lab.tasks.registry import MONITOR
 
 REPO = Path(__file__).resolve().parents[1]
 GPUS = torch.cuda.device_count() if torch.cuda.is_available() else 0
@@ -27,17 +31,16 @@ pytestmark = pytest.mark.gpu
 needs_cuda = pytest.mark.skipif(GPUS < 1, reason="needs CUDA")
 needs_two = pytest.mark.skipif(GPUS < 2, reason="needs 2 CUDA devices")
 
-DETECTOR = ["detector.min_size=64", "detector.max_size=64", "detector.fpn_channels=16",
-            "detector.anchor_sizes=[8,16,32,64,128]", "detector.rpn_pre_nms_top_n_train=64",
-            "detector.rpn_post_nms_top_n_train=32", "detector.rpn_pre_nms_top_n_test=64",
-            "detector.rpn_post_nms_top_n_test=32", "detector.box_batch_size_per_image=32",
-            "detector.box_detections_per_img=20"]
+DETECTOR = detector_overrides()
 TASKS = {
     "classification": ["data.name=shapes", "data.image_size=32", "data.num_classes=4"],
     "semantic_segmentation": ["data.name=shapes-seg", "data.image_size=32", "data.num_classes=4"],
     "detection": ["data.name=shapes-coco", "data.image_size=64", "data.num_classes=3", *DETECTOR],
     "instance_segmentation": ["data.name=shapes-coco", "data.image_size=64", "data.num_classes=3", *DETECTOR],
 }
+
+
+GPU_OPS = ["model.stages.2.op=xvol_pssa", "model.stages.3.op=xvol_sa"]  # the Triton kernels and fused SDPA
 
 
 def overrides(task: str, root: Path) -> list[str]:
@@ -48,7 +51,7 @@ def overrides(task: str, root: Path) -> list[str]:
 @needs_cuda
 @pytest.mark.parametrize("task", list(TASKS))
 def test_bf16_mixed_training_run_on_cuda(tmp_path, task):
-    config = load_run_config(None, [*overrides(task, tmp_path / "data"), "trainer.accelerator=cuda",
+    config = load_run_config(None, [*overrides(task, tmp_path / "data"), *GPU_OPS, "trainer.accelerator=cuda",
                                     "trainer.devices=1", "trainer.precision=bf16-mixed",
                                     "trainer.deterministic=true", "trainer.channels_last=true",
                                     "trainer.log_every_n_steps=1"])
@@ -67,7 +70,7 @@ def lab_train(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
 @needs_two
 def test_nccl_ddp_classification_counts_every_validation_image_once(tmp_path):
     proc = lab_train(tmp_path, "--devices", "2", "--strategy", "ddp", "--max-epochs", "2",
-                     *[f"--set={o}" for o in overrides("classification", tmp_path / "data")],
+                     *[f"--set={o}" for o in [*overrides("classification", tmp_path / "data"), *GPU_OPS]],
                      "--set=data.num_val=41", "--set=trainer.accelerator=cuda",
                      "--set=trainer.precision=bf16-mixed")
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -91,7 +94,7 @@ def test_nccl_ddp_detection_validates_with_synced_batchnorm(tmp_path):
     """trainer.sync_batchnorm defaults to on here (dense task, 2 CUDA processes): SyncBatchNorm's
     NCCL all-reduces in training, then COCO validation gathered across the processes."""
     proc = lab_train(tmp_path, "--devices", "2", "--strategy", "ddp", "--max-epochs", "1",
-                     *[f"--set={o}" for o in overrides("detection", tmp_path / "data")],
+                     *[f"--set={o}" for o in [*overrides("detection", tmp_path / "data"), *GPU_OPS]],
                      "--set=trainer.accelerator=cuda", "--set=trainer.precision=bf16-mixed")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Initializing distributed: GLOBAL_RANK: 1, MEMBER: 2/2" in proc.stderr

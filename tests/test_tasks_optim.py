@@ -11,8 +11,8 @@ from torch import nn
 
 from xvol_lab.models import BackboneSpec
 from xvol_lab.schema import to_dict
-from xvol_lab.tasks import MONITOR, VAL_ACC1, VAL_ACC5, ClassificationTask
-from xvol_lab.tasks.classification import accuracy_metrics
+from xvol_lab.tasks import MONITOR, VAL_ACC1, VAL_ACC5
+from xvol_lab.tasks.classification import ClassificationTask, accuracy_metrics
 from xvol_lab.tasks.coco_eval import evaluate
 from xvol_lab.tasks.config import OptimConfig, Task
 from xvol_lab.tasks.optim import build_optimizer, build_scheduler, lr_factor

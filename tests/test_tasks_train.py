@@ -25,12 +25,12 @@ from xvol_lab.tasks import (
     VAL_ACC1,
     VAL_ACC5,
     VAL_LOSS,
-    ClassificationTask,
     NonFiniteLossError,
     export_deploy,
     fit,
     load_deploy,
 )
+from xvol_lab.tasks.classification import ClassificationTask
 from xvol_lab.tasks.config import RunConfig, load_run_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py

@@ -8,13 +8,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from _helpers import detector_overrides
 from lightning.pytorch.callbacks import Callback
 from torchvision.models import resnet18
 
 from xvol_lab.cli.main import main
 from xvol_lab.errors import ConfigError
 from xvol_lab.models import BackboneSpec, build_classifier
-from xvol_lab.models.detection import build_detector
+from xvol_lab.models.detection import DetectorConfig, build_detector
 from xvol_lab.models.semantic_fpn import build_semantic_fpn
 from xvol_lab.tasks import fit
 from xvol_lab.tasks.config import load_run_config
@@ -23,11 +24,7 @@ from xvol_lab.tasks.transfer import STAGES, backbone_of, backbone_tensors, init_
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 SPEC = {"block": "basic", "depths": [1, 1, 1, 1], "width_mult": 0.125, "stem": "imagenet"}
-DETECTOR = ["detector.min_size=64", "detector.max_size=64", "detector.fpn_channels=16",
-            "detector.anchor_sizes=[8,16,32,64,128]", "detector.rpn_pre_nms_top_n_train=64",
-            "detector.rpn_post_nms_top_n_train=32", "detector.rpn_pre_nms_top_n_test=64",
-            "detector.rpn_post_nms_top_n_test=32", "detector.box_batch_size_per_image=32",
-            "detector.box_detections_per_img=20"]
+DETECTOR = detector_overrides()
 
 
 def model_overrides(spec: dict) -> list[str]:
@@ -93,7 +90,7 @@ def test_a_torchvision_state_dict_loads_into_the_all_conv_resnet(tmp_path):
     images = torch.rand(2, 3, 64, 64)
     with torch.no_grad():
         torch.testing.assert_close(ours(images), reference(images), rtol=1e-5, atol=1e-5)
-    detector = build_detector(BackboneSpec.preset("resnet18"), 3, masks=False, min_size=64, max_size=64)
+    detector = build_detector(BackboneSpec.preset("resnet18"), 3, DetectorConfig(min_size=64, max_size=64), masks=False)
     assert init_backbone(detector, path).matched == report.matched
     assert torch.equal(detector.backbone.body.layer3[1].op2.conv.weight, reference.layer3[1].conv2.weight)
 

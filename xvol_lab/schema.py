@@ -198,7 +198,7 @@ def _set_path(data: Any, keys: list[str], value: Any, done: str) -> None:
         _set_path(data[index], keys[1:], value, where)
 
 
-def apply_overrides(data: dict[str, Any], overrides: typing.Iterable[str]) -> dict[str, Any]:
+def _set_overrides(data: dict[str, Any], overrides: typing.Iterable[str]) -> dict[str, Any]:
     """`data` (plain dicts/lists, e.g. from `to_dict`) with ``key.path=value`` overrides set in place."""
     for text in overrides:
         keys, value = parse_override(text)
@@ -206,6 +206,24 @@ def apply_overrides(data: dict[str, Any], overrides: typing.Iterable[str]) -> di
     return data
 
 
-def with_overrides(obj: T, overrides: typing.Iterable[str]) -> T:
-    """A copy of dataclass `obj` with ``key.path=value`` overrides applied and re-validated."""
-    return from_dict(type(obj), apply_overrides(to_dict(obj), overrides))
+def with_overrides(obj: T, overrides: typing.Iterable[str], label: str | None = None) -> T:
+    """A copy of dataclass `obj` with ``key.path=value`` overrides applied and re-validated.
+
+    The overrides are validated together, so values that only fit each other (a task and its dataset)
+    can be changed in one go. With a `label` (``--set``), an error names it and the item: when the
+    overrides fail together, the first one that fails on its own (else all of them).
+    """
+    overrides = list(overrides)
+    if label is None:
+        return from_dict(type(obj), _set_overrides(to_dict(obj), overrides))
+    for text in overrides:
+        parse_override(text)  # a malformed item names itself
+    try:
+        return with_overrides(obj, overrides)
+    except ConfigError as together:
+        for text in overrides:
+            try:
+                obj = with_overrides(obj, [text])
+            except ConfigError as err:
+                raise ConfigError(f"{label} {text}: {err}") from None
+        raise ConfigError(f"{label} {' '.join(overrides)}: {together}") from None

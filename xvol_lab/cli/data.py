@@ -8,7 +8,7 @@ from collections import Counter
 from xvol_lab.data import DATASET_NAMES, SYNTHETIC_NAMES, DataConfig, build_datamodule, generate_dataset
 from xvol_lab.data.synthetic import SyntheticDataModule
 from xvol_lab.errors import ConfigError
-from xvol_lab.schema import apply_overrides, from_dict, to_dict
+from xvol_lab.schema import from_dict, to_dict, with_overrides
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -39,7 +39,7 @@ def _usage(parser: argparse.ArgumentParser) -> int:
 def config_from_args(args: argparse.Namespace) -> DataConfig:
     """DataConfig from NAME, --root and --set overrides (bad values raise ConfigError)."""
     data = to_dict(DataConfig()) | {"name": args.name, "root": args.root}
-    return from_dict(DataConfig, apply_overrides(data, args.overrides))
+    return with_overrides(from_dict(DataConfig, data), args.overrides)
 
 
 def run_make(args: argparse.Namespace) -> int:

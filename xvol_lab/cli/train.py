@@ -11,8 +11,9 @@ from pathlib import Path
 from lightning.pytorch.utilities import rank_zero_only
 
 from xvol_lab.errors import ConfigError
+from xvol_lab.schema import with_overrides
 from xvol_lab.tasks import NonFiniteLossError, fit
-from xvol_lab.tasks.config import PRECISIONS, STRATEGIES, apply_overrides, load_run_config
+from xvol_lab.tasks.config import PRECISIONS, STRATEGIES, load_run_config
 
 # DDP worker processes re-run this command line; they take the default run dir from rank 0.
 RUN_DIR_ENV = "XVOL_LAB_TRAIN_RUN_DIR"
@@ -20,7 +21,7 @@ RUN_DIR_ENV = "XVOL_LAB_TRAIN_RUN_DIR"
 DESCRIPTION = """\
 Train one model (any task). The config is built in this order: the defaults of the task that
 --config or --set chooses (classification: 32 px shapes, resnet18 with a small stem at width 0.25,
-SGD + cosine; the others: TASK_DEFAULTS in xvol_lab/tasks/config.py, a quick run), then --config, then
+SGD + cosine; the others: their record in xvol_lab/tasks/registry.py, a quick run), then --config, then
 --arch (replaces `model`), then --devices/--strategy/--precision/--max-epochs, then each --set.
 `--set init.path=PATH` starts the backbone from a run, checkpoint, export or torchvision weights.
 The run directory gets
@@ -73,8 +74,8 @@ def run(args: argparse.Namespace) -> int:
                       ("max_epochs", "max_epochs")):
         value = getattr(args, flag)
         if value is not None:
-            config = apply_overrides(config, [f"trainer.{key}={value}"], label=f"--{flag.replace('_', '-')}")
-    config = apply_overrides(config, args.overrides)
+            config = with_overrides(config, [f"trainer.{key}={value}"], label=f"--{flag.replace('_', '-')}")
+    config = with_overrides(config, args.overrides, label="--set")
     if args.resume == "last" and args.run_dir is None:
         raise ConfigError("--resume last: needs --run-dir (the run to continue)")
     run_dir = args.run_dir or default_run_dir()

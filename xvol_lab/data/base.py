@@ -1,7 +1,8 @@
 """`ImageDataModule`: the dataloader settings shared by every dataset, and the device-side finish.
 
 Loader defaults are sized from the machine: `num_workers` from the CPUs this process may use
-(``os.sched_getaffinity``) shared among the processes of the node, `pin_memory` when the trainer
+(``os.sched_getaffinity``) shared among the processes of the node (a task of a several-task srun step
+has its own ``--cpus-per-task`` CPUs, not divided again), `pin_memory` when the trainer
 runs on CUDA, `persistent_workers` whenever there are workers. Under multi-process training each
 process validates a disjoint part of the validation set, every sample once
 (`UnpaddedDistributedSampler`). Training batches come in an order drawn from the run seed and the
@@ -22,6 +23,7 @@ from xvol_lab.data.config import DataConfig
 from xvol_lab.data.device import DeviceNormalize
 from xvol_lab.data.sampler import EpochSampler, ResumableLoader
 from xvol_lab.errors import ConfigError
+from xvol_lab.srun import srun_task_cpus
 
 MAX_AUTO_WORKERS = 16
 
@@ -31,6 +33,15 @@ def auto_num_workers(processes_per_node: int, cpus: int | None = None) -> int:
     training process itself; at least 1, at most `MAX_AUTO_WORKERS`."""
     cpus = len(os.sched_getaffinity(0)) if cpus is None else cpus
     return max(1, min(MAX_AUTO_WORKERS, cpus // max(1, processes_per_node) - 1))
+
+
+def _auto_workers(trainer: Trainer | None) -> int:
+    """`auto_num_workers` for this process: srun's own CPUs for a task of a several-task step (srun
+    started each process and bound its CPUs), else the usable CPUs shared by the trainer's processes."""
+    task_cpus = srun_task_cpus()
+    if task_cpus is not None:
+        return auto_num_workers(1, min(task_cpus, len(os.sched_getaffinity(0))))
+    return auto_num_workers(trainer.num_devices if trainer is not None else 1)
 
 
 class UnpaddedDistributedSampler(DistributedSampler):
@@ -54,8 +65,7 @@ def loader_options(cfg: DataConfig, trainer: Trainer | None, dataset: Dataset, *
                    train: bool) -> dict[str, Any]:
     """DataLoader keyword arguments for `dataset`: batching, workers, pinning and, for evaluation
     under several processes, the sampler (training samplers are `EpochSampler`s, see `_loader`)."""
-    processes = trainer.num_devices if trainer is not None else 1
-    workers = auto_num_workers(processes) if cfg.num_workers is None else cfg.num_workers
+    workers = _auto_workers(trainer) if cfg.num_workers is None else cfg.num_workers
     on_cuda = (isinstance(trainer.accelerator, CUDAAccelerator) if trainer is not None
                else torch.cuda.is_available())
     options: dict[str, Any] = {

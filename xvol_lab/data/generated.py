@@ -43,17 +43,19 @@ SPLITS = {"train": 0, "val": 1}  # split -> its seed stream
 
 
 @dataclass(frozen=True)
-class Generator:
-    """A synthetic dataset: class names for K classes, and draw(rng, label, K, size) -> (image, meta)."""
+class Drawer:
+    """How a synthetic classification set draws its images: class names for K classes, and
+    draw(rng, label, K, size) -> (image, meta). (`xvol_lab.data.build.GENERATORS` maps every synthetic
+    dataset to the function that writes it.)"""
 
     version: int
     class_names: Callable[[int], list[str]]
     draw: Callable[[np.random.Generator, int, int, int], tuple[np.ndarray, dict[str, Any]]]
 
 
-GENERATORS: dict[str, Generator] = {
-    "shapes": Generator(shapes.VERSION, shapes.class_names, shapes.draw),
-    "shapes-context": Generator(context.VERSION, context.class_names, context.draw),
+DRAWERS: dict[str, Drawer] = {
+    "shapes": Drawer(shapes.VERSION, shapes.class_names, shapes.draw),
+    "shapes-context": Drawer(context.VERSION, context.class_names, context.draw),
 }
 
 
@@ -68,10 +70,10 @@ class GeneratedData:
     samples: dict[str, list[tuple[Path, int]]]
 
 
-def _generator(cfg: DataConfig) -> Generator:
-    if cfg.name not in GENERATORS:
-        raise ConfigError(f"{cfg.name!r} is not a synthetic dataset; expected one of {', '.join(GENERATORS)}")
-    return GENERATORS[cfg.name]
+def _drawer(cfg: DataConfig) -> Drawer:
+    if cfg.name not in DRAWERS:
+        raise ConfigError(f"{cfg.name!r} is not a synthetic dataset; expected one of {', '.join(DRAWERS)}")
+    return DRAWERS[cfg.name]
 
 
 def dataset_params(cfg: DataConfig) -> dict[str, int]:
@@ -88,7 +90,7 @@ def params_folder(params: dict[str, int]) -> str:
 
 def dataset_dir(cfg: DataConfig) -> Path:
     """Where `cfg`'s synthetic dataset lives; different parameters never share a folder."""
-    _generator(cfg)
+    _drawer(cfg)
     return Path(cfg.root) / cfg.name / params_folder(dataset_params(cfg))
 
 
@@ -190,12 +192,12 @@ def generate(cfg: DataConfig) -> Path:
     """Generate `cfg`'s synthetic dataset unless it exists; returns its folder."""
     target = dataset_dir(cfg)
     generate_folder(target, MANIFEST, lambda tmp: _write(tmp, cfg))
-    read_manifest(target, cfg.name, _generator(cfg).version, cfg)
+    read_manifest(target, cfg.name, _drawer(cfg).version, cfg)
     return target
 
 
 def _write(folder: Path, cfg: DataConfig) -> None:
-    gen = _generator(cfg)
+    gen = _drawer(cfg)
     classes = gen.class_names(cfg.num_classes)
     rows: list[dict[str, Any]] = []
     stats = PixelStats()
@@ -221,7 +223,7 @@ def _write(folder: Path, cfg: DataConfig) -> None:
 def read_generated(cfg: DataConfig) -> GeneratedData:
     """Read back the dataset `generate(cfg)` made; a missing or foreign folder raises ConfigError."""
     folder = dataset_dir(cfg)
-    manifest = read_manifest(folder, cfg.name, _generator(cfg).version, cfg)
+    manifest = read_manifest(folder, cfg.name, _drawer(cfg).version, cfg)
     samples: dict[str, list[tuple[Path, int]]] = {split: [] for split in SPLITS}
     try:
         with open(folder / INDEX, newline="") as f:

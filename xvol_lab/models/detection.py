@@ -103,26 +103,23 @@ class BackboneFPN(BackboneWithFPN):
         return self
 
 
-def build_detector(spec: BackboneSpec, num_classes: int, *, masks: bool, deploy: bool = False,
-                   **options: Any) -> FasterRCNN:
-    """Faster R-CNN, or Mask R-CNN when `masks`, over the backbone of `spec`.
+def build_detector(spec: BackboneSpec, num_classes: int, cfg: DetectorConfig | None = None, *, masks: bool,
+                   deploy: bool = False) -> FasterRCNN:
+    """Faster R-CNN, or Mask R-CNN when `masks`, over the backbone of `spec`, configured by `cfg`
+    (default: torchvision's `maskrcnn_resnet50_fpn` settings).
 
     `num_classes` counts object classes; the detector predicts ``num_classes + 1`` (label 0 is the
-    background, as in torchvision). `options` are `DetectorConfig` fields (``min_size=64``, ...).
-    ``deploy=True`` builds deploy-form operators (to load a re-parameterized state dict).
+    background, as in torchvision). ``deploy=True`` builds deploy-form operators (to load a
+    re-parameterized state dict).
     """
     if not is_int(num_classes) or num_classes < 1:
         raise ValueError(f"num_classes: got {num_classes!r}, expected a positive integer")
-    names = {f.name for f in dataclasses.fields(DetectorConfig)}
-    unknown = sorted(set(options) - names)
-    if unknown:
-        raise ValueError(f"{unknown[0]}: not a detector option; expected one of {', '.join(sorted(names))}")
-    cfg = DetectorConfig(**options)
+    cfg = DetectorConfig() if cfg is None else cfg
     body = BackboneFPN(build_backbone(spec, deploy=deploy), trainable_stages=cfg.trainable_stages,
                        out_channels=cfg.fpn_channels)
     anchors = AnchorGenerator(sizes=tuple((s,) for s in cfg.anchor_sizes),
                               aspect_ratios=(ASPECT_RATIOS,) * len(cfg.anchor_sizes))
-    rcnn = {name: getattr(cfg, name) for name in names if name.startswith(("rpn_", "box_"))}
+    rcnn = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if f.name.startswith(("rpn_", "box_"))}
     box_predictor = FastRCNNPredictor(REPRESENTATION_SIZE, num_classes + 1)
     common: dict[str, Any] = dict(min_size=cfg.min_size, max_size=cfg.max_size, rpn_anchor_generator=anchors,
                                   box_predictor=box_predictor, **rcnn)

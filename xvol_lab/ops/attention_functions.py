@@ -71,7 +71,8 @@ def pixel_shift_aggregate(weights: Tensor, v: Tensor, taps: tuple[Tap, ...], str
     not promote a bf16 value path to float32).
 
     With `out` (B, C, H', W') the sum is accumulated into it in place (fused multiply-adds, no
-    temporaries); autograd-safe, since no backward needs the accumulator's old value.
+    temporaries); autograd-safe, since no backward needs the accumulator's old value. Without it, the
+    sum goes into a fresh tensor in the layout of `v` (channels-last stays channels-last).
     """
     b, heads, _, ho, wo = weights.shape
     c = v.shape[1]
@@ -79,15 +80,21 @@ def pixel_shift_aggregate(weights: Tensor, v: Tensor, taps: tuple[Tap, ...], str
     pad = max(max(abs(ty), abs(tx)) for ty, tx in taps)
     vp = F.pad(v, (pad, pad, pad, pad))
     shifted = [_shifted(vp, t, pad, (ho, wo), stride).view(b, heads, c // heads, ho, wo) for t in taps]
-    if out is None:
-        acc = weights[:, :, :1] * shifted[0]  # (B, heads, d, H', W')
+    start = 0
+    if out is None:  # splitting C of a (B, C, H', W') tensor is a view in every layout; merging back is not
+        out = torch.empty((b, c, ho, wo), dtype=v.dtype, device=v.device, memory_format=_layout(v))
+        out.view(b, heads, c // heads, ho, wo).copy_(weights[:, :, :1] * shifted[0])  # first tap: a product
         start = 1
-    else:
-        acc = out.view(b, heads, c // heads, ho, wo)
-        start = 0
+    acc = out.view(b, heads, c // heads, ho, wo)
     for j in range(start, len(taps)):
         acc = acc.addcmul_(weights[:, :, j: j + 1], shifted[j])
-    return acc.view(b, c, ho, wo)
+    return acc.reshape(b, c, ho, wo)  # a view of `out`; returned from `acc` so that traced exports see the sums
+
+
+def _layout(t: Tensor) -> torch.memory_format:
+    """channels-last when `t` is (and is not also NCHW-contiguous, as 1x1 images are), else NCHW."""
+    cl = t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
+    return torch.channels_last if cl else torch.contiguous_format
 
 
 def pixel_shift_attention(q: Tensor, k: Tensor, v: Tensor, heads: int, taps: tuple[Tap, ...],

@@ -26,11 +26,15 @@ def check_kernel_size(kernel_size: int) -> int:
     return kernel_size
 
 
+def _at_least_one(name: str, value: int) -> int:
+    if not is_int(value) or value < 1:
+        raise ValueError(f"{name}: got {value!r}, expected an integer >= 1")
+    return value
+
+
 def check_shift(shift: int) -> int:
     """The PSSA shift size L >= 1."""
-    if not is_int(shift) or shift < 1:
-        raise ValueError(f"shift: got {shift!r}, expected an integer >= 1")
-    return shift
+    return _at_least_one("shift", shift)
 
 
 def check_dirs(dirs: int) -> int:
@@ -42,9 +46,7 @@ def check_dirs(dirs: int) -> int:
 
 def check_stack(stack: int) -> int:
     """Number of stacked PSSA layers in the branch, >= 1."""
-    if not is_int(stack) or stack < 1:
-        raise ValueError(f"stack: got {stack!r}, expected an integer >= 1")
-    return stack
+    return _at_least_one("stack", stack)
 
 
 def resolve_heads(heads: int | None, out_chs: int) -> int:

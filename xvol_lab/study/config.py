@@ -30,6 +30,7 @@ from xvol_lab.study.space import check_point, expand_space, spec_of
 from xvol_lab.study.space_config import SpaceConfig, distinct, listing
 from xvol_lab.tasks import metrics
 from xvol_lab.tasks.config import RunConfig, Task
+from xvol_lab.tasks.registry import DEFAULT_TASK
 
 # Measured by the study itself on the deploy form of the trained model, after training: latency at
 # batch 1 and at the study's batch size, parameters, FLOPs of one image. Any of them can be an objective.
@@ -175,7 +176,7 @@ class StudyConfig:
     """A whole study file. See studies/README.md for every key."""
 
     description: str = ""
-    task: Task = "classification"
+    task: Task = DEFAULT_TASK
     base: RunConfig = field(default_factory=RunConfig)
     space: SpaceConfig | None = None
     objectives: tuple[ObjectiveConfig, ...] = (ObjectiveConfig(),)

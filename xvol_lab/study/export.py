@@ -32,13 +32,12 @@ from optuna.trial import FrozenTrial
 from torch import Tensor
 
 from xvol_lab.errors import ConfigError
-from xvol_lab.study.progress import pareto_front
 from xvol_lab.study.report.source import StudyData, configuration_label
 from xvol_lab.study.report.tables import STAGE_COLUMNS, objective_column, trials_table
 from xvol_lab.study.report.writer import format_number, markdown_table, staged_dir
+from xvol_lab.study.standing import best_trials
 from xvol_lab.tasks.config import RunConfig, load_run_config
 from xvol_lab.tasks.export import (
-    TASK_MODULES,
     DataInfo,
     data_info,
     export_deploy,
@@ -48,7 +47,7 @@ from xvol_lab.tasks.export import (
     validation_batch,
 )
 from xvol_lab.tasks.onnx import ONNX_FILE, OPSET, PROGRAM_FILE, export_portable, fixed_size, load_portable
-from xvol_lab.tasks.registry import DETECTION_TASKS
+from xvol_lab.tasks.registry import task_record
 from xvol_lab.tasks.runner import CHECKPOINT_DIR
 from xvol_lab.tasks.verify import DEPLOY_TOL, LOGITS_TOL, Comparison, compare_outputs
 
@@ -88,7 +87,7 @@ def pareto_fronts(trials: list[FrozenTrial], directions: list[str]) -> list[list
     """`trials` (complete) by non-dominated rank: the Pareto front, then the front of the rest, ..."""
     fronts, rest = [], list(trials)
     while rest:
-        front = pareto_front(rest, directions)
+        front = best_trials(rest, directions)
         fronts.append(front)
         rest = [t for t in rest if t not in front]
     return fronts
@@ -124,7 +123,7 @@ def check_images(run_dir: Path, config: RunConfig,
         log.warning("%s: no validation images (%s); checking on random images", run_dir, err)
         size = config.data.image_size
         generator = torch.Generator().manual_seed(0)
-        if config.task in DETECTION_TASKS:
+        if task_record(config.task).takes_image_lists:
             images = list(torch.rand(n, config.model.in_chans, size, size, generator=generator))
         else:
             images = torch.randn(n, config.model.in_chans, size, size, generator=generator)
@@ -145,23 +144,11 @@ def verify_export(folder: Path, images: Tensor | list[Tensor],
     with torch.no_grad():
         expected = trained.model(images)
         outputs = {"deploy checkpoint": deployed.network(images), portable_name: portable(images)}
-    tolerances = {"deploy checkpoint": DEPLOY_TOL if task == "classification" else LOGITS_TOL,
+    tolerances = {"deploy checkpoint": DEPLOY_TOL if task_record(task).output == "labels" else LOGITS_TOL,
                   portable_name: LOGITS_TOL}
     comparisons = tuple(compare_outputs(task, name, out, expected, tolerances[name])
                         for name, out in outputs.items())
     return CheckResult(images=len(images), source=source, comparisons=comparisons)
-
-
-ONNX_IO = {
-    "classification": "input `images` (N, {c}, {s}, {s}) normalised like the validation data, output "
-                      "`logits`",
-    "semantic_segmentation": "input `images` (N, {c}, {s}, {s}) normalised like the validation data, output "
-                             "`logits` (N, classes, {s}, {s})",
-    "detection": "input `image` ({c}, {s}, {s}) in [0, 1], one per call, outputs `boxes` (xyxy), `labels`, "
-                 "`scores`",
-    "instance_segmentation": "input `image` ({c}, {s}, {s}) in [0, 1], one per call, outputs `boxes` (xyxy), "
-                             "`labels`, `scores`, `masks` (K, 1, {s}, {s})",
-}
 
 
 def model_card(data: StudyData, trial: FrozenTrial, config: RunConfig, row: pd.Series,
@@ -175,7 +162,8 @@ def model_card(data: StudyData, trial: FrozenTrial, config: RunConfig, row: pd.S
              if k not in hidden and (isinstance(v, str) and v or format_number(v))}
     values = pd.DataFrame({"quantity": list(shown), "value": list(shown.values())})
     stages = pd.DataFrame({"stage": [1, 2, 3, 4], "operator": [row[c] for c in STAGE_COLUMNS]})
-    io = ONNX_IO[config.task].format(c=spec.in_chans, s=config.data.image_size)
+    record = task_record(config.task)
+    io = record.onnx_io.format(c=spec.in_chans, s=config.data.image_size)
     return "\n".join([
         f"# {spec.describe()}", "",
         f"Study `{data.name}` (`{data.shown_url}`), trial {trial.number}: {config.task} on "
@@ -190,7 +178,7 @@ def model_card(data: StudyData, trial: FrozenTrial, config: RunConfig, row: pd.S
         "## Files", "",
         f"- `{SPEC}`: the spec; `lab.py train --arch {SPEC}` retrains it, `BackboneSpec.from_json` reads it",
         f"- `{CONFIG}`: the run config; `lab.py train --config {CONFIG}` retrains the trial",
-        f"- `{CHECKPOINT}`: the trained checkpoint (`{type_name(config.task)}.load_from_checkpoint`; "
+        f"- `{CHECKPOINT}`: the trained checkpoint (`{record.lightning_module().__name__}.load_from_checkpoint`; "
         f"`init.path=<this folder>` starts another task's backbone from it)",
         f"- `{DEPLOY}`: the re-parameterized network with its classes and preprocessing "
         "(`xvol_lab.tasks.export.load_deployed`; `lab.py predict <this folder> IMAGES... --out DIR`)",
@@ -199,11 +187,6 @@ def model_card(data: StudyData, trial: FrozenTrial, config: RunConfig, row: pd.S
          f"- `{PROGRAM_FILE}`: the deploy network as a `torch.export` program (`torch.export.load`), "
          f"dynamic batch; no `{ONNX_FILE}`: {fallback}"), "",
         "## Check", "", check.describe(), ""])
-
-
-def type_name(task: str) -> str:
-    """The LightningModule class name of `task` (for the model card)."""
-    return TASK_MODULES[task].__name__
 
 
 def export_trial(data: StudyData, trial: FrozenTrial, folder: Path, row: pd.Series) -> CheckResult:

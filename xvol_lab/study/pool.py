@@ -4,7 +4,9 @@ The study process starts K workers, each ``python -m xvol_lab.study.worker NAME`
 storage and overrides; `xvol_lab.study.worker.main`) in a process of its own, and waits for them.
 They share the study like any workers (`xvol_lab.study.lock`, the exact budget). Each is pinned to its share
 of the machine, which its trial processes inherit: GPUs ``i*d .. i*d+d-1`` of the visible ones
-(`CUDA_VISIBLE_DEVICES`, d = devices per trial; K x d must not exceed the visible GPUs) and
+(`CUDA_VISIBLE_DEVICES`, d = devices per trial; K x d must not exceed the visible GPUs; inside a SLURM
+step by UUID, also in ``xvol_lab.study.slurm.TRIAL_GPUS_ENV``, which the trials' overlapping steps would
+otherwise replace, see `xvol_lab.study.slurm`) and
 ``cores // K`` CPU threads (`OMP_NUM_THREADS`, `MKL_NUM_THREADS`). Concurrent DDP trials
 rendezvous on ports the kernel picks free (`xvol_lab.study.launch`). Stop signals are passed on
 to the workers; a worker whose study process dies (even by SIGKILL) stops with it (lifeline).
@@ -25,6 +27,7 @@ from xvol_lab.errors import ConfigError
 from xvol_lab.paths import child_pythonpath
 from xvol_lab.study.launch import LIFELINE_ENV
 from xvol_lab.study.signals import STOP_SIGNALS
+from xvol_lab.study.slurm import TRIAL_GPUS_ENV, in_step
 
 log = logging.getLogger(__name__)
 WORKER_MODULE = "xvol_lab.study.worker"
@@ -37,6 +40,22 @@ def visible_gpus(env: Mapping[str, str]) -> list[str]:
     import torch
 
     return [str(i) for i in range(torch.cuda.device_count())]
+
+
+def gpu_uuids(indices: Sequence[str]) -> list[str]:
+    """The UUIDs of the GPUs `indices` (entries of CUDA_VISIBLE_DEVICES: the indices nvidia-smi shows, or
+    UUIDs already), from ``nvidia-smi --query-gpu=index,uuid``."""
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=index,uuid", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=60, check=True).stdout
+    except (OSError, subprocess.SubprocessError) as err:
+        raise ConfigError(f"--workers inside a SLURM step pins GPUs by UUID and needs nvidia-smi ({err})") from err
+    uuids = dict(line.replace(" ", "").split(",", 1) for line in out.splitlines() if "," in line)
+    missing = [i for i in indices if not i.startswith("GPU-") and i not in uuids]
+    if missing:
+        raise ConfigError(f"CUDA_VISIBLE_DEVICES: GPU(s) {','.join(missing)} not listed by nvidia-smi "
+                          f"({','.join(uuids) or 'none'}); expected indices it shows or GPU UUIDs")
+    return [i if i.startswith("GPU-") else uuids[i] for i in indices]
 
 
 def worker_environments(workers: int, devices: int, use_gpus: bool,
@@ -53,11 +72,15 @@ def worker_environments(workers: int, devices: int, use_gpus: bool,
         raise ConfigError(f"--workers {workers} --devices {devices}: needs {workers * devices} GPUs, "
                           f"{len(gpus)} visible ({','.join(gpus)}); expected workers x devices <= "
                           f"{len(gpus)}")
+    if gpus and in_step(env):
+        gpus = gpu_uuids(gpus)
     out = []
     for i in range(workers):
         pinned = {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
         if gpus:
             pinned["CUDA_VISIBLE_DEVICES"] = ",".join(gpus[i * devices:(i + 1) * devices])
+            if in_step(env):
+                pinned[TRIAL_GPUS_ENV] = pinned["CUDA_VISIBLE_DEVICES"]
         out.append(pinned)
     return out
 

@@ -20,6 +20,7 @@ from rich.table import Table
 from rich.text import Text
 
 from xvol_lab.study.ledger import Tally, counted
+from xvol_lab.study.standing import best_trials
 
 log = logging.getLogger("xvol_lab.study")
 
@@ -50,25 +51,11 @@ def best_text(trials: list[FrozenTrial], metrics: list[str], directions: list[st
     if not done:
         return "no complete trial yet"
     if len(metrics) > 1:
-        front = pareto_front(done, directions)
+        front = best_trials(done, directions)
         return f"Pareto front: {len(front)} trial(s) ({', '.join(str(t.number) for t in front[:8])})"
     sign = 1.0 if directions[0] == "maximize" else -1.0
     best = max(done, key=lambda t: sign * t.values[0])
     return f"{metrics[0]} {best.values[0]:.4f} (trial {best.number})"
-
-
-def pareto_front(trials: list[FrozenTrial], directions: list[str]) -> list[FrozenTrial]:
-    """The trials no other trial dominates (at least as good in every objective, better in one)."""
-    signs = [1.0 if d == "maximize" else -1.0 for d in directions]
-
-    def key(t: FrozenTrial) -> list[float]:
-        return [s * v for s, v in zip(signs, t.values, strict=True)]
-
-    def dominates(a: list[float], b: list[float]) -> bool:
-        pairs = list(zip(a, b, strict=True))
-        return all(x >= y for x, y in pairs) and any(x > y for x, y in pairs)
-
-    return [t for t in trials if not any(dominates(key(u), key(t)) for u in trials)]
 
 
 def remaining_seconds(trials: list[FrozenTrial], n_trials: int, tally: Tally) -> float | None:

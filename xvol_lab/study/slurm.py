@@ -18,7 +18,11 @@ one); each multi-process trial is one job step::
   Lightning would pick from the node list); a multi-node trial on the first node of its step.
 - ``--overlap``: a worker that itself runs in a step (``SLURM_STEP_ID`` set, e.g. started with
   ``srun`` or from ``srun --pty bash``) holds the resources its trial needs; without it the trial's
-  step would wait for them forever. ``--immediate`` bounds every wait for a step's resources.
+  step would wait for them forever. Overlapping steps may be given the same GPUs, so a worker of a
+  ``--workers K`` pool started inside a step (`xvol_lab.study.pool`) carries its own GPUs by UUID
+  (``TRIAL_GPUS_ENV``): its trial's step asks for all of the node's GPUs and the trial process keeps
+  only those (`apply_trial_gpus`), so that the pool's trials never share a GPU. ``--immediate``
+  bounds every wait for a step's resources.
   Several workers in one step (one per node) each keep their trials on their own node; their
   trials cannot span nodes (refused).
 
@@ -30,10 +34,11 @@ A trial not started by srun (one process, or torch.distributed.run on this machi
 from __future__ import annotations
 
 import socket
-from collections.abc import Mapping
+from collections.abc import Mapping, MutableMapping
 
 from xvol_lab.errors import ConfigError
 
+TRIAL_GPUS_ENV = "XVOL_TRIAL_GPUS"  # the GPUs (UUIDs) a pool worker's trials run on, inside a step
 STEP_WAIT_S = 300  # how long a trial's srun waits for its resources before failing (--immediate)
 # srun reads these as options; the step's own flags replace them, so they are not passed on
 STEP_OPTION_VARIABLES = ("SLURM_NTASKS", "SLURM_NPROCS", "SLURM_NTASKS_PER_NODE", "SLURM_CPUS_PER_TASK",
@@ -83,8 +88,9 @@ def srun_command(script: list[str], devices: int, nodes: int, env: Mapping[str, 
     cpus = _count(env, "SLURM_CPUS_PER_TASK", max(1, _count(env, "SLURM_CPUS_ON_NODE", devices) // devices))
     command = ["srun", f"--nodes={nodes}", f"--ntasks={nodes * devices}", f"--ntasks-per-node={devices}",
                "--exact", f"--cpus-per-task={cpus}"]
-    if gpus:
-        command += [f"--gpus-per-node={devices}", "--gpu-bind=none"]
+    if gpus:  # a pinned pool worker's step takes the node's GPUs; its trial keeps its own (apply_trial_gpus)
+        step_gpus = gpus if in_step(env) and env.get(TRIAL_GPUS_ENV) else devices
+        command += [f"--gpus-per-node={step_gpus}", "--gpu-bind=none"]
     command += ["--kill-on-bad-exit=1", f"--immediate={STEP_WAIT_S}"]
     if in_step(env):
         command.append("--overlap")
@@ -92,6 +98,13 @@ def srun_command(script: list[str], devices: int, nodes: int, env: Mapping[str, 
             command.append(f"--nodelist={env['SLURMD_NODENAME']}")
     export = f"ALL,MASTER_PORT={free_port()}" + (",MASTER_ADDR=127.0.0.1" if nodes == 1 else "")
     return [*command, f"--export={export}", python, *script]
+
+
+def apply_trial_gpus(env: MutableMapping[str, str]) -> None:
+    """In a trial process, before CUDA starts: see only the GPUs its pool worker was given
+    (``TRIAL_GPUS_ENV``), not those srun's step shows (every GPU of the node)."""
+    if env.get(TRIAL_GPUS_ENV):
+        env["CUDA_VISIBLE_DEVICES"] = env[TRIAL_GPUS_ENV]
 
 
 def trial_environment(command: list[str], env: Mapping[str, str]) -> dict[str, str]:

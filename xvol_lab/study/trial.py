@@ -34,6 +34,7 @@ from xvol_lab.study.launch import STORAGE_ENV, watch_lifeline
 from xvol_lab.study.measure import measure
 from xvol_lab.study.outcome import INTERRUPTED_EXIT, TrialRequest, read_request
 from xvol_lab.study.samplers import make_pruner
+from xvol_lab.study.slurm import apply_trial_gpus
 from xvol_lab.study.storage import open_storage
 from xvol_lab.tasks import NonFiniteLossError, fit
 
@@ -123,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     if len(args) != 1:
         print("usage: python -m xvol_lab.study.trial TRIAL_DIR", file=sys.stderr)
         return 2
+    apply_trial_gpus(os.environ)  # before anything starts CUDA
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     keep_freed_memory()

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from collections.abc import Callable
 
 import torch
 
@@ -40,27 +41,34 @@ from xvol_lab.tasks.metrics import (
     VAL_MIOU,
     VAL_PIXEL_ACC,
 )
+from xvol_lab.tasks.registry import Trivial, task_record
 
 DETECTION_METRICS = (VAL_BOX_AP, VAL_BOX_AP50, VAL_BOX_AP75, VAL_MASK_AP, VAL_MASK_AP50)
 
 
 def trivial_level(config: StudyConfig) -> dict[str, float]:
-    """Each objective of `config` that has a trivial level -> that level (see the module docstring).
+    """Each objective of `config` that has a trivial level -> that level (see the module docstring);
+    which one is the task's (`TaskRecord.trivial`).
 
     Segmentation studies generate their dataset if needed and read the validation masks once."""
-    metrics = config.metric_names
-    levels: dict[str, float] = {}
-    if VAL_ACC1 in metrics or VAL_ACC5 in metrics:
-        counts = sorted(_val_label_counts(config.base.data).values(), reverse=True)
-        total = sum(counts)
-        for name, k in ((VAL_ACC1, 1), (VAL_ACC5, 5)):
-            if name in metrics:
-                levels[name] = sum(counts[:k]) / total
-    if VAL_MIOU in metrics or VAL_PIXEL_ACC in metrics:
-        background = all_background_scores(config.base.data)
-        levels.update({name: background[name] for name in (VAL_MIOU, VAL_PIXEL_ACC) if name in metrics})
-    levels.update({name: 0.0 for name in (*DETECTION_METRICS, VAL_ACC1_AUC) if name in metrics})
-    return levels
+    names, scores = _LEVELS[task_record(config.task).trivial]
+    wanted = [name for name in config.metric_names if name in names]
+    if not wanted:
+        return {}
+    levels = scores(config.base.data)
+    return {name: levels[name] for name in wanted}
+
+
+def majority_class_scores(data: DataConfig) -> dict[str, float]:
+    """`val/acc1` and `val/acc5` of always predicting the most frequent validation classes of `data`."""
+    counts = sorted(_val_label_counts(data).values(), reverse=True)
+    total = sum(counts)
+    return {VAL_ACC1: sum(counts[:1]) / total, VAL_ACC5: sum(counts[:5]) / total}
+
+
+def _classification_levels(data: DataConfig) -> dict[str, float]:
+    """The majority class's accuracies; `val/acc1_auc` rescales chance to 0, so its level is 0."""
+    return {**majority_class_scores(data), VAL_ACC1_AUC: 0.0}
 
 
 def _val_label_counts(data: DataConfig) -> Counter[int]:
@@ -87,3 +95,15 @@ def all_background_scores(data: DataConfig) -> dict[str, float]:
         logits[:, 0] = 1.0  # background wins every pixel
         metrics.update(logits, mask[None])
     return {name: float(value) for name, value in metrics.compute().items()}
+
+
+def _nothing_detected(data: DataConfig) -> dict[str, float]:
+    return dict.fromkeys(DETECTION_METRICS, 0.0)
+
+
+# TaskRecord.trivial -> (the metrics it gives a level, their levels on a dataset)
+_LEVELS: dict[Trivial, tuple[tuple[str, ...], Callable[[DataConfig], dict[str, float]]]] = {
+    "majority_class": ((VAL_ACC1, VAL_ACC5, VAL_ACC1_AUC), _classification_levels),
+    "all_background": ((VAL_MIOU, VAL_PIXEL_ACC), all_background_scores),
+    "zero": (DETECTION_METRICS, _nothing_detected),
+}

@@ -7,10 +7,10 @@ package, such as the metric names (`xvol_lab.tasks.metrics`), does not import Li
 from xvol_lab.lazy import lazy_exports
 
 _EXPORTS = {
-    "classification": ["ClassificationTask"],
     "errors": ["NonFiniteLossError"],
     "export": ["export_deploy", "load_deploy"],
-    "metrics": ["MONITOR", "TRAIN_ACC1", "TRAIN_LOSS", "VAL_ACC1", "VAL_ACC5", "VAL_LOSS"],
+    "metrics": ["TRAIN_ACC1", "TRAIN_LOSS", "VAL_ACC1", "VAL_ACC5", "VAL_LOSS"],
+    "registry": ["MONITOR", "TASKS", "task_record"],
     "runner": ["fit"],
 }
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -16,14 +16,7 @@ import torch
 from lightning.fabric.plugins.environments import ClusterEnvironment, SLURMEnvironment
 
 from xvol_lab.errors import ConfigError
-
-
-def srun_tasks() -> int:
-    """How many tasks the srun step this process belongs to has (0 outside a step)."""
-    if "SLURM_STEP_ID" not in os.environ:
-        return 0
-    text = os.environ.get("SLURM_NTASKS", "1")
-    return int(text) if text.isdigit() else 1
+from xvol_lab.srun import srun_tasks
 
 
 def cluster_plugins(accelerator: str, devices: int) -> list[ClusterEnvironment]:

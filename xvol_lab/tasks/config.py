@@ -22,8 +22,8 @@ from xvol_lab.errors import ConfigError
 from xvol_lab.models import BackboneSpec
 from xvol_lab.models.detection import DetectorConfig
 from xvol_lab.schema import from_dict, is_int, parse_override, to_dict, with_overrides
+from xvol_lab.tasks.registry import DEFAULT_TASK, TASKS, Task, task_record
 
-Task = Literal["classification", "semantic_segmentation", "detection", "instance_segmentation"]
 Precision = Literal["32-true", "bf16-mixed", "16-mixed", "64-true"]
 # Strategies that run this script once per process (so `fit` returns its metrics in every process).
 Strategy = Literal["auto", "ddp", "ddp_find_unused_parameters_true"]
@@ -178,45 +178,11 @@ class InitConfig:
             raise ValueError("path: got '', expected a file or folder path, or null")
 
 
-# What a run of each task starts from before a config file and --set (sections merged over the
-# defaults above): sizes a first run finishes in about a minute on a 2-core CPU. The detectors get
-# the studies' 64 px imagenet-stem detector (a small stem would make their maps 16x larger).
-QUICK_DETECTOR: dict[str, Any] = {
-    "data": {"name": "shapes-coco", "image_size": 64, "num_train": 128, "num_val": 32, "num_classes": 4,
-             "batch_size": 8},
-    "model": {"stem": "imagenet"},
-    "detector": {"min_size": 64, "max_size": 64, "anchor_sizes": [8, 16, 32, 64, 128], "fpn_channels": 64,
-                 "rpn_pre_nms_top_n_train": 256, "rpn_post_nms_top_n_train": 128,
-                 "rpn_pre_nms_top_n_test": 256, "rpn_post_nms_top_n_test": 128,
-                 "box_batch_size_per_image": 128, "box_detections_per_img": 20},
-    "optim": {"lr": 0.02, "weight_decay": 0.0001},
-    "trainer": {"max_epochs": 2, "gradient_clip_val": 10.0},
-}
-TASK_DEFAULTS: dict[str, dict[str, Any]] = {
-    "classification": {},
-    "semantic_segmentation": {"data": {"name": "shapes-seg", "num_train": 500, "num_val": 100,
-                                       "num_classes": 4},
-                              "optim": {"name": "adamw", "lr": 0.002, "weight_decay": 0.01},
-                              "trainer": {"max_epochs": 3}},
-    "detection": QUICK_DETECTOR,
-    "instance_segmentation": QUICK_DETECTOR,
-}
-
-
-# The datasets each task reads (their loaders yield what the task's LightningModule expects).
-TASK_DATASETS: dict[str, tuple[str, ...]] = {
-    "classification": ("shapes", "shapes-context", "imagefolder", "cifar10"),
-    "semantic_segmentation": ("shapes-seg", "masks"),
-    "detection": ("shapes-coco", "coco"),
-    "instance_segmentation": ("shapes-coco", "coco"),
-}
-
-
 @dataclass(frozen=True)
 class RunConfig:
     """Everything one training run depends on; saved as run_dir/config.yaml."""
 
-    task: Task = "classification"
+    task: Task = DEFAULT_TASK
     seed: int = 0
     data: DataConfig = field(default_factory=DataConfig)
     model: BackboneSpec = field(default_factory=default_model)
@@ -226,7 +192,7 @@ class RunConfig:
     init: InitConfig = field(default_factory=InitConfig)  # backbone weights to start from
 
     def __post_init__(self) -> None:
-        datasets = TASK_DATASETS[self.task]
+        datasets = task_record(self.task).datasets
         if self.data.name not in datasets:
             raise ValueError(f"data.name: got {self.data.name!r} for task {self.task!r}, expected one of "
                              f"{', '.join(datasets)}")
@@ -271,13 +237,13 @@ def load_spec(path: str | Path) -> BackboneSpec:
 
 def _chosen_task(loaded: Mapping[str, Any] | None, overrides: list[str]) -> str:
     """The task a config file and overrides ask for (the last word wins); a task that does not
-    exist falls back to classification here and is refused by the validation after."""
-    task = (loaded or {}).get("task", "classification")
+    exist falls back to the default task here and is refused by the validation after."""
+    task = (loaded or {}).get("task", DEFAULT_TASK)
     for text in overrides:
         keys, value = parse_override(text)
         if keys == ["task"]:
             task = value
-    return task if isinstance(task, str) and task in TASK_DEFAULTS else "classification"
+    return task if isinstance(task, str) and task in TASKS else DEFAULT_TASK
 
 
 def load_run_config(path: str | Path | None = None, overrides: Iterable[str] = (), *,
@@ -285,7 +251,7 @@ def load_run_config(path: str | Path | None = None, overrides: Iterable[str] = (
     """The defaults, updated by the YAML file `path` (if any), the spec file `arch` (replaces `model`),
     then the ``key.path=value`` `overrides`, in that order.
 
-    The defaults are those of the task the file or the overrides choose (`TASK_DEFAULTS`).
+    The defaults are those of the task the file or the overrides choose (`TaskRecord.defaults`).
     Every error is a one-line `ConfigError` naming the file or override, the key and what was expected.
     """
     overrides = list(overrides)
@@ -298,7 +264,7 @@ def load_run_config(path: str | Path | None = None, overrides: Iterable[str] = (
             raise ConfigError(f"{path}: got {type(loaded).__name__}, expected a mapping of sections "
                               f"({', '.join(data)})")
     task = _chosen_task(loaded, overrides)
-    data = _merge(data, {"task": task, **TASK_DEFAULTS[task]})
+    data = _merge(data, {"task": task, **task_record(task).defaults})
     if path is not None:
         try:
             config = from_dict(RunConfig, _merge(data, loaded or {}))
@@ -308,27 +274,7 @@ def load_run_config(path: str | Path | None = None, overrides: Iterable[str] = (
         config = from_dict(RunConfig, data)
     if arch is not None:
         config = dataclasses.replace(config, model=load_spec(arch))
-    return apply_overrides(config, overrides)
-
-
-def apply_overrides(config: RunConfig, overrides: Iterable[str], label: str = "--set") -> RunConfig:
-    """`config` with the ``key.path=value`` `overrides` applied; an error names `label` and the item.
-
-    They are validated together, so values that only fit each other (a task and its dataset) can be
-    changed in one go; when that fails, the first item that fails on its own is named.
-    """
-    overrides = list(overrides)
-    for text in overrides:
-        parse_override(text)  # a malformed item names itself
-    try:
-        return with_overrides(config, overrides)
-    except ConfigError as together:
-        for text in overrides:
-            try:
-                config = with_overrides(config, [text])
-            except ConfigError as err:
-                raise ConfigError(f"{label} {text}: {err}") from None
-        raise ConfigError(f"{label} {' '.join(overrides)}: {together}") from None
+    return with_overrides(config, overrides, label="--set")
 
 
 def dump_run_config(config: RunConfig) -> str:
@@ -336,5 +282,5 @@ def dump_run_config(config: RunConfig) -> str:
     return yaml.safe_dump(to_dict(config), sort_keys=False)
 
 
-__all__ = ["TASK_DEFAULTS", "InitConfig", "OptimConfig", "RunConfig", "TrainerConfig", "apply_overrides",
+__all__ = ["InitConfig", "OptimConfig", "RunConfig", "TrainerConfig",
            "default_model", "dump_run_config", "load_run_config", "load_spec"]

@@ -11,7 +11,7 @@ from torch import Tensor
 from xvol_lab.data.coco import CocoInstances, Target
 from xvol_lab.models import BackboneSpec
 from xvol_lab.models.detection import DetectorConfig, build_detector
-from xvol_lab.schema import from_dict, to_dict
+from xvol_lab.schema import from_dict
 from xvol_lab.tasks.base import TaskModule
 from xvol_lab.tasks.coco_eval import (
     VAL_BOX_AP,
@@ -59,7 +59,7 @@ class DetectionTask(TaskModule):
         self.optim_config = from_dict(OptimConfig, optim or {})
         self.detector_config = from_dict(DetectorConfig, detector or {})
         self.masks = masks
-        self.model = build_detector(self.spec, num_classes, masks=masks, **to_dict(self.detector_config))
+        self.model = build_detector(self.spec, num_classes, self.detector_config, masks=masks)
         self.iou_types = ("bbox", "segm") if masks else ("bbox",)
         self._results: dict[int, ImageResults] = {}
 

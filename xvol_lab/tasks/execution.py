@@ -11,11 +11,10 @@ import torch
 
 from xvol_lab.errors import ConfigError
 from xvol_lab.tasks.config import OptimConfig, RunConfig, TrainerConfig
+from xvol_lab.tasks.registry import task_record
 
 log = logging.getLogger(__name__)
 
-# Tasks whose GPUs see a few large images each: batch statistics are shared across processes.
-DENSE_TASKS = ("semantic_segmentation", "detection", "instance_segmentation")
 
 
 def uses_cuda(trainer: TrainerConfig) -> bool:
@@ -40,7 +39,7 @@ def sync_batchnorm(config: RunConfig) -> bool:
     t = config.trainer
     if t.sync_batchnorm is None:
         distributed = t.devices != 1 or t.num_nodes > 1
-        return config.task in DENSE_TASKS and distributed and uses_cuda(t)
+        return task_record(config.task).dense and distributed and uses_cuda(t)
     if t.sync_batchnorm and not uses_cuda(t):
         raise ConfigError(f"trainer.sync_batchnorm: got true with accelerator {t.accelerator!r} and no CUDA, "
                           "expected false or null (SyncBatchNorm runs on CUDA only)")
@@ -65,5 +64,5 @@ def effective_optim(config: RunConfig, world_size: int) -> OptimConfig:
     return dataclasses.replace(optim, lr=lr, lr_scaling="none")
 
 
-__all__ = ["DENSE_TASKS", "deterministic_mode", "effective_optim", "global_batch", "sync_batchnorm",
+__all__ = ["deterministic_mode", "effective_optim", "global_batch", "sync_batchnorm",
            "uses_cuda"]

@@ -26,16 +26,10 @@ from xvol_lab.atomic import atomic_path
 from xvol_lab.errors import ConfigError
 from xvol_lab.ops import reparameterize
 from xvol_lab.schema import from_dict, to_dict
-from xvol_lab.tasks.classification import ClassificationTask
 from xvol_lab.tasks.config import RunConfig
-from xvol_lab.tasks.detection import DetectionTask
-from xvol_lab.tasks.registry import DETECTION_TASKS, build_network
-from xvol_lab.tasks.segmentation import SegmentationTask
+from xvol_lab.tasks.registry import task_record
 
 DEPLOY_KEYS = ("config", "num_classes", "state_dict", "classes", "category_ids", "preprocess")
-TASK_MODULES: dict[str, type[L.LightningModule]] = {
-    "classification": ClassificationTask, "semantic_segmentation": SegmentationTask,
-    "detection": DetectionTask, "instance_segmentation": DetectionTask}
 
 
 @dataclass(frozen=True)
@@ -99,7 +93,8 @@ class DataInfo:
 
 def data_info(datamodule: L.LightningDataModule, task: str) -> DataInfo:
     """`DataInfo` of a set-up `datamodule` of `task`."""
-    category_ids = getattr(datamodule.val_set, "category_ids", ()) if task in DETECTION_TASKS else ()
+    detects = task_record(task).output == "instances"
+    category_ids = getattr(datamodule.val_set, "category_ids", ()) if detects else ()
     return DataInfo(preprocess_of(datamodule, task), tuple(datamodule.classes), tuple(map(int, category_ids)))
 
 
@@ -121,23 +116,22 @@ def preprocess_of(datamodule: L.LightningDataModule, task: str) -> Preprocess:
     if getattr(normalize, "mean", None) is not None:
         mean, std = tuple(normalize.mean), tuple(normalize.std)
     return Preprocess(size=int(datamodule.image_size), steps=tuple(steps), mean=mean, std=std,
-                      fixed_size=task not in DETECTION_TASKS)
+                      fixed_size=not task_record(task).takes_image_lists)
 
 
 def load_trained(checkpoint: str | Path, task: str) -> L.LightningModule:
     """The LightningModule of `task` in the Lightning `checkpoint`, on the CPU, in eval mode."""
     if not Path(checkpoint).is_file():
         raise ConfigError(f"{checkpoint}: no such checkpoint")
-    return TASK_MODULES[task].load_from_checkpoint(checkpoint, map_location="cpu").eval()
+    return task_record(task).lightning_module().load_from_checkpoint(checkpoint, map_location="cpu").eval()
 
 
 def export_deploy(checkpoint: str | Path, out_path: str | Path, config: RunConfig | None = None,
                   info: DataInfo | None = None) -> Path:
-    """Save the deploy form of the model in the Lightning `checkpoint` of `config.task` (default: a
-    classifier of the checkpoint's spec) at `out_path`, atomically; see the module doc."""
-    if config is None:
-        spec = load_trained(checkpoint, "classification").spec
-        config = RunConfig(model=spec)
+    """Save the deploy form of the model in the Lightning `checkpoint` of `config.task` (default: the
+    default `RunConfig`'s, a classifier) at `out_path`, atomically; see the module doc. The spec is the
+    checkpoint's."""
+    config = RunConfig() if config is None else config
     task = load_trained(checkpoint, config.task)
     config = dataclasses.replace(config, model=task.spec)
     deploy = reparameterize(task.model.eval())
@@ -177,7 +171,8 @@ def load_deployed(path: str | Path) -> Deployed:
     if not isinstance(payload, dict) or set(payload) != set(DEPLOY_KEYS):
         raise ConfigError(f"{path}: not a deploy export; expected the keys {', '.join(DEPLOY_KEYS)}")
     config = from_dict(RunConfig, payload["config"])
-    network = build_network(config, payload["num_classes"], deploy=True)
+    network = task_record(config.task).build_network(config.model, payload["num_classes"], config.detector,
+                                                     deploy=True)
     try:
         network.load_state_dict(payload["state_dict"])
     except RuntimeError:
@@ -208,5 +203,5 @@ def validation_batch(config: RunConfig, n: int) -> tuple[Tensor | list[Tensor], 
     return images, datamodule
 
 
-__all__ = ["DEPLOY_KEYS", "TASK_MODULES", "DataInfo", "Deployed", "Preprocess", "data_info", "export_deploy",
+__all__ = ["DEPLOY_KEYS", "DataInfo", "Deployed", "Preprocess", "data_info", "export_deploy",
            "load_deploy", "load_deployed", "load_trained", "preprocess_of", "validation_batch"]

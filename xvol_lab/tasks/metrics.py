@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from typing import Literal
 
 TRAIN_LOSS = "train/loss"
 TRAIN_ACC1 = "train/acc1"
@@ -20,14 +19,6 @@ VAL_BOX_AP75 = "val/box_ap75"
 VAL_MASK_AP = "val/mask_ap"
 VAL_MASK_AP50 = "val/mask_ap50"
 
-# task -> (the metric that picks the best epoch / trial, and whether higher or lower is better)
-MONITOR: dict[str, tuple[str, Literal["max", "min"]]] = {
-    "classification": (VAL_ACC1, "max"),
-    "semantic_segmentation": (VAL_MIOU, "max"),
-    "detection": (VAL_BOX_AP, "max"),
-    "instance_segmentation": (VAL_MASK_AP, "max"),
-}
-
 # metrics of the whole run so far rather than of one epoch: a run reports their last value, not the
 # best epoch's
 RUN_METRICS: frozenset[str] = frozenset({VAL_ACC1_AUC})
@@ -41,6 +32,6 @@ RANGES: dict[str, tuple[float, float]] = {
                                      VAL_BOX_AP, VAL_BOX_AP50, VAL_BOX_AP75, VAL_MASK_AP, VAL_MASK_AP50)},
 }
 
-__all__ = ["MONITOR", "RANGES", "RUN_METRICS", "TRAIN_ACC1", "TRAIN_LOSS", "VAL_ACC1", "VAL_ACC1_AUC", "VAL_ACC5",
+__all__ = ["RANGES", "RUN_METRICS", "TRAIN_ACC1", "TRAIN_LOSS", "VAL_ACC1", "VAL_ACC1_AUC", "VAL_ACC5",
            "VAL_BOX_AP", "VAL_BOX_AP50", "VAL_BOX_AP75", "VAL_LOSS", "VAL_MASK_AP", "VAL_MASK_AP50", "VAL_MIOU",
            "VAL_PIXEL_ACC"]

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from xvol_lab.tasks.registry import DETECTION_TASKS
+from xvol_lab.tasks.registry import task_record
 
 OPSET = 17
 DETECTION_OUTPUTS = ("boxes", "labels", "scores")
@@ -30,8 +30,9 @@ def export_onnx(network: nn.Module, path: Path, example: Tensor, task: str) -> N
     """Save `network` (eval) as ONNX at `path`; `example` is one image (C, S, S) of the fixed size."""
     with warnings.catch_warnings():  # the TorchScript exporter's deprecation and tracing notes
         warnings.simplefilter("ignore")
-        if task in DETECTION_TASKS:
-            outputs = [*DETECTION_OUTPUTS, *(["masks"] if task == "instance_segmentation" else [])]
+        record = task_record(task)
+        if record.takes_image_lists:
+            outputs = [*DETECTION_OUTPUTS, *(["masks"] if record.instance_masks else [])]
             torch.onnx.export(network.eval(), ([example],), str(path), opset_version=OPSET, dynamo=False,
                               input_names=["image"], output_names=outputs)
         else:
@@ -43,7 +44,7 @@ def export_onnx(network: nn.Module, path: Path, example: Tensor, task: str) -> N
 def fixed_size(images: Any, size: int, task: str) -> Any:
     """`images` as the exported model takes them: a detector's list resized to `size` x `size`
     (validation keeps each image's aspect ratio; the export fixes the size); batches unchanged."""
-    if task not in DETECTION_TASKS:
+    if not task_record(task).takes_image_lists:
         return images
     return [image if tuple(image.shape[-2:]) == (size, size) else
             F.interpolate(image[None], size=(size, size), mode="bilinear", align_corners=False)[0]
@@ -64,7 +65,7 @@ def export_portable(network: nn.Module, folder: Path, example: Tensor, task: str
     except Exception as err:  # the exporter raises many types; the reason goes to the model card
         (folder / ONNX_FILE).unlink(missing_ok=True)
         reason = f"ONNX export failed ({_first_line(err)})"
-    if task in DETECTION_TASKS:
+    if task_record(task).takes_image_lists:
         raise RuntimeError(f"{reason}; torch.export does not take torchvision's detectors "
                            "(data-dependent shapes)")
     try:
@@ -95,11 +96,11 @@ class OnnxNetwork:
         options = onnxruntime.SessionOptions()
         options.log_severity_level = 3  # no per-call shape notes from the detectors' dynamic outputs
         self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        self.task = task
+        self.takes_image_lists = task_record(task).takes_image_lists
         self.outputs = [o.name for o in self.session.get_outputs()]
 
     def __call__(self, images: Any) -> Any:
-        if self.task not in DETECTION_TASKS:
+        if not self.takes_image_lists:
             return torch.from_numpy(self.session.run(None, {"images": images.cpu().numpy()})[0])
         results = []
         for image in images:

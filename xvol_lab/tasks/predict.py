@@ -44,7 +44,7 @@ from xvol_lab.errors import ConfigError
 from xvol_lab.tasks.coco_eval import rescale_prediction, to_coco_results
 from xvol_lab.tasks.export import Deployed, Preprocess, load_deployed
 from xvol_lab.tasks.onnx import ONNX_FILE, PROGRAM_FILE, load_portable
-from xvol_lab.tasks.registry import DETECTION_TASKS
+from xvol_lab.tasks.registry import task_record
 
 DEPLOY_FILE = "deploy.pt"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
@@ -146,11 +146,12 @@ def _names(files: Sequence[Path]) -> dict[Path, str]:
 
 
 class _Writer:
-    """Collects the predictions of one task and writes its files into a folder."""
+    """Collects the predictions of one task and writes its files into a folder, by what its network
+    returns (`TaskRecord.output`): a CSV of the top classes, mask images, or COCO results."""
 
     def __init__(self, deployed: Deployed, names: dict[Path, str], top_k: int) -> None:
         self.deployed, self.names, self.top_k = deployed, names, top_k
-        self.task = deployed.config.task
+        self.record = task_record(deployed.config.task)
         self.rows: list[list[Any]] = []
         self.images: list[dict[str, Any]] = []
         self.results: dict[str, list[dict[str, Any]]] = {"bbox": [], "segm": []}
@@ -158,13 +159,13 @@ class _Writer:
 
     def add(self, paths: list[Path], inputs: list[Tensor], sizes: list[tuple[int, int]],
             outputs: Any) -> None:
-        if self.task == "classification":
+        if self.record.output == "labels":
             probs = outputs.float().softmax(1)
             top = probs.topk(min(self.top_k, probs.shape[1]), dim=1)
             for path, values, labels in zip(paths, top.values.tolist(), top.indices.tolist(), strict=True):
                 for rank, (p, label) in enumerate(zip(values, labels, strict=True), start=1):
                     self.rows.append([self.names[path], rank, label, self._class(label), f"{p:.6f}"])
-        elif self.task == "semantic_segmentation":
+        elif self.record.output == "pixels":
             for path, logits, size in zip(paths, outputs, sizes, strict=True):
                 resized = F.interpolate(logits[None].float(), size=size, mode="bilinear", align_corners=False)
                 self.masks[self.names[path]] = resized[0].argmax(0).to(torch.uint8).numpy()
@@ -183,14 +184,14 @@ class _Writer:
         return classes[label] if label < len(classes) else str(label)
 
     def write(self, folder: Path) -> list[Path]:
-        if self.task == "classification":
+        if self.record.output == "labels":
             text = io.StringIO()
             table = csv.writer(text)
             table.writerow(["image", "rank", "label", "class", "probability"])
             table.writerows(self.rows)
             (folder / "predictions.csv").write_text(text.getvalue())
             return [folder / "predictions.csv"]
-        if self.task == "semantic_segmentation":
+        if self.record.output == "pixels":
             colours = palette()
             written = [folder / "classes.txt"]
             (folder / "classes.txt").write_text("".join(f"{c}\n" for c in self.deployed.classes))
@@ -206,7 +207,7 @@ class _Writer:
         categories = [{"id": i, "name": self._class(k)} for k, i in enumerate(ids)]
         files = {"images.json": {"images": self.images, "categories": categories, "annotations": []},
                  "bbox_results.json": self.results["bbox"]}
-        if self.task == "instance_segmentation":
+        if self.record.instance_masks:
             files["segm_results.json"] = self.results["segm"]
         for name, content in files.items():
             (folder / name).write_text(json.dumps(content) + "\n")
@@ -225,7 +226,8 @@ def predict(export_dir: str | Path, inputs: Iterable[str | Path], out: str | Pat
         raise ConfigError(f"{out}: exists; expected a new or empty folder for the predictions")
     deployed, network = load_export(export_dir, onnx)
     preprocess = deployed.preprocess
-    if onnx and deployed.config.task in DETECTION_TASKS:  # the exported detector takes S x S images only
+    lists = task_record(deployed.config.task).takes_image_lists
+    if onnx and lists:  # the exported detector takes S x S images only
         preprocess = dataclasses.replace(preprocess, fixed_size=True)
     files = image_files(inputs)
     result = PredictResult()
@@ -234,7 +236,7 @@ def predict(export_dir: str | Path, inputs: Iterable[str | Path], out: str | Pat
     with torch.inference_mode():
         for paths, images, sizes, consumed in _batches(files, preprocess, batch_size, result.skipped):
             if paths:
-                batch = images if deployed.config.task in DETECTION_TASKS else torch.stack(images)
+                batch = images if lists else torch.stack(images)
                 writer.add(paths, images, sizes, network(batch))
                 result.predicted += len(paths)
             done += consumed

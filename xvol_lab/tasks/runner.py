@@ -30,13 +30,13 @@ from lightning.pytorch.utilities import rank_zero_only
 from xvol_lab.atomic import write_text
 from xvol_lab.data import build_datamodule
 from xvol_lab.errors import ConfigError
+from xvol_lab.schema import to_dict
 from xvol_lab.tasks.callbacks import EpochHistory, PreemptionCheckpoint, ProgressBar
 from xvol_lab.tasks.cluster import cluster_plugins
 from xvol_lab.tasks.config import RunConfig, dump_run_config
 from xvol_lab.tasks.curve import LearningCurve
 from xvol_lab.tasks.execution import deterministic_mode, effective_optim, sync_batchnorm
-from xvol_lab.tasks.metrics import MONITOR
-from xvol_lab.tasks.registry import build_task
+from xvol_lab.tasks.registry import task_record
 from xvol_lab.tasks.transfer import init_backbone
 
 log = logging.getLogger(__name__)
@@ -93,7 +93,8 @@ def build_trainer(config: RunConfig, run_dir: Path, *, callbacks: Iterable[Callb
                   progress: bool = True, resume: Path | None = None) -> L.Trainer:
     """The Lightning Trainer of a run: checkpoints, CSV + TensorBoard logs, LR monitor, progress bar;
     `deterministic` and `sync_batchnorm` resolved for the hardware (`xvol_lab.tasks.execution`)."""
-    monitor, mode = MONITOR[config.task]
+    record = task_record(config.task)
+    monitor, mode = record.monitor, record.mode
     t = config.trainer
     extra: list[Callback] = [ProgressBar(t.log_every_n_steps)] if progress else []
     if t.curve_points:
@@ -127,7 +128,7 @@ def fit(config: RunConfig, run_dir: str | Path, *, callbacks: Iterable[Callback]
     """Train `config` with its files under `run_dir`; returns the best epoch's metrics.
 
     The result holds the task's ``val/*`` metrics and the ``train/*`` epoch means of the best epoch
-    (by ``MONITOR[config.task]``), ``best_epoch`` (counted from 1) and ``epochs`` (epochs trained),
+    (by the task's `TaskRecord.monitor`), ``best_epoch`` (counted from 1) and ``epochs`` (epochs trained),
     all floats. `resume` is a checkpoint path or ``'last'`` (run_dir/checkpoints/last.ckpt).
     The learning rate is scaled to the global batch as `optim.lr_scaling` says; the network runs
     channels-last and/or compiled as `trainer.channels_last` and `trainer.compile` say.
@@ -140,7 +141,8 @@ def fit(config: RunConfig, run_dir: str | Path, *, callbacks: Iterable[Callback]
     resume_path = resolve_resume(run_dir, resume)
     L.seed_everything(config.seed, workers=True, verbose=False)
     datamodule = build_datamodule(config.data)
-    task = build_task(config, datamodule.num_classes)
+    task = task_record(config.task).build_module(config.model, datamodule.num_classes, to_dict(config.optim),
+                                                 config.detector)
     if config.init.path is not None and resume_path is None:  # a resumed run has its own weights
         init_backbone(task.model, config.init.path, strict=config.init.strict)
     if rank_zero_only.rank == 0:
@@ -158,7 +160,7 @@ def fit(config: RunConfig, run_dir: str | Path, *, callbacks: Iterable[Callback]
     result = {**history.best(), "epochs": float(trainer.current_epoch)}
     if trainer.is_global_zero:
         write_text(run_dir / RESULTS_JSON, json.dumps(result, indent=2) + "\n")
-        monitor = MONITOR[config.task][0]
+        monitor = task_record(config.task).monitor
         log.info("%s: best %s %.4f at epoch %d of %d", run_dir, monitor, result.get(monitor, float("nan")),
                  result.get("best_epoch", 0), result["epochs"])
     return result

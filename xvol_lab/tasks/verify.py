@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 from torchvision.ops import box_iou
 
-from xvol_lab.tasks.registry import DETECTION_TASKS
+from xvol_lab.tasks.registry import task_record
 
 DEPLOY_TOL = 1e-5  # classification logits, deploy checkpoint
 LOGITS_TOL = 1e-4  # ONNX logits; segmentation logits of both artefacts
@@ -111,10 +111,11 @@ def compare_detections(artefact: str, actual: Detections, expected: Detections) 
 
 
 def compare_outputs(task: str, artefact: str, actual, expected, tol: float) -> Comparison:
-    """The comparison that suits `task` (`tol` for logits)."""
-    if task in DETECTION_TASKS:
+    """The comparison that suits `task`'s output (`tol` for logits; the argmax too for per-image labels)."""
+    output = task_record(task).output
+    if output == "instances":
         return compare_detections(artefact, actual, expected)
-    return compare_logits(artefact, actual, expected, tol, argmax=task == "classification")
+    return compare_logits(artefact, actual, expected, tol, argmax=output == "labels")
 
 
 __all__ = ["BOX_TOL", "DEPLOY_TOL", "LOGITS_TOL", "MASK_IOU", "SCORE_TOL", "Comparison", "compare_detections",

@@ -55,10 +55,14 @@ def conv1x1(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
 
 
 def conv1x1_split(x: Tensor, weight: Tensor, bias: Tensor | None, parts: int) -> list[Tensor]:
-    """`conv1x1` with the output channels split into `parts` separate tensors (one pass over x by the CPU
-    kernel; its outputs are separate allocations, below glibc's mmap threshold where a stacked one is not)."""
+    """`conv1x1` with the output channels split into `parts` tensors. On CPU separate allocations (one pass
+    over x by the CPU kernel; separate outputs stay below glibc's mmap threshold where a stacked one does
+    not); on CUDA the channel chunks of one convolution (one pass over x, one cuDNN call, and the caching
+    allocator has no threshold; the Triton kernels read the chunks through their strides)."""
     if uses_cpu_kernel(x):
         return list(xvol.conv1x1_split(x, weight, bias, parts))
+    if x.device.type == "cuda":
+        return list(F.conv2d(x, weight, bias).chunk(parts, dim=1))
     biases = [None] * parts if bias is None else bias.chunk(parts)
     return [conv1x1(x, w, b) for w, b in zip(weight.chunk(parts), biases, strict=True)]
 

@@ -1,54 +1,80 @@
 """Fused PSSA kernels in Triton (CUDA): the CUDA implementations of `xvol::pssa_fwd` / `xvol::pssa_bwd`.
 
-Same algorithm as the C++ kernels (pssa_cpu.cpp): one program per (batch*head, block of output pixels)
-holds the logits of all taps (T padded to 16) in registers, loads the shifted k and v as one gathered
-(taps, channels, pixels) tile per channel block, and never writes a shifted copy. Accumulation in
-float32 for every input dtype; outputs take the dtype of q/k/v (bf16 stays bf16). The backward
-recomputes the logits; a second kernel gathers dk, dv per input pixel (no atomics).
-Importing this module registers the CUDA kernels; `TRITON_INTERPRET=1` runs the launchers on CPU
-tensors, which is how the tests check them without a GPU.
+One program per (batch*head, block of output pixels). The taps are compile-time constants (`TAPS`, a
+tuple of (ty, tx) offsets: no tap tensor, no host-to-device copy per call) and the kernels loop over
+them with `tl.static_range`, one (channels, pixels) gather of k or v per tap, so only the small
+(taps, pixels) logit tile is padded (to the next power of two: 16 for dirs=8, 8 for dirs=4). The key
+kernel loops over the taps at run time (`_tap` selects the constant offsets): unrolled, the compiler kept
+every tap's rows, masks and weights live across its channel loop (255 registers and spills on sm_90a;
+111 without unrolling, 109-128 for the other two kernels, `ptxas -v`). Every tensor
+is addressed through its strides: NCHW, channels-last and the channel chunks of a 3C projection are read
+and written in place, never copied. Accumulation in float32 for every input dtype; outputs take the
+dtype of q (bf16 stays bf16) and the layout of q (`schemas.triton_output_format`). The backward recomputes
+the logits; a second kernel gathers dk, dv per input pixel (no atomics). Block sizes and `num_warps` are
+autotuned over `CONFIGS` per (head dim, pixel count); `config=` picks one (the interpreter tests run each).
+Importing this module registers the CUDA kernels; `TRITON_INTERPRET=1` runs the launchers on CPU tensors.
 """
 
 from __future__ import annotations
+
+import os
 
 import torch
 import triton
 import triton.language as tl
 from torch import Tensor
 
-T_PAD = 16  # taps, padded to a power of two (9 for dirs=8, 5 for dirs=4)
-BLOCK_P = 32  # pixels per program
-BLOCK_D = 16  # channels per inner step
+from xvol_lab.ops.kernels.schemas import triton_output_format
+
+CONFIGS = [  # (pixels, channels) per program block, and warps
+    triton.Config({"BP": 32, "BD": 32}, num_warps=4),
+    triton.Config({"BP": 64, "BD": 16}, num_warps=4),
+    triton.Config({"BP": 64, "BD": 32}, num_warps=8),
+]
+AUTOTUNE_KEY = ["d", "n_pix"]
 
 
 @triton.jit
-def _tap_geometry(taps_ptr, n_taps, p, n_pix, w_out, height, width, stride: tl.constexpr,
-                  T: tl.constexpr):
-    """Input offsets (T, P) of tap t at output pixel p, and whether they lie inside the image."""
-    t = tl.arange(0, T)
-    ty = tl.load(taps_ptr + 2 * t, mask=t < n_taps, other=0)
-    tx = tl.load(taps_ptr + 2 * t + 1, mask=t < n_taps, other=0)
-    yi = (p // w_out)[None, :] * stride + ty[:, None]
-    xi = (p % w_out)[None, :] * stride + tx[:, None]
-    valid = ((t < n_taps)[:, None] & (p < n_pix)[None, :] & (yi >= 0) & (yi < height) & (xi >= 0)
-             & (xi < width))
-    return yi * width + xi, valid
+def _at(p, w_out, ty: tl.constexpr, tx: tl.constexpr, stride: tl.constexpr, height, width, n_pix):
+    """Row and column of tap (ty, tx) at output pixels p, and whether it lies inside the image."""
+    yi = (p // w_out) * stride + ty
+    xi = (p % w_out) * stride + tx
+    return yi, xi, (p < n_pix) & (yi >= 0) & (yi < height) & (xi >= 0) & (xi < width)
 
 
 @triton.jit
-def _logits(q_base, k_base, off, valid, p, n_pix, d, plane_q, plane_k, T: tl.constexpr, BP: tl.constexpr,
-            BD: tl.constexpr):
-    """sum_c q(c, p) k(c, p + t): (T, P) in float32."""
-    acc = tl.zeros((T, BP), dtype=tl.float32)
-    for c0 in range(0, d, BD):
-        c = c0 + tl.arange(0, BD)
-        cm = c < d
-        q = tl.load(q_base + c[:, None] * plane_q + p[None, :], mask=cm[:, None] & (p < n_pix)[None, :],
-                    other=0.0).to(tl.float32)
-        k = tl.load(k_base + c[None, :, None] * plane_k + off[:, None, :],
-                    mask=cm[None, :, None] & valid[:, None, :], other=0.0).to(tl.float32)
-        acc += tl.sum(q[None, :, :] * k, axis=1)
-    return acc
+def _dot_taps(a_ptr, sac, sah, saw, b_ptr, sbc, sbh, sbw, p, d, w_out, height, width, n_pix,
+              TAPS: tl.constexpr, stride: tl.constexpr, T_PAD: tl.constexpr, BP: tl.constexpr, BD: tl.constexpr):
+    """(T_PAD, BP) float32: sum_c a(c, p) b(c, p + t) for each tap t (a on the output grid, b gathered)
+    and the (T_PAD, BP) mask of the valid taps."""
+    tap = tl.arange(0, T_PAD)[:, None]
+    out = tl.zeros((T_PAD, BP), dtype=tl.float32)
+    valid = tl.zeros((T_PAD, BP), dtype=tl.int1)
+    a_pix = (p // w_out) * sah + (p % w_out) * saw
+    for t in tl.static_range(len(TAPS)):
+        yi, xi, ok = _at(p, w_out, TAPS[t][0], TAPS[t][1], stride, height, width, n_pix)
+        acc = tl.zeros((BP,), dtype=tl.float32)
+        for c0 in range(0, d, BD):
+            c = c0 + tl.arange(0, BD)
+            cm = (c < d)[:, None]
+            av = tl.load(a_ptr + c[:, None] * sac + a_pix[None, :], mask=cm & (p < n_pix)[None, :], other=0.0)
+            bv = tl.load(b_ptr + c[:, None] * sbc + (yi * sbh + xi * sbw)[None, :], mask=cm & ok[None, :],
+                         other=0.0)
+            acc += tl.sum(av.to(tl.float32) * bv.to(tl.float32), axis=0)
+        out = tl.where(tap == t, acc[None, :], out)
+        valid = tl.where(tap == t, ok[None, :], valid)
+    return out, valid
+
+
+@triton.jit
+def _tap(TAPS: tl.constexpr, t):
+    """Offsets (ty, tx) of tap t, a runtime index, selected among the constant taps."""
+    ty = 0
+    tx = 0
+    for j in tl.static_range(len(TAPS)):
+        ty = tl.where(t == j, TAPS[j][0], ty)
+        tx = tl.where(t == j, TAPS[j][1], tx)
+    return ty, tx
 
 
 @triton.jit
@@ -62,152 +88,188 @@ def _softmax(logits, valid, scale):
 
 
 @triton.jit
-def _pssa_fwd_kernel(q_ptr, k_ptr, v_ptr, base_ptr, y_ptr, taps_ptr, n_taps, heads, d, height, width, h_out,
-                     w_out, sq, sk, sv, sbase, sy, scale, HAS_BASE: tl.constexpr, stride: tl.constexpr,
-                     T: tl.constexpr, BP: tl.constexpr, BD: tl.constexpr):
+def _row(tile, t: tl.constexpr, T_PAD: tl.constexpr):
+    """Row t of a (T_PAD, BP) tile, as (BP,)."""
+    return tl.sum(tl.where(tl.arange(0, T_PAD)[:, None] == t, tile, 0.0), axis=0)
+
+
+@triton.jit
+def _gather_sum(w, src_ptr, ssc, ssh, ssw, c0, p, d, w_out, height, width, n_pix, TAPS: tl.constexpr,
+                stride: tl.constexpr, T_PAD: tl.constexpr, BP: tl.constexpr, BD: tl.constexpr):
+    """(BD, BP) float32: sum_t w_t(p) src(c, p + t) for channels c0 .. c0 + BD."""
+    c = c0 + tl.arange(0, BD)
+    cm = (c < d)[:, None]
+    acc = tl.zeros((BD, BP), dtype=tl.float32)
+    for t in tl.static_range(len(TAPS)):
+        yi, xi, ok = _at(p, w_out, TAPS[t][0], TAPS[t][1], stride, height, width, n_pix)
+        v = tl.load(src_ptr + c[:, None] * ssc + (yi * ssh + xi * ssw)[None, :], mask=cm & ok[None, :], other=0.0)
+        acc += _row(w, t, T_PAD)[None, :] * v.to(tl.float32)
+    return acc
+
+
+@triton.jit
+def _pssa_fwd_kernel(q_ptr, k_ptr, v_ptr, base_ptr, y_ptr, heads, d, height, width, w_out, n_pix,
+                     sqb, sqc, sqh, sqw, skb, skc, skh, skw, svb, svc, svh, svw, sbb, sbc, sbh, sbw,
+                     syb, syc, syh, syw, scale, HAS_BASE: tl.constexpr, TAPS: tl.constexpr,
+                     stride: tl.constexpr, T_PAD: tl.constexpr, BP: tl.constexpr, BD: tl.constexpr):
     bh = tl.program_id(0)
     b, h = bh // heads, bh % heads
-    n_pix, plane = h_out * w_out, height * width
     p = tl.program_id(1) * BP + tl.arange(0, BP)
-    off, valid = _tap_geometry(taps_ptr, n_taps, p, n_pix, w_out, height, width, stride, T)
-    q_base = q_ptr + b * sq + h * d * n_pix
-    k_base = k_ptr + b * sk + h * d * plane
-    v_base = v_ptr + b * sv + h * d * plane
-    a = _softmax(_logits(q_base, k_base, off, valid, p, n_pix, d, n_pix, plane, T, BP, BD), valid, scale)
+    pm = p < n_pix
+    q_base = q_ptr + b * sqb + h * d * sqc
+    k_base = k_ptr + b * skb + h * d * skc
+    v_base = v_ptr + b * svb + h * d * svc
+    logits, valid = _dot_taps(q_base, sqc, sqh, sqw, k_base, skc, skh, skw, p, d, w_out, height, width,
+                                    n_pix, TAPS, stride, T_PAD, BP, BD)
+    a = _softmax(logits, valid, scale)
+    oy, ox = p // w_out, p % w_out
     for c0 in range(0, d, BD):
         c = c0 + tl.arange(0, BD)
-        cm = c < d
-        m3 = cm[None, :, None] & valid[:, None, :]
-        v = tl.load(v_base + c[None, :, None] * plane + off[:, None, :], mask=m3, other=0.0).to(tl.float32)
-        y = tl.sum(a[:, None, :] * v, axis=0)  # (BD, BP)
-        out_mask = cm[:, None] & (p < n_pix)[None, :]
+        out_mask = (c < d)[:, None] & pm[None, :]
+        y = _gather_sum(a, v_base, svc, svh, svw, c0, p, d, w_out, height, width, n_pix,
+                        TAPS, stride, T_PAD, BP, BD)
         if HAS_BASE:
-            y += tl.load(base_ptr + b * sbase + (h * d + c)[:, None] * n_pix + p[None, :], mask=out_mask,
-                         other=0.0).to(tl.float32)
-        y_at = y_ptr + b * sy + (h * d + c)[:, None] * n_pix + p[None, :]
+            y += tl.load(base_ptr + b * sbb + (h * d + c)[:, None] * sbc + (oy * sbh + ox * sbw)[None, :],
+                         mask=out_mask, other=0.0).to(tl.float32)
+        y_at = y_ptr + b * syb + (h * d + c)[:, None] * syc + (oy * syh + ox * syw)[None, :]
         tl.store(y_at, y.to(y_ptr.dtype.element_ty), mask=out_mask)
 
 
 @triton.jit
-def _pssa_bwd_query_kernel(g_ptr, q_ptr, k_ptr, v_ptr, dq_ptr, a_ptr, ds_ptr, taps_ptr, n_taps, heads, d,
-                           height, width, h_out, w_out, sg, sq, sk, sv, sdq, scale, stride: tl.constexpr,
-                           T: tl.constexpr, BP: tl.constexpr, BD: tl.constexpr):
-    """Per output pixel: a and ds = a (da - <a, da>) * scale into (BH, T, P) buffers, and dq."""
+def _pssa_bwd_query_kernel(g_ptr, q_ptr, k_ptr, v_ptr, dq_ptr, a_ptr, ds_ptr, heads, d, height, width, w_out,
+                           n_pix, sgb, sgc, sgh, sgw, sqb, sqc, sqh, sqw, skb, skc, skh, skw, svb, svc, svh, svw,
+                           sdb, sdc, sdh, sdw, scale, TAPS: tl.constexpr, stride: tl.constexpr,
+                           T_PAD: tl.constexpr, BP: tl.constexpr, BD: tl.constexpr):
+    """Per output pixel: a and ds = a (da - <a, da>) * scale into (BH, T, P) float32 buffers, and dq."""
     bh = tl.program_id(0)
     b, h = bh // heads, bh % heads
-    n_pix, plane = h_out * w_out, height * width
     p = tl.program_id(1) * BP + tl.arange(0, BP)
-    off, valid = _tap_geometry(taps_ptr, n_taps, p, n_pix, w_out, height, width, stride, T)
-    q_base = q_ptr + b * sq + h * d * n_pix
-    k_base = k_ptr + b * sk + h * d * plane
-    v_base = v_ptr + b * sv + h * d * plane
-    g_base = g_ptr + b * sg + h * d * n_pix
-    a = _softmax(_logits(q_base, k_base, off, valid, p, n_pix, d, n_pix, plane, T, BP, BD), valid, scale)
-    da = _logits(g_base, v_base, off, valid, p, n_pix, d, n_pix, plane, T, BP, BD)  # <g(p), v(p + t)>
+    pm = p < n_pix
+    q_base = q_ptr + b * sqb + h * d * sqc
+    k_base = k_ptr + b * skb + h * d * skc
+    v_base = v_ptr + b * svb + h * d * svc
+    g_base = g_ptr + b * sgb + h * d * sgc
+    logits, valid = _dot_taps(q_base, sqc, sqh, sqw, k_base, skc, skh, skw, p, d, w_out, height, width,
+                                    n_pix, TAPS, stride, T_PAD, BP, BD)
+    a = _softmax(logits, valid, scale)
+    da, _ = _dot_taps(g_base, sgc, sgh, sgw, v_base, svc, svh, svw, p, d, w_out, height, width, n_pix,
+                            TAPS, stride, T_PAD, BP, BD)  # <g(p), v(p + t)>
     ds = a * (da - tl.sum(a * da, axis=0)[None, :]) * scale
-    t = tl.arange(0, T)
-    buf = bh * n_taps * n_pix + t[:, None] * n_pix + p[None, :]
-    buf_mask = (t < n_taps)[:, None] & (p < n_pix)[None, :]
+    t = tl.arange(0, T_PAD)
+    buf = bh * len(TAPS) * n_pix + t[:, None] * n_pix + p[None, :]
+    buf_mask = (t < len(TAPS))[:, None] & pm[None, :]
     tl.store(a_ptr + buf, a, mask=buf_mask)
     tl.store(ds_ptr + buf, ds, mask=buf_mask)
+    oy, ox = p // w_out, p % w_out
     for c0 in range(0, d, BD):
         c = c0 + tl.arange(0, BD)
-        cm = c < d
-        m3 = cm[None, :, None] & valid[:, None, :]
-        k = tl.load(k_base + c[None, :, None] * plane + off[:, None, :], mask=m3, other=0.0).to(tl.float32)
-        dq = tl.sum(ds[:, None, :] * k, axis=0)
-        tl.store(dq_ptr + b * sdq + (h * d + c)[:, None] * n_pix + p[None, :], dq.to(dq_ptr.dtype.element_ty),
-                 mask=cm[:, None] & (p < n_pix)[None, :])
+        dq = _gather_sum(ds, k_base, skc, skh, skw, c0, p, d, w_out, height, width, n_pix,
+                         TAPS, stride, T_PAD, BP, BD)
+        tl.store(dq_ptr + b * sdb + (h * d + c)[:, None] * sdc + (oy * sdh + ox * sdw)[None, :],
+                 dq.to(dq_ptr.dtype.element_ty), mask=(c < d)[:, None] & pm[None, :])
 
 
 @triton.jit
-def _pssa_bwd_key_kernel(g_ptr, q_ptr, a_ptr, ds_ptr, dk_ptr, dv_ptr, taps_ptr, n_taps, heads, d, height,
-                         width, h_out, w_out, sg, sq, sdkv, stride: tl.constexpr, T: tl.constexpr,
-                         BP: tl.constexpr, BD: tl.constexpr):
+def _pssa_bwd_key_kernel(g_ptr, q_ptr, a_ptr, ds_ptr, dk_ptr, dv_ptr, heads, d, height, width, h_out, w_out,
+                         n_pix, sgb, sgc, sgh, sgw, sqb, sqc, sqh, sqw, skb, skc, skh, skw, svb, svc, svh, svw,
+                         TAPS: tl.constexpr, stride: tl.constexpr, BP: tl.constexpr, BD: tl.constexpr):
     """Per input pixel r: dk(r) = sum_t ds_t(p) q(p), dv(r) = sum_t a_t(p) g(p), p = (r - t) / stride."""
     bh = tl.program_id(0)
     b, h = bh // heads, bh % heads
-    n_pix, plane = h_out * w_out, height * width
+    plane = height * width
     r = tl.program_id(1) * BP + tl.arange(0, BP)
-    t = tl.arange(0, T)
-    ty = tl.load(taps_ptr + 2 * t, mask=t < n_taps, other=0)
-    tx = tl.load(taps_ptr + 2 * t + 1, mask=t < n_taps, other=0)
-    ys = (r // width)[None, :] - ty[:, None]  # stride * yo
-    xs = (r % width)[None, :] - tx[:, None]
-    yo, xo = ys // stride, xs // stride
-    valid = ((t < n_taps)[:, None] & (r < plane)[None, :] & (ys >= 0) & (xs >= 0) & (ys % stride == 0)
-             & (xs % stride == 0) & (yo < h_out) & (xo < w_out))
-    po = yo * w_out + xo  # (T, BP) output pixel that reads r through tap t
-    buf = bh * n_taps * n_pix + t[:, None] * n_pix + po
-    a = tl.load(a_ptr + buf, mask=valid, other=0.0)
-    ds = tl.load(ds_ptr + buf, mask=valid, other=0.0)
-    q_base = q_ptr + b * sq + h * d * n_pix
-    g_base = g_ptr + b * sg + h * d * n_pix
+    ry, rx = r // width, r % width
+    q_base = q_ptr + b * sqb + h * d * sqc
+    g_base = g_ptr + b * sgb + h * d * sgc
     for c0 in range(0, d, BD):
         c = c0 + tl.arange(0, BD)
-        cm = c < d
-        m3 = cm[None, :, None] & valid[:, None, :]
-        q = tl.load(q_base + c[None, :, None] * n_pix + po[:, None, :], mask=m3, other=0.0).to(tl.float32)
-        g = tl.load(g_base + c[None, :, None] * n_pix + po[:, None, :], mask=m3, other=0.0).to(tl.float32)
-        out_mask = cm[:, None] & (r < plane)[None, :]
-        dk_at = dk_ptr + b * sdkv + (h * d + c)[:, None] * plane + r[None, :]
-        tl.store(dk_at, tl.sum(ds[:, None, :] * q, axis=0).to(dk_ptr.dtype.element_ty), mask=out_mask)
-        dv_at = dv_ptr + b * sdkv + (heads * d + h * d + c)[:, None] * plane + r[None, :]
-        tl.store(dv_at, tl.sum(a[:, None, :] * g, axis=0).to(dv_ptr.dtype.element_ty), mask=out_mask)
+        cm = (c < d)[:, None]
+        dk = tl.zeros((BD, BP), dtype=tl.float32)
+        dv = tl.zeros((BD, BP), dtype=tl.float32)
+        for t in range(len(TAPS)):  # a dynamic loop: one tap's rows, masks and weights live at a time
+            ty, tx = _tap(TAPS, t)
+            ys, xs = ry - ty, rx - tx  # stride * output row / column
+            yo, xo = ys // stride, xs // stride
+            ok = ((r < plane) & (ys >= 0) & (xs >= 0) & (ys % stride == 0) & (xs % stride == 0) & (yo < h_out)
+                  & (xo < w_out))
+            buf = bh * len(TAPS) * n_pix + t * n_pix + yo * w_out + xo
+            a = tl.load(a_ptr + buf, mask=ok, other=0.0)
+            ds = tl.load(ds_ptr + buf, mask=ok, other=0.0)
+            m2 = cm & ok[None, :]
+            q = tl.load(q_base + c[:, None] * sqc + (yo * sqh + xo * sqw)[None, :], mask=m2, other=0.0)
+            g = tl.load(g_base + c[:, None] * sgc + (yo * sgh + xo * sgw)[None, :], mask=m2, other=0.0)
+            dk += ds[None, :] * q.to(tl.float32)
+            dv += a[None, :] * g.to(tl.float32)
+        out_mask = cm & (r < plane)[None, :]
+        pix = (ry * skh + rx * skw)[None, :]
+        tl.store(dk_ptr + b * skb + (h * d + c)[:, None] * skc + pix, dk.to(dk_ptr.dtype.element_ty), mask=out_mask)
+        pix = (ry * svh + rx * svw)[None, :]
+        tl.store(dv_ptr + b * svb + (h * d + c)[:, None] * svc + pix, dv.to(dv_ptr.dtype.element_ty), mask=out_mask)
 
 
-def _planes(t: Tensor, dtype: torch.dtype) -> Tensor:
-    """`t` when each batch element's (C, H, W) block is contiguous (channel chunks of the projection)."""
-    t = t.to(dtype)
-    _, c, h, w = t.shape
-    return t if t.stride()[1:] == (h * w, w, 1) else t.contiguous()
+_TUNED = {kernel: triton.autotune(configs=CONFIGS, key=AUTOTUNE_KEY)(kernel)
+          for kernel in (_pssa_fwd_kernel, _pssa_bwd_query_kernel)}
+_TUNED[_pssa_bwd_key_kernel] = triton.autotune(configs=CONFIGS, key=["d", "height", "width"])(_pssa_bwd_key_kernel)
 
 
-def _taps_tensor(taps: list[int], device: torch.device) -> Tensor:
-    if len(taps) // 2 > T_PAD:
-        raise ValueError(f"pssa_triton: at most {T_PAD} taps, got {len(taps) // 2}")
-    return torch.tensor(taps, dtype=torch.int32, device=device)
+def _launch(kernel, grid_pixels: int, rows: int, config: triton.Config | None, *args, **kwargs) -> None:
+    """Run `kernel` autotuned, or with `config`: one program per (row, block of `grid_pixels`)."""
+    grid = lambda meta: (rows, triton.cdiv(grid_pixels, meta["BP"]))  # noqa: E731
+    if config is None and os.environ.get("TRITON_INTERPRET") == "1":
+        config = CONFIGS[0]  # the interpreter has no device timer to autotune with
+    if config is None:
+        _TUNED[kernel][grid](*args, **kwargs)
+    else:
+        kernel[grid](*args, **kwargs, **config.kwargs, num_warps=config.num_warps)
+
+
+def _taps(taps: list[int]) -> tuple[tuple[int, int], ...]:
+    return tuple(zip(taps[0::2], taps[1::2], strict=True))
+
+
+def _strides(t: Tensor | None) -> tuple[int, int, int, int]:
+    return (0, 0, 0, 0) if t is None else t.stride()
 
 
 def pssa_fwd_triton(q: Tensor, k: Tensor, v: Tensor, base: Tensor | None, heads: int, taps: list[int],
-                    stride: int) -> Tensor:
-    """y = [base +] PSSA(q, k, v): (B, C, H', W') in the dtype of q."""
+                    stride: int, config: triton.Config | None = None) -> Tensor:
+    """y = [base +] PSSA(q, k, v): (B, C, H', W') in the dtype and layout of q."""
     dtype = q.dtype
-    q, k, v = (_planes(t, dtype) for t in (q, k, v))
+    k, v = k.to(dtype), v.to(dtype)
+    base = None if base is None else base.to(dtype)
     b, c, height, width = k.shape
     h_out, w_out = q.shape[-2:]
     d = c // heads
-    y = torch.empty(q.shape, dtype=dtype, device=q.device)
-    base = None if base is None else _planes(base, dtype)
-    grid = (b * heads, triton.cdiv(h_out * w_out, BLOCK_P))
-    _pssa_fwd_kernel[grid](q, k, v, y if base is None else base, y, _taps_tensor(taps, q.device),
-                           len(taps) // 2, heads, d, height, width, h_out, w_out, q.stride(0), k.stride(0),
-                           v.stride(0), 0 if base is None else base.stride(0), y.stride(0), d ** -0.5,
-                           HAS_BASE=base is not None, stride=stride, T=T_PAD, BP=BLOCK_P, BD=BLOCK_D)
+    y = torch.empty(q.shape, dtype=dtype, device=q.device, memory_format=triton_output_format(q))
+    tap_pairs = _taps(taps)
+    _launch(_pssa_fwd_kernel, h_out * w_out, b * heads, config, q, k, v, y if base is None else base, y, heads, d,
+            height, width, w_out, h_out * w_out, *q.stride(), *k.stride(), *v.stride(), *_strides(base),
+            *y.stride(), d ** -0.5, HAS_BASE=base is not None, TAPS=tap_pairs, stride=stride,
+            T_PAD=triton.next_power_of_2(len(tap_pairs)))
     return y
 
 
 def pssa_bwd_triton(grad: Tensor, q: Tensor, k: Tensor, v: Tensor, heads: int, taps: list[int],
-                    stride: int) -> tuple[Tensor, Tensor]:
-    """(dq, dkv) with dkv (B, 2C, H, W) stacking dk and dv."""
+                    stride: int, config: triton.Config | None = None) -> tuple[Tensor, Tensor]:
+    """(dq, dkv) with dkv (B, 2C, H, W) stacking dk and dv, in the dtype and layout of q."""
     dtype = q.dtype
-    q, k, v, grad = (_planes(t, dtype) for t in (q, k, v, grad))
+    k, v, grad = k.to(dtype), v.to(dtype), grad.to(dtype)
     b, c, height, width = k.shape
     h_out, w_out = q.shape[-2:]
-    d, n_taps = c // heads, len(taps) // 2
-    taps_t = _taps_tensor(taps, q.device)
-    dq = torch.empty(q.shape, dtype=dtype, device=q.device)
-    dkv = torch.empty(b, 2 * c, height, width, dtype=dtype, device=q.device)
-    a = torch.empty(b * heads, n_taps, h_out * w_out, dtype=torch.float32, device=q.device)
+    d, tap_pairs = c // heads, _taps(taps)
+    n_pix = h_out * w_out
+    fmt = triton_output_format(q)
+    dq = torch.empty(q.shape, dtype=dtype, device=q.device, memory_format=fmt)
+    dkv = torch.empty(b, 2 * c, height, width, dtype=dtype, device=q.device, memory_format=fmt)
+    dk, dv = dkv[:, :c], dkv[:, c:]
+    a = torch.empty(b * heads, len(tap_pairs), n_pix, dtype=torch.float32, device=q.device)
     ds = torch.empty_like(a)
-    grid = (b * heads, triton.cdiv(h_out * w_out, BLOCK_P))
-    _pssa_bwd_query_kernel[grid](grad, q, k, v, dq, a, ds, taps_t, n_taps, heads, d, height, width, h_out,
-                                 w_out, grad.stride(0), q.stride(0), k.stride(0), v.stride(0), dq.stride(0),
-                                 d ** -0.5, stride=stride, T=T_PAD, BP=BLOCK_P, BD=BLOCK_D)
-    grid = (b * heads, triton.cdiv(height * width, BLOCK_P))
-    _pssa_bwd_key_kernel[grid](grad, q, a, ds, dkv, dkv, taps_t, n_taps, heads, d, height, width, h_out,
-                               w_out, grad.stride(0), q.stride(0), dkv.stride(0), stride=stride, T=T_PAD,
-                               BP=BLOCK_P, BD=BLOCK_D)
+    _launch(_pssa_bwd_query_kernel, n_pix, b * heads, config, grad, q, k, v, dq, a, ds, heads, d, height, width,
+            w_out, n_pix, *grad.stride(), *q.stride(), *k.stride(), *v.stride(), *dq.stride(), d ** -0.5,
+            TAPS=tap_pairs, stride=stride, T_PAD=triton.next_power_of_2(len(tap_pairs)))
+    _launch(_pssa_bwd_key_kernel, height * width, b * heads, config, grad, q, a, ds, dk, dv, heads, d, height,
+            width, h_out, w_out, n_pix, *grad.stride(), *q.stride(), *dk.stride(), *dv.stride(), TAPS=tap_pairs,
+            stride=stride)
     return dq, dkv
 
 

@@ -35,10 +35,22 @@ torch.library.define("xvol::conv1x1", "(Tensor x, Tensor weight, Tensor? bias) -
 torch.library.define("xvol::conv1x1_split", "(Tensor x, Tensor weight, Tensor? bias, int parts) -> Tensor[]")
 
 
+def triton_output_format(q: Tensor) -> torch.memory_format:
+    """The layout the Triton kernels write for query `q`: channels-last when channels are q's fastest
+    dimension (channels-last input, or its projection's channel chunks), else NCHW."""
+    return torch.channels_last if q.dim() == 4 and q.stride(1) == 1 and q.shape[1] > 1 else torch.contiguous_format
+
+
+def pssa_output_format(q: Tensor) -> torch.memory_format:
+    """The layout of `xvol::pssa_fwd`'s output and `xvol::pssa_bwd`'s gradients for query `q`: the Triton
+    kernels' on CUDA (they address every tensor by its strides), NCHW on CPU (the C++ kernels')."""
+    return triton_output_format(q) if q.device.type == "cuda" else torch.contiguous_format
+
+
 @torch.library.register_fake("xvol::pssa_fwd")
 def _pssa_fwd_fake(q: Tensor, k: Tensor, v: Tensor, base: Tensor | None, heads: int, taps: list[int],
                    stride: int) -> Tensor:
-    return torch.empty_like(q, memory_format=torch.contiguous_format)
+    return torch.empty_like(q, memory_format=pssa_output_format(q))
 
 
 @torch.library.register_fake("xvol::pssa_bwd")
@@ -46,7 +58,9 @@ def _pssa_bwd_fake(grad: Tensor, q: Tensor, k: Tensor, v: Tensor, heads: int, ta
                    stride: int) -> tuple[Tensor, Tensor]:
     """(dq, dkv): dkv stacks dk and dv on the channel axis, as the projection lays k and v out."""
     b, c, h, w = k.shape
-    return torch.empty_like(q, memory_format=torch.contiguous_format), k.new_empty(b, 2 * c, h, w)
+    fmt = pssa_output_format(q)
+    return (torch.empty_like(q, memory_format=fmt),
+            torch.empty(b, 2 * c, h, w, dtype=q.dtype, device=q.device, memory_format=fmt))
 
 
 @torch.library.register_fake("xvol::pssa_fwd_phased")

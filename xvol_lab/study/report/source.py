@@ -26,6 +26,7 @@ from xvol_lab.study.ledger import Tally, counted, tally
 from xvol_lab.study.space import spec_of
 from xvol_lab.study.standing import complete_trials, retried_as, state_and_reason
 from xvol_lab.study.storage import default_storage_url, find_study, open_storage, shown_url, sqlite_file
+from xvol_lab.tasks.registry import task_record
 
 # The operators by their names in the paper.
 DISPLAY = {"conv": "conv", "sa": "SA", "pssa": "PSSA", "xvol_sa": "X-volution(SA)",
@@ -155,7 +156,7 @@ class StudyData:
         if not math.isnan(stored):
             return stored
         spec = self.spec(trial)
-        if spec is None or self.config.task != "classification":
+        if spec is None or task_record(self.config.task).output != "labels":
             return math.nan
         key = arch_key(spec)
         if key not in self._flops:
