@@ -196,7 +196,7 @@ class RunConfig:
         if self.data.name not in datasets:
             raise ValueError(f"data.name: got {self.data.name!r} for task {self.task!r}, expected one of "
                              f"{', '.join(datasets)}")
-        if self.trainer.curve_points and self.task != "classification":
+        if self.trainer.curve_points and task_record(self.task).output != "labels":
             raise ValueError(f"trainer.curve_points: got {self.trainer.curve_points} for task {self.task!r}, "
                              "expected 0 (the learning curve is a classification metric)")
 
