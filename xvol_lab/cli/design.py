@@ -22,7 +22,7 @@ from xvol_lab.markdown import markdown_table
 from xvol_lab.study import stats
 from xvol_lab.study.config import load_study_config
 from xvol_lab.study.report import ablation_table, load_study_data
-from xvol_lab.study.report.frame import CONFIGURATION
+from xvol_lab.study.report.columns import CONFIGURATION
 from xvol_lab.study.report.tables import objective_column
 
 POWER_HELP = """\

@@ -32,8 +32,9 @@ from optuna.trial import FrozenTrial
 from torch import Tensor
 
 from xvol_lab.errors import ConfigError
+from xvol_lab.study.report.columns import STAGE_COLUMNS
 from xvol_lab.study.report.source import StudyData, configuration_label
-from xvol_lab.study.report.tables import STAGE_COLUMNS, objective_column, trials_table
+from xvol_lab.study.report.tables import objective_column, trials_table
 from xvol_lab.study.report.writer import format_number, markdown_table, staged_dir
 from xvol_lab.study.standing import best_trials
 from xvol_lab.tasks.config import RunConfig, load_run_config

@@ -20,6 +20,7 @@ Rules (the same in every worker, computed from the storage alone):
 from __future__ import annotations
 
 import warnings
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -104,7 +105,7 @@ def tally(trials: Iterable[FrozenTrial]) -> Tally:
     """Count `trials` (all trials of one study)."""
     trials = list(trials)
     again = retried(trials)
-    counts = dict.fromkeys(("complete", "pruned", "failed", "running", "waiting", "interrupted", "void"), 0)
+    counts: Counter[str] = Counter()
     key = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned", TrialState.FAIL: "failed",
            TrialState.RUNNING: "running", TrialState.WAITING: "waiting"}
     for t in trials:

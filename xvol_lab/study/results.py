@@ -35,6 +35,7 @@ from xvol_lab.markdown import format_number, markdown_table
 from xvol_lab.study import stats
 from xvol_lab.study.config import StudyConfig, list_study_files, load_study_config
 from xvol_lab.study.report import StudyData, ablation_table, load_study_data
+from xvol_lab.study.report.columns import CHANGED, CONFIGURATION, ROLE, SEED
 from xvol_lab.study.report.findings import (
     baseline_text,
     blind,
@@ -45,7 +46,7 @@ from xvol_lab.study.report.findings import (
     trivial_text,
     verdict_words,
 )
-from xvol_lab.study.report.frame import CHANGED, CONFIGURATION, ROLE, SEED, seed_frame
+from xvol_lab.study.report.frame import seed_frame
 from xvol_lab.study.report.tables import objective_column
 from xvol_lab.study.report.verdicts import BETTER, BLIND, SAME, WORSE, mde_text, verdict
 from xvol_lab.study.report.writer import seeds_text

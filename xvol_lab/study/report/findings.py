@@ -18,7 +18,7 @@ from xvol_lab.errors import ConfigError
 from xvol_lab.markdown import format_number
 from xvol_lab.study.config import StudyConfig
 from xvol_lab.study.controls import POSITIVE, ROLE_LABEL
-from xvol_lab.study.report.frame import CONFIGURATION, DEVICE
+from xvol_lab.study.report.columns import CONFIGURATION, DEVICE
 from xvol_lab.study.report.source import StudyData
 from xvol_lab.study.report.tables import objective_column
 from xvol_lab.study.report.verdicts import (

@@ -20,9 +20,22 @@ import optuna
 import pandas as pd
 from optuna.trial import TrialState, create_trial
 
-from xvol_lab.study.config import FLOPS_G, LATENCY_BATCH_MS, LATENCY_DEVICE, LATENCY_MS, PARAMS_M
+from xvol_lab.study.config import FLOPS_G, PARAMS_M
 from xvol_lab.study.controls import NEGATIVE, NEGATIVE_SEED_OFFSET
 from xvol_lab.study.ledger import counted
+from xvol_lab.study.report.columns import (
+    ALL_CONV,
+    CHANGED,
+    CONFIGURATION,
+    COSTS,
+    DEVICE,
+    DEVICE_ATTR,
+    PAIR,
+    ROLE,
+    SEED,
+    STAGE_OPS,
+    TRIAL,
+)
 from xvol_lab.study.report.source import (
     StudyData,
     changed_stages,
@@ -31,21 +44,7 @@ from xvol_lab.study.report.source import (
     is_all_conv,
     number_attr,
 )
-from xvol_lab.study.space_config import STAGES
 from xvol_lab.study.standing import in_memory_study
-
-TRIAL = "trial"
-CONFIGURATION = "configuration"
-SEED = "seed"
-DEVICE = "latency device"
-ALL_CONV = "all_conv"
-ROLE = "control"
-PAIR = "paired seed"
-CHANGED = "changed stages"
-STAGE_OPS = tuple(f"stage{i} op" for i in STAGES)
-COSTS = (PARAMS_M, FLOPS_G, LATENCY_MS, LATENCY_BATCH_MS)
-LATENCIES = (LATENCY_MS, LATENCY_BATCH_MS)
-DEVICE_ATTR = LATENCY_DEVICE  # user attr: the device the latency was measured on
 
 
 def metric_columns(data: StudyData) -> list[str]:

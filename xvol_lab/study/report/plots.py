@@ -21,7 +21,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from optuna.visualization import matplotlib as optuna_plots
 
-from xvol_lab.study.report.frame import CONFIGURATION, DEVICE
+from xvol_lab.study.report.columns import CONFIGURATION, DEVICE
 from xvol_lab.study.report.source import StudyData
 from xvol_lab.study.report.tables import importance_target, objective_column
 

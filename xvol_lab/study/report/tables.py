@@ -31,37 +31,33 @@ from xvol_lab.ops import OPS
 from xvol_lab.study import sequential, stats
 from xvol_lab.study.config import FLOPS_G, LATENCY_BATCH_MS, LATENCY_MS, PARAMS_M, metric_range
 from xvol_lab.study.controls import NEGATIVE, POSITIVE
-from xvol_lab.study.report.frame import (
+from xvol_lab.study.report.columns import (
     ALL_CONV,
+    BEST_EPOCH,
     CHANGED,
     CONFIGURATION,
     DEVICE,
     DEVICE_ATTR,
+    EPOCHS,
+    FLOPS,
+    GMACS,
     LATENCIES,
+    LATENCY,
+    MEASURED_COLUMNS,
     PAIR,
+    PARAMS,
     ROLE,
     SEED,
+    STAGE_COLUMNS,
     TRIAL,
-    counted_study,
-    latency_devices,
-    seed_frame,
+    WALL,
 )
+from xvol_lab.study.report.frame import counted_study, latency_devices, seed_frame
 from xvol_lab.study.report.source import StudyData, effective_stage, number_attr, user_metrics, wall_seconds
 from xvol_lab.study.report.verdicts import control_verdict, verdict
 from xvol_lab.study.space_config import STAGES
 from xvol_lab.study.standing import best_trials
 from xvol_lab.tasks.metrics import VAL_ACC5
-
-PARAMS = "params (M)"
-FLOPS = "GFLOPs (2×MAC)"
-GMACS = "GMACs"
-LATENCY = "latency b1 (ms)"
-EPOCHS = "epochs"
-BEST_EPOCH = "best epoch"
-WALL = "wall time (s)"
-STAGE_COLUMNS = tuple(f"stage{i}" for i in STAGES)
-# Objectives the study measures, by the column that shows them.
-MEASURED_COLUMNS = {PARAMS_M: PARAMS, LATENCY_MS: LATENCY, FLOPS_G: FLOPS}
 
 
 def objective_column(metric: str) -> str:

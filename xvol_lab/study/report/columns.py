@@ -1,0 +1,33 @@
+"""The column names of the report's frames and tables, in one place.
+
+The first group names the columns of `xvol_lab.study.report.frame.seed_frame` (one row per trial
+and seed); the second the display columns of the tables in `xvol_lab.study.report.tables`.
+"""
+
+from __future__ import annotations
+
+from xvol_lab.study.config import FLOPS_G, LATENCY_BATCH_MS, LATENCY_DEVICE, LATENCY_MS, PARAMS_M
+from xvol_lab.study.space_config import STAGES
+
+TRIAL = "trial"
+CONFIGURATION = "configuration"
+SEED = "seed"
+DEVICE = "latency device"
+ALL_CONV = "all_conv"
+ROLE = "control"
+PAIR = "paired seed"
+CHANGED = "changed stages"
+STAGE_OPS = tuple(f"stage{i} op" for i in STAGES)
+COSTS = (PARAMS_M, FLOPS_G, LATENCY_MS, LATENCY_BATCH_MS)
+LATENCIES = (LATENCY_MS, LATENCY_BATCH_MS)
+DEVICE_ATTR = LATENCY_DEVICE  # user attr: the device the latency was measured on
+PARAMS = "params (M)"
+FLOPS = "GFLOPs (2×MAC)"
+GMACS = "GMACs"
+LATENCY = "latency b1 (ms)"
+EPOCHS = "epochs"
+BEST_EPOCH = "best epoch"
+WALL = "wall time (s)"
+STAGE_COLUMNS = tuple(f"stage{i}" for i in STAGES)
+# Objectives the study measures, by the column that shows them.
+MEASURED_COLUMNS = {PARAMS_M: PARAMS, LATENCY_MS: LATENCY, FLOPS_G: FLOPS}
