@@ -108,20 +108,29 @@ def _gather_sum(w, src_ptr, ssc, ssh, ssw, c0, p, d, w_out, height, width, n_pix
 
 
 @triton.jit
+def _program_attention(q_ptr, k_ptr, heads, d, height, width, w_out, n_pix, sqb, sqc, sqh, sqw,
+                       skb, skc, skh, skw, scale, TAPS: tl.constexpr, stride: tl.constexpr,
+                       T_PAD: tl.constexpr, BP: tl.constexpr, BD: tl.constexpr):
+    """This program's batch b and head h, its output pixels p, the head's key base, and the softmax
+    attention a (T_PAD, BP) over the taps."""
+    bh = tl.program_id(0)
+    b, h = bh // heads, bh % heads
+    p = tl.program_id(1) * BP + tl.arange(0, BP)
+    k_base = k_ptr + b * skb + h * d * skc
+    logits, valid = _dot_taps(q_ptr + b * sqb + h * d * sqc, sqc, sqh, sqw, k_base, skc, skh, skw, p, d, w_out,
+                              height, width, n_pix, TAPS, stride, T_PAD, BP, BD)
+    return bh, b, h, p, k_base, _softmax(logits, valid, scale)
+
+
+@triton.jit
 def _pssa_fwd_kernel(q_ptr, k_ptr, v_ptr, base_ptr, y_ptr, heads, d, height, width, w_out, n_pix,
                      sqb, sqc, sqh, sqw, skb, skc, skh, skw, svb, svc, svh, svw, sbb, sbc, sbh, sbw,
                      syb, syc, syh, syw, scale, HAS_BASE: tl.constexpr, TAPS: tl.constexpr,
                      stride: tl.constexpr, T_PAD: tl.constexpr, BP: tl.constexpr, BD: tl.constexpr):
-    bh = tl.program_id(0)
-    b, h = bh // heads, bh % heads
-    p = tl.program_id(1) * BP + tl.arange(0, BP)
+    _, b, h, p, _, a = _program_attention(q_ptr, k_ptr, heads, d, height, width, w_out, n_pix, sqb, sqc, sqh, sqw,
+                                          skb, skc, skh, skw, scale, TAPS, stride, T_PAD, BP, BD)
     pm = p < n_pix
-    q_base = q_ptr + b * sqb + h * d * sqc
-    k_base = k_ptr + b * skb + h * d * skc
     v_base = v_ptr + b * svb + h * d * svc
-    logits, valid = _dot_taps(q_base, sqc, sqh, sqw, k_base, skc, skh, skw, p, d, w_out, height, width,
-                                    n_pix, TAPS, stride, T_PAD, BP, BD)
-    a = _softmax(logits, valid, scale)
     oy, ox = p // w_out, p % w_out
     for c0 in range(0, d, BD):
         c = c0 + tl.arange(0, BD)
@@ -141,17 +150,12 @@ def _pssa_bwd_query_kernel(g_ptr, q_ptr, k_ptr, v_ptr, dq_ptr, a_ptr, ds_ptr, he
                            sdb, sdc, sdh, sdw, scale, TAPS: tl.constexpr, stride: tl.constexpr,
                            T_PAD: tl.constexpr, BP: tl.constexpr, BD: tl.constexpr):
     """Per output pixel: a and ds = a (da - <a, da>) * scale into (BH, T, P) float32 buffers, and dq."""
-    bh = tl.program_id(0)
-    b, h = bh // heads, bh % heads
-    p = tl.program_id(1) * BP + tl.arange(0, BP)
+    bh, b, h, p, k_base, a = _program_attention(q_ptr, k_ptr, heads, d, height, width, w_out, n_pix,
+                                                sqb, sqc, sqh, sqw, skb, skc, skh, skw, scale,
+                                                TAPS, stride, T_PAD, BP, BD)
     pm = p < n_pix
-    q_base = q_ptr + b * sqb + h * d * sqc
-    k_base = k_ptr + b * skb + h * d * skc
     v_base = v_ptr + b * svb + h * d * svc
     g_base = g_ptr + b * sgb + h * d * sgc
-    logits, valid = _dot_taps(q_base, sqc, sqh, sqw, k_base, skc, skh, skw, p, d, w_out, height, width,
-                                    n_pix, TAPS, stride, T_PAD, BP, BD)
-    a = _softmax(logits, valid, scale)
     da, _ = _dot_taps(g_base, sgc, sgh, sgw, v_base, svc, svh, svw, p, d, w_out, height, width, n_pix,
                             TAPS, stride, T_PAD, BP, BD)  # <g(p), v(p + t)>
     ds = a * (da - tl.sum(a * da, axis=0)[None, :]) * scale

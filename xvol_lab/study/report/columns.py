@@ -9,6 +9,7 @@ from __future__ import annotations
 from xvol_lab.study.config import FLOPS_G, LATENCY_BATCH_MS, LATENCY_DEVICE, LATENCY_MS, PARAMS_M
 from xvol_lab.study.space_config import STAGES
 
+# Columns of the seed frame (one row per trial and seed).
 TRIAL = "trial"
 CONFIGURATION = "configuration"
 SEED = "seed"
@@ -21,6 +22,8 @@ STAGE_OPS = tuple(f"stage{i} op" for i in STAGES)
 COSTS = (PARAMS_M, FLOPS_G, LATENCY_MS, LATENCY_BATCH_MS)
 LATENCIES = (LATENCY_MS, LATENCY_BATCH_MS)
 DEVICE_ATTR = LATENCY_DEVICE  # user attr: the device the latency was measured on
+
+# Display columns of the tables.
 PARAMS = "params (M)"
 FLOPS = "GFLOPs (2×MAC)"
 GMACS = "GMACs"
