@@ -36,7 +36,8 @@ class EpochSampler(Sampler[int]):
 
     def order(self) -> list[int]:
         """This process's indices for the whole of the current epoch."""
-        generator = torch.Generator().manual_seed(self.seed * EPOCH_STRIDE + self.epoch)
+        # modulo 2**63: an unseeded process's torch.initial_seed() is a random 64-bit number
+        generator = torch.Generator().manual_seed((self.seed * EPOCH_STRIDE + self.epoch) % 2**63)
         permutation = torch.randperm(self.size, generator=generator)[: len(self) * self.world]
         return permutation[self.rank::self.world].tolist()
 
