@@ -10,6 +10,7 @@ from pathlib import Path
 
 import onnx
 import onnxruntime
+import optuna
 import pytest
 import torch
 from _helpers import assert_close_scaled
@@ -30,10 +31,12 @@ from xvol_lab.data import build_datamodule
 from xvol_lab.models import BackboneSpec, build_classifier
 from xvol_lab.study import export as study_export
 from xvol_lab.study.config import load_study_config
+from xvol_lab.study.controls import CONTROL_ATTR, NEGATIVE, POSITIVE
 from xvol_lab.study.export import OPSET, check_images, select_trials, verify_export
 from xvol_lab.study.report import load_study_data
 from xvol_lab.study.report.writer import format_number
 from xvol_lab.study.space import spec_of
+from xvol_lab.study.storage import default_storage_url
 from xvol_lab.tasks import VAL_ACC1, export_deploy, fit, load_deploy
 from xvol_lab.tasks.classification import ClassificationTask
 from xvol_lab.tasks.config import load_run_config
@@ -208,6 +211,17 @@ def test_selection_single_objective_best_first(tmp_path):
     assert [t.number for t in select_trials(data)] == [2]
     assert [t.number for t in select_trials(data, 3)] == [2, 4, 1]  # 0.80, 0.75 (retry of 3), 0.70
     assert [t.number for t in select_trials(data, 50)] == [2, 4, 1, 5, 6, 0]
+
+
+def test_selection_never_exports_a_control_trial(tmp_path):
+    study_file = build_ablation_study(tmp_path)
+    study = optuna.load_study(study_name="abl", storage=default_storage_url(tmp_path / "runs", "abl"))
+    negative = add(study, CONV, [0.95], attrs={**metrics_of(0.95), CONTROL_ATTR: NEGATIVE})  # best value
+    add(study, CONV, [0.90],
+        attrs={**metrics_of(0.90), CONTROL_ATTR: POSITIVE})
+    data = load_study_data(study_file, runs=tmp_path / "runs")
+    assert negative in [t.number for t in data.complete]
+    assert [t.number for t in select_trials(data, 3)] == [2, 4, 1]
 
 
 def test_selection_multi_objective_front_then_next_front(tmp_path):

@@ -33,7 +33,7 @@ from torch import Tensor
 
 from xvol_lab.errors import ConfigError
 from xvol_lab.study.report.columns import STAGE_COLUMNS
-from xvol_lab.study.report.source import StudyData, configuration_label
+from xvol_lab.study.report.source import StudyData, configuration_label, control_role
 from xvol_lab.study.report.tables import objective_column, trials_table
 from xvol_lab.study.report.writer import format_number, markdown_table, staged_dir
 from xvol_lab.study.standing import best_trials
@@ -96,15 +96,19 @@ def pareto_fronts(trials: list[FrozenTrial], directions: list[str]) -> list[list
 
 def select_trials(data: StudyData, top: int | None = None) -> list[FrozenTrial]:
     """The trials to export: the `top` best (single objective: by the objective; several: by Pareto
-    rank, then the first objective); by default the best trial, or the whole Pareto front."""
+    rank, then the first objective); by default the best trial, or the whole Pareto front. Control
+    trials (a deliberately weakened network, the baseline under other seeds) are never exported."""
     if top is not None and top < 1:
         raise ConfigError(f"--top: got {top}, expected an integer >= 1")
     if not data.complete:
         raise ConfigError(f"study {data.name}: no complete trial to export ({data.tally.pruned} pruned, "
                           f"{data.tally.failed} failed, {data.tally.running} running)")
+    candidates = [t for t in data.complete if not control_role(t)]  # a control is no architecture to ship
+    if not candidates:
+        raise ConfigError(f"study {data.name}: only control trials are complete; nothing to export")
     sign = 1.0 if data.directions[0] == "maximize" else -1.0
     fronts = [sorted(front, key=lambda t: (-sign * t.values[0], t.number))
-              for front in pareto_fronts(data.complete, data.directions)]
+              for front in pareto_fronts(candidates, data.directions)]
     ordered = [t for front in fronts for t in front]
     if top is None:
         top = 1 if len(data.metric_names) == 1 else len(fronts[0])
