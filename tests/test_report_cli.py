@@ -78,7 +78,8 @@ def test_report_md_links_every_table_and_plot(abl, capsys):
     assert "val/acc1 0.8000 (trial 2)" in report
     assert "| X-volution(PSSA, L=2) in stage 3 | 3 | 0 | 0.75 [0.6258, 0.8742] | +0.22 |" in report
     assert ("- X-volution(PSSA, L=2) in stage 3: not distinguishable from all-conv at this budget (MDE unknown "
-            "(fewer than 2 paired seeds)) (val/acc1 +0.22, MDE unknown (fewer than 2 paired seeds) (3 runs))") in report
+            "(fewer than 2 paired seeds, or no spread between them)) (val/acc1 +0.22, MDE unknown "
+            "(fewer than 2 paired seeds, or no spread between them) (3 runs))") in report
     assert "- seeds per configuration: 1 (0)" in report
     assert "- trivial level: val/acc1 0.25 (always the most frequent class)" in report
     assert "Difference to all-conv (95% CI): not drawn (no configuration paired" in report

@@ -158,11 +158,10 @@ def t_power(noncentrality: float, n: int, alpha: float) -> float:
 def mde(std: float, n: int, alpha: float = ALPHA, power: float = POWER) -> float:
     """The minimum detectable |mean difference| of a paired t-test with `n` pairs whose differences
     have standard deviation `std`: the shift detected with probability `power` at two-sided level
-    `alpha`. NaN for n < 2 or an unknown std; 0 with zero spread."""
-    if n < 2 or math.isnan(std):
+    `alpha`. NaN for n < 2, an unknown std, or zero spread (identical differences say nothing about
+    the spread: typically a metric at its floor or ceiling, where no effect can show)."""
+    if n < 2 or math.isnan(std) or std == 0.0:
         return math.nan
-    if std == 0.0:
-        return 0.0
     high = 1.0
     while t_power(high, n, alpha) < power:
         high *= 2

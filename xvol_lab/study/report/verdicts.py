@@ -42,5 +42,8 @@ def control_verdict(role: str, found: str) -> str:
 
 
 def mde_text(mde: float) -> str:
-    """``MDE 0.031`` (the minimum detectable difference at 80% power), or ``MDE unknown``."""
-    return "MDE unknown (fewer than 2 paired seeds)" if math.isnan(mde) else f"MDE {format_number(float(mde))}"
+    """``MDE 0.031`` (the minimum detectable difference at 80% power), or ``MDE unknown`` (fewer than
+    2 paired seeds, or paired differences without spread)."""
+    if math.isnan(mde):
+        return "MDE unknown (fewer than 2 paired seeds, or no spread between them)"
+    return f"MDE {format_number(float(mde))}"
