@@ -74,7 +74,7 @@ def test_sigterm_mid_epoch_checkpoints_at_once_and_the_resumed_run_ends_as_an_un
     config = load_run_config(None, [
         f"data.root={tmp_path / 'data'}", "data.image_size=16", "data.num_classes=4", "data.num_train=192",
         "data.num_val=64", "data.batch_size=32", "data.num_workers=0", "model.width_mult=0.125",
-        "model.stages.2.op=xvol_pssa", "optim.name=sgd", "optim.lr=0.05", "trainer.accelerator=cpu",
+        "model.stage3.op=xvol_pssa", "optim.name=sgd", "optim.lr=0.05", "trainer.accelerator=cpu",
         "trainer.max_epochs=2", "trainer.log_every_n_steps=1"])
     straight = fit(config, tmp_path / "straight", progress=False)
     stop = STEPS_PER_EPOCH + 2  # the third step of the second epoch
