@@ -9,6 +9,7 @@ import sys
 from collections.abc import Sequence
 
 from xvol_lab.allocator import keep_freed_memory
+from xvol_lab.cli.args import split_set_lists
 from xvol_lab.errors import ConfigError
 
 log = logging.getLogger("xvol_lab")
@@ -32,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run `lab.py`; returns the process exit code."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(split_set_lists(sys.argv[1:] if argv is None else argv))
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
     if not getattr(args, "func", None):
