@@ -2,7 +2,8 @@
 
 A `BackboneSpec` is passed whole to `build_backbone`, stored with every run (spec.json) and in
 checkpoints, and the model is rebuilt from it. (De)serialisation goes through `xvol_lab.schema`,
-so a bad value raises `ConfigError` naming its key path (``stage3.op: got 'foo', expected ...``; stages are numbered 1..4 as in the paper).
+so a bad value raises `ConfigError` naming its key path (``stage3.op: got 'foo', expected ...``;
+stages are numbered 1..4 as in the paper).
 """
 
 from __future__ import annotations

@@ -21,9 +21,9 @@ from xvol_lab.errors import ConfigError
 from xvol_lab.models import BackboneSpec, StageSpec, build_classifier
 from xvol_lab.models.cost import count_flops
 from xvol_lab.study.config import FLOPS_G, StudyConfig, load_study_config
-from xvol_lab.study.settings import stored_settings
 from xvol_lab.study.controls import CONTROL_ATTR
 from xvol_lab.study.ledger import Tally, counted, tally
+from xvol_lab.study.settings import stored_settings
 from xvol_lab.study.space import spec_of
 from xvol_lab.study.standing import complete_trials, retried_as, state_and_reason
 from xvol_lab.study.storage import default_storage_url, find_study, open_storage, shown_url, sqlite_file
