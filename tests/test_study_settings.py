@@ -127,3 +127,5 @@ def test_given_settings_replace_the_stored_ones_key_by_key():
     assert merged == RunSettings(("a.b=1", "c=5", "d=1"), trials=3, seeds=3)
     assert merged.override_list() == ["a.b=1", "c=5", "d=1", "budget.n_trials=3", "budget.seeds=3"]
     assert merged.command_text() == "--set a.b=1 c=5 d=1 --trials 3 --seeds 3"
+    assert stored.then(RunSettings(("budget.n_trials=7",))) == RunSettings(("a.b=1", "c=2", "budget.n_trials=7"),
+                                                                          trials=None, seeds=2)

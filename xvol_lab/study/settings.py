@@ -37,7 +37,9 @@ class RunSettings:
         """These settings, then `given` on top (its --set keys replace these ones)."""
         keys = {tuple(parse_override(text)[0]) for text in given.overrides}
         kept = tuple(text for text in self.overrides if tuple(parse_override(text)[0]) not in keys)
-        return RunSettings(kept + given.overrides, given.trials or self.trials, given.seeds or self.seeds)
+        trials = given.trials or (None if ("budget", "n_trials") in keys else self.trials)
+        seeds = given.seeds or (None if ("budget", "seeds") in keys else self.seeds)
+        return RunSettings(kept + given.overrides, trials, seeds)
 
     def override_list(self) -> list[str]:
         """The settings as study overrides (``--trials 3`` is ``budget.n_trials=3``)."""
