@@ -38,7 +38,10 @@ def progress_text(name: str, config: StudyConfig, runs: Path) -> str:
     study = existing_study(name, default_storage_url(runs, name))
     if study is None:
         return "not started"
-    config = with_stored_settings(config, study)
+    try:
+        config = with_stored_settings(config, study)
+    except ConfigError as err:  # the study file changed under the stored --set
+        return f"made with settings that no longer fit the study file ({err})"
     trials = study.get_trials(deepcopy=False)
     done = f"{tally(trials).finished}/{config.n_trials} finished"
     difference = identity_difference(study, config)
