@@ -22,15 +22,23 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 GIVEN = ["--set", "base.data.num_train=48", "base.optim.lr=0.05", "--trials", "3"]
 
 
+class Seen(list):
+    """(trial number, base.data.num_train, base.optim.lr) of each trial as the worker saw it;
+    `stop_at`: the count of trials at which a Ctrl-C interrupts the study."""
+
+    stop_at: int | None = None
+
+
 @pytest.fixture
-def trained(monkeypatch) -> list[tuple[int, int, float]]:
-    """Trials 'train' at once (their architecture drawn, a made-up value); records each trial's
-    (number, base.data.num_train, base.optim.lr) as the worker saw them."""
-    seen: list[tuple[int, int, float]] = []
+def trained(monkeypatch) -> Seen:
+    """Trials 'train' at once (their architecture drawn, a made-up value), recorded in a `Seen`."""
+    seen = Seen()
 
     def train(self, trial, role=None):
         suggest_spec(trial, self.config.space, self.config.base.model)
         seen.append((trial.number, self.config.base.data.num_train, self.config.base.optim.lr))
+        if len(seen) == seen.stop_at:
+            raise KeyboardInterrupt
         return Outcome("complete", None, [0.25 + 0.25 * trial.number], {"val/acc1": 0.25 + 0.25 * trial.number})
 
     monkeypatch.setattr(worker_module.Worker, "_train", train)
@@ -50,20 +58,24 @@ def files(folder: Path) -> dict[Path, bytes]:
 def test_a_later_run_continues_with_the_stored_settings(tiny_study, trained, tmp_path: Path, capsys):
     path = tiny_study(budget={"n_trials": 10, "epochs": 1})
     runs = tmp_path / "runs"
-    # --set before NAME: the list of KEY=VALUE ends at NAME
+    # --set before NAME: the list of KEY=VALUE ends at NAME; Ctrl-C during the second trial
+    trained.stop_at = 2
     code, out, err = run_main(capsys, "study", "run", *GIVEN, str(path), "--runs", str(runs), "--no-live")
-    assert code == 0, err
-    assert "tiny: 3/3 finished" in out
-    assert trained == [(0, 48, 0.05), (1, 48, 0.05), (2, 48, 0.05)]
+    assert code == 130, err
+    assert trained == [(0, 48, 0.05), (1, 48, 0.05)]
     study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{runs / 'tiny' / 'study.db'}")
     assert study.user_attrs[SETTINGS] == {"set": ["base.data.num_train=48", "base.optim.lr=0.05"], "trials": 3,
                                           "seeds": None}
     stored = study.user_attrs[CONFIG]
     assert stored["base"]["data"]["num_train"] == 48 and stored["budget"]["n_trials"] == 3
-    # the same command without --set and --trials: nothing left to do, 3/3 everywhere
+    # the same command without --set and --trials continues with them, to 3/3 everywhere
     code, out, err = run_main(capsys, "study", "run", str(path), "--runs", str(runs), "--no-live")
     assert code == 0, err
-    assert "tiny: 3/3 finished" in out and len(trained) == 3
+    assert "tiny: 3/3 finished" in out
+    assert [seen[1:] for seen in trained[2:]] == [(48, 0.05), (48, 0.05)]  # the handed-back trial, then one more
+    code, out, err = run_main(capsys, "study", "run", str(path), "--runs", str(runs), "--no-live")
+    assert code == 0, err
+    assert "tiny: 3/3 finished" in out and len(trained) == 4  # nothing left to do
     code, out, err = run_main(capsys, "study", "status", str(path), "--runs", str(runs))
     assert code == 0, err
     assert "tiny: 3/3 finished" in out
@@ -75,7 +87,7 @@ def test_a_later_run_continues_with_the_stored_settings(tiny_study, trained, tmp
     # a larger --trials continues the study (the budget is no part of what it was made from)
     code, out, err = run_main(capsys, "study", "run", str(path), "--runs", str(runs), "--no-live", "--trials", "4")
     assert code == 0, err
-    assert "tiny: 4/4 finished" in out and trained[-1] == (3, 48, 0.05)
+    assert "tiny: 4/4 finished" in out and len(trained) == 5 and trained[-1][1:] == (48, 0.05)
 
 
 def test_a_different_set_is_refused_with_every_key_and_the_storage_as_given(tiny_study, trained, tmp_path: Path,
