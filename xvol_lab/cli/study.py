@@ -108,9 +108,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.print_config:
         print(yaml.safe_dump(to_dict(config), sort_keys=False), end="")
         return 0
-    store_settings(create_study(url, name, config), settings, config)
     trainer = config.base.trainer
     environments = worker_environments(workers, trainer.devices, trainer.accelerator != "cpu")
+    store_settings(create_study(url, name, config), settings, config)
     if workers > 1:
         code = run_workers(args.name, args.runs, overrides, environments, {STORAGE_ENV: url})
     else:
