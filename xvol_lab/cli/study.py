@@ -16,6 +16,7 @@ from xvol_lab.cli.submit import add_submit_parser
 from xvol_lab.errors import ConfigError
 from xvol_lab.schema import to_dict
 from xvol_lab.study.config import list_study_files, load_study_config, resolve_study_path, study_name
+from xvol_lab.study.launch import trial_command
 from xvol_lab.study.pool import run_workers, worker_environments
 from xvol_lab.study.progress import make_view
 from xvol_lab.study.settings import RunSettings, check_continues, store_settings, stored_settings
@@ -110,6 +111,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 0
     trainer = config.base.trainer
     environments = worker_environments(workers, trainer.devices, trainer.accelerator != "cpu")
+    trial_command(args.runs / name, trainer.devices, trainer.num_nodes)  # refused resources: nothing written
     store_settings(create_study(url, name, config), settings, config)
     if workers > 1:
         code = run_workers(args.name, args.runs, overrides, environments, {STORAGE_ENV: url})
