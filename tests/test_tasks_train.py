@@ -187,8 +187,9 @@ def test_resume_from_last_continues_at_the_next_epoch(trained, tmp_path):
     config, run_dir, result, _ = trained
     resumed_dir = tmp_path / "run"
     shutil.copytree(run_dir, resumed_dir)
-    longer = load_run_config(None, [f"trainer.max_epochs={EPOCHS + 1}"]).trainer
+    longer = dataclasses.replace(config.trainer, max_epochs=EPOCHS + 1)  # the one key a resume changes here
     config = dataclasses.replace(config, trainer=longer)
+    stored = (resumed_dir / "config.yaml").read_bytes()
     recorder = Recorder(torch.zeros(1, 3, 16, 16))
     resumed = fit(config, resumed_dir, callbacks=[recorder], progress=False, resume="last")
     assert recorder.epochs_started == [EPOCHS]
@@ -203,6 +204,7 @@ def test_resume_from_last_continues_at_the_next_epoch(trained, tmp_path):
     assert resumed[VAL_ACC1] == pytest.approx(max(val_acc.values()))
     assert torch.load(resumed_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == \
         (EPOCHS + 1) * STEPS_PER_EPOCH
+    assert (resumed_dir / "config.yaml").read_bytes() == stored  # never rewritten
 
 
 class PoisonWeights(Callback):
