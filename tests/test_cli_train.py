@@ -151,7 +151,7 @@ def test_resume_refuses_a_changed_key_with_one_line_each_and_writes_nothing(tmp_
         f"lab.py: error: --resume {last}: model.stage3.op: stored 'conv' ({run_dir / 'config.yaml'}), given "
         "'xvol_pssa'; a resumed run keeps its config (it may change trainer.max_epochs, and trainer.devices, "
         "trainer.strategy, trainer.num_nodes from an epoch-end checkpoint)",
-        f"--resume {last}: optim.lr: stored 0.05 ({run_dir / 'config.yaml'}), given 0.1; "
+        f"lab.py: error: --resume {last}: optim.lr: stored 0.05 ({run_dir / 'config.yaml'}), given 0.1; "
         "a resumed run keeps its config (it may change trainer.max_epochs, and trainer.devices, "
         "trainer.strategy, trainer.num_nodes from an epoch-end checkpoint)"]
     code, out, err = run_main(capsys, "train", "--run-dir", str(run_dir), "--resume", "last",

@@ -43,7 +43,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except ConfigError as err:
-        print(f"lab.py: error: {err}", file=sys.stderr)
+        for line in str(err).splitlines():  # one line per problem (a resume lists each changed key)
+            print(f"lab.py: error: {line}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("lab.py: interrupted", file=sys.stderr)
