@@ -14,6 +14,7 @@ from xvol_lab.cli.main import main
 from xvol_lab.study import worker as worker_module
 from xvol_lab.study.outcome import Outcome
 from xvol_lab.study.report import load_study_data
+from xvol_lab.study.results import regenerate_command
 from xvol_lab.study.settings import CONFIG, SETTINGS, RunSettings
 from xvol_lab.study.space import suggest_spec
 
@@ -139,5 +140,7 @@ def test_given_settings_replace_the_stored_ones_key_by_key():
     assert merged == RunSettings(("a.b=1", "c=5", "d=1"), trials=3, seeds=3)
     assert merged.override_list() == ["a.b=1", "c=5", "d=1", "budget.n_trials=3", "budget.seeds=3"]
     assert merged.command_text() == "--set a.b=1 c=5 d=1 --trials 3 --seeds 3"
+    assert regenerate_command("s", merged.command_text()).startswith(  # RESULTS.md reruns it with them
+        "`python lab.py study run s --set a.b=1 c=5 d=1 --trials 3 --seeds 3 && python lab.py study report s")
     assert stored.then(RunSettings(("budget.n_trials=7",))) == RunSettings(("a.b=1", "c=2", "budget.n_trials=7"),
                                                                           trials=None, seeds=2)
