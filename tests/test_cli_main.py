@@ -9,6 +9,7 @@ import re
 import pytest
 
 from xvol_lab.cli import bench
+from xvol_lab.cli.args import split_set_lists
 from xvol_lab.cli.main import main
 
 # The command groups README.md documents, in --help order, with the start of each one's help line.
@@ -97,3 +98,16 @@ def test_a_commands_exit_code_passes_through_and_ctrl_c_is_130(monkeypatch, caps
     monkeypatch.setattr(bench.subprocess, "call", interrupted)
     assert main(["bench", "ops"]) == 130
     assert capsys.readouterr().err == "lab.py: interrupted\n"
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["study", "run", "--set", "a=1", "b.c=2", "NAME", "--trials", "3"],
+     ["study", "run", "--set=a=1", "--set=b.c=2", "NAME", "--trials", "3"]),
+    (["study", "run", "NAME", "--set", "a=1", "--set", "b=x=y"], ["study", "run", "NAME", "--set=a=1", "--set=b=x=y"]),
+    (["train", "--set", "nothing", "x=1"], ["train", "--set=nothing", "--set=x=1"]),  # refused later: key=value
+    (["train", "--set", "--no-progress"], ["train", "--set", "--no-progress"]),  # argparse: expected one argument
+    (["train", "--set=a=1", "b=2"], ["train", "--set=a=1", "b=2"]),
+    (["x", "--", "--set", "a=1"], ["x", "--", "--set", "a=1"]),
+])
+def test_set_lists_end_at_the_first_word_without_an_equals_sign(argv, expected):
+    assert split_set_lists(argv) == expected

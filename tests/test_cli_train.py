@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
+import yaml
 
 from xvol_lab.cli.main import main
 from xvol_lab.models import BackboneSpec
@@ -100,3 +102,93 @@ def test_diverging_run_exits_1_with_the_reason(tmp_path, capsys):
     assert last.startswith(f"lab.py train: {tmp_path / 'run'}: the run diverged: "
                            "train/loss is nan at epoch 0, step ")
     assert not (tmp_path / "run" / "results.json").exists()
+
+
+# Non-default data and optimiser settings; a constant rate after the warmup, so that one epoch then
+# one more trains exactly what two epochs in a row do (a cosine decays over max_epochs).
+STORED = ["--set", "data.num_train=48", "optim.lr=0.05", "optim.warmup_epochs=0.5", "optim.schedule=constant"]
+
+
+def weights(run_dir) -> dict:
+    return torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
+
+
+def test_resume_trains_the_stored_config_and_ends_as_an_uninterrupted_run(tmp_path, capsys):
+    data = tmp_path / "data"
+    code, _, err = run_main(capsys, "train", "--run-dir", str(tmp_path / "straight"), "--max-epochs", "2",
+                            *tiny(data), *STORED)
+    assert code == 0, err
+    run_dir = tmp_path / "run"
+    code, _, err = run_main(capsys, "train", "--run-dir", str(run_dir), "--max-epochs", "1", *tiny(data), *STORED)
+    assert code == 0, err
+    stored = (run_dir / "config.yaml").read_bytes()
+    # no --set: the run's config.yaml, not the defaults (2000 images, lr 0.1, cosine), is trained
+    code, out, err = run_main(capsys, "train", "--run-dir", str(run_dir), "--resume", "last", "--max-epochs", "2",
+                              "--no-progress")
+    assert code == 0, err
+    assert (run_dir / "config.yaml").read_bytes() == stored
+    assert json.loads((run_dir / "results.json").read_text())["epochs"] == 2.0
+    straight, resumed = weights(tmp_path / "straight"), weights(run_dir)
+    assert straight.keys() == resumed.keys()
+    for name, value in straight.items():
+        assert torch.equal(value, resumed[name]), name
+    steps = [int(row.split(",")[0] or -1) for row in (run_dir / "metrics.csv").read_text().splitlines()[1:]]
+    assert 0 < max(steps) < 8  # 2 epochs of 48 / 16 = 3 steps, not 2000 images' 125
+
+
+def test_resume_refuses_a_changed_key_with_one_line_each_and_writes_nothing(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    code, _, err = run_main(capsys, "train", "--run-dir", str(run_dir), "--max-epochs", "1",
+                            *tiny(tmp_path / "data"), *STORED)
+    assert code == 0, err
+    before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
+    last = run_dir / "checkpoints" / "last.ckpt"
+    code, out, err = run_main(capsys, "train", "--run-dir", str(run_dir), "--resume", "last", "--max-epochs", "2",
+                              "--set", "optim.lr=0.1", "model.stage3.op=xvol_pssa", "--no-progress")
+    assert code == 2 and out == ""
+    lines = err.splitlines()
+    assert lines == [
+        f"lab.py: error: --resume {last}: model.stage3.op: stored 'conv' ({run_dir / 'config.yaml'}), given "
+        "'xvol_pssa'; a resumed run keeps its config (it may change trainer.max_epochs, and trainer.devices, "
+        "trainer.strategy, trainer.num_nodes from an epoch-end checkpoint)",
+        f"lab.py: error: --resume {last}: optim.lr: stored 0.05 ({run_dir / 'config.yaml'}), given 0.1; "
+        "a resumed run keeps its config (it may change trainer.max_epochs, and trainer.devices, "
+        "trainer.strategy, trainer.num_nodes from an epoch-end checkpoint)"]
+    code, out, err = run_main(capsys, "train", "--run-dir", str(run_dir), "--resume", "last",
+                              "--set", "data.num_train=2000", "--no-progress")
+    assert code == 2 and out == "" and err.count("\n") == 1
+    assert "data.num_train: stored 48" in err and "given 2000" in err
+    assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()} == before
+    # what a resume may change: the epochs (the resolved config, printed; nothing written)
+    code, out, err = run_main(capsys, "train", "--run-dir", str(run_dir), "--resume", "last", "--max-epochs", "3",
+                              "--print-config")
+    assert code == 0, err
+    printed = yaml.safe_load(out)
+    assert printed["trainer"]["max_epochs"] == 3 and printed["data"]["num_train"] == 48
+    assert printed["optim"]["schedule"] == "constant"
+    assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()} == before
+
+
+def test_print_config_prints_the_resolved_config_and_writes_nothing(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run_main(capsys, "train", "--set", "model.stage3.op=xvol_pssa", "optim.lr=0.02",
+                              "--max-epochs", "3", "--print-config")
+    assert code == 0, err
+    assert load_run_config(None, ["model.stage3.op=xvol_pssa", "optim.lr=0.02", "trainer.max_epochs=3"]) \
+        == load_run_config_text(out)
+    assert list(tmp_path.iterdir()) == []
+
+
+def load_run_config_text(text: str):
+    from xvol_lab.schema import from_dict
+    from xvol_lab.tasks.config import RunConfig
+    return from_dict(RunConfig, yaml.safe_load(text))
+
+
+def test_a_stale_zero_based_stage_key_is_one_line_with_the_paper_spelling(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run_main(capsys, "train", "--set", "model.stages.2.op=xvol_pssa", "--max-epochs", "1")
+    assert code == 2 and out == ""
+    assert err == ("lab.py: error: --set model.stages.2.op=xvol_pssa: model.stages.2.op: stages are numbered "
+                   "1..4 as in the paper; write model.stage3.op\n")
+    assert list(tmp_path.iterdir()) == []

@@ -93,7 +93,9 @@ def test_export_writes_one_folder_per_selected_trial(exported, capsys):
     assert sorted(p.name for p in out.iterdir()) == ["README.md", "trial_1"]
     assert {p.name for p in (out / "trial_1").iterdir()} == FILES | {portable_of(out / "trial_1").name}
     assert [p.name for p in out.parent.iterdir() if p.name.startswith(".")] == []
-    assert "| 1 | conv | conv | xvol_pssa(L=2) | xvol_sa |" in (out / "README.md").read_text()
+    readme = (out / "README.md").read_text()
+    assert "| 1 | conv | conv | xvol_pssa(L=2) | xvol_sa |" in readme
+    assert "| number | stage1 | stage2 | stage3 | stage4 |" in readme  # stages numbered as in the paper
 
 
 def test_exported_spec_rebuilds_the_trained_network(exported, trained):
@@ -157,6 +159,7 @@ def test_model_card_names_study_trial_metrics_costs_and_spec(exported, trained):
                  "| latency b1 (ms) | 1.25 |"):
         assert line in card
     assert "latency b16" not in card  # not measured: left out
+    assert "| 3 | xvol_pssa(L=2) |" in card and "| 4 | xvol_sa |" in card  # stages 1..4, as in the paper
     assert (out / "trial_1" / "spec.json").read_text().strip() in card
     assert "validation images of shapes" in card and "same predicted class for every image" in card
 

@@ -49,7 +49,7 @@ def test_bf16_channels_last_training_runs_the_triton_kernels_and_fused_attention
     config = load_run_config(None, [
         "data.name=shapes", "data.image_size=32", "data.num_classes=4", f"data.root={tmp_path / 'data'}",
         "data.num_train=32", "data.num_val=9", "data.batch_size=8", "model.width_mult=0.25",
-        "model.stages.2.op=xvol_pssa", "model.stages.3.op=sa", "trainer.max_epochs=1",
+        "model.stage3.op=xvol_pssa", "model.stage4.op=sa", "trainer.max_epochs=1",
         "trainer.accelerator=cuda", "trainer.devices=1", "trainer.precision=bf16-mixed",
         "trainer.channels_last=true"])
     result = fit(config, tmp_path / "run", progress=False)

@@ -28,7 +28,7 @@ def run(tmp_path_factory):
         f"data.root={root / 'data'}", "data.image_size=16", "data.num_classes=4", "data.num_train=32",
         "data.num_val=8", "data.batch_size=16", "data.num_workers=0", "trainer.max_epochs=1",
         "trainer.accelerator=cpu", "model.width_mult=0.125", "model.depths=[1,1,1,1]",
-        "model.stages.2.op=xvol_pssa"])
+        "model.stage3.op=xvol_pssa"])
     fit(config, root / "run", progress=False)
     return config, root / "run"
 

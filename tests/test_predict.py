@@ -41,7 +41,7 @@ def exported(root: Path, task: str):
         f"task={task}", f"data.root={root / 'data'}", "data.num_train=8", f"data.num_val={N}",
         f"data.batch_size={N}", "data.num_workers=0", "trainer.max_epochs=1", "trainer.accelerator=cpu",
         "trainer.limit_train_batches=1", "model.width_mult=0.125", "model.depths=[1,1,1,1]",
-        "model.stages.3.op=xvol_sa", *TASKS[task]])
+        "model.stage4.op=xvol_sa", *TASKS[task]])
     fit(config, root / "run", progress=False)
     folder = root / "export"
     folder.mkdir()

@@ -15,9 +15,13 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from xvol_lab.data.sampler import EpochSampler, ResumableLoader
+from xvol_lab.errors import ConfigError
+from xvol_lab.schema import with_overrides
 from xvol_lab.tasks import fit
+from xvol_lab.tasks.callbacks import PreemptionCheckpoint
 from xvol_lab.tasks.config import load_run_config
 from xvol_lab.tasks.metrics import VAL_ACC1
+from xvol_lab.tasks.resume import resumed_config
 from xvol_lab.tasks.runner import build_trainer
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
@@ -74,7 +78,7 @@ def test_sigterm_mid_epoch_checkpoints_at_once_and_the_resumed_run_ends_as_an_un
     config = load_run_config(None, [
         f"data.root={tmp_path / 'data'}", "data.image_size=16", "data.num_classes=4", "data.num_train=192",
         "data.num_val=64", "data.batch_size=32", "data.num_workers=0", "model.width_mult=0.125",
-        "model.stages.2.op=xvol_pssa", "optim.name=sgd", "optim.lr=0.05", "trainer.accelerator=cpu",
+        "model.stage3.op=xvol_pssa", "optim.name=sgd", "optim.lr=0.05", "trainer.accelerator=cpu",
         "trainer.max_epochs=2", "trainer.log_every_n_steps=1"])
     straight = fit(config, tmp_path / "straight", progress=False)
     stop = STEPS_PER_EPOCH + 2  # the third step of the second epoch
@@ -127,3 +131,33 @@ def test_last_checkpoint_is_the_latest_epoch_even_when_the_monitor_did_not_impro
     assert (ckpts["best"]["epoch"], ckpts["best"]["global_step"]) == (0, 2)
     assert (ckpts["last"]["epoch"], ckpts["last"]["global_step"]) == (2, 6)
     assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
+
+
+def test_a_resume_may_change_the_devices_only_from_an_epoch_end_checkpoint(tmp_path: Path):
+    stored = load_run_config(None, ["optim.lr=0.05"])
+    more = with_overrides(stored, ["trainer.max_epochs=9", "trainer.devices=2", "trainer.strategy=ddp"])
+    epoch_end, mid_epoch = tmp_path / "epoch_end.ckpt", tmp_path / "mid_epoch.ckpt"
+    torch.save({"global_step": 6}, epoch_end)
+    torch.save({"global_step": 8, PreemptionCheckpoint.STATE_KEY: {}}, mid_epoch)
+    assert resumed_config(stored, more, epoch_end, tmp_path) == more
+    with pytest.raises(ConfigError) as err:
+        resumed_config(stored, more, mid_epoch, tmp_path)
+    lines = str(err.value).splitlines()
+    assert [line.split(": ")[1] for line in lines] == ["trainer.devices", "trainer.strategy"]  # not max_epochs
+    assert lines[0].startswith(f"--resume {mid_epoch}: trainer.devices: stored 1 ({tmp_path / 'config.yaml'}), "
+                               "given 2; ")
+    assert resumed_config(stored, with_overrides(stored, ["trainer.max_epochs=9"]), mid_epoch, tmp_path).trainer \
+        .max_epochs == 9
+
+
+def test_fit_resumes_only_the_config_its_run_folder_holds(tmp_path: Path):
+    config = load_run_config(None, [
+        f"data.root={tmp_path / 'data'}", "data.image_size=16", "data.num_classes=4", "data.num_train=32",
+        "data.num_val=16", "data.batch_size=16", "data.num_workers=0", "model.width_mult=0.125",
+        "trainer.accelerator=cpu", "trainer.max_epochs=1"])
+    run_dir = tmp_path / "run"
+    fit(config, run_dir, progress=False)
+    before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
+    with pytest.raises(ConfigError, match=r"model.stage3.op: stored 'conv' .*, given 'sa'; "):
+        fit(with_overrides(config, ["model.stage3.op=sa"]), run_dir, progress=False, resume="last")
+    assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()} == before

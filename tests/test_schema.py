@@ -8,7 +8,7 @@ from typing import Literal
 import pytest
 
 from xvol_lab.errors import ConfigError
-from xvol_lab.schema import from_dict, to_dict, with_overrides
+from xvol_lab.schema import flatten, from_dict, numbered, to_dict, with_overrides
 
 
 @dataclass(frozen=True)
@@ -64,3 +64,32 @@ def test_overrides_are_typed_and_checked():
         with_overrides(Outer(), ["inner.nope=1"])
     with pytest.raises(ConfigError, match="^--set 'size': expected key=value$"):
         with_overrides(Outer(), ["size"])
+
+
+@dataclass(frozen=True)
+class Staged:
+    parts: tuple[Inner, Inner, Inner] = field(default_factory=lambda: (Inner(),) * 3, metadata=numbered("part"))
+
+
+@dataclass(frozen=True)
+class Holder:
+    staged: Staged | None = field(default_factory=Staged)
+
+
+def test_numbered_items_are_addressed_one_based_and_the_index_spelling_is_refused():
+    holder = with_overrides(Holder(), ["staged.part2.lr=0.5", "staged.part3.mode=b"])
+    assert holder.staged is not None
+    assert [p.lr for p in holder.staged.parts] == [0.1, 0.5, 0.1] and holder.staged.parts[2].mode == "b"
+    assert flatten(holder)["staged.part2.lr"] == 0.5 and "staged.parts" not in flatten(holder)
+    for text, message in [
+        ("staged.parts.1.lr=0.5", "staged.parts.1.lr: parts are numbered 1..3 as in the paper; write staged.part2.lr"),
+        ("staged.parts.3.lr=0.5", "staged.parts.3.lr: parts are numbered 1..3 as in the paper; write "
+                                  "staged.part1 .. part3"),
+        ("staged.part4.lr=0.5", "staged.part4: unknown part; expected part1 .. part3 (numbered as in the paper)"),
+        ("staged.part1.lr=-1", "staged.part1.lr: got -1.0, expected a number > 0"),
+    ]:
+        with pytest.raises(ConfigError) as err:
+            with_overrides(Holder(), [text], label="--set")
+        assert str(err.value) == f"--set {text}: {message}"
+    with pytest.raises(ConfigError, match=r"^staged.part3.mode: got 'c', expected one of 'a', 'b'$"):
+        from_dict(Holder, {"staged": {"parts": [{}, {}, {"mode": "c"}]}})

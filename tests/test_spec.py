@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -90,9 +91,9 @@ def test_with_stage_changes_one_stage() -> None:
     assert spec.with_stage(3, op="conv", shift=1, dirs=8) == base
     with pytest.raises(ConfigError, match=r"^stage: got 0, expected 1, 2, 3 or 4$"):
         base.with_stage(0, op="sa")
-    with pytest.raises(ConfigError, match=r"^stages\.2\.L: unknown key"):
+    with pytest.raises(ConfigError, match=r"^stage3\.L: unknown key"):
         base.with_stage(3, L=2)
-    with pytest.raises(ConfigError, match=r"^stages\.0\.op: got 'attn', expected one of conv, sa, pssa"):
+    with pytest.raises(ConfigError, match=r"^stage1\.op: got 'attn', expected one of conv, sa, pssa"):
         base.with_stage(1, op="attn")
 
 
@@ -115,7 +116,7 @@ def test_dict_and_json_round_trip() -> None:
     assert again == spec and hash(again) == hash(spec)
     assert isinstance(again.depths, tuple) and isinstance(again.stages, tuple)
     assert BackboneSpec.from_dict({}) == BackboneSpec()
-    assert schema.with_overrides(spec, ["stages.1.shift=3"]).stages[1].shift == 3
+    assert schema.with_overrides(spec, ["stage2.shift=3"]).stages[1].shift == 3
 
 
 def test_python_lists_are_stored_as_tuples() -> None:
@@ -128,26 +129,27 @@ OPS_LIST = "conv, sa, pssa, xvol_sa, xvol_pssa, pointwise"
 
 
 def _set(data: dict, path: str, value: object) -> dict:
+    """`data` (a spec's dict) with `value` at `path`; ``stage3`` is the item stages[2], as in --set."""
     *keys, last = path.split(".")
     node = data
     for key in keys:
-        node = node[int(key)] if key.isdigit() else node[key]
+        node = node["stages"][int(key[5:]) - 1] if re.fullmatch(r"stage\d", key) else node[key]
     node[int(last) if last.isdigit() else last] = value
     return data
 
 
 @pytest.mark.parametrize(("path", "value", "message"), [
-    ("stages.2.op", "attention", f"stages.2.op: got 'attention', expected one of {OPS_LIST}"),
-    ("stages.2.op", 3, "stages.2.op: got 3, expected a string"),
-    ("stages.1.shift", 0, "stages.1.shift: got 0, expected an integer >= 1"),
-    ("stages.1.shift", 1.5, "stages.1.shift: got 1.5, expected an integer"),
-    ("stages.0.dirs", 6, "stages.0.dirs: got 6, expected 4 or 8"),
-    ("stages.3.kernel_size", 4, "stages.3.kernel_size: got 4, expected an odd integer >= 1"),
-    ("stages.3.kernel_size", -1, "stages.3.kernel_size: got -1, expected an odd integer >= 1"),
-    ("stages.2.stack", 0, "stages.2.stack: got 0, expected an integer >= 1"),
-    ("stages.2.heads", 0, "stages.2.heads: got 0, expected a positive integer or null (auto)"),
-    ("stages.2.heads", "auto", "stages.2.heads: got 'auto', expected an integer"),
-    ("stages.1.L", 2, "stages.1.L: unknown key; expected one of op, kernel_size, heads, shift, dirs, stack"),
+    ("stage3.op", "attention", f"stage3.op: got 'attention', expected one of {OPS_LIST}"),
+    ("stage3.op", 3, "stage3.op: got 3, expected a string"),
+    ("stage2.shift", 0, "stage2.shift: got 0, expected an integer >= 1"),
+    ("stage2.shift", 1.5, "stage2.shift: got 1.5, expected an integer"),
+    ("stage1.dirs", 6, "stage1.dirs: got 6, expected 4 or 8"),
+    ("stage4.kernel_size", 4, "stage4.kernel_size: got 4, expected an odd integer >= 1"),
+    ("stage4.kernel_size", -1, "stage4.kernel_size: got -1, expected an odd integer >= 1"),
+    ("stage3.stack", 0, "stage3.stack: got 0, expected an integer >= 1"),
+    ("stage3.heads", 0, "stage3.heads: got 0, expected a positive integer or null (auto)"),
+    ("stage3.heads", "auto", "stage3.heads: got 'auto', expected an integer"),
+    ("stage2.L", 2, "stage2.L: unknown key; expected one of op, kernel_size, heads, shift, dirs, stack"),
     ("stages", [{}, {}, {}], "stages: got 3 items, expected 4"),
     ("stages", "conv", "stages: got 'conv', expected a list"),
     ("depths", [2, 2, 0, 2], "depths: got (2, 2, 0, 2), expected 4 integers >= 1"),
@@ -177,11 +179,11 @@ def test_from_dict_rejects_with_key_path(path: str, value: object, message: str)
     ("xvol_pssa", 6, False), ("conv", 3, True),  # conv takes no heads, so any valid value is ignored
 ])
 def test_heads_must_divide_the_stage_width(op: str, heads: int, ok: bool) -> None:
-    data = _set(_set(BackboneSpec().to_dict(), "stages.2.op", op), "stages.2.heads", heads)
+    data = _set(_set(BackboneSpec().to_dict(), "stage3.op", op), "stage3.heads", heads)
     if ok:
         assert BackboneSpec.from_dict(data).stages[2].heads == heads
     else:
-        with pytest.raises(ConfigError, match=rf"^stages\.2\.heads: got {heads}, expected a positive divisor "
+        with pytest.raises(ConfigError, match=rf"^stage3\.heads: got {heads}, expected a positive divisor "
                                               r"of the stage width 256$"):
             BackboneSpec.from_dict(data)
 

@@ -135,10 +135,11 @@ def test_workers_join_only_a_study_made_from_the_same_file(tiny_study, tmp_path:
     other = with_overrides(config, ["space.stages.3.op=[conv, pssa]", "space.stages.3.shift=[]"])
     with pytest.raises(ConfigError) as err:
         join(other)
-    assert str(err.value) == (f"--storage {url}: study 'tiny' there was made from a different study file "
-                              "(space.stages.3.op: stored ['conv', 'pssa', 'xvol_pssa'], now ['conv', "
-                              "'pssa']); use another --storage, or the study file it was made from")
-    with pytest.raises(ConfigError, match=r"\(optim.lr: stored 0.1, now 0.05\)"):
+    assert str(err.value) == (f"{url}: study 'tiny' there was made from a different study file or --set "
+                              "(space.stages.3.op: stored ['conv', 'pssa', 'xvol_pssa'], now ['conv', 'pssa']; "
+                              "space.stages.3.shift: stored [1, 2], now []); use another storage, or the study "
+                              "file and --set it was made from")
+    with pytest.raises(ConfigError, match=r"\(base.optim.lr: stored 0.1, now 0.05\)"):
         join(with_overrides(config, ["base.optim.lr=0.05"]))
 
 

@@ -38,7 +38,7 @@ def test_yaml_file_changes_only_its_keys(tmp_path):
 
 
 def test_dump_round_trips(tmp_path):
-    config = load_run_config(None, ["model.stages.2.op=xvol_pssa", "model.stages.2.shift=2",
+    config = load_run_config(None, ["model.stage3.op=xvol_pssa", "model.stage3.shift=2",
                                     "optim.name=adamw", "trainer.gradient_clip_val=1.0",
                                     "trainer.precision=bf16-mixed"])
     path = tmp_path / "config.yaml"
@@ -65,7 +65,7 @@ def test_no_file_or_an_empty_one_gives_the_defaults(tmp_path):
     ("trainer: {max_epochs: 2, check_val_every_n_epoch: 3}",
      "cfg.yaml: trainer.check_val_every_n_epoch: got 3, expected at most max_epochs (2)"),
     ("model: {stages: [{op: foo}, {}, {}, {}]}",
-     "cfg.yaml: model.stages.0.op: got 'foo', expected one of conv"),
+     "cfg.yaml: model.stage1.op: got 'foo', expected one of conv"),
     ("task: retrieval", "cfg.yaml: task: got 'retrieval', expected one of 'classification', "
                         "'semantic_segmentation', 'detection', 'instance_segmentation'"),
     ("task: detection\ndata: {name: shapes}", "cfg.yaml: data.name: got 'shapes' for task 'detection', "
@@ -95,8 +95,11 @@ def test_missing_file(tmp_path, monkeypatch):
     ("optim.lrr=1",
      "--set optim.lrr=1: optim.lrr: unknown key; expected one of name, lr, momentum, nesterov,"),
     ("optim.lr=fast", "--set optim.lr=fast: optim.lr: got 'fast', expected a number"),
-    ("model.stages.7.op=conv",
-     "--set model.stages.7.op=conv: model.stages.7: index out of range; expected 0..3"),
+    ("model.stage7.op=conv",
+     "--set model.stage7.op=conv: model.stage7: unknown stage; expected stage1 .. stage4 (numbered as in the paper)"),
+    ("model.stages.2.op=conv",
+     "--set model.stages.2.op=conv: model.stages.2.op: stages are numbered 1..4 as in the paper; write "
+     "model.stage3.op"),
     ("seed", "--set 'seed': expected key=value"),
 ])
 def test_bad_override_names_key_and_valid_ones(override, message):
@@ -109,7 +112,7 @@ def test_overrides_apply_in_order_after_the_arch_file(tmp_path):
     spec = BackboneSpec.preset("resnet34", width_mult=0.125).with_stage(3, op="xvol_sa")
     (tmp_path / "spec.json").write_text(spec.to_json())
     (tmp_path / "cfg.yaml").write_text("model: {width_mult: 0.5}\noptim: {lr: 0.2}\n")
-    overrides = ["optim.lr=0.3", "optim.lr=0.4", "model.stages.0.op=pssa"]
+    overrides = ["optim.lr=0.3", "optim.lr=0.4", "model.stage1.op=pssa"]
     config = load_run_config(tmp_path / "cfg.yaml", overrides, arch=tmp_path / "spec.json")
     assert config.optim.lr == 0.4
     assert config.model == spec.with_stage(1, op="pssa")
@@ -124,7 +127,7 @@ def test_spec_file_errors_name_the_file(tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match=r"^bad.json: invalid JSON: Expecting property name"):
         load_spec("bad.json")
     (tmp_path / "op.json").write_text('{"stages": [{"op": "deformable"}, {}, {}, {}]}')
-    with pytest.raises(ConfigError, match=r"^op.json: stages.0.op: got 'deformable', expected one of conv"):
+    with pytest.raises(ConfigError, match=r"^op.json: stage1.op: got 'deformable', expected one of conv"):
         load_spec("op.json")
 
 

@@ -40,7 +40,7 @@ TASKS = {
 }
 
 
-GPU_OPS = ["model.stages.2.op=xvol_pssa", "model.stages.3.op=xvol_sa"]  # the Triton kernels and fused SDPA
+GPU_OPS = ["model.stage3.op=xvol_pssa", "model.stage4.op=xvol_sa"]  # the Triton kernels and fused SDPA
 
 
 def overrides(task: str, root: Path) -> list[str]:

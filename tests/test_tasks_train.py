@@ -46,7 +46,7 @@ def tiny_config(root, *overrides: str) -> RunConfig:
     return load_run_config(None, [
         f"data.root={root}", "data.image_size=16", "data.num_classes=4", "data.num_train=1024",
         "data.num_val=128", "data.batch_size=32", "data.num_workers=0", "model.width_mult=0.125",
-        "model.stages.2.op=xvol_pssa", "optim.name=adamw", f"optim.lr={LR}", "optim.weight_decay=0.01",
+        "model.stage3.op=xvol_pssa", "optim.name=adamw", f"optim.lr={LR}", "optim.weight_decay=0.01",
         "trainer.accelerator=cpu", f"trainer.max_epochs={EPOCHS}", "trainer.log_every_n_steps=8", *overrides])
 
 
@@ -187,8 +187,9 @@ def test_resume_from_last_continues_at_the_next_epoch(trained, tmp_path):
     config, run_dir, result, _ = trained
     resumed_dir = tmp_path / "run"
     shutil.copytree(run_dir, resumed_dir)
-    longer = load_run_config(None, [f"trainer.max_epochs={EPOCHS + 1}"]).trainer
+    longer = dataclasses.replace(config.trainer, max_epochs=EPOCHS + 1)  # the one key a resume changes here
     config = dataclasses.replace(config, trainer=longer)
+    stored = (resumed_dir / "config.yaml").read_bytes()
     recorder = Recorder(torch.zeros(1, 3, 16, 16))
     resumed = fit(config, resumed_dir, callbacks=[recorder], progress=False, resume="last")
     assert recorder.epochs_started == [EPOCHS]
@@ -203,6 +204,7 @@ def test_resume_from_last_continues_at_the_next_epoch(trained, tmp_path):
     assert resumed[VAL_ACC1] == pytest.approx(max(val_acc.values()))
     assert torch.load(resumed_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == \
         (EPOCHS + 1) * STEPS_PER_EPOCH
+    assert (resumed_dir / "config.yaml").read_bytes() == stored  # never rewritten
 
 
 class PoisonWeights(Callback):
@@ -219,6 +221,6 @@ class PoisonWeights(Callback):
 
 def test_nan_loss_raises_with_the_step(tmp_path):
     config = tiny_config(tmp_path / "data", "data.num_train=128", "trainer.max_epochs=1",
-                         "model.stages.2.op=conv")
+                         "model.stage3.op=conv")
     with pytest.raises(NonFiniteLossError, match=r"train/loss is nan at epoch 0, step 2"):
         fit(config, tmp_path / "run", callbacks=[PoisonWeights(2)], progress=False)

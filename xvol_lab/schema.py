@@ -3,7 +3,11 @@
 `from_dict(cls, data)` builds a (nested) dataclass from plain dicts/lists (JSON, YAML), checking
 every key and type; `to_dict(obj)` is its inverse; `with_overrides(obj, ["a.b=1"])` applies
 `--set` style overrides typed by the dataclass fields. Every error is a `ConfigError` whose
-message starts with the dotted key path, e.g. ``model.stages.2.op: expected one of ...``.
+message starts with the dotted key path, e.g. ``model.stage3.op: expected one of ...``.
+
+A fixed-length tuple field marked ``numbered("stage")`` (`BackboneSpec.stages`) has its items
+addressed 1-based, as the paper numbers them: ``stage1`` .. ``stage4``, in overrides and in error
+paths; the 0-based index spelling (``stages.2.op``) is refused with a line that gives the other.
 
 Values are further validated by each dataclass's ``__post_init__``, which raises `ValueError`
 with a message that starts with the field name (``"op: got 'foo', expected one of ..."``);
@@ -24,11 +28,17 @@ import yaml
 from xvol_lab.errors import ConfigError
 
 T = TypeVar("T")
+NUMBERED = "xvol_numbered"  # field metadata: the prefix of the field's 1-based item names
 _FLOAT_TEXT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 
 def _join(path: str, key: str | int) -> str:
     return f"{path}.{key}" if path else str(key)
+
+
+def numbered(prefix: str) -> dict[str, str]:
+    """Field metadata: the tuple's items are named ``<prefix>1``, ``<prefix>2``, ... (1-based)."""
+    return {NUMBERED: prefix}
 
 
 def _type_name(tp: Any) -> str:
@@ -149,11 +159,23 @@ def from_dict(cls: type[T], data: Any, path: str = "") -> T:
     unknown = sorted(set(data) - set(fields))
     if unknown:
         raise ConfigError(f"{_join(path, unknown[0])}: unknown key; expected one of {', '.join(fields)}")
-    kwargs = {k: _coerce(hints[k], v, _join(path, k)) for k, v in data.items()}
+    kwargs = {k: _field(fields[k], hints[k], v, path) for k, v in data.items()}
     try:
         return cls(**kwargs)
     except (ValueError, TypeError) as err:  # __post_init__ messages start with the field name
         raise ConfigError(f"{path}.{err}" if path else str(err)) from None
+
+
+def _field(f: dataclasses.Field[Any], tp: Any, value: Any, path: str) -> Any:
+    """Field `f` of the dataclass at `path`; the items of a numbered tuple are named ``<prefix><n>``."""
+    prefix = f.metadata.get(NUMBERED)
+    if prefix is None or not isinstance(value, (list, tuple)):
+        return _coerce(tp, value, _join(path, f.name))
+    items = get_args(tp)
+    if len(items) != len(value):
+        raise ConfigError(f"{_join(path, f.name)}: got {len(value)} items, expected {len(items)}")
+    return tuple(_coerce(a, v, _join(path, f"{prefix}{n}"))
+                 for n, (a, v) in enumerate(zip(items, value, strict=True), start=1))
 
 
 def to_dict(obj: Any) -> Any:
@@ -165,6 +187,23 @@ def to_dict(obj: Any) -> Any:
     if isinstance(obj, dict):
         return {k: to_dict(v) for k, v in obj.items()}
     return obj
+
+
+def flatten(obj: Any, path: str = "") -> dict[str, Any]:
+    """Every leaf of dataclass `obj` by its key path as `with_overrides` takes it (``model.stage3.op``),
+    with its plain value (`to_dict`)."""
+    if not (dataclasses.is_dataclass(obj) and not isinstance(obj, type)):
+        return {path: to_dict(obj)}
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        prefix = f.metadata.get(NUMBERED)
+        if prefix is not None and isinstance(value, tuple):
+            for n, item in enumerate(value, start=1):
+                out.update(flatten(item, _join(path, f"{prefix}{n}")))
+        else:
+            out.update(flatten(value, _join(path, f.name)))
+    return out
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -179,30 +218,76 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return key.strip().split("."), value
 
 
-def _set_path(data: Any, keys: list[str], value: Any, done: str) -> None:
+def _numbered_item(tp: Any, keys: list[str], done: str) -> tuple[str, int, Any] | None:
+    """(field, list index, item type) when ``keys[0]`` names an item of a numbered field of dataclass
+    `tp` (``stage3`` -> stages[2]); the index spelling (``stages.2``) is a ConfigError."""
+    if not (dataclasses.is_dataclass(tp) and isinstance(tp, type)):
+        return None
+    hints = get_type_hints(tp)
+    for f in dataclasses.fields(tp):
+        prefix = f.metadata.get(NUMBERED)
+        if prefix is None:
+            continue
+        items = get_args(hints[f.name])
+        if keys[0] == f.name and len(keys) > 1:
+            index = keys[1]
+            fix = (".".join([_join(done, f"{prefix}{int(index) + 1}"), *keys[2:]])
+                   if index.isdigit() and int(index) < len(items)
+                   else f"{_join(done, prefix)}1 .. {prefix}{len(items)}")
+            raise ConfigError(f"{_join(done, '.'.join(keys))}: {f.name} are numbered 1..{len(items)} as in "
+                              f"the paper; write {fix}")
+        match = re.fullmatch(rf"{re.escape(prefix)}(\d+)", keys[0])
+        if match:
+            n = int(match[1])
+            if not 1 <= n <= len(items):
+                raise ConfigError(f"{_join(done, keys[0])}: unknown {prefix}; expected {prefix}1 .. "
+                                  f"{prefix}{len(items)} (numbered as in the paper)")
+            return f.name, n - 1, items[n - 1]
+    return None
+
+
+def _field_type(tp: Any, key: str) -> Any:
+    """The dataclass that field `key` of dataclass `tp` holds (the one dataclass of an optional), else None."""
+    if not (dataclasses.is_dataclass(tp) and isinstance(tp, type)):
+        return None
+    hint = get_type_hints(tp).get(key)
+    options = get_args(hint) if get_origin(hint) in (Union, types.UnionType) else (hint,)
+    classes = [o for o in options if dataclasses.is_dataclass(o)]
+    return classes[0] if len(classes) == 1 else None
+
+
+def _set_path(data: Any, tp: Any, keys: list[str], value: Any, done: str) -> None:
+    """Set `value` at `keys` in `data`, the plain form of dataclass `tp` (None: not a dataclass);
+    `done` is the key path so far, as the user wrote it."""
     key = keys[0]
     where = _join(done, key)
-    if isinstance(data, list):
+    item = _numbered_item(tp, keys, done)
+    index: Any
+    if item is not None:
+        name, index, sub = item
+        data = data[name]
+    elif isinstance(data, list):
         if not key.isdigit() or int(key) >= len(data):
             raise ConfigError(f"{where}: index out of range; expected 0..{len(data) - 1}")
-        index: Any = int(key)
+        index, sub = int(key), None
     elif isinstance(data, dict):
         if key not in data:
             raise ConfigError(f"{where}: unknown key; expected one of {', '.join(map(str, data))}")
-        index = key
+        index, sub = key, _field_type(tp, key)
     else:
         raise ConfigError(f"{where}: {done} is a value, not a section")
     if len(keys) == 1:
         data[index] = value
     else:
-        _set_path(data[index], keys[1:], value, where)
+        _set_path(data[index], sub, keys[1:], value, where)
 
 
-def _set_overrides(data: dict[str, Any], overrides: typing.Iterable[str]) -> dict[str, Any]:
-    """`data` (plain dicts/lists, e.g. from `to_dict`) with ``key.path=value`` overrides set in place."""
+def _set_overrides(tp: Any, data: dict[str, Any], overrides: typing.Iterable[str]) -> dict[str, Any]:
+    """`data` (plain dicts/lists of dataclass `tp`, from `to_dict`) with ``key.path=value`` overrides
+    set in place."""
     for text in overrides:
         keys, value = parse_override(text)
-        _set_path(data, keys, value, "")
+        _set_path(data, tp, keys, value, "")
     return data
 
 
@@ -215,7 +300,7 @@ def with_overrides(obj: T, overrides: typing.Iterable[str], label: str | None = 
     """
     overrides = list(overrides)
     if label is None:
-        return from_dict(type(obj), _set_overrides(to_dict(obj), overrides))
+        return from_dict(type(obj), _set_overrides(type(obj), to_dict(obj), overrides))
     for text in overrides:
         parse_override(text)  # a malformed item names itself
     try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 
 
 def positive_int(text: str) -> int:
@@ -14,3 +15,30 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"got {value}, expected an integer >= 1")
     return value
+
+
+def split_set_lists(argv: Sequence[str]) -> list[str]:
+    """`argv` with each ``--set A=1 B=2`` list written as ``--set=A=1 --set=B=2``.
+
+    A bare ``--set`` takes the next token, then every following token that holds a ``=`` and is
+    not an option; the first token without ``=`` (a study NAME) ends the list, so ``--set`` may
+    come before or after the positional arguments. Nothing after ``--`` is touched.
+    """
+    out: list[str] = []
+    tokens = list(argv)
+    i = 0
+    while i < len(tokens):
+        token = tokens[i]
+        i += 1
+        if token == "--":
+            out.extend(tokens[i - 1:])
+            break
+        if token != "--set" or i >= len(tokens) or tokens[i].startswith("-"):
+            out.append(token)
+            continue
+        out.append(f"--set={tokens[i]}")
+        i += 1
+        while i < len(tokens) and "=" in tokens[i] and not tokens[i].startswith("-"):
+            out.append(f"--set={tokens[i]}")
+            i += 1
+    return out

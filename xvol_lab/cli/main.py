@@ -9,6 +9,7 @@ import sys
 from collections.abc import Sequence
 
 from xvol_lab.allocator import keep_freed_memory
+from xvol_lab.cli.args import split_set_lists
 from xvol_lab.errors import ConfigError
 
 log = logging.getLogger("xvol_lab")
@@ -32,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run `lab.py`; returns the process exit code."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(split_set_lists(sys.argv[1:] if argv is None else argv))
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
     if not getattr(args, "func", None):
@@ -42,7 +43,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except ConfigError as err:
-        print(f"lab.py: error: {err}", file=sys.stderr)
+        for line in str(err).splitlines():  # one line per problem (a resume lists each changed key)
+            print(f"lab.py: error: {line}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("lab.py: interrupted", file=sys.stderr)

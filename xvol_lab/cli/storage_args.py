@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 from pathlib import Path
 
-from xvol_lab.study.storage import STORAGE_ENV, has_password, read_storage_file
+from xvol_lab.study.storage import STORAGE_ENV, has_password, read_storage_file, shown_url
 
 log = logging.getLogger(__name__)
 
@@ -31,3 +32,15 @@ def storage_argument(args: argparse.Namespace) -> str | None:
         log.warning("--storage carries a password, which every user of this machine can read (ps); "
                     "put the URL in $%s or in a file given with --storage-file", STORAGE_ENV)
     return args.storage
+
+
+def storage_named(args: argparse.Namespace) -> tuple[str, str]:
+    """How the user named the storage (``--runs runs``, ``--storage URL``, ``--storage-file PATH`` or
+    ``$XVOL_STORAGE``), and how to name another one, for messages."""
+    if getattr(args, "storage_file", None) is not None:
+        return f"--storage-file {args.storage_file}", "another --storage-file"
+    if args.storage is not None:
+        return f"--storage {shown_url(args.storage)}", "another --storage"
+    if os.environ.get(STORAGE_ENV):
+        return f"${STORAGE_ENV} ({shown_url(os.environ[STORAGE_ENV])})", f"another ${STORAGE_ENV}"
+    return f"--runs {args.runs}", "another --runs"

@@ -5,25 +5,32 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import yaml
 from rich.console import Console
 
 from xvol_lab.cli.args import positive_int
 from xvol_lab.cli.design import add_design_commands
 from xvol_lab.cli.report import add_study_commands
-from xvol_lab.cli.storage_args import add_storage_arguments, storage_argument
+from xvol_lab.cli.storage_args import add_storage_arguments, storage_argument, storage_named
 from xvol_lab.cli.submit import add_submit_parser
 from xvol_lab.errors import ConfigError
-from xvol_lab.study.config import list_study_files, load_study_config
+from xvol_lab.schema import to_dict
+from xvol_lab.study.config import list_study_files, load_study_config, resolve_study_path, study_name
+from xvol_lab.study.launch import trial_command
 from xvol_lab.study.pool import run_workers, worker_environments
 from xvol_lab.study.progress import make_view
-from xvol_lab.study.storage import STORAGE_ENV, default_storage_url
-from xvol_lab.study.summary import progress_text, status
+from xvol_lab.study.settings import RunSettings, check_continues, store_settings, stored_settings
+from xvol_lab.study.storage import STORAGE_ENV, create_study, default_storage_url
+from xvol_lab.study.summary import existing_study, progress_text, status
 from xvol_lab.study.worker import work
 
 RUN_HELP = """\
 Run study NAME (a file studies/NAME.yaml, or a path to a study YAML file) until it has
 budget.n_trials finished trials. Run the same command again to resume after an interruption,
 or in several shells / on several machines with one --storage to share the work.
+--set, --trials and --seeds are stored in the storage: `study run NAME` alone continues with them
+(and `status` and `report` count the same budget); a --set that changes what the study was made
+with is refused, every differing key named.
 Each trial trains in its own process; files go to <runs>/<study>/trial_<n>/.
 """
 
@@ -60,7 +67,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     run.add_argument("--nodes", type=positive_int, metavar="M",
                      help="nodes per trial (inside a SLURM allocation)")
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", nargs="+",
-                     help="override study keys, e.g. base.data.name=imagefolder budget.epochs=90")
+                     help="override study keys, e.g. base.data.name=imagefolder budget.epochs=90 "
+                          "base.model.stage3.op=sa (stored in the storage: a later run continues with them)")
+    run.add_argument("--print-config", action="store_true",
+                     help="print the resolved study config as YAML and exit (nothing is written)")
     run.add_argument("--runs", type=Path, default=RUNS, metavar="DIR", help=RUNS_HELP)
     live = run.add_mutually_exclusive_group()
     live.add_argument("--live", dest="live", action="store_true", default=None,
@@ -80,17 +90,29 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    """Work on the study until its budget is spent."""
-    overrides = [text for group in args.overrides for text in group]
-    for flag, key in (("trials", "budget.n_trials"), ("seeds", "budget.seeds"),
-                      ("devices", "base.trainer.devices"), ("nodes", "base.trainer.num_nodes")):
-        if getattr(args, flag) is not None:
-            overrides.append(f"{key}={getattr(args, flag)}")
+    """Work on the study until its budget is spent, with the settings stored in its storage and then
+    the given ones (`xvol_lab.study.settings`)."""
+    given = RunSettings(tuple(text for group in args.overrides for text in group), args.trials, args.seeds)
+    resources = [f"{key}={getattr(args, flag)}" for flag, key in (("devices", "base.trainer.devices"),
+                                                                   ("nodes", "base.trainer.num_nodes"))
+                 if getattr(args, flag) is not None]
     workers = _workers(args.workers)
-    name, config = load_study_config(args.name, overrides)
+    name = study_name(resolve_study_path(args.name))
     url = storage_argument(args) or default_storage_url(args.runs, name)
+    study = existing_study(name, url)
+    settings = stored_settings(study).then(given)
+    overrides = settings.override_list() + resources
+    name, config = load_study_config(args.name, overrides)
+    if study is not None:
+        where, fresh = storage_named(args)
+        check_continues(study, args.name, config, given, resources, where, fresh)
+    if args.print_config:
+        print(yaml.safe_dump(to_dict(config), sort_keys=False), end="")
+        return 0
     trainer = config.base.trainer
     environments = worker_environments(workers, trainer.devices, trainer.accelerator != "cpu")
+    trial_command(args.runs / name, trainer.devices, trainer.num_nodes)  # refused resources: nothing written
+    store_settings(create_study(url, name, config), settings, config)
     if workers > 1:
         code = run_workers(args.name, args.runs, overrides, environments, {STORAGE_ENV: url})
     else:

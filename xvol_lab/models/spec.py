@@ -2,7 +2,8 @@
 
 A `BackboneSpec` is passed whole to `build_backbone`, stored with every run (spec.json) and in
 checkpoints, and the model is rebuilt from it. (De)serialisation goes through `xvol_lab.schema`,
-so a bad value raises `ConfigError` naming its key path (``stages.2.op: got 'foo', expected ...``).
+so a bad value raises `ConfigError` naming its key path (``stage3.op: got 'foo', expected ...``;
+stages are numbered 1..4 as in the paper).
 """
 
 from __future__ import annotations
@@ -86,7 +87,7 @@ class BackboneSpec:
     width_mult: float = 1.0
     stem: Stem = "imagenet"
     stages: tuple[StageSpec, StageSpec, StageSpec, StageSpec] = field(
-        default_factory=lambda: (StageSpec(),) * 4)
+        default_factory=lambda: (StageSpec(),) * 4, metadata=schema.numbered("stage"))  # stage1..stage4
     in_chans: int = 3
 
     def __post_init__(self) -> None:
@@ -114,7 +115,7 @@ class BackboneSpec:
                 try:
                     resolve_heads(stage.heads, width)
                 except ValueError:
-                    raise ValueError(f"stages.{i}.heads: got {stage.heads}, expected a positive divisor "
+                    raise ValueError(f"stage{i + 1}.heads: got {stage.heads}, expected a positive divisor "
                                      f"of the stage width {width}") from None
 
     # ---- derived quantities -------------------------------------------------------------------

@@ -50,6 +50,7 @@ from xvol_lab.study.report.frame import seed_frame
 from xvol_lab.study.report.tables import objective_column
 from xvol_lab.study.report.verdicts import BETTER, BLIND, SAME, WORSE, mde_text, verdict
 from xvol_lab.study.report.writer import seeds_text
+from xvol_lab.study.settings import stored_settings
 from xvol_lab.study.storage import default_storage_url, shown_url, sqlite_file
 
 log = logging.getLogger(__name__)
@@ -265,9 +266,11 @@ def _evidence_table(evidence: Sequence[Evidence]) -> pd.DataFrame:
                           "MDE": e.mde, "seeds": e.seeds, "verdict": e.words} for e in evidence])
 
 
-def regenerate_command(name: str) -> str:
-    """The commands that rerun a study and rewrite its report and RESULTS.md."""
-    return f"`python lab.py study run {name} && python lab.py study report {name} && {COMMAND}`"
+def regenerate_command(name: str, flags: str = "") -> str:
+    """The commands that rerun a study (with `flags`: the --set, --trials, --seeds it was run with) and
+    rewrite its report and RESULTS.md."""
+    run = f"python lab.py study run {name}" + (f" {flags}" if flags else "")
+    return f"`{run} && python lab.py study report {name} && {COMMAND}`"
 
 
 def budget_text(data: StudyData) -> str:
@@ -312,7 +315,7 @@ def _study_lines(result: StudyResult, runs: Path) -> list[str]:
     baseline = baseline_text(data, table, trivial)
     lines += [f"- baseline: {baseline}"] if baseline else [f"- trivial level: {trivial}"] if trivial else []
     lines += _control_lines(data, table)
-    lines += [f"- regenerate: {regenerate_command(result.name)}", ""]
+    lines += [f"- regenerate: {regenerate_command(result.name, stored_settings(data.study).command_text())}", ""]
     if not table.empty:
         lines.append(markdown_table(compact_ablation(data, table)))
     return lines

@@ -166,6 +166,12 @@ def find_study(storage: RDBStorage, name: str) -> optuna.Study | None:
     return optuna.load_study(study_name=name, storage=storage, sampler=optuna.samplers.RandomSampler())
 
 
+def create_study(url: str, name: str, config: StudyConfig) -> optuna.Study:
+    """Study `name` at `url`, created with the study's objectives if it does not exist yet."""
+    return optuna.create_study(study_name=name, storage=open_storage(url), directions=config.directions,
+                               load_if_exists=True)
+
+
 def join_study(storage: RDBStorage, name: str, config: StudyConfig, *,
                sampler: optuna.samplers.BaseSampler, pruner: optuna.pruners.BasePruner) -> optuna.Study:
     """Create study `name` or join it; a study made from a different study file is refused."""
@@ -182,33 +188,55 @@ def join_study(storage: RDBStorage, name: str, config: StudyConfig, *,
 
 
 def identity_difference(study: optuna.Study, config: StudyConfig) -> str | None:
-    """How the study file that made `study` differs from `config` (the first differing key, with
-    both values), or None when it is the same file (or the study records none)."""
-    return _difference(study, json.loads(json.dumps(config.identity())))
+    """How the settings that made `study` differ from `config`: every differing key with both values
+    (``base.optim.lr: stored 0.1, now 0.05; budget.epochs: ...``), or None when they agree (or the
+    study records none)."""
+    differences = identity_differences(study, config)
+    return "; ".join(differences) if differences else None
 
 
-def _difference(study: optuna.Study, identity: dict[str, Any]) -> str | None:
+def identity_differences(study: optuna.Study, config: StudyConfig) -> list[str]:
+    """Every key in which the study file and overrides that made `study` differ from `config`."""
+    return _differences(study, json.loads(json.dumps(config.identity())))
+
+
+def _differences(study: optuna.Study, identity: dict[str, Any]) -> list[str]:
     stored = study.user_attrs.get(IDENTITY)
     if stored is None or stored == identity:
-        return None
-    return _first_difference(stored, identity)
+        return []
+    keyed = sorted((_study_key(path), old, new) for path, old, new in _walk(stored, identity))
+    return [f"{key}: stored {old!r}, now {new!r}" for key, old, new in keyed]
 
 
 def _check_identity(study: optuna.Study, name: str, identity: dict[str, Any], url: str) -> None:
-    key = _difference(study, identity)
-    if key is None:
+    differences = _differences(study, identity)
+    if not differences:
         return
-    raise ConfigError(f"--storage {shown_url(url)}: study {name!r} there was made from a different study "
-                      f"file ({key}); use another --storage, or the study file it was made from")
+    raise ConfigError(f"{shown_url(url)}: study {name!r} there was made from a different study file or "
+                      f"--set ({'; '.join(differences)}); use another storage, or the study file and --set "
+                      "it was made from")
 
 
-def _first_difference(old: Any, new: Any, path: str = "") -> str:
+# `StudyConfig.identity` keys -> the study file's keys (what --set takes).
+_IDENTITY_KEYS = {"epochs": "budget.epochs", "seeds": "budget.seeds", "seed": "base.seed", "data": "base.data",
+                  "model": "base.model", "optim": "base.optim"}
+_STAGE_ITEM = re.compile(r"^base\.model\.stages\.(\d+)")
+
+
+def _study_key(path: str) -> str:
+    """An identity key path as the study file writes it: ``base.model.stage3.op`` (stages 1-based)."""
+    head, dot, rest = path.partition(".")
+    key = _IDENTITY_KEYS.get(head, head) + dot + rest
+    return _STAGE_ITEM.sub(lambda m: f"base.model.stage{int(m[1]) + 1}", key)
+
+
+def _walk(old: Any, new: Any, path: str = "") -> list[tuple[str, Any, Any]]:
+    """(key path, old value, new value) of every leaf in which `old` and `new` differ."""
+    if old == new:
+        return []
     if isinstance(old, dict) and isinstance(new, dict):
-        for k in sorted(set(old) | set(new)):
-            if old.get(k) != new.get(k):
-                return _first_difference(old.get(k), new.get(k), f"{path}.{k}" if path else k)
+        return [d for k in sorted(set(old) | set(new), key=str)
+                for d in _walk(old.get(k), new.get(k), f"{path}.{k}" if path else str(k))]
     if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
-        for i, (a, b) in enumerate(zip(old, new, strict=False)):
-            if a != b:
-                return _first_difference(a, b, f"{path}.{i}")
-    return f"{path}: stored {old!r}, now {new!r}"
+        return [d for i, (a, b) in enumerate(zip(old, new, strict=True)) for d in _walk(a, b, f"{path}.{i}")]
+    return [(path, old, new)]

@@ -13,6 +13,7 @@ from xvol_lab.errors import ConfigError
 from xvol_lab.study.config import StudyConfig
 from xvol_lab.study.ledger import tally
 from xvol_lab.study.progress import best_text, format_duration
+from xvol_lab.study.settings import with_stored_settings
 from xvol_lab.study.standing import best_trials, retried_as, state_and_reason
 from xvol_lab.study.storage import (
     default_storage_url,
@@ -37,6 +38,10 @@ def progress_text(name: str, config: StudyConfig, runs: Path) -> str:
     study = existing_study(name, default_storage_url(runs, name))
     if study is None:
         return "not started"
+    try:
+        config = with_stored_settings(config, study)
+    except ConfigError as err:  # the study file changed under the stored --set
+        return f"made with settings that no longer fit the study file ({err})"
     trials = study.get_trials(deepcopy=False)
     done = f"{tally(trials).finished}/{config.n_trials} finished"
     difference = identity_difference(study, config)
@@ -81,10 +86,12 @@ def best_lines(config: StudyConfig, trials: list[FrozenTrial]) -> list[str]:
 
 
 def status(name: str, config: StudyConfig, url: str) -> tuple[Table, list[str]]:
-    """The trial table and the summary lines of study `name` at `url` (ConfigError if it does not exist)."""
+    """The trial table and the summary lines of study `name` at `url` (ConfigError if it does not exist),
+    counted with the settings stored in the study (`xvol_lab.study.settings`)."""
     study = existing_study(name, url)
     if study is None:
         raise ConfigError(f"study {name}: nothing in {shown_url(url)} yet (run `lab.py study run` first)")
+    config = with_stored_settings(config, study)
     trials = study.get_trials(deepcopy=False)
     return trial_table(config, trials), [f"{counts_text(name, config, trials)} [{shown_url(url)}]",
                                          *best_lines(config, trials)]

@@ -247,15 +247,16 @@ def _chosen_task(loaded: Mapping[str, Any] | None, overrides: list[str]) -> str:
 
 
 def load_run_config(path: str | Path | None = None, overrides: Iterable[str] = (), *,
-                    arch: str | Path | None = None) -> RunConfig:
+                    arch: str | Path | None = None, base: RunConfig | None = None) -> RunConfig:
     """The defaults, updated by the YAML file `path` (if any), the spec file `arch` (replaces `model`),
     then the ``key.path=value`` `overrides`, in that order.
 
-    The defaults are those of the task the file or the overrides choose (`TaskRecord.defaults`).
+    The defaults are those of the task the file or the overrides choose (`TaskRecord.defaults`), or
+    `base` where given (a resumed run's stored config).
     Every error is a one-line `ConfigError` naming the file or override, the key and what was expected.
     """
     overrides = list(overrides)
-    data = to_dict(RunConfig())
+    data = to_dict(RunConfig() if base is None else base)
     loaded = None
     if path is not None:
         path = Path(path)
@@ -263,8 +264,9 @@ def load_run_config(path: str | Path | None = None, overrides: Iterable[str] = (
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"{path}: got {type(loaded).__name__}, expected a mapping of sections "
                               f"({', '.join(data)})")
-    task = _chosen_task(loaded, overrides)
-    data = _merge(data, {"task": task, **task_record(task).defaults})
+    if base is None:
+        task = _chosen_task(loaded, overrides)
+        data = _merge(data, {"task": task, **task_record(task).defaults})
     if path is not None:
         try:
             config = from_dict(RunConfig, _merge(data, loaded or {}))

@@ -2,7 +2,8 @@
 
 Layout of ``run_dir``::
 
-    config.yaml        the RunConfig (written first; `load_run_config` reads it back)
+    config.yaml        the RunConfig (written first; `load_run_config` reads it back); a resume
+                       trains with it and never rewrites it (`xvol_lab.tasks.resume`)
     spec.json          the BackboneSpec alone (`lab.py train --arch` reads it)
     metrics.csv        every logged metric (CSVLogger), hparams.yaml
     tb/                TensorBoard events
@@ -37,6 +38,7 @@ from xvol_lab.tasks.config import RunConfig, dump_run_config
 from xvol_lab.tasks.curve import LearningCurve
 from xvol_lab.tasks.execution import deterministic_mode, effective_optim, sync_batchnorm
 from xvol_lab.tasks.registry import task_record
+from xvol_lab.tasks.resume import CONFIG_YAML, resumed_config, stored_config
 from xvol_lab.tasks.transfer import init_backbone
 
 log = logging.getLogger(__name__)
@@ -129,7 +131,9 @@ def fit(config: RunConfig, run_dir: str | Path, *, callbacks: Iterable[Callback]
 
     The result holds the task's ``val/*`` metrics and the ``train/*`` epoch means of the best epoch
     (by the task's `TaskRecord.monitor`), ``best_epoch`` (counted from 1) and ``epochs`` (epochs trained),
-    all floats. `resume` is a checkpoint path or ``'last'`` (run_dir/checkpoints/last.ckpt).
+    all floats. `resume` is a checkpoint path or ``'last'`` (run_dir/checkpoints/last.ckpt); where
+    run_dir holds a config.yaml, that is the config, and `config` may differ from it only in what a
+    resume may change (`xvol_lab.tasks.resume.resumed_config`; ConfigError otherwise).
     The learning rate is scaled to the global batch as `optim.lr_scaling` says; the network runs
     channels-last and/or compiled as `trainer.channels_last` and `trainer.compile` say.
 
@@ -139,6 +143,9 @@ def fit(config: RunConfig, run_dir: str | Path, *, callbacks: Iterable[Callback]
     """
     run_dir = Path(run_dir)
     resume_path = resolve_resume(run_dir, resume)
+    stored = stored_config(run_dir) if resume_path is not None else None
+    if stored is not None:  # the run's own config; only what a resume may change is taken from `config`
+        config = resumed_config(stored, config, resume_path, run_dir)
     L.seed_everything(config.seed, workers=True, verbose=False)
     datamodule = build_datamodule(config.data)
     task = task_record(config.task).build_module(config.model, datamodule.num_classes, to_dict(config.optim),
@@ -152,8 +159,8 @@ def fit(config: RunConfig, run_dir: str | Path, *, callbacks: Iterable[Callback]
     task.optim_config = effective_optim(config, trainer.world_size)
     backend = config.trainer.compile_backend if config.trainer.compile else None
     task.prepare_network(channels_last=config.trainer.channels_last, compile_backend=backend)
-    if rank_zero_only.rank == 0:
-        write_text(run_dir / "config.yaml", dump_run_config(config))
+    if rank_zero_only.rank == 0 and stored is None:  # a resumed run's config.yaml is never rewritten
+        write_text(run_dir / CONFIG_YAML, dump_run_config(config))
         write_text(run_dir / "spec.json", config.model.to_json() + "\n")
     trainer.fit(task, datamodule=datamodule, ckpt_path=resume_path)
     history = next(cb for cb in trainer.callbacks if isinstance(cb, EpochHistory))

@@ -23,6 +23,7 @@ from xvol_lab.models.cost import count_flops
 from xvol_lab.study.config import FLOPS_G, StudyConfig, load_study_config
 from xvol_lab.study.controls import CONTROL_ATTR
 from xvol_lab.study.ledger import Tally, counted, tally
+from xvol_lab.study.settings import stored_settings
 from xvol_lab.study.space import spec_of
 from xvol_lab.study.standing import complete_trials, retried_as, state_and_reason
 from xvol_lab.study.storage import default_storage_url, find_study, open_storage, shown_url, sqlite_file
@@ -182,6 +183,8 @@ def load_study_data(name: str | Path, *, runs: Path = Path("runs"), storage_url:
     if study is None:
         raise ConfigError(f"study {study_name}: not in {shown_url(url)} "
                           f"(run `lab.py study run {name}` first)")
+    # the settings `study run` stored (its --set, --trials, --seeds), then `overrides`: the budget it works to
+    _, config = load_study_config(name, stored_settings(study).override_list() + list(overrides))
     stored = [d.name.lower() for d in study.directions]
     if stored != config.directions:
         raise ConfigError(f"study {study_name}: the storage has directions {stored}, the study file "
