@@ -14,6 +14,8 @@ from xvol_lab.cli.storage_args import add_storage_arguments, storage_argument
 from xvol_lab.cli.submit import add_submit_parser
 from xvol_lab.errors import ConfigError
 from xvol_lab.study.config import list_study_files, load_study_config
+from xvol_lab.study.one_shot import work_one_shot
+from xvol_lab.study.one_shot_report import one_shot_lines, one_shot_summary
 from xvol_lab.study.pool import run_workers, worker_environments
 from xvol_lab.study.progress import make_view
 from xvol_lab.study.storage import STORAGE_ENV, default_storage_url
@@ -91,7 +93,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     url = storage_argument(args) or default_storage_url(args.runs, name)
     trainer = config.base.trainer
     environments = worker_environments(workers, trainer.devices, trainer.accelerator != "cpu")
-    if workers > 1:
+    if config.search == "one_shot":
+        if workers > 1:
+            raise ConfigError(f"--workers {workers}: a one-shot study (search: one_shot) runs in one worker")
+        work_one_shot(name, config, runs=args.runs, storage_url=url, view=make_view(args.live))
+        summary = one_shot_summary(name, config, url)
+        for line in one_shot_lines(summary) if summary is not None else []:
+            print(line)
+        code = 0
+    elif workers > 1:
         code = run_workers(args.name, args.runs, overrides, environments, {STORAGE_ENV: url})
     else:
         work(name, config, runs=args.runs, storage_url=url, view=make_view(args.live))
