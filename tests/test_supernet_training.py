@@ -12,10 +12,10 @@ from types import SimpleNamespace
 import pytest
 import torch
 import torch.distributed as dist
+from _helpers import gloo_ranks
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from _helpers import gloo_ranks
 from xvol_lab.models import BackboneSpec, build_classifier
 from xvol_lab.models.supernet import ChoiceOp
 from xvol_lab.tasks import fit
