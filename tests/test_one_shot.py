@@ -3,6 +3,7 @@ stand-alone check, report, RESULTS.md section, export of the best stand-alone pa
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -14,7 +15,7 @@ from _study_processes import load
 from xvol_lab.cli.main import main
 from xvol_lab.study import ranking
 from xvol_lab.study.config import load_study_config
-from xvol_lab.study.one_shot import scored_paths, search_study_name
+from xvol_lab.study.one_shot import scored_paths, search, search_study_name
 from xvol_lab.study.one_shot_report import one_shot_summary
 from xvol_lab.study.results import write_results
 from xvol_lab.study.storage import default_storage_url, open_storage
@@ -52,6 +53,13 @@ def test_bad_one_shot_study_is_one_line_exit_2_nothing_written(tiny_study, run_l
     assert not (tmp_path / "runs").exists() and not (tmp_path / "data").exists()
 
 
+def test_one_shot_study_runs_in_one_worker(tiny_study, tmp_path, capsys):
+    path = tiny_study("solo", search="one_shot", one_shot=ONE_SHOT, budget={"epochs": 1})
+    assert main(["study", "run", str(path), "--runs", str(tmp_path / "runs"), "--workers", "2"]) == 2
+    assert "--workers 2: a one-shot study (search: one_shot) runs in one worker" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
+
+
 @pytest.mark.slow
 def test_one_shot_study_end_to_end(tiny_study, run_lab, tmp_path: Path, capsys):
     # 5 paths: conv, pssa L=1/2, xvol_pssa L=1/2 (shift: options of one instance each)
@@ -66,16 +74,17 @@ def test_one_shot_study_end_to_end(tiny_study, run_lab, tmp_path: Path, capsys):
 
     _, config = load_study_config(path)
     url = default_storage_url(runs, "oneshot")
-    search = optuna.load_study(study_name=search_study_name("oneshot"), storage=open_storage(url))
-    scored = search.get_trials(states=[optuna.trial.TrialState.COMPLETE])
+    study = optuna.load_study(study_name=search_study_name("oneshot"), storage=open_storage(url))
+    scored = study.get_trials(states=[optuna.trial.TrialState.COMPLETE])
     assert len(scored) == 5 and len({t.user_attrs["arch"] for t in scored}) == 5  # the space, each once
     assert all(0 <= t.values[0] <= 1 and t.user_attrs["seconds"] > 0 for t in scored)
 
-    ranked = scored_paths(config, search)
+    ranked = scored_paths(config, study)
     trials = load(runs, "oneshot").get_trials()
     assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] * 3
-    assert [t.params for t in trials[:2]] == [p for p, _, _ in ranked[:2]]  # the one-shot's top 2 first
-    assert trials[2].params in [p for p, _, _ in ranked[2:]]  # then one of the others
+    trained = [t.params for t in trials]  # (an all-conv point, the study's baseline, would train first)
+    assert all(p in trained for p, _, _ in ranked[:2])  # the one-shot's top 2
+    assert len([p for p, _, _ in ranked[2:] if p in trained]) == 1  # and one of the others
 
     summary = one_shot_summary("oneshot", config, url)
     assert len(summary.rows) == 3 and summary.paths_scored == summary.space_size == 5
@@ -98,7 +107,22 @@ def test_one_shot_study_end_to_end(tiny_study, run_lab, tmp_path: Path, capsys):
     assert json.loads((folder / "spec.json").read_text()) == json.loads(
         (Path(best.user_attrs["run_dir"]) / "spec.json").read_text())
 
+    # NSGA-II over the same supernet: accuracy and FLOPs of the stand-alone network of each path
+    nsga = dataclasses.replace(config, one_shot=dataclasses.replace(config.one_shot, sampler="nsga2"))
+    other = search("other", nsga, url, supernet / "checkpoints" / "last.ckpt")
+    flops = {t.user_attrs["arch"]: t.values[1] for t in other.get_trials()}
+    assert len(flops) == 5 and other.directions[1] == optuna.study.StudyDirection.MINIMIZE
+    conv, pssa, xvol = (flops[f"[conv, conv, {op}, conv]"] for op in ("conv", "pssa", "xvol_pssa"))
+    assert xvol > max(conv, pssa) > min(conv, pssa) > 0  # X-volution: a convolution and a PSSA branch
+    scores = {t.user_attrs["arch"]: t.values[0] for t in other.get_trials()}
+    assert scores == {t.user_attrs["arch"]: t.values[0] for t in scored}  # the same scores, recomputed
+
+    # scored by minus the cross-entropy: graded (distinct values) where accuracy can tie
+    nll = dataclasses.replace(config, one_shot=dataclasses.replace(config.one_shot, score="nll"))
+    graded = search("graded", nll, url, supernet / "checkpoints" / "last.ckpt").get_trials()
+    assert all(t.values[0] < 0 for t in graded) and len({t.values[0] for t in graded}) == 5
+
     # resumed: nothing left to do in any phase
     again = run_lab("study", "run", str(path), "--runs", str(runs), "--no-live", timeout=300)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert len(search.get_trials()) == 5 and len(load(runs, "oneshot").get_trials()) == 3
+    assert len(study.get_trials()) == 5 and len(load(runs, "oneshot").get_trials()) == 3

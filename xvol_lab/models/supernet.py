@@ -74,6 +74,7 @@ class Supernet(nn.Module):
         self.network, self.base = network, base
         self.keys: list[list[str]] = []
         backbone = _backbone(network)
+        stage_of: dict[int, int] = {}  # id(ChoiceOp) -> stage index 0..3
         for i, stage_candidates in enumerate(candidates):
             specs = {candidate_key(s): s for s in [base.stages[i], *stage_candidates]}
             self.keys.append(list(specs))
@@ -84,10 +85,11 @@ class Supernet(nn.Module):
                                for k, s in specs.items()}
                         for op in ops.values():
                             init_weights(op)
-                        setattr(block, name, ChoiceOp(ops))
+                        choice = ChoiceOp(ops)
+                        stage_of[id(choice)] = i
+                        setattr(block, name, choice)
         self.choice_ops: list[tuple[int, str, ChoiceOp]] = [
-            (int(name.split("layer")[-1].split(".")[0]) - 1, name, m)
-            for name, m in network.named_modules() if isinstance(m, ChoiceOp)]
+            (stage_of[id(m)], name, m) for name, m in network.named_modules() if isinstance(m, ChoiceOp)]
         self.path = base
         self.set_path(base)
 

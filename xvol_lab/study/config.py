@@ -363,8 +363,6 @@ class StudyConfig:
         elif design.max != 1:
             seeds = {"seeds": design.max}
         controls = {"controls": data["controls"]} if self.controls.roles else {}  # absent: older storages
-        if self.search == "one_shot":  # absent for ordinary studies: older storages
-            controls["one_shot"] = data["one_shot"]
         return {k: data[k] for k in ("task", "space", "objectives", "sampler", "pruner", "enqueue")} | {
             "epochs": self.budget.epochs, "seed": base["seed"], "data": dataset, "model": base["model"],
             "optim": base["optim"]} | seeds | controls

@@ -7,8 +7,9 @@ the stand-alone check, as one `lab.py study run NAME` that resumes where it stop
    (`xvol_lab.tasks.supernet`).
 2. **Search.** The Optuna study ``<study>.one_shot`` in the same storage: each trial is a path
    (`suggest_spec` over the study's space), scored with the inherited weights after BatchNorm
-   recalibration (`xvol_lab.tasks.supernet_score`); values: accuracy (tpe) or accuracy and FLOPs
-   (nsga2). A space with at most one_shot.paths points is enumerated (every point enqueued once).
+   recalibration (`xvol_lab.tasks.supernet_score`); values: the score (one_shot.score: accuracy,
+   or minus the cross-entropy) (tpe), or the score and FLOPs (nsga2). A space with at most
+   one_shot.paths points is enumerated (every point enqueued once).
    User attrs: ``arch``, ``seconds`` (scoring time); study attr ``supernet_seconds``.
 3. **Stand-alone check.** The top_k paths by one-shot score and random_k of the other scored
    paths (drawn with sampler.seed) become the study's ordinary trials (`StudyConfig.standalone`):
@@ -46,7 +47,11 @@ log = logging.getLogger(__name__)
 SUPERNET_DIR = "supernet"
 SEARCH_SUFFIX = ".one_shot"
 SUPERNET_SECONDS = "supernet_seconds"
-SCORE = "one_shot/" + VAL_ACC1  # what a search trial's first value is
+
+
+def score_name(config: StudyConfig) -> str:
+    """What a search trial's first value is: ``one-shot val/acc1`` or ``one-shot -val/nll``."""
+    return "one-shot " + ("-val/nll" if config.one_shot.score == "nll" else VAL_ACC1)
 
 
 def search_study_name(name: str) -> str:
@@ -127,13 +132,14 @@ def search(name: str, config: StudyConfig, storage_url: str, checkpoint: Path) -
         spec = suggest_spec(trial, config.space, config.base.model)
         start = time.monotonic()
         if spec not in cache:
-            score = scorer.score(spec)
+            score = scorer.score(spec, o.score)
             cache[spec] = [score, scorer.flops_g(spec)] if o.sampler == "nsga2" else [score]
         trial.set_user_attr("arch", f"[{', '.join(s.describe() for s in spec.stages)}]")
         trial.set_user_attr("seconds", time.monotonic() - start)
         study.tell(trial, cache[spec])
         done.append(trial)
-        log.info("one-shot path %d/%d %s: %s %.4f", len(done), wanted, spec.describe(), SCORE, cache[spec][0])
+        log.info("one-shot path %d/%d %s: %s %.4f", len(done), wanted, spec.describe(),
+                 score_name(config), cache[spec][0])
     return study
 
 
@@ -187,4 +193,4 @@ def work_one_shot(name: str, config: StudyConfig, *, runs: Path, storage_url: st
         view.close()
 
 
-__all__ = ["SCORE", "run_one_shot", "scored_paths", "search_study_name", "work_one_shot"]
+__all__ = ["run_one_shot", "score_name", "scored_paths", "search_study_name", "work_one_shot"]

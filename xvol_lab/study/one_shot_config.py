@@ -12,13 +12,15 @@ class OneShotConfig:
     """`epochs` of supernet training (one path per step, uniform over the space's points); then
     `paths` Optuna trials over the trained supernet (every point once when the space has no more;
     `sampler` tpe: accuracy, nsga2: accuracy and FLOPs), each scored on the first `val_images`
-    validation images after recalibrating BatchNorm on `bn_batches` training batches; then the
+    validation images after recalibrating BatchNorm on `bn_batches` training batches by `score`
+    (acc1: top-1 accuracy; nll: minus the mean cross-entropy, graded where accuracy saturates); then the
     `top_k` best paths and `random_k` others drawn at random are trained stand-alone as the
     study's ordinary trials (budget.seeds seeds, budget.epochs epochs each)."""
 
     epochs: int = 3
     paths: int = 200
     sampler: Literal["tpe", "nsga2"] = "tpe"
+    score: Literal["acc1", "nll"] = "acc1"
     bn_batches: int = 4
     val_images: int = 500
     top_k: int = 3

@@ -20,7 +20,7 @@ from optuna.trial import TrialState
 from xvol_lab.markdown import format_number
 from xvol_lab.study import ranking
 from xvol_lab.study.config import StudyConfig
-from xvol_lab.study.one_shot import SUPERNET_SECONDS, search_study_name, space_points
+from xvol_lab.study.one_shot import SUPERNET_SECONDS, score_name, search_study_name, space_points
 from xvol_lab.study.report.source import arch_key
 from xvol_lab.study.space import spec_of
 from xvol_lab.study.storage import open_storage
@@ -41,6 +41,7 @@ class OneShotSummary:
     """The ranking check and the phase costs of a one-shot study (module docstring)."""
 
     metric: str
+    score: str  # what the one-shot score is (`score_name`)
     rows: tuple[CheckedPath, ...]
     tau: float
     tau_ci: tuple[float, float]
@@ -108,7 +109,7 @@ def one_shot_summary(name: str, config: StudyConfig, storage_url: str) -> OneSho
     x, y = [r.one_shot for r in rows], [r.standalone for r in rows]
     tops = [r.standalone for r in rows if r.chosen == "top-k"]
     return OneShotSummary(
-        metric=config.metric_names[0], rows=tuple(rows),
+        metric=config.metric_names[0], score=score_name(config), rows=tuple(rows),
         tau=ranking.kendall_tau(x, y), tau_ci=ranking.bootstrap_interval(ranking.kendall_tau, x, y),
         rho=ranking.spearman_rho(x, y), rho_ci=ranking.bootstrap_interval(ranking.spearman_rho, x, y),
         top1_regret=ranking.regret(y[:1], y) if rows else math.nan,
@@ -126,7 +127,7 @@ def one_shot_lines(summary: OneShotSummary) -> list[str]:
     """Markdown lines: the agreement, the regrets, the phase costs, and the checked paths."""
     s = summary
     lines = [
-        f"- rank agreement over {len(s.rows)} paths trained stand-alone ({s.metric}): Kendall tau "
+        f"- rank agreement over {len(s.rows)} paths trained stand-alone ({s.score} against {s.metric}): Kendall tau "
         f"{format_number(s.tau)} {_ci(*s.tau_ci)}, Spearman rho {format_number(s.rho)} {_ci(*s.rho_ci)} "
         "(95% bootstrap over paths)",
         f"- regret of the one-shot choice: top-1 {format_number(s.top1_regret)}, top-k "
@@ -136,7 +137,7 @@ def one_shot_lines(summary: OneShotSummary) -> list[str]:
         f"supernet + search = {100 * s.one_shot_share:.0f}% of training all {s.space_size} paths stand-alone "
         f"(~{s.grid_standalone_s:.0f} s at the check's cost per path)",
         "",
-        "| path | chosen | one-shot val/acc1 | stand-alone " + s.metric + " |",
+        f"| path | chosen | {s.score} | stand-alone {s.metric} |",
         "| --- | --- | --- | --- |",
     ]
     lines += [f"| {r.arch} | {r.chosen} | {format_number(r.one_shot)} | {format_number(r.standalone)} |"

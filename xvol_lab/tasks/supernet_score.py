@@ -3,8 +3,9 @@
 The trained supernet is rebuilt from its run's last checkpoint. A path is scored by setting it,
 recalibrating every BatchNorm on the first `bn_batches` training batches (`recalibrate_bn`: the
 running statistics of a shared network are those of a mix of paths), and measuring top-1 accuracy
-on the first `val_images` validation images. The batches are read once and kept in memory, so a
-score costs `bn_batches` forward passes in training mode plus one pass over the validation images.
+(or minus the cross-entropy) on the first `val_images` validation images. The batches are read
+once and kept in memory, so a score costs `bn_batches` forward passes in training mode plus one
+pass over the validation images.
 Classification only: the scorer needs class logits.
 """
 
@@ -15,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from xvol_lab.data import build_datamodule
@@ -59,11 +61,14 @@ class PathScorer:
         self.in_chans = config.model.in_chans
 
     @torch.no_grad()
-    def score(self, path: BackboneSpec) -> float:
-        """Top-1 accuracy of `path` on the scoring images, after BatchNorm recalibration."""
+    def score(self, path: BackboneSpec, kind: str = "acc1") -> float:
+        """`path` on the scoring images after BatchNorm recalibration: top-1 accuracy (``acc1``) or
+        minus the mean cross-entropy (``nll``: graded where the accuracy is at its ceiling)."""
         self.supernet.set_path(path)
         recalibrate_bn(self.network, self.bn_batches)
         logits = torch.cat([self.network(x) for x in self.val_images.split(256)])
+        if kind == "nll":
+            return -F.cross_entropy(logits.double(), self.val_labels).item()
         return (logits.argmax(1) == self.val_labels).float().mean().item()
 
     def flops_g(self, path: BackboneSpec) -> float:
