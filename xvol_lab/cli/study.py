@@ -17,6 +17,8 @@ from xvol_lab.errors import ConfigError
 from xvol_lab.schema import to_dict
 from xvol_lab.study.config import list_study_files, load_study_config, resolve_study_path, study_name
 from xvol_lab.study.launch import trial_command
+from xvol_lab.study.one_shot import work_one_shot
+from xvol_lab.study.one_shot_report import one_shot_lines, one_shot_summary
 from xvol_lab.study.pool import run_workers, worker_environments
 from xvol_lab.study.progress import make_view
 from xvol_lab.study.settings import RunSettings, check_continues, store_settings, stored_settings
@@ -111,9 +113,17 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 0
     trainer = config.base.trainer
     environments = worker_environments(workers, trainer.devices, trainer.accelerator != "cpu")
+    if config.search == "one_shot" and workers > 1:
+        raise ConfigError(f"--workers {workers}: a one-shot study (search: one_shot) runs in one worker")
     trial_command(args.runs / name, trainer.devices, trainer.num_nodes)  # refused resources: nothing written
     store_settings(create_study(url, name, config), settings, config)
-    if workers > 1:
+    if config.search == "one_shot":
+        work_one_shot(name, config, runs=args.runs, storage_url=url, view=make_view(args.live))
+        summary = one_shot_summary(name, config, url)
+        for line in one_shot_lines(summary) if summary is not None else []:
+            print(line)
+        code = 0
+    elif workers > 1:
         code = run_workers(args.name, args.runs, overrides, environments, {STORAGE_ENV: url})
     else:
         work(name, config, runs=args.runs, storage_url=url, view=make_view(args.live))

@@ -23,6 +23,16 @@ def build_stem(spec: BackboneSpec) -> tuple[nn.Sequential, int]:
     return nn.Sequential(OrderedDict(layers)), 4 if pool is not None else 1
 
 
+def init_weights(module: nn.Module) -> None:
+    """torchvision's ResNet init: kaiming normal (fan_out) convs, BatchNorm weight 1 and bias 0."""
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
 class Backbone(nn.Module):
     """A ResNet trunk whose stages use the operators of `spec`.
 
@@ -50,13 +60,7 @@ class Backbone(nn.Module):
         self._init_weights(zero_init_residual)
 
     def _init_weights(self, zero_init_residual: bool) -> None:
-        """torchvision's ResNet init: kaiming normal (fan_out) convs, BatchNorm weight 1 and bias 0."""
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_weights(self)
         if zero_init_residual:
             for m in self.modules():
                 if isinstance(m, (BasicBlock, Bottleneck)):

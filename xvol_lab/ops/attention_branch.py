@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Literal
 
@@ -100,3 +101,17 @@ def fold_bn_into_branch(state: dict[str, Tensor], prefix: str, stack: int, out_c
     if c is not None:
         state[f"{key}.bias"] = torch.cat([c.new_zeros(2 * out_chs), c])  # q and k rows stay unbiased
     return state
+
+
+def set_taps(op: nn.Module, shift: int, dirs: int) -> None:
+    """Make PSSA operator `op` (and every attention layer in it) attend over the taps T(shift, dirs).
+
+    The weights do not change: q/k/v are 1x1 projections whatever the taps, so one instance computes
+    every shift L and direction set (the supernet's weight sharing, `xvol_lab.models.supernet`).
+    """
+    for module in op.modules():
+        cfg = getattr(module, "cfg", None)
+        if isinstance(cfg, AttentionConfig):
+            module.cfg = dataclasses.replace(cfg, shift=shift, dirs=dirs)
+        if hasattr(module, "shift") and hasattr(module, "dirs") and isinstance(cfg, AttentionConfig):
+            module.shift, module.dirs = shift, dirs

@@ -25,12 +25,13 @@ from xvol_lab.ops.options import resolve_heads
 from xvol_lab.paths import REPO_ROOT
 from xvol_lab.schema import from_dict, parse_override, to_dict, with_overrides
 from xvol_lab.study.controls import NEGATIVE_SEED_OFFSET, POSITIVE, ControlsConfig
+from xvol_lab.study.one_shot_config import OneShotConfig
 from xvol_lab.study.sequential import SeedDesign
 from xvol_lab.study.space import check_point, expand_space, spec_of
 from xvol_lab.study.space_config import SpaceConfig, distinct, listing
 from xvol_lab.tasks import metrics
 from xvol_lab.tasks.config import RunConfig, Task
-from xvol_lab.tasks.registry import DEFAULT_TASK
+from xvol_lab.tasks.registry import DEFAULT_TASK, task_record
 
 # Measured by the study itself on the deploy form of the trained model, after training: latency at
 # batch 1 and at the study's batch size, parameters, FLOPs of one image. Any of them can be an objective.
@@ -186,6 +187,8 @@ class StudyConfig:
     enqueue: tuple[dict[str, Any], ...] = ()
     controls: ControlsConfig = field(default_factory=ControlsConfig)
     heartbeat: int = 10
+    search: Literal["trials", "one_shot"] = "trials"
+    one_shot: OneShotConfig = field(default_factory=OneShotConfig)
 
     def __post_init__(self) -> None:
         if self.space is None:
@@ -218,7 +221,9 @@ class StudyConfig:
         self._check_heads()
         for j, point in enumerate(self.enqueue):
             check_point(self.space, self.base.model, point, f"enqueue.{j}")
-        if self.sampler.name == "grid":
+        if self.search == "one_shot":
+            self._check_one_shot()
+        elif self.sampler.name == "grid":
             size = len(expand_space(self.space, self.base.model))
             if self.budget.n_trials is not None and self.budget.n_trials > size:
                 raise ValueError(f"budget.n_trials: got {self.budget.n_trials}, expected at most {size} "
@@ -227,6 +232,32 @@ class StudyConfig:
             raise ValueError(f"budget.n_trials: got null, expected an integer >= 1 (only grid studies "
                              f"default to the grid size; sampler is {self.sampler.name!r})")
         self._check_baseline()
+
+    def _check_one_shot(self) -> None:
+        """A one-shot study chooses among operators, trains at most the whole space stand-alone, and
+        classifies (its paths are scored by class accuracy); its trials are the stand-alone check."""
+        assert self.space is not None
+        specs = [spec_of(self.space, self.base.model, p) for p in expand_space(self.space, self.base.model)]
+        if len({tuple(s.op for s in spec.stages) for spec in specs}) < 2:
+            raise ValueError("space: got no operator choice, expected at least two operators for a one-shot "
+                             "search (search: one_shot shares weights between operators)")
+        if self.one_shot.k > len(specs):
+            raise ValueError(f"one_shot.top_k: got top_k + random_k = {self.one_shot.k}, expected at most "
+                             f"{len(specs)} (the number of distinct points of the space)")
+        if task_record(self.task).output != "labels":
+            raise ValueError(f"search: got 'one_shot' for task {self.task!r}, expected a task whose network "
+                             "returns class labels (paths are scored by accuracy)")
+        if self.controls.roles:
+            raise ValueError("controls: expected none with search: one_shot (its check is the stand-alone "
+                             "training of the top-k and random paths)")
+        if self.budget.n_trials is not None and self.budget.n_trials != self.one_shot.k:
+            raise ValueError(f"budget.n_trials: got {self.budget.n_trials}, expected null with search: one_shot "
+                             f"(its trials are one_shot.top_k + random_k = {self.one_shot.k})")
+
+    def standalone(self, points: Sequence[dict[str, Any]]) -> StudyConfig:
+        """The ordinary study of a one-shot study's stand-alone check: exactly `points`, in order."""
+        budget = dataclasses.replace(self.budget, n_trials=len(points))
+        return dataclasses.replace(self, enqueue=tuple(points), budget=budget, search="trials")
 
     def _check_baseline(self) -> None:
         """Controls and added seeds need an all-conv baseline; the positive control applies to it."""
@@ -301,6 +332,8 @@ class StudyConfig:
     @property
     def n_trials(self) -> int:
         """Finished trials the study ends with: its configurations and its controls."""
+        if self.search == "one_shot":
+            return self.one_shot.k
         configurations = self.budget.n_trials if self.budget.n_trials is not None else len(self.plan)
         return configurations + len(self.controls.roles)
 

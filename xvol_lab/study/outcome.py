@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from xvol_lab.models import BackboneSpec
 from xvol_lab.schema import from_dict, to_dict
 from xvol_lab.study.config import LATENCY_DEVICE, MEASURE_ERROR, MEASURED, PrunerConfig
 from xvol_lab.study.files import LOG, REQUEST, RESULT, read_json, write_json
@@ -48,6 +49,9 @@ class TrialRequest:
     step_offset: int  # the pruning step of this seed's first epoch (seed index x epochs)
     steps: int  # pruning steps of the whole configuration (epochs x seeds)
     resume: str | None = None  # "last": continue from the run folder's last checkpoint
+    # a one-shot study's supernet run: the paths it samples from (`xvol_lab.tasks.supernet`); the
+    # run config's model is the base network, and nothing is measured after training
+    supernet: tuple[BackboneSpec, ...] = ()
 
 
 def write_request(run_dir: Path, request: TrialRequest) -> None:

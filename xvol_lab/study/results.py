@@ -34,6 +34,7 @@ from xvol_lab.errors import ConfigError
 from xvol_lab.markdown import format_number, markdown_table
 from xvol_lab.study import stats
 from xvol_lab.study.config import StudyConfig, list_study_files, load_study_config
+from xvol_lab.study.one_shot_report import one_shot_lines, one_shot_summary
 from xvol_lab.study.report import StudyData, ablation_table, load_study_data
 from xvol_lab.study.report.columns import CHANGED, CONFIGURATION, ROLE, SEED
 from xvol_lab.study.report.findings import (
@@ -354,7 +355,31 @@ def results_markdown(results: dict[str, StudyResult], runs: Path) -> str:
     lines += ["## Studies", ""]
     for name in used:
         lines += _study_lines(results[name], runs)
+    lines += _one_shot_section(results, runs)
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _one_shot_section(results: dict[str, StudyResult], runs: Path) -> list[str]:
+    """``## One-shot search`` with each one-shot study's ranking check (`one_shot_lines`)."""
+    names = [n for n, r in results.items() if r.config.search == "one_shot"]
+    if not names:
+        return []
+    lines = ["## One-shot search: supernet ranking against stand-alone training", "",
+             "A weight-sharing supernet (SPOS) ranks every path of the study's space; the top-k and k random "
+             "paths are then trained stand-alone. Literature figure for SPOS: Kendall tau 0.5-0.7.", ""]
+    for name in names:
+        result = results[name]
+        lines += [f"### {name}", ""]
+        summary = None
+        if result.data is not None:
+            summary = one_shot_summary(name, result.config, default_storage_url(runs, name))
+        if summary is None:
+            lines += [f"{NOT_RUN} ({result.reason or 'no search yet'}); run: {regenerate_command(name)}", ""]
+            continue
+        lines += [f"- budget: {budget_text(result.data)}; supernet {result.config.one_shot.epochs} epochs",
+                  f"- regenerate: {regenerate_command(name)}"]
+        lines += one_shot_lines(summary)
+    return lines
 
 
 def write_results(out: Path = Path(RESULTS_MD), runs: Path = Path("runs"),

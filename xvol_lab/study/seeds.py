@@ -60,7 +60,7 @@ def run_trial(run_dir: Path, command: list[str], storage_url: str, view: View, p
     return read_outcome(run_dir, proc.returncode)
 
 
-def _distributed(config: RunConfig) -> RunConfig:
+def distributed(config: RunConfig) -> RunConfig:
     """DDP when the trial spans several processes and the strategy was left to Lightning."""
     t = config.trainer
     if t.devices * t.num_nodes > 1 and t.strategy == "auto":
@@ -68,7 +68,7 @@ def _distributed(config: RunConfig) -> RunConfig:
     return config
 
 
-def _prepare(run_dir: Path, number: int) -> str | None:
+def prepare_run_dir(run_dir: Path, number: int) -> str | None:
     """Make `run_dir` ready for a seed's trial process: "last" when an earlier attempt left a last
     checkpoint (continue from it); else emptied but for the log (interrupted before its first
     checkpoint: start over), or created."""
@@ -124,10 +124,10 @@ class SeedRunner:
     def _run_seed(self, number: int, run_dir: Path, run_config: RunConfig, index: int, prune: bool) -> Outcome:
         """Train one seed (the `index`-th) in `run_dir`: from its last checkpoint when an earlier
         attempt left one, else from the start; reporting to the pruner when `prune`."""
-        resume = _prepare(run_dir, number)
+        resume = prepare_run_dir(run_dir, number)
         config, epochs = self.config, self.config.budget.epochs
         write_request(run_dir, TrialRequest(
-            study=self.study, trial_number=number, config=_distributed(run_config),
+            study=self.study, trial_number=number, config=distributed(run_config),
             objectives=tuple(config.metric_names), pruner=config.pruner,
             report=config.metric_names[0] if config.pruner.name != "none" and prune else None,
             step_offset=index * epochs, steps=epochs * len(config.seeds), resume=resume))

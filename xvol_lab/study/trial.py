@@ -37,6 +37,7 @@ from xvol_lab.study.samplers import make_pruner
 from xvol_lab.study.slurm import apply_trial_gpus
 from xvol_lab.study.storage import open_storage
 from xvol_lab.tasks import NonFiniteLossError, fit
+from xvol_lab.tasks.supernet import SupernetTraining
 
 log = logging.getLogger("xvol_lab.study.trial")
 DIVERGED = "diverged: "
@@ -90,6 +91,8 @@ def train(request: TrialRequest, trial_dir: Path) -> dict[str, Any]:
 
         reporter = PruningReporter(connect, request.report, request.step_offset)
         callbacks.append(reporter)
+    if request.supernet:
+        callbacks.append(SupernetTraining(config.model, request.supernet, config.seed))
     try:
         metrics = fit(config, trial_dir, callbacks=callbacks, progress=False, resume=request.resume)
     except SIGTERMException:  # preempted: the last checkpoint stays, the study hands the trial back
@@ -105,6 +108,8 @@ def train(request: TrialRequest, trial_dir: Path) -> dict[str, Any]:
     if reporter is not None and reporter.pruned:
         return {"state": "pruned", "reason": reporter.pruned, "metrics": metrics}
     outcome: dict[str, Any] = {"state": "complete", "metrics": metrics}
+    if request.supernet:  # a supernet has no deploy form to measure, nor objectives of its own
+        return {**outcome, "values": []}
     if global_rank() != 0:
         return outcome
     outcome.update(measure(config, progress.device, run_dir=trial_dir))

@@ -1,0 +1,68 @@
+"""Supernet training (single-path one-shot): any task's LightningModule trains a `Supernet` when
+`SupernetTraining` is among its Trainer's callbacks.
+
+At ``setup`` the callback turns the task's network (``pl_module.model``, built from the base spec)
+into a supernet in place (`xvol_lab.models.supernet`), before the optimiser is made and before a
+checkpoint is restored, so checkpoints hold every candidate's weights and `fit(..., resume='last')`
+continues a supernet exactly as it continues a trial. Before every training step it sets the path
+``paths[path_index(seed, global_step, len(paths))]``: uniform over the paths, a function of the seed
+and the step only, so every DDP process takes the same path in a step without communicating, and
+a resumed run takes the paths the uninterrupted run would have. Validation runs ``paths[0]``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import lightning.pytorch as L
+import numpy as np
+from lightning.pytorch.callbacks import Callback
+
+from xvol_lab.models import BackboneSpec
+from xvol_lab.models.supernet import Supernet
+
+
+def path_index(seed: int, step: int, count: int) -> int:
+    """The path of optimiser step `step`: uniform in ``range(count)``, from (seed, step) alone."""
+    return int(np.random.default_rng([seed, step]).integers(count))
+
+
+def stage_candidates(paths: Sequence[BackboneSpec]) -> list[list[Any]]:
+    """Per stage, the distinct stage specs the paths use (the supernet's candidates)."""
+    return [list(dict.fromkeys(p.stages[i] for p in paths)) for i in range(4)]
+
+
+def build_supernet(network: Any, base: BackboneSpec, paths: Sequence[BackboneSpec]) -> Supernet:
+    """`network` (built from `base`) turned into the supernet over `paths`, in place."""
+    return Supernet(network, base, stage_candidates(paths))
+
+
+class SupernetTraining(Callback):
+    """Trains ``pl_module.model`` as the supernet over `paths` (module docstring)."""
+
+    def __init__(self, base: BackboneSpec, paths: Sequence[BackboneSpec], seed: int) -> None:
+        if not paths:
+            raise ValueError("paths: got none, expected at least one path")
+        self.base, self.paths, self.seed = base, list(paths), seed
+        self.supernet: Supernet | None = None
+        self.taken: list[tuple[int, int]] = []  # (global step, path index) of every training batch
+
+    def path_at(self, step: int) -> BackboneSpec:
+        """The path trained at optimiser step `step`."""
+        return self.paths[path_index(self.seed, step, len(self.paths))]
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if self.supernet is None:
+            self.supernet = build_supernet(pl_module.model, self.base, self.paths)
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
+                             batch_idx: int) -> None:
+        assert self.supernet is not None
+        step = trainer.global_step
+        self.taken.append((step, path_index(self.seed, step, len(self.paths))))
+        self.supernet.set_path(self.path_at(step))
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        assert self.supernet is not None
+        self.supernet.set_path(self.paths[0])
