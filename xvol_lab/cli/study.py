@@ -105,7 +105,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     settings = stored_settings(study).then(given)
     overrides = settings.override_list() + resources
     name, config = load_study_config(args.name, overrides)
-    if study is not None:
+    # A one-shot study's trials are the paths its search chose (its stored enqueue): checked when joined.
+    if study is not None and config.search != "one_shot":
         where, fresh = storage_named(args)
         check_continues(study, args.name, config, given, resources, where, fresh)
     if args.print_config:
