@@ -3,8 +3,8 @@
 Several workers given the same storage join the same study. A worker records a heartbeat for
 the trial it runs every `heartbeat` seconds; a RUNNING trial whose heartbeat is older than the
 grace period (`grace_seconds`) is failed by the next worker that looks and queued again
-(`RetryHeartbeatStaleTrialCallback`, at most budget.max_retries times, with its intermediate
-values). For SQLite the busy timeout of a worker is shorter than the grace period less one
+(`xvol_lab.study.ledger.RetryCrashes`: a lost worker is a crash, retried at most budget.max_retries
+times, with its intermediate values). For SQLite the busy timeout of a worker is shorter than the grace period less one
 heartbeat, so that a worker waiting for the database cannot be taken for a dead one.
 """
 
@@ -24,10 +24,11 @@ from typing import Any
 from urllib.parse import unquote
 
 import optuna
-from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.storages import RDBStorage
 
 from xvol_lab.errors import ConfigError
 from xvol_lab.study.config import StudyConfig
+from xvol_lab.study.ledger import RetryCrashes
 
 log = logging.getLogger(__name__)
 
@@ -155,8 +156,7 @@ def _rdb(url: str, engine: dict[str, Any], heartbeat: int | None, max_retries: i
             return RDBStorage(url, engine_kwargs=engine)
         return RDBStorage(url, engine_kwargs=engine, heartbeat_interval=heartbeat,
                           grace_period=int(math.ceil(grace_seconds(heartbeat))),
-                          heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(
-                              max_retry=max_retries, inherit_intermediate_values=True))
+                          heartbeat_stale_trial_callback=RetryCrashes(max_retries))
 
 
 def find_study(storage: RDBStorage, name: str) -> optuna.Study | None:

@@ -85,7 +85,7 @@ class Worker:
             except KeyboardInterrupt:  # a stop signal held during the locked step: hand its trial back
                 if claim is not None:
                     with deferred(), shared.lock.held():
-                        shared.hand_back(claim.trial.number)
+                        shared.hand_back(claim.trial.number, "stop signal", planned=True)
                 raise
             if busy:
                 if not waiting_logged:
@@ -109,17 +109,19 @@ class Worker:
                 outcome = self._train(trial, item.role if item else None)
             except (KeyboardInterrupt, SystemExit):
                 with deferred(), shared.lock.held():
-                    shared.hand_back(trial.number)
-                log.warning("trial %d interrupted; it is queued again and continues when the study resumes",
+                    shared.hand_back(trial.number, "stop signal to the study process", planned=True)
+                log.warning("trial %d interrupted by a stop signal (planned, not counted against "
+                            "budget.max_retries); it is queued again and continues when the study resumes",
                             trial.number)
                 raise
             except Exception as err:  # this process failed around the trial: record it, go on
                 log.exception("trial %d: error in the study process", trial.number)
                 outcome = Outcome("failed", f"study process error: {type(err).__name__}: {err}")
             if outcome.state == "interrupted":
-                log.warning("trial %d: %s; it is queued again", trial.number, outcome.reason)
+                log.warning("trial %d: %s (planned stop, not counted against budget.max_retries); it is "
+                            "queued again", trial.number, outcome.reason)
                 with deferred(), shared.lock.held():
-                    shared.hand_back(trial.number, outcome.reason or "interrupted")
+                    shared.hand_back(trial.number, outcome.reason or "interrupted", planned=True)
             else:
                 with deferred():
                     self._tell(trial, outcome)
