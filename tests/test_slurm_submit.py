@@ -42,7 +42,9 @@ def fake_sbatch(tmp_path, monkeypatch):
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     record = tmp_path / "sbatch.calls"
-    (bin_dir / "sbatch").write_text(f'#!/bin/sh\necho "$@" >> {record}\ncat "$2" >> {record}.scripts\n'
+    (bin_dir / "sbatch").write_text(f'#!/bin/sh\nif [ "$1" = --test-only ]; then cat >> {record}.tested; '
+                                    'echo "sbatch: Job 4711 to start at now" >&2; exit 0; fi\n'
+                                    f'echo "$@" >> {record}\ncat "$2" >> {record}.scripts\n'
                                     'echo "4711;cluster"\n')
     (bin_dir / "sbatch").chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
@@ -101,6 +103,7 @@ def test_submission_goes_through_sbatch(submit_env, tmp_path, capsys, fake_sbatc
     script = next((tmp_path / "runs" / "tiny").glob("submit_*.sbatch"))
     assert fake_sbatch.read_text().split() == ["--parsable", str(script)]
     assert Path(f"{fake_sbatch}.scripts").read_text() == script.read_text()
+    assert Path(f"{fake_sbatch}.tested").read_text() == script.read_text()  # asked first: --test-only
     assert capsys.readouterr().out.endswith(f"submitted batch job 4711: runs/tiny/{script.name}\n")
     # the script is valid bash
     assert subprocess.run(["bash", "-n", str(script)], capture_output=True).returncode == 0
@@ -127,6 +130,26 @@ def test_bad_options_give_one_line_and_write_or_submit_nothing(submit_env, tmp_p
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 1 and err[0].startswith("lab.py: error: ") and message in err[0], err
     assert not (tmp_path / "runs").exists() and not fake_sbatch.exists()
+
+
+def test_a_job_the_cluster_cannot_run_is_refused_before_anything_is_written(submit_env, tmp_path, capsys,
+                                                                         monkeypatch):
+    """A fake sbatch that refuses --test-only as SLURM does for 4 CPUs per task on a 2-CPU node (the
+    real scheduler: tests/test_slurm_real.py)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "sbatch").write_text(f'#!/bin/sh\necho "$@" >> {tmp_path / "calls"}\n'
+                                    'echo "allocation failure: Requested node configuration is not available" >&2\n'
+                                    'exit 1\n')
+    (bin_dir / "sbatch").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    assert main(["study", "submit", "tiny.yaml", "--nodes", "1", "--gpus-per-node", "0"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err == ["lab.py: error: --nodes 1 --gpus-per-node 0 --cpus-per-gpu 4: SLURM cannot run this job "
+                   "(allocation failure: Requested node configuration is not available); ask for what a node "
+                   "of the partition has (`sinfo -o '%P %c %m %G'`)"]
+    assert (tmp_path / "calls").read_text() == "--test-only\n"  # asked, never submitted
+    assert not (tmp_path / "runs").exists()
 
 
 @pytest.mark.parametrize("text", ["30", "90:00", "12:00:00", "2-0", "2-12:30", "7-00:00:00", "UNLIMITED"])

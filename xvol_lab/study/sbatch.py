@@ -164,6 +164,23 @@ def script_path(runs: Path, name: str) -> Path:
     return path
 
 
+def check_request(text: str, res: Resources) -> None:
+    """Ask ``sbatch --test-only`` (where sbatch exists) whether the cluster can ever run the job of
+    batch script `text`; ConfigError, with SLURM's answer, for one it cannot (e.g. more CPUs or GPUs
+    per node than a node has): such a job would be accepted and pend forever."""
+    sbatch = shutil.which("sbatch")
+    if sbatch is None:
+        return
+    done = subprocess.run([sbatch, "--test-only"], input=text, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        detail = " ".join((done.stderr or done.stdout).split())[:300]
+        asked = (f"--nodes {res.nodes} --gpus-per-node {res.gpus_per_node} --cpus-per-gpu {res.cpus_per_gpu}"
+                 + (f" --partition {res.partition}" if res.partition else "") + (f" --time {res.time}" if res.time
+                                                                                    else ""))
+        raise ConfigError(f"{asked}: SLURM cannot run this job ({detail}); ask for what a node of the "
+                          "partition has (`sinfo -o '%P %c %m %G'`)")
+
+
 def submit(script: Path) -> str | None:
     """Submit `script` with ``sbatch``; its job id, or None where there is no sbatch."""
     sbatch = shutil.which("sbatch")
