@@ -32,6 +32,7 @@ from xvol_lab.data import build_datamodule
 from xvol_lab.errors import ConfigError
 from xvol_lab.schema import to_dict
 from xvol_lab.tasks.callbacks import EpochHistory, PreemptionCheckpoint, ProgressBar
+from xvol_lab.tasks.stop import SynchronizedStop
 from xvol_lab.tasks.cluster import cluster_plugins
 from xvol_lab.tasks.config import RunConfig, dump_run_config
 from xvol_lab.tasks.curve import LearningCurve
@@ -116,6 +117,7 @@ def build_trainer(config: RunConfig, run_dir: Path, *, callbacks: Iterable[Callb
             ModelCheckpoint(dirpath=run_dir / CHECKPOINT_DIR, filename="last", save_top_k=1,
                             enable_version_counter=False),
             EpochHistory(monitor, mode), PreemptionCheckpoint(run_dir / CHECKPOINT_DIR / "last.ckpt"),
+            SynchronizedStop(),
             LearningRateMonitor(logging_interval="step"), *extra, *callbacks],
         use_distributed_sampler=False,  # the training loaders split themselves (`xvol_lab.data.sampler`)
         enable_progress_bar=progress, enable_model_summary=progress,
