@@ -84,7 +84,8 @@ def test_retry_continues_from_the_last_checkpoint_and_ends_as_an_uninterrupted_r
     assert resumed["values"] == expected["values"] == retry.values
 
 
-def test_preempted_trial_process_is_handed_back_however_often_max_retries_is_for_crashes(tiny_study, lab_env, tmp_path: Path):
+def test_preempted_trial_process_is_handed_back_however_often_max_retries_is_for_crashes(tiny_study, lab_env,
+                                                                                        tmp_path: Path):
     path = tiny_study("preempt", budget={"n_trials": 1, "epochs": 2, "max_retries": 1})
     runs = tmp_path / "runs"
     worker = subprocess.Popen(run_command(path, runs), cwd=tmp_path, env=lab_env, stdout=subprocess.PIPE,

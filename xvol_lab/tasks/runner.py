@@ -32,12 +32,12 @@ from xvol_lab.data import build_datamodule
 from xvol_lab.errors import ConfigError
 from xvol_lab.schema import to_dict
 from xvol_lab.tasks.callbacks import EpochHistory, PreemptionCheckpoint, ProgressBar
-from xvol_lab.tasks.stop import SynchronizedStop
 from xvol_lab.tasks.cluster import cluster_plugins
 from xvol_lab.tasks.config import RunConfig, dump_run_config
 from xvol_lab.tasks.curve import LearningCurve
 from xvol_lab.tasks.execution import deterministic_mode, effective_optim, sync_batchnorm
 from xvol_lab.tasks.registry import task_record
+from xvol_lab.tasks.stop import SynchronizedStop
 from xvol_lab.tasks.transfer import init_backbone
 
 log = logging.getLogger(__name__)
