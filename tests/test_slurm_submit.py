@@ -186,3 +186,23 @@ def test_usr1_hands_the_trial_back_and_requeues_the_job(tmp_path, monkeypatch):
     job.send_signal(signal.SIGUSR1)
     assert job.wait(30) == 130  # the worker's exit status
     assert record.read_text().splitlines() == ["worker started", "worker got TERM", "scontrol requeue 77"]
+
+
+@pytest.mark.parametrize(("command", "sets", "message"), [
+    (["study", "run", "tiny.yaml", "--devices", "2", "--no-live"], ["base.data.batch_size=64"],
+     "base.data.batch_size: got 64, expected at most 32: base.data.num_train 64 split among 2 processes "
+     "gives each 32, and each training process needs at least one full batch"),
+    (["study", "run", "tiny.yaml", "--no-live"], ["base.data.batch_size=100000"],
+     "base.data.batch_size: got 100000, expected at most 64: base.data.num_train 64, and each training "
+     "process needs at least one full batch"),
+    (["study", "submit", "tiny.yaml", "--nodes", "1", "--gpus-per-node", "2"], ["base.data.batch_size=64"],
+     "base.data.batch_size: got 64, expected at most 32: base.data.num_train 64 split among 2 processes"),
+])
+def test_a_batch_no_process_can_fill_is_refused_before_anything_is_written(submit_env, tmp_path, capsys,
+                                                                          fake_sbatch, command, sets, message):
+    """Zero batches per process failed every trial with "objective val/acc1 is None"; a batch of
+    100000 images made the latency measurement take 23 GB and the OOM killer fire."""
+    assert main([*command, "--set", *sets]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith("lab.py: error: ") and message in err[0], err
+    assert not (tmp_path / "runs").exists() and not fake_sbatch.exists()

@@ -12,6 +12,7 @@ from xvol_lab.cli.design import add_design_commands
 from xvol_lab.cli.report import add_study_commands
 from xvol_lab.cli.storage_args import add_storage_arguments, storage_argument
 from xvol_lab.cli.submit import add_submit_parser
+from xvol_lab.data.config import check_batches
 from xvol_lab.errors import ConfigError
 from xvol_lab.study.config import list_study_files, load_study_config
 from xvol_lab.study.pool import run_workers, worker_environments
@@ -88,8 +89,9 @@ def cmd_run(args: argparse.Namespace) -> int:
             overrides.append(f"{key}={getattr(args, flag)}")
     workers = _workers(args.workers)
     name, config = load_study_config(args.name, overrides)
-    url = storage_argument(args) or default_storage_url(args.runs, name)
     trainer = config.base.trainer
+    check_batches(config.base.data, trainer.devices * trainer.num_nodes, "base.data.")  # before any write
+    url = storage_argument(args) or default_storage_url(args.runs, name)
     environments = worker_environments(workers, trainer.devices, trainer.accelerator != "cpu")
     if workers > 1:
         code = run_workers(args.name, args.runs, overrides, environments, {STORAGE_ENV: url})

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from xvol_lab.atomic import write_text
+from xvol_lab.data.config import check_batches
 from xvol_lab.paths import REPO_ROOT
 from xvol_lab.study.config import load_study_config, resolve_study_path
 from xvol_lab.study.sbatch import batch_script, check_request, check_storage, resources, script_path, submit
@@ -52,9 +53,10 @@ def add_submit_parser(study_subparsers: argparse._SubParsersAction) -> None:
 def cmd_submit(args: argparse.Namespace) -> int:
     """Check everything, then write the script, print it and submit it."""
     overrides = [text for group in args.overrides for text in group]
-    name, _ = load_study_config(args.name, overrides)
+    name, config = load_study_config(args.name, overrides)
     res = resources(args.nodes, args.gpus_per_node, array=args.array, time_limit=args.time,
                     partition=args.partition, cpus_per_gpu=args.cpus_per_gpu)
+    check_batches(config.base.data, res.nodes * res.tasks_per_node, "base.data.")
     if args.storage_file is not None:
         read_storage_file(args.storage_file)  # private and readable, or refused before anything is written
     check_storage(res, args.storage_file, os.environ)

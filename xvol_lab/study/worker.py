@@ -25,6 +25,7 @@ from pathlib import Path
 import optuna
 
 from xvol_lab.allocator import keep_freed_memory
+from xvol_lab.data.config import check_batches
 from xvol_lab.errors import ConfigError
 from xvol_lab.study import roles, signals
 from xvol_lab.study.config import StudyConfig, load_study_config
@@ -52,6 +53,7 @@ class Worker:
         self.view = view or LogView()
         trainer = config.base.trainer
         trial_command(self.folder, trainer.devices, trainer.num_nodes)  # check the resources before any trial
+        check_batches(config.base.data, trainer.devices * trainer.num_nodes, "base.data.")
         storage = open_storage(url, heartbeat=config.heartbeat, max_retries=config.budget.max_retries)
         factory = base_sampler_factory(config.sampler, len(config.objectives))
         self.sampler = PlannedSampler([item.point for item in config.schedule], factory, config.sampler.seed)
