@@ -47,7 +47,7 @@ class TrialRequest:
     report: str | None  # the metric reported each epoch for pruning; None without a pruner
     step_offset: int  # the pruning step of this seed's first epoch (seed index x epochs)
     steps: int  # pruning steps of the whole configuration (epochs x seeds)
-    resume: str | None = None  # "last": continue from the run folder's last checkpoint
+    resume: str | None = None  # "last": continue from the run folder's last checkpoint; or a checkpoint path
 
 
 def write_request(run_dir: Path, request: TrialRequest) -> None:
