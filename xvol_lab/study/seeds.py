@@ -4,7 +4,8 @@ Seed s of a trial runs in its run folder trial_<n>/seed_<s>/: the study process 
 `TrialRequest` there (trial.json), starts ``python -m xvol_lab.study.trial RUN_DIR``
 (`xvol_lab.study.launch`), shows its progress, and reads its outcome (`xvol_lab.study.outcome`).
 Seeds that finished in an interrupted attempt are kept; an interrupted seed continues from its last
-checkpoint (from best.ckpt, or from the start, when last.ckpt does not load, and the log says so); the first seed that does not complete ends the configuration.
+checkpoint (from best.ckpt, or from the start, when last.ckpt does not load, and the log says so);
+the first seed that does not complete ends the configuration.
 """
 
 from __future__ import annotations
