@@ -64,7 +64,7 @@ def test_dry_run_writes_and_prints_the_script_of_one_worker(submit_env, tmp_path
     secret_file.chmod(0o600)
     assert main(["study", "submit", str(submit_env), "--nodes", "2", "--gpus-per-node", "4", "--array", "3",
                  "--time", "1-12:00:00", "--partition", "gpu", "--cpus-per-gpu", "8", "--storage-file",
-                 str(secret_file), "--set", "budget.epochs=9", "--dry-run"]) == 0
+                 str(secret_file), "--set", "budget.epochs=9", "base.data.batch_size=8", "--dry-run"]) == 0
     out = capsys.readouterr().out
     scripts = list((tmp_path / "runs" / "tiny").glob("submit_*.sbatch"))
     assert len(scripts) == 1 and re.fullmatch(r"submit_\d{8}-\d{6}\.sbatch", scripts[0].name)
@@ -79,7 +79,7 @@ def test_dry_run_writes_and_prints_the_script_of_one_worker(submit_env, tmp_path
     command = worker_command(script)
     lab = str(Path(__file__).resolve().parents[1] / "lab.py")
     assert command[:5] == [sys.executable, lab, "study", "run", str(submit_env)]
-    assert command[5:] == ["--set", "budget.epochs=9", "--devices", "4", "--nodes", "2", "--runs",
+    assert command[5:] == ["--set", "budget.epochs=9", "base.data.batch_size=8", "--devices", "4", "--nodes", "2", "--runs",
                            str(tmp_path / "runs"), "--no-live", "--storage-file", str(secret_file)]
     assert "srun" not in command  # the study process runs directly in the batch script
     assert "trap 'requeue=1; kill -TERM \"$worker\"" in script
@@ -99,7 +99,8 @@ def test_the_script_takes_the_storage_from_xvol_storage_without_holding_it(submi
 
 
 def test_submission_goes_through_sbatch(submit_env, tmp_path, capsys, fake_sbatch):
-    assert main(["study", "submit", "tiny.yaml", "--nodes", "1", "--gpus-per-node", "8", "--time", "90"]) == 0
+    assert main(["study", "submit", "tiny.yaml", "--nodes", "1", "--gpus-per-node", "8", "--time", "90",
+                 "--set", "base.data.batch_size=8"]) == 0
     script = next((tmp_path / "runs" / "tiny").glob("submit_*.sbatch"))
     assert fake_sbatch.read_text().split() == ["--parsable", str(script)]
     assert Path(f"{fake_sbatch}.scripts").read_text() == script.read_text()
@@ -150,6 +151,17 @@ def test_a_job_the_cluster_cannot_run_is_refused_before_anything_is_written(subm
                    "of the partition has (`sinfo -o '%P %c %m %G'`)"]
     assert (tmp_path / "calls").read_text() == "--test-only\n"  # asked, never submitted
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize(("limit", "option"), [(None, "B:USR1@120"), ("90", "B:USR1@120"), ("8", "B:USR1@120"),
+                                               ("3", "B:USR1@45"), ("2", "B:USR1@30"), ("0:20", "B:USR1@10"),
+                                               ("1-0", "B:USR1@120"), ("UNLIMITED", "B:USR1@120")])
+def test_a_short_time_limit_gets_a_shorter_warning(submit_env, limit, option):
+    """With USR1 120 s before a 2-minute limit, every requeued attempt was told to stop as it started."""
+    res = resources(1, 0, time_limit=limit)
+    script = batch_script(["tiny.yaml"], "tiny", res, runs=Path("runs"), workdir=Path("."), python="python",
+                          lab=Path("lab.py"), storage_file=None, storage_in_env=False)
+    assert sbatch_options(script)["signal"] == option
 
 
 @pytest.mark.parametrize("text", ["30", "90:00", "12:00:00", "2-0", "2-12:30", "7-00:00:00", "UNLIMITED"])

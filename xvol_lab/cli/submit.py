@@ -56,10 +56,10 @@ def cmd_submit(args: argparse.Namespace) -> int:
     name, config = load_study_config(args.name, overrides)
     res = resources(args.nodes, args.gpus_per_node, array=args.array, time_limit=args.time,
                     partition=args.partition, cpus_per_gpu=args.cpus_per_gpu)
-    check_batches(config.base.data, res.nodes * res.tasks_per_node, "base.data.")
     if args.storage_file is not None:
         read_storage_file(args.storage_file)  # private and readable, or refused before anything is written
     check_storage(res, args.storage_file, os.environ)
+    check_batches(config.base.data, res.nodes * res.tasks_per_node, "base.data.")
     study_args = [str(resolve_study_path(args.name).resolve()), *(["--set", *overrides] if overrides else [])]
     text = batch_script(study_args, name, res, runs=args.runs, workdir=Path.cwd(), python=sys.executable,
                         lab=REPO_ROOT / "lab.py", storage_file=args.storage_file,
