@@ -79,8 +79,8 @@ def test_dry_run_writes_and_prints_the_script_of_one_worker(submit_env, tmp_path
     command = worker_command(script)
     lab = str(Path(__file__).resolve().parents[1] / "lab.py")
     assert command[:5] == [sys.executable, lab, "study", "run", str(submit_env)]
-    assert command[5:] == ["--set", "budget.epochs=9", "base.data.batch_size=8", "--devices", "4", "--nodes", "2", "--runs",
-                           str(tmp_path / "runs"), "--no-live", "--storage-file", str(secret_file)]
+    assert command[5:] == ["--set", "budget.epochs=9", "base.data.batch_size=8", "--devices", "4", "--nodes", "2",
+                           "--runs", str(tmp_path / "runs"), "--no-live", "--storage-file", str(secret_file)]
     assert "srun" not in command  # the study process runs directly in the batch script
     assert "trap 'requeue=1; kill -TERM \"$worker\"" in script
     assert 'scontrol requeue "$SLURM_JOB_ID"' in script
