@@ -27,13 +27,15 @@ import torch
 import yaml
 from optuna.trial import TrialState
 
+from xvol_lab.study.faults import BATCH_PAUSE_ENV
 from xvol_lab.study.ledger import retry_history, tally
 from xvol_lab.tasks.callbacks import PreemptionCheckpoint
 
 pytestmark = [pytest.mark.slurm, pytest.mark.usefixtures("slurm_cluster")]
 REPO = Path(__file__).resolve().parents[1]
 JOB_WAIT = 240  # seconds a job may take to finish (trial processes start slowly on a busy 2-core machine)
-BATCHES = 32  # training batches per epoch: a few seconds, so that a stop lands mid-epoch
+BATCHES = 32  # training batches per epoch (per process): a few seconds, so that a stop lands mid-epoch
+BATCH_PAUSE_S = 0.1  # after each batch (xvol_lab.study.faults): an epoch lasts >= 3 s on any machine
 
 
 def study_file(folder: Path, name: str, n_trials: int, processes: int = 1) -> Path:
@@ -59,7 +61,8 @@ def study_file(folder: Path, name: str, n_trials: int, processes: int = 1) -> Pa
 
 def environment() -> dict[str, str]:
     """What the submitting shell exports (sbatch passes it on to the job: --export=ALL)."""
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1",
+           BATCH_PAUSE_ENV: str(BATCH_PAUSE_S)}
     env.pop("XVOL_STORAGE", None)
     return env
 
