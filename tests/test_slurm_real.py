@@ -5,8 +5,11 @@ GPUs): the job is requeued, the trial continues mid-epoch from its stop checkpoi
 as an uninterrupted run; a request the node can never satisfy is refused before submission.
 
 One node cannot show trials spanning several nodes: those stay with the fake SLURM variables of
-tests/test_study_launch.py. The uninterrupted runs are shared by the tests (module fixtures), and the
-requeue wait is skipped (`scontrol update jobid=N StartTime=now`).
+tests/test_study_launch.py; a real `--time` limit sends the same USR1 to the batch shell as
+`scancel --signal=USR1 --batch` does here (a test waiting for one would take minutes). The
+uninterrupted runs are shared by the tests (module fixtures), trial processes pause 0.1 s after
+each batch (`XVOL_FAULT_BATCH_S`) so that a stop lands mid-epoch, and the requeue wait is skipped
+(`scontrol update jobid=N StartTime=now`).
 """
 
 from __future__ import annotations
@@ -185,10 +188,18 @@ def test_a_trial_stopped_by_usr1_then_requeued_mid_epoch_ends_as_an_uninterrupte
     assert trials[2].values == same.values
 
 
+def test_a_two_task_trial_runs_as_one_srun_step_on_the_two_gpus(reference_two_tasks):
+    trials = reference_two_tasks["trials"]
+    assert [t.state for t in trials] == [TrialState.COMPLETE] and tally(trials).finished == 1
+    log = (reference_two_tasks["seed"] / "trial.log").read_text()
+    assert "GLOBAL_RANK: 0, MEMBER: 1/2" in log and "GLOBAL_RANK: 1, MEMBER: 2/2" in log
+    assert "two: 1/1 finished (1 complete, 0 pruned, 0 failed)" in reference_two_tasks["log"]
+
+
 def test_a_two_task_trial_stopped_by_usr1_mid_epoch_ends_as_an_uninterrupted_run(reference_two_tasks, tmp_path):
     """Every rank of the srun step writes its part of the stop checkpoint (srun forwards USR1; SIGTERM
-    to srun used to kill the tasks)."""
-    assert [t.state for t in reference_two_tasks["trials"]] == [TrialState.COMPLETE]
+    to srun used to kill the tasks), and all stop after the same batch (xvol_lab/tasks/stop.py: ranks
+    signalled a moment apart crashed with "Connection reset by peer")."""
     job = job_id(submit(tmp_path, study_file(tmp_path, "two", 1, 2), "--gpus-per-node", "2"))
     seed = tmp_path / "runs" / "two" / "trial_0" / "seed_0"
     log = tmp_path / "runs" / "two" / f"slurm-{job}.out"
