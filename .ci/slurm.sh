@@ -9,17 +9,14 @@ state=/tmp/xvol-ci-slurm
 conf=/etc/slurm
 
 stop() {
-  for daemon in slurmd slurmctld; do
-    if [ -f "$state/$daemon.pid" ]; then
-      kill "$(cat "$state/$daemon.pid")" 2>/dev/null || true
-      for _ in $(seq 50); do kill -0 "$(cat "$state/$daemon.pid")" 2>/dev/null || break; sleep 0.1; done
-      rm -f "$state/$daemon.pid"
-    fi
+  local daemon pid
+  for daemon in slurmd slurmctld munged; do
+    pid=$(cat "$state/$daemon.pid" 2>/dev/null || true)
+    rm -f "$state/$daemon.pid"
+    [ -n "$pid" ] || continue
+    kill "$pid" 2>/dev/null || continue
+    for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
   done
-  if [ -f "$state/munged.pid" ]; then
-    kill "$(cat "$state/munged.pid")" 2>/dev/null || true
-    rm -f "$state/munged.pid"
-  fi
 }
 
 if [ "${1:-}" = stop ]; then
@@ -35,7 +32,7 @@ if ! command -v slurmctld >/dev/null || ! command -v slurmd >/dev/null || ! comm
   apt-get install -y -qq slurmctld slurmd slurm-client munge >/dev/null
 fi
 stop
-rm -rf "$state" && mkdir -p "$state/ctld" "$state/d" "$conf"
+rm -rf "$state" && mkdir -p "$state/ctld" "$state/d" "$state/run" "$conf"
 
 # munge: a key readable by the munge user only, its socket folder, the daemon as the munge user
 [ -s /etc/munge/munge.key ] || { dd if=/dev/urandom bs=1 count=1024 of=/etc/munge/munge.key 2>/dev/null; }
@@ -58,8 +55,8 @@ SlurmdUser=root
 AuthType=auth/munge
 StateSaveLocation=$state/ctld
 SlurmdSpoolDir=$state/d
-SlurmctldPidFile=$state/slurmctld.pid
-SlurmdPidFile=$state/slurmd.pid
+SlurmctldPidFile=$state/run/slurmctld.pid
+SlurmdPidFile=$state/run/slurmd.pid
 SlurmctldLogFile=$state/slurmctld.log
 SlurmdLogFile=$state/slurmd.log
 ProctrackType=proctrack/linuxproc
@@ -90,6 +87,10 @@ EOF
 
 /usr/sbin/slurmctld -i
 /usr/sbin/slurmd
+for daemon in slurmctld slurmd; do  # their pids, for `stop` (the daemons delete their own files)
+  for _ in $(seq 50); do [ -s "$state/run/$daemon.pid" ] && break; sleep 0.1; done
+  cp "$state/run/$daemon.pid" "$state/$daemon.pid"
+done
 for _ in $(seq 150); do
   if sinfo -h -N -o '%T' 2>/dev/null | grep -qx idle; then
     echo "slurm: ready (node $node, $cpus CPUs, 2 stand-in GPUs)"
