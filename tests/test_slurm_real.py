@@ -2,7 +2,8 @@
 a submitted study runs to its exact budget; USR1 (`scancel --signal=USR1 --batch`) and `scontrol
 requeue` mid-epoch of a 1-process trial, and USR1 mid-epoch of a 2-task srun trial (two stand-in
 GPUs): the job is requeued, the trial continues mid-epoch from its stop checkpoint and ends exactly
-as an uninterrupted run; a request the node can never satisfy is refused before submission.
+as an uninterrupted run; a request the node can never satisfy is refused before submission; an array
+of two workers shares one study in PostgreSQL (where XVOL_TEST_POSTGRES_URL names a server).
 
 One node cannot show trials spanning several nodes: those stay with the fake SLURM variables of
 tests/test_study_launch.py; a real `--time` limit sends the same USR1 to the batch shell as
@@ -20,6 +21,7 @@ import re
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -32,6 +34,7 @@ from optuna.trial import TrialState
 
 from xvol_lab.study.faults import BATCH_PAUSE_ENV
 from xvol_lab.study.ledger import retry_history, tally
+from xvol_lab.study.storage import STORAGE_ENV
 from xvol_lab.tasks.callbacks import PreemptionCheckpoint
 
 pytestmark = [pytest.mark.slurm, pytest.mark.usefixtures("slurm_cluster")]
@@ -226,3 +229,31 @@ def test_a_request_the_node_can_never_satisfy_is_refused_before_submission(tmp_p
     assert not (tmp_path / "runs").exists()
     jobs = subprocess.run(["squeue", "-h", "-n", "xvol-impossible"], capture_output=True, text=True, timeout=30)
     assert jobs.stdout.strip() == ""  # nothing submitted
+
+
+POSTGRES = os.environ.get("XVOL_TEST_POSTGRES_URL")
+
+
+@pytest.mark.postgres
+@pytest.mark.skipif(not POSTGRES, reason="XVOL_TEST_POSTGRES_URL is not set (`bash .ci/postgres.sh` starts a server)")
+def test_an_array_of_two_workers_shares_one_study_on_postgresql(reference, tmp_path, monkeypatch):
+    """Two array tasks run at once on the node (one CPU each), each a worker of the same study in
+    PostgreSQL ($XVOL_STORAGE, exported by sbatch): each grid point is trained once, by one of them."""
+    name = f"array_{uuid.uuid4().hex[:8]}"
+    monkeypatch.setenv(STORAGE_ENV, POSTGRES)
+    study = study_file(tmp_path, name, 2)
+    done = subprocess.run([sys.executable, str(REPO / "lab.py"), "study", "submit", str(study), "--runs", "runs",
+                           "--nodes", "1", "--gpus-per-node", "0", "--cpus-per-gpu", "1", "--array", "2"],
+                          cwd=tmp_path, env={**environment(), STORAGE_ENV: POSTGRES}, capture_output=True,
+                          text=True, timeout=120)
+    job = job_id(done)
+    wait(lambda: not squeue(job), f"array job {job} to finish", job=job)
+    trials = optuna.load_study(study_name=name, storage=POSTGRES).get_trials()
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 2 and tally(trials).finished == 2
+    assert sorted(t.params["stage3.op"] for t in trials) == ["conv", "pointwise"]
+    logs = [(tmp_path / "runs" / name / f"slurm-{job}_{task}.out").read_text() for task in (0, 1)]
+    assert all(f"{name}: 2/2 finished" in log for log in logs)  # both workers ran and saw the end
+    for trial in trials:  # as the single worker's run of the same grid point
+        same = next(t for t in reference["trials"] if t.params == trial.params)
+        assert result(Path(trial.user_attrs["run_dir"]))["metrics"] == result(Path(same.user_attrs["run_dir"]))[
+            "metrics"]
