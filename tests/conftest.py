@@ -81,3 +81,17 @@ def tiny_study(tmp_path: Path) -> Callable[..., Path]:
         path.write_text(yaml.safe_dump(data, sort_keys=False))
         return path
     return write
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster() -> None:
+    """A running SLURM (`.ci/slurm.sh`, which `.ci/run` starts and announces with XVOL_TEST_SLURM=1);
+    the test is skipped, with one line, where there is none."""
+    if os.environ.get("XVOL_TEST_SLURM") != "1":
+        pytest.skip("no SLURM here: XVOL_TEST_SLURM is not 1 (`bash .ci/slurm.sh` starts one, then export it)")
+    try:
+        done = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as err:
+        pytest.skip(f"no SLURM here: sinfo: {err}")
+    if done.returncode != 0 or not done.stdout.strip():
+        pytest.skip(f"no SLURM here: sinfo answered {' '.join((done.stderr or done.stdout).split())[:200]!r}")

@@ -3,6 +3,7 @@ training precision, with the device named; a failure there is returned, not rais
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -102,3 +103,16 @@ def test_the_device_and_a_measurement_error_reach_the_trials_attrs(tmp_path):
     assert combined.attrs["measure_error"] == "OutOfMemoryError: CUDA out of memory"
     assert combined.attrs["latency_ms"] == 3.0
     assert combined.attrs["per_seed"]["latency_ms"] == [2.0, 4.0, None]
+
+
+def test_the_latency_batch_is_capped(run, monkeypatch):
+    """A study batch size of 100000 made the latency measurement batch 100000 validation images."""
+    config, run_dir = run
+    seen = []
+    monkeypatch.setattr(study_measure, "latency_ms", lambda model, inputs, *args, **kwargs: seen.append(
+        inputs.shape[0]) or 1.0)
+    huge = dataclasses.replace(config, data=dataclasses.replace(config.data, batch_size=100000))
+    assert "measure_error" not in measure(huge, "cpu", run_dir=run_dir)
+    assert seen == [1, study_measure.MAX_LATENCY_BATCH]
+    measure(config, "cpu", run_dir=run_dir)
+    assert seen[2:] == [1, 16]  # a batch below the cap is measured as it is

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import sys
 
 import pytest
 import torch
@@ -298,3 +299,14 @@ def test_projection_equals_plain_1x1_convolutions(stride, bias):
     grads = [torch.randn_like(t) for t in got]
     torch.testing.assert_close(torch.autograd.grad(got, leaves, grads),
                                torch.autograd.grad(expected, ref_leaves, grads), **tol)
+
+
+def test_kernel_build_name_is_keyed_by_the_environment(monkeypatch):
+    """Two virtual environments sharing torch's extension cache (same torch version, same sources)
+    each get their own build: one never rebuilds, nor loads, the other's."""
+    here = kernels._cpu_build_flags()
+    assert kernels._cpu_build_flags() == here  # stable within one environment
+    monkeypatch.setattr(sys, "prefix", sys.prefix + "-other-venv")
+    other = kernels._cpu_build_flags()
+    assert other[0] != here[0] and other[1] == here[1]
+    assert other[0].rsplit("_", 1)[0] == here[0].rsplit("_", 1)[0]  # same ISA, another digest

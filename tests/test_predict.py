@@ -172,13 +172,21 @@ def test_bad_input_is_one_line_exit_2_and_nothing_written(cls, tmp_path, capsys)
     corrupt = tmp_path / "corrupt"
     corrupt.mkdir()
     (corrupt / "deploy.pt").write_bytes(b"garbage")
+    cut = tmp_path / "cut"  # a copy cut short (a full disk): it was reported only as "(IndexError)"
+    cut.mkdir()
+    whole = (folder / "deploy.pt").read_bytes()
+    (cut / "deploy.pt").write_bytes(whole[: len(whole) * 2 // 3])
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(b"")
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "x").write_text("")
     cases = [
         ([str(tmp_path), str(files[0])], f"{tmp_path}: no deploy.pt; expected a trial folder"),
-        ([str(corrupt), str(files[0])], f"{corrupt / 'deploy.pt'}: cannot read the deploy file"),
+        ([str(corrupt), str(files[0])], f"{corrupt / 'deploy.pt'}: cannot read the deploy file: not a file "
+                                        "torch.save wrote (no zip archive: another kind of file, or cut short); "
+                                        "expected a deploy.pt written by `lab.py study export`"),
+        ([str(cut), str(files[0])], f"{cut / 'deploy.pt'}: cannot read the deploy file: not a file torch.save "
+                                    "wrote (no zip archive: another kind of file, or cut short)"),
         ([str(folder), str(tmp_path / "missing.png")], f"{tmp_path / 'missing.png'}: no such file or folder"),
         ([str(folder), str(bad)], f"{bad}: cannot read image"),
     ]

@@ -278,3 +278,29 @@ def test_report_on_a_study_whose_params_left_the_space(tmp_path):
     assert table["stage4"].tolist() == ["", ""] and not math.isnan(table.loc[1, "val/acc1"])
     report = write_report(data, tmp_path / "r").read_text()
     assert "trial 0: its params are not a point of the study file's space any more" in report
+
+
+def test_staging_folders_left_by_a_killed_report_are_removed(tmp_path):
+    """A killed `study report` left `.report.<hex>.tmp/` for good; the next writer removes those whose
+    process is gone (or over an hour old) and keeps a live writer's."""
+    import os
+    import subprocess
+
+    from xvol_lab.study.report import writer
+
+    dest = tmp_path / "report"
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    host = writer._host()
+    dead = tmp_path / f".report.{host}-{gone.pid}-0badc0de.tmp"
+    live = tmp_path / f".report.{host}-{os.getpid()}-0000beef.tmp"
+    legacy = tmp_path / ".report.cafebabe.tmp"
+    other = tmp_path / f".figures.{host}-{gone.pid}-0badc0de.tmp"
+    for folder in (dead, live, legacy, other):
+        folder.mkdir()
+        (folder / "report.md").write_text("half\n")
+    os.utime(legacy, (0, 0))  # 1970: over an hour old
+    with writer.staged_dir(dest, "report") as tmp:
+        (tmp / "report.md").write_text("done\n")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live.name, other.name, "report"])
+    assert (dest / "report.md").read_text() == "done\n"

@@ -95,8 +95,11 @@ def test_password_of_an_unreachable_or_unparseable_server_is_never_shown(tmp_pat
         caplog.clear()
         assert main(["study", "run", str(path), "--runs", "runs", "--no-live", *args]) == 2, source
         out, err = capsys.readouterr()
-        assert err.splitlines()[-1].startswith("lab.py: error: --storage postgresql+psycopg://alice:***@")
-        assert "cannot open" in err
+        line = err.splitlines()[-1]
+        assert line.startswith({"env": "lab.py: error: $XVOL_STORAGE (postgresql+psycopg://alice:***@",
+                                "file": "lab.py: error: --storage-file storage.url: not a storage URL",
+                                "argv": "lab.py: error: --storage postgresql+psycopg://alice:***@"}[source]), line
+        assert ("cannot open" in line) == (source != "file")  # the file's URL does not parse: not shown
         assert ("--storage carries a password" in caplog.text) == (source == "argv")
         assert_secret_absent([out, err, caplog.text], tmp_path / "runs")
 
@@ -137,3 +140,29 @@ def test_a_study_on_a_password_storage_shows_the_password_nowhere(tmp_path, tiny
         assert_secret_absent([], tmp_path / "runs")
     finally:
         optuna.delete_study(study_name=name, storage=url_text)
+
+
+@pytest.mark.parametrize("source", ["env", "file", "argv"])
+def test_an_unencoded_at_in_the_password_is_refused_and_no_fragment_shown(tmp_path, tiny_study, monkeypatch,
+                                                                         capsys, caplog, source):
+    """The driver took the part of the password after an unencoded '@' for the host name and printed
+    it ("failed to resolve host"), where the mask (up to the last '@') did not reach it."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv(STORAGE_ENV, raising=False)
+    path = tiny_study("s")
+    half, other = SECRET[:9], SECRET[9:]
+    url = f"postgresql+psycopg://alice:{half}@{other}@db.invalid:5432/lab"
+    (tmp_path / "storage.url").write_text(url + "\n")
+    (tmp_path / "storage.url").chmod(0o600)
+    args = {"env": [], "file": ["--storage-file", "storage.url"], "argv": ["--storage", url]}[source]
+    if source == "env":
+        monkeypatch.setenv(STORAGE_ENV, url)
+    assert main(["study", "run", str(path), "--runs", "runs", "--no-live", *args]) == 2
+    out, err = capsys.readouterr()
+    where = {"env": "$XVOL_STORAGE", "file": "--storage-file storage.url", "argv": "--storage"}[source]
+    assert err.splitlines()[-1] == (
+        f"lab.py: error: {where}: the storage URL does not parse as written: its password holds an "
+        "unencoded '@' (percent-encode it as %40); the URL is not shown, as it holds a password")
+    for text in (out, err, caplog.text):
+        assert half not in text and other not in text
+    assert not (tmp_path / "runs").exists()

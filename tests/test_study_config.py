@@ -168,3 +168,17 @@ def test_resolve_names_and_paths(tmp_path: Path):
     assert load_study_config(STUDIES_DIR / "op_ablation.yaml")[0] == "op_ablation"
     with pytest.raises(ConfigError, match="no such study file"):
         load_study_config(tmp_path / "x.yaml")
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    ("budget: {n_trials: 2}\n".encode("utf-16"), "UTF-16 text; expected a YAML study file saved as UTF-8"),
+    (b"\x89PNG\r\n\x1a\n\x00\x00", "not UTF-8 text (byte 0x89 at offset 0); expected a YAML study file saved as UTF-8"),
+    (b"budget:\x00\x01\x02", "binary data (a NUL byte at offset 7); expected a YAML study file saved as UTF-8"),
+])
+def test_a_study_file_that_is_not_utf8_text_gives_one_line(tmp_path: Path, capsys, content, message):
+    """A binary or UTF-16 study file gave an 18-line UnicodeDecodeError traceback, exit code 1."""
+    path = tmp_path / "odd.yaml"
+    path.write_bytes(content)
+    assert main(["study", "run", str(path), "--runs", str(tmp_path / "runs")]) == 2
+    assert capsys.readouterr().err == f"lab.py: error: {path}: {message}\n"
+    assert not (tmp_path / "runs").exists()

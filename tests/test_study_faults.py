@@ -22,7 +22,7 @@ from optuna.trial import TrialState
 from xvol_lab.study import worker as worker_module
 from xvol_lab.study.config import load_study_config
 from xvol_lab.study.faults import FAULT_ENV
-from xvol_lab.study.ledger import counted, retry_of, tally
+from xvol_lab.study.ledger import counted, retry_history, retry_of, tally
 from xvol_lab.study.outcome import Outcome
 from xvol_lab.study.progress import LogView
 from xvol_lab.study.space import expand_space
@@ -84,7 +84,8 @@ def test_retry_continues_from_the_last_checkpoint_and_ends_as_an_uninterrupted_r
     assert resumed["values"] == expected["values"] == retry.values
 
 
-def test_preempted_trial_process_is_handed_back_until_max_retries(tiny_study, lab_env, tmp_path: Path):
+def test_preempted_trial_process_is_handed_back_however_often_max_retries_is_for_crashes(tiny_study, lab_env,
+                                                                                        tmp_path: Path):
     path = tiny_study("preempt", budget={"n_trials": 1, "epochs": 2, "max_retries": 1})
     runs = tmp_path / "runs"
     worker = subprocess.Popen(run_command(path, runs), cwd=tmp_path, env=lab_env, stdout=subprocess.PIPE,
@@ -99,10 +100,10 @@ def test_preempted_trial_process_is_handed_back_until_max_retries(tiny_study, la
     out, err = worker.communicate(timeout=300)
     assert worker.returncode == 0, err[-3000:]
     trials = load(runs, "preempt").get_trials()
-    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.FAIL]
-    assert retry_of(trials[1]) == 0 and tally(trials).finished == 1  # retried once, then counted
-    assert trials[1].user_attrs["fail_reason"].endswith("; not retried (budget.max_retries is 1)")
-    assert trials[1].user_attrs["fail_reason"].startswith("trial process stopped by a signal")
+    # two planned stops with max_retries 1: both queued again, the second retry completes
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.FAIL, TrialState.COMPLETE]
+    assert retry_history(trials[2]) == [0, 1] and (tally(trials).finished, tally(trials).interrupted) == (1, 2)
+    assert err.count("(planned stop, not counted against budget.max_retries); it is queued again") == 2
     assert "stopped by SIGTERM; its last checkpoint is kept" in (seed_dir / "trial.log").read_text()
 
 

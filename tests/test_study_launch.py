@@ -4,8 +4,12 @@ and what a trial process started by an srun-started worker sees (rank 0, no SLUR
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import optuna
@@ -14,7 +18,8 @@ import pytest
 from xvol_lab.cli import main
 from xvol_lab.errors import ConfigError
 from xvol_lab.study import slurm
-from xvol_lab.study.launch import start_trial, stop_trial, trial_command
+from xvol_lab.study.launch import start_trial, stop_signal, stop_trial, trial_command
+from xvol_lab.study.outcome import INTERRUPTED_EXIT
 
 TRIAL = ["-m", "xvol_lab.study.trial"]
 
@@ -122,3 +127,39 @@ def test_a_study_run_by_an_srun_started_worker_completes_its_trials(tiny_study, 
     trials = optuna.load_study(study_name="srun", storage=f"sqlite:///{db}").get_trials()
     assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE]
     assert 0 <= trials[0].values[0] <= 1
+
+
+def test_an_srun_step_is_stopped_with_usr1_to_srun_which_forwards_it(tmp_path, monkeypatch):
+    """SIGTERM to srun's process group made srun kill the tasks ("forcing job termination"): no rank
+    wrote its stop checkpoint. srun gets SIGUSR1 alone (it forwards it to every task); this fake srun
+    records which signal came (the real scheduler's run: tests/test_slurm_real.py)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    record = tmp_path / "signals"
+    (bin_dir / "srun").write_text(f"#!/bin/bash\ntrap 'echo USR1 >> {record}; exit 75' USR1\n"
+                                  f"trap 'echo TERM >> {record}; exit 143' TERM\n"
+                                  "echo started\nwhile true; do sleep 0.05; done\n")
+    (bin_dir / "srun").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    assert stop_signal(["srun", "--nodes=1"]) == (signal.SIGUSR1, False)
+    assert stop_signal([sys.executable, *TRIAL]) == (signal.SIGTERM, True)
+    log = tmp_path / "srun.log"
+    proc = start_trial(["srun", "--nodes=1", "python"], log, "sqlite:///unused.db")
+    deadline = time.monotonic() + 30
+    while "started" not in (log.read_text() if log.exists() else "") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    stop_trial(proc, grace=30)
+    assert record.read_text() == "USR1\n" and proc.returncode == INTERRUPTED_EXIT
+
+
+def test_a_trial_process_takes_usr1_for_sigterm(tmp_path):
+    """The tasks of a stopped step get SIGUSR1 (forwarded by srun): a trial process stops as on SIGTERM."""
+    code = ("import os, signal, time\n"
+            "from xvol_lab.study.launch import usr1_stops_like_sigterm\n"
+            "signal.signal(signal.SIGTERM, lambda s, f: (print('SIGTERM', flush=True), os._exit(75)))\n"
+            "usr1_stops_like_sigterm()\n"
+            "os.kill(os.getpid(), signal.SIGUSR1)\n"
+            "time.sleep(30)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    assert (done.returncode, done.stdout) == (INTERRUPTED_EXIT, "SIGTERM\n")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import functools
 import json
+import logging
 import time
 from pathlib import Path
 
@@ -17,8 +18,9 @@ from xvol_lab.errors import ConfigError
 from xvol_lab.schema import with_overrides
 from xvol_lab.study.config import PrunerConfig, load_study_config
 from xvol_lab.study.launch import STORAGE_ENV
-from xvol_lab.study.ledger import VOID, counted, slots, tally
+from xvol_lab.study.ledger import PLANNED, VOID, RetryCrashes, counted, crashes, slots, tally
 from xvol_lab.study.outcome import read_outcome
+from xvol_lab.study.protocol import SharedStudy
 from xvol_lab.study.samplers import make_pruner
 from xvol_lab.study.storage import busy_timeout, grace_seconds, join_study, open_storage
 from xvol_lab.study.trial import StudyTrial, exit_code
@@ -149,3 +151,55 @@ def test_a_worker_waiting_for_sqlite_is_never_taken_for_a_dead_one(heartbeat):
     # period must cover both, or a live trial would be failed and trained twice.
     assert grace_seconds(heartbeat) > busy_timeout(heartbeat) + heartbeat
     assert grace_seconds(heartbeat) >= 3 * heartbeat
+
+
+def test_planned_stops_never_use_up_max_retries_only_crashes_do(tiny_study, tmp_path: Path, caplog):
+    """Preemption, a time limit, a requeue (planned stops) hand a trial back however often; crashes
+    (a lost worker) count against budget.max_retries, and the log says which each was."""
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    _, config = load_study_config(tiny_study(budget={"n_trials": 1, "epochs": 1, "max_retries": 1}))
+    shared = SharedStudy(open_storage(url, heartbeat=1, max_retries=1), url, "tiny", config,
+                         optuna.samplers.RandomSampler(seed=0), optuna.pruners.NopPruner())
+
+    def running() -> int:
+        shared.study.ask()  # the waiting retry, or the first trial
+        return max(t.number for t in shared.trials())
+
+    with caplog.at_level(logging.INFO, logger="xvol_lab.study.protocol"):
+        for _ in range(4):  # four planned stops with max_retries 1: every one queued again
+            shared.hand_back(running(), "trial process stopped by a signal (SIGUSR1)", planned=True)
+        assert [t.state for t in shared.trials()][-1] == TrialState.WAITING
+        assert tally(shared.trials()).interrupted == 4 and tally(shared.trials()).finished == 0
+        shared.hand_back(running(), "worker lost")  # the first crash: retried (1 of 1)
+        shared.hand_back(running(), "worker lost")  # the second: spent, failed and counted
+    trials = shared.trials()
+    assert [t.state for t in trials] == [TrialState.FAIL] * 6
+    assert tally(trials).finished == 1 and tally(trials).interrupted == 5
+    assert trials[-1].user_attrs["fail_reason"] == "worker lost; not retried (budget.max_retries is 1)"
+    lines = [r.getMessage() for r in caplog.records]
+    assert sum("planned stop (trial process stopped by a signal (SIGUSR1)); queued again, not counted "
+               "against budget.max_retries" in line for line in lines) == 4
+    assert "trial 4: crash (worker lost); queued again: crash 1 of budget.max_retries 1" in lines
+    assert "trial 5: crash (worker lost); not retried: crash 2 of budget.max_retries 1" in lines
+
+
+def test_a_lost_worker_after_planned_stops_is_still_retried(tmp_path: Path):
+    """The storage's stale-heartbeat callback counts crashes only: a trial stopped on purpose twice
+    (max_retries 1) whose worker then dies is queued again once more."""
+    storage = open_storage(f"sqlite:///{tmp_path / 'study.db'}", heartbeat=1, max_retries=1)
+    study = optuna.create_study(study_name="s", storage=storage)
+    study_id = storage.get_study_id_from_name("s")
+    for _ in range(2):  # two planned stops, recorded as SharedStudy.hand_back records them
+        trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, study.ask().number)
+        frozen = storage.get_trial(trial_id)
+        storage.set_trial_system_attr(trial_id, PLANNED, [*frozen.system_attrs.get(PLANNED, []), frozen.number])
+        storage.set_trial_state_values(trial_id, state=TrialState.FAIL)
+        RetryCrashes(1)(study, storage.get_trial(trial_id))
+    trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, study.ask().number)
+    assert crashes(storage.get_trial(trial_id)) == 0
+    storage.record_heartbeat(trial_id)  # then its worker is gone
+    time.sleep(grace_seconds(1) + 1.5)
+    optuna.storages.fail_stale_trials(study)
+    trials = study.get_trials(deepcopy=False)
+    assert [t.state for t in trials] == [TrialState.FAIL] * 3 + [TrialState.WAITING]
+    assert crashes(trials[-1]) == 1 and RetryCrashes(1).spent(trials[-1])  # one crash: the next is the last

@@ -8,7 +8,7 @@ import logging
 import os
 from pathlib import Path
 
-from xvol_lab.study.storage import STORAGE_ENV, has_password, read_storage_file, shown_url
+from xvol_lab.study.storage import STORAGE_ENV, came_from, has_password, read_storage_file, shown_url
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +31,7 @@ def storage_argument(args: argparse.Namespace) -> str | None:
     if args.storage is not None and has_password(args.storage):
         log.warning("--storage carries a password, which every user of this machine can read (ps); "
                     "put the URL in $%s or in a file given with --storage-file", STORAGE_ENV)
-    return args.storage
+    return None if args.storage is None else came_from(args.storage, "--storage")
 
 
 def storage_named(args: argparse.Namespace) -> tuple[str, str]:

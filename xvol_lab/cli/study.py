@@ -13,6 +13,7 @@ from xvol_lab.cli.design import add_design_commands
 from xvol_lab.cli.report import add_study_commands
 from xvol_lab.cli.storage_args import add_storage_arguments, storage_argument, storage_named
 from xvol_lab.cli.submit import add_submit_parser
+from xvol_lab.data.config import check_batches
 from xvol_lab.errors import ConfigError
 from xvol_lab.schema import to_dict
 from xvol_lab.study.config import list_study_files, load_study_config, resolve_study_path, study_name
@@ -113,6 +114,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(yaml.safe_dump(to_dict(config), sort_keys=False), end="")
         return 0
     trainer = config.base.trainer
+    check_batches(config.base.data, trainer.devices * trainer.num_nodes, "base.data.")  # before any write
     environments = worker_environments(workers, trainer.devices, trainer.accelerator != "cpu")
     if config.search == "one_shot" and workers > 1:
         raise ConfigError(f"--workers {workers}: a one-shot study (search: one_shot) runs in one worker")

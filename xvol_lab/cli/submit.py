@@ -8,14 +8,16 @@ import sys
 from pathlib import Path
 
 from xvol_lab.atomic import write_text
+from xvol_lab.data.config import check_batches
 from xvol_lab.paths import REPO_ROOT
 from xvol_lab.study.config import load_study_config, resolve_study_path
-from xvol_lab.study.sbatch import batch_script, check_storage, resources, script_path, submit
+from xvol_lab.study.sbatch import batch_script, check_request, check_storage, resources, script_path, submit
 from xvol_lab.study.storage import STORAGE_ENV, read_storage_file
 
 SUBMIT_HELP = f"""\
 Write the SLURM batch script of one worker of study NAME to <runs>/<study>/submit_<time>.sbatch,
-print it, and submit it with sbatch where sbatch exists (not with --dry-run). Each job (each task
+print it, and submit it with sbatch where sbatch exists (not with --dry-run); a job the cluster
+can never run (`sbatch --test-only` says no) is refused before anything is written. Each job (each task
 with --array K) runs one study process on --nodes N nodes with --gpus-per-node G GPUs; each of
 its trials is an srun step on all of them. The job asks for the preemption signal and is
 requeued after it. The storage is --storage-file PATH or ${STORAGE_ENV} (exported by sbatch);
@@ -51,16 +53,19 @@ def add_submit_parser(study_subparsers: argparse._SubParsersAction) -> None:
 def cmd_submit(args: argparse.Namespace) -> int:
     """Check everything, then write the script, print it and submit it."""
     overrides = [text for group in args.overrides for text in group]
-    name, _ = load_study_config(args.name, overrides)
+    name, config = load_study_config(args.name, overrides)
     res = resources(args.nodes, args.gpus_per_node, array=args.array, time_limit=args.time,
                     partition=args.partition, cpus_per_gpu=args.cpus_per_gpu)
     if args.storage_file is not None:
         read_storage_file(args.storage_file)  # private and readable, or refused before anything is written
     check_storage(res, args.storage_file, os.environ)
+    check_batches(config.base.data, res.nodes * res.tasks_per_node, "base.data.")
     study_args = [str(resolve_study_path(args.name).resolve()), *(["--set", *overrides] if overrides else [])]
     text = batch_script(study_args, name, res, runs=args.runs, workdir=Path.cwd(), python=sys.executable,
                         lab=REPO_ROOT / "lab.py", storage_file=args.storage_file,
                         storage_in_env=bool(os.environ.get(STORAGE_ENV)))
+    if not args.dry_run:
+        check_request(text, res)  # a job the cluster can never run is refused before anything is written
     path = script_path(args.runs, name)
     path.parent.mkdir(parents=True, exist_ok=True)
     write_text(path, text)

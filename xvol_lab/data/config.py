@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Literal, get_args
 
 from xvol_lab.data.canvas import HOLE_FREE_SHAPES
+from xvol_lab.errors import ConfigError
 from xvol_lab.schema import is_int
 
 DatasetName = Literal["shapes", "shapes-context", "imagefolder", "cifar10",  # classification
@@ -77,6 +78,20 @@ class DataConfig:
         # Labels are balanced (label = index mod num_classes), so every class needs a sample per split.
         _check_min("num_train", self.num_train, self.num_classes, f" (num_classes) for {self.name}")
         _check_min("num_val", self.num_val, self.num_classes, f" (num_classes) for {self.name}")
+
+
+def check_batches(cfg: DataConfig, processes: int, prefix: str = "data.") -> None:
+    """A synthetic training set that gives each of `processes` training processes at least one
+    batch (ConfigError otherwise): a batch larger than a process's share left every process with
+    zero batches (a full batch is required once the set holds one), or with one huge batch."""
+    if cfg.name not in SYNTHETIC_NAMES or processes < 1:
+        return
+    share = cfg.num_train // processes
+    if cfg.batch_size > share:
+        split = f" split among {processes} processes gives each {share}" if processes > 1 else ""
+        raise ConfigError(f"{prefix}batch_size: got {cfg.batch_size}, expected at most {share}: "
+                          f"{prefix}num_train {cfg.num_train}{split}, and each training process needs "
+                          "at least one full batch")
 
 
 def check_shapes_coco(image_size: int, num_train: int, num_val: int, num_classes: int, seed: int) -> None:

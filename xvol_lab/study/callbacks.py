@@ -16,6 +16,7 @@ import lightning.pytorch as L
 import optuna
 from lightning.pytorch.callbacks import Callback
 
+from xvol_lab.study.faults import batch_pause
 from xvol_lab.study.files import write_json
 
 
@@ -54,6 +55,7 @@ class ProgressFile(Callback):
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
         self._write(trainer, batch_idx + 1)
+        batch_pause()  # tests only (xvol_lab.study.faults)
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.sanity_checking:

@@ -400,12 +400,28 @@ def study_name(path: Path) -> str:
     return path.stem
 
 
+def _study_text(path: Path, shown: str) -> str:
+    """The text of a study file; ConfigError (one line) for one that is not UTF-8 text."""
+    raw = path.read_bytes()
+    if raw[:2] in (b"\xff\xfe", b"\xfe\xff"):
+        raise ConfigError(f"{shown}: UTF-16 text; expected a YAML study file saved as UTF-8")
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{shown}: not UTF-8 text (byte 0x{raw[err.start]:02x} at offset {err.start}); "
+                          "expected a YAML study file saved as UTF-8") from None
+    if "\x00" in text:
+        raise ConfigError(f"{shown}: binary data (a NUL byte at offset {text.index(chr(0))}); expected a "
+                          "YAML study file saved as UTF-8")
+    return text
+
+
 def load_study_config(name: str | Path, overrides: Sequence[str] = ()) -> tuple[str, StudyConfig]:
     """(name, config) of study NAME with ``key.path=value`` `overrides` applied; errors name the file."""
     path = resolve_study_path(name)
     shown = _display(path)
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(_study_text(path, shown))
     except OSError as err:
         raise ConfigError(f"{shown}: cannot read ({err.strerror or err})") from None
     except yaml.YAMLError as err:

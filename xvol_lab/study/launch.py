@@ -74,13 +74,26 @@ def start_trial(command: list[str], log_file: Path, storage_url: str, *,
                                 env=full, start_new_session=True)
 
 
+def stop_signal(command: list[str]) -> tuple[signal.Signals, bool]:
+    """How `stop_trial` stops the trial started by `command`: (signal, to the whole process group).
+
+    An ``srun`` step gets SIGUSR1 to srun alone: srun forwards it to every task on every node, and
+    each trial process takes it for SIGTERM (`usr1_stops_like_sigterm`), so every rank writes the
+    stop checkpoint. SIGTERM to srun would make it kill the tasks ("forcing job termination") and
+    the running epoch would be lost. Any other trial: SIGTERM to its process group."""
+    if command[:1] == ["srun"]:
+        return signal.SIGUSR1, False
+    return signal.SIGTERM, True
+
+
 def stop_trial(proc: subprocess.Popen[bytes], grace: float = 60.0) -> None:
-    """SIGTERM the process group (the trial checkpoints after its running batch and exits), then,
-    after at most `grace` seconds, close the lifeline and SIGKILL whatever is left (data loader
-    workers, a trial that did not stop)."""
+    """Stop the trial (`stop_signal`: it checkpoints after its running batch and exits), then, after
+    at most `grace` seconds, close the lifeline and SIGKILL whatever is left of its process group
+    (data loader workers, a trial that did not stop)."""
     if proc.poll() is None:
+        sig, group = stop_signal(list(proc.args) if isinstance(proc.args, list | tuple) else [str(proc.args)])
         try:
-            os.killpg(proc.pid, signal.SIGTERM)
+            os.killpg(proc.pid, sig) if group else proc.send_signal(sig)
             proc.wait(grace)
         except (ProcessLookupError, subprocess.TimeoutExpired):
             pass
@@ -91,6 +104,13 @@ def stop_trial(proc: subprocess.Popen[bytes], grace: float = 60.0) -> None:
     except (ProcessLookupError, PermissionError):
         pass
     proc.wait()
+
+
+def usr1_stops_like_sigterm() -> None:
+    """In a trial process: SIGUSR1 (forwarded by srun from `stop_trial`, or sent by SLURM before a
+    time limit) stops it as SIGTERM does: Lightning stops after the running batch and the trial
+    writes its stop checkpoint."""
+    signal.signal(signal.SIGUSR1, lambda signum, frame: os.kill(os.getpid(), signal.SIGTERM))
 
 
 def watch_lifeline() -> None:

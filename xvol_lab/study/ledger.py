@@ -8,8 +8,11 @@ Rules (the same in every worker, computed from the storage alone):
 - A trial whose worker stopped (heartbeat lost, Ctrl-C, kill, preemption) is failed and
   *retried*: Optuna's `RetryHeartbeatStaleTrialCallback` queues a copy (same params, user attrs
   and intermediate values) that names the original (`retry_of`, `retry_history`); the copy
-  inherits the original's slot and folder, and the interrupted trial is not counted. After
-  budget.max_retries retries an interrupted trial stays failed and counts.
+  inherits the original's slot and folder, and the interrupted trial is not counted. Only crashes
+  (a worker lost: heartbeat gone, killed before its first heartbeat) count against
+  budget.max_retries: after that many an interrupted trial stays failed and counts. A *planned*
+  stop (SIGTERM, USR1 or Ctrl-C to the worker or its trial: preemption, time limit, requeue,
+  scancel) is recorded in system attr ``xvol:planned_stops`` and always retried (`RetryCrashes`).
 - A trial whose slot is past the budget (without the SQLite lock two workers may ask at the same
   moment for the last slot; or the retry of such a trial) is failed at once as *void* (system
   attr ``xvol:void``) and not counted.
@@ -30,6 +33,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 VOID = "xvol:void"
 STARTED = "xvol:started"  # = the trial's number once its worker recorded its first heartbeat
+PLANNED = "xvol:planned_stops"  # numbers of the attempts stopped on purpose (a retry inherits the list)
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
 
@@ -39,6 +43,36 @@ def retry_callback(max_retries: int | None) -> RetryHeartbeatStaleTrialCallback:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         return RetryHeartbeatStaleTrialCallback(max_retry=max_retries, inherit_intermediate_values=True)
+
+
+def crashes(trial: FrozenTrial) -> int:
+    """How many of the attempts before `trial` (those it retries) were lost by a crash, not stopped
+    on purpose (`PLANNED`)."""
+    planned = set(trial.system_attrs.get(PLANNED, []))
+    return sum(1 for number in retry_history(trial) if number not in planned)
+
+
+def planned_stop(trial: FrozenTrial) -> bool:
+    """`trial` itself was stopped on purpose (its worker recorded the stop in `PLANNED`)."""
+    return trial.number in trial.system_attrs.get(PLANNED, [])
+
+
+class RetryCrashes:
+    """Failed-trial callback (storage's stale-heartbeat callback, and `SharedStudy.hand_back`):
+    queue a copy of the interrupted trial (`retry_callback`) unless it crashed and the attempts
+    before it crashed `max_retries` times already; a planned stop is always retried."""
+
+    def __init__(self, max_retries: int | None) -> None:
+        self.max_retries = max_retries
+
+    def spent(self, trial: FrozenTrial) -> bool:
+        """No retry for `trial`: it crashed and its crash retries are used up."""
+        return (not planned_stop(trial) and self.max_retries is not None
+                and crashes(trial) >= self.max_retries)
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        if not self.spent(trial):
+            retry_callback(None)(study, trial)
 
 
 def retry_of(trial: FrozenTrial) -> int | None:

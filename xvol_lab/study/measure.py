@@ -5,7 +5,8 @@ All are taken on the trained network of the trial (its best checkpoint), re-para
 of the trial's data: a detector's cost depends on how many boxes the trained model keeps, which a
 fresh network on random inputs does not show. FLOPs: one image, `xvol_lab.models.cost.count_flops`
 (a multiply-add counts 2). Latency: the median of `repeats` timed forward passes at batch 1 and at
-the study's batch size, in the training precision (autocast for the mixed ones), after warm-up
+the study's batch size (capped at `MAX_LATENCY_BATCH` images: a batch size of 100000 once took
+23 GB and the machine's OOM killer), in the training precision (autocast for the mixed ones), after warm-up
 passes (at least `warmup`, and on a GPU at least `WARMUP_S` seconds: clocks, allocator and kernel
 selection settle), synchronising the trial's own device around each pass. On the CPU it runs on
 one thread, so that trials running side by side measure alike. ``latency_device`` names the
@@ -45,6 +46,7 @@ from xvol_lab.tasks.runner import CHECKPOINT_DIR
 log = logging.getLogger(__name__)
 
 WARMUP_S = 1.0
+MAX_LATENCY_BATCH = 256  # images in the batch of latency_batch_ms, at most
 AUTOCAST = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
 
 
@@ -119,9 +121,9 @@ def _measure(config: RunConfig, run_dir: Path, device: torch.device, warmup: int
     dtype = torch.float64 if config.trainer.precision == "64-true" else torch.float32
     model = trained_deploy_network(config, run_dir).to(device, dtype)
     params = sum(p.numel() for p in model.parameters())
-    images, _ = validation_batch(config, config.data.batch_size)
-    single, batch = _to(_batch(images, 1), device, dtype), _to(_batch(images, config.data.batch_size), device,
-                                                              dtype)
+    size = min(config.data.batch_size, MAX_LATENCY_BATCH)
+    images, _ = validation_batch(config, size)
+    single, batch = _to(_batch(images, 1), device, dtype), _to(_batch(images, size), device, dtype)
     flops = count_flops(model, single)
     threads = torch.get_num_threads()
     if device.type == "cpu":

@@ -8,8 +8,9 @@ two workers could race (`xvol_lab.study.lock`):
 - claim: ask Optuna for a trial, record its first heartbeat, mark it started and take its slot
   (`xvol_lab.study.ledger.slots`), or void it when the slot is past the budget;
 - void: fail a trial over the budget at once, not counted;
-- hand back: fail an interrupted trial and queue it again (its retry continues its folder), unless
-  it was retried budget.max_retries times already;
+- hand back: fail an interrupted trial and queue it again (its retry continues its folder); a
+  planned stop (signal, preemption, time limit) always, a crash unless crashes used up
+  budget.max_retries;
 - tell: record how a trial ended (`xvol_lab.study.outcome.Outcome`), unless another worker failed
   it meanwhile.
 
@@ -31,7 +32,7 @@ from optuna.trial import TrialState
 
 from xvol_lab.study.config import StudyConfig
 from xvol_lab.study.faults import fault_point
-from xvol_lab.study.ledger import STARTED, VOID, is_fresh, retry_callback, retry_history, slots
+from xvol_lab.study.ledger import PLANNED, STARTED, VOID, RetryCrashes, crashes, is_fresh, slots
 from xvol_lab.study.lock import StudyLock
 from xvol_lab.study.outcome import Outcome
 from xvol_lab.study.storage import grace_seconds, join_study, sqlite_file
@@ -133,26 +134,36 @@ class SharedStudy:
         trial.set_user_attr("fail_reason", f"not run: the budget of {n} trials was taken by other workers")
         self.study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
 
-    def hand_back(self, number: int, reason: str = "interrupted") -> None:
+    def hand_back(self, number: int, reason: str = "interrupted", *, planned: bool = False) -> None:
         """Fail trial `number` and queue it again (the retry continues its folder), unless another
-        worker failed it first, or it was retried budget.max_retries times already (then it stays
-        failed with `reason` and counts). Under the lock; the state change is atomic in the storage."""
+        worker failed it first. A `planned` stop (a stop signal: preemption, time limit, requeue,
+        scancel, Ctrl-C) is always retried and never counts against budget.max_retries; a crash is
+        retried unless the trial's earlier crashes used them up (then it stays failed with `reason`
+        and counts). Under the lock; the state change is atomic in the storage."""
         trial_id = self.trial_id(number)
         retries = self.config.budget.max_retries
         frozen = self.storage.get_trial(trial_id)
         if frozen.state.is_finished():
             return
-        if len(retry_history(frozen)) >= retries:
+        if planned:
+            stops = [*frozen.system_attrs.get(PLANNED, []), number]
+            self.storage.set_trial_system_attr(trial_id, PLANNED, stops)
+            log.info("trial %d: planned stop (%s); queued again, not counted against budget.max_retries",
+                     number, reason)
+        elif RetryCrashes(retries).spent(frozen):
             self.storage.set_trial_user_attr(trial_id, "fail_reason",
                                              f"{reason}; not retried (budget.max_retries is {retries})")
+            log.warning("trial %d: crash (%s); not retried: crash %d of budget.max_retries %d", number,
+                        reason, crashes(frozen) + 1, retries)
+        else:
+            log.warning("trial %d: crash (%s); queued again: crash %d of budget.max_retries %d", number, reason,
+                        crashes(frozen) + 1, retries)
         try:
             if not self.storage.set_trial_state_values(trial_id, state=TrialState.FAIL):
                 return
         except optuna.exceptions.UpdateFinishedTrialError:
             return  # failed (and queued again) by another worker
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            retry_callback(retries)(self.study, self.storage.get_trial(trial_id))
+        RetryCrashes(retries)(self.study, self.storage.get_trial(trial_id))
 
     def tell(self, trial: optuna.Trial, outcome: Outcome) -> bool:
         """Tell the study how the trial ended (with its attrs); False when another worker failed it

@@ -2,7 +2,8 @@
 
 One job (or each task of a job array) is one worker: the study process runs directly in the
 batch script, not under srun, and starts each multi-process trial as an ``srun`` step
-(`xvol_lab.study.slurm`). The job asks for the preemption signal (``--signal=B:USR1@120``): the
+(`xvol_lab.study.slurm`). The job asks for the preemption signal (``--signal=B:USR1@120``, less for a short
+``--time``: `signal_option`): the
 script turns it into SIGTERM for the study process, which hands its trial back to the study (run
 again by the next worker), then requeues the job (``--requeue``), which resumes the study.
 
@@ -24,7 +25,7 @@ from pathlib import Path
 from xvol_lab.errors import ConfigError
 from xvol_lab.study.storage import STORAGE_ENV
 
-SIGNAL = "B:USR1@120"  # USR1 to the batch shell 120 s before the time limit
+SIGNAL_LEAD_S = 120  # USR1 to the batch shell this long before the time limit (a quarter of a short one)
 _TIME = re.compile(r"(?:(?P<days>\d+)-(?P<dh>\d{1,2})(?::(?P<dm>\d{1,2})(?::(?P<ds>\d{1,2}))?)?"
                    r"|(?P<a>\d+)(?::(?P<b>\d{1,2})(?::(?P<c>\d{1,2}))?)?)")
 _PARTITION = re.compile(r"[A-Za-z0-9_.-]+(,[A-Za-z0-9_.-]+)*")
@@ -55,6 +56,30 @@ def _integer(flag: str, text: str | int | None, minimum: int) -> int | None:
     if not re.fullmatch(r"-?\d+", value) or int(value) < minimum:
         raise ConfigError(f"{flag} {text}: expected a whole number >= {minimum}")
     return int(value)
+
+
+def seconds(text: str) -> int | None:
+    """The seconds of a time limit that `check_time` accepted; None for UNLIMITED / INFINITE."""
+    match = _TIME.fullmatch(text)
+    if match is None:
+        return None
+    g = {k: int(v) if v is not None else None for k, v in match.groupdict().items()}
+    if g["days"] is not None:
+        return ((g["days"] * 24 + g["dh"]) * 60 + (g["dm"] or 0)) * 60 + (g["ds"] or 0)
+    if g["c"] is not None:
+        return (g["a"] * 60 + g["b"]) * 60 + g["c"]  # HH:MM:SS
+    if g["b"] is not None:
+        return g["a"] * 60 + g["b"]  # MM:SS
+    return g["a"] * 60  # minutes
+
+
+def signal_option(time_limit: str | None) -> str:
+    """``B:USR1@<lead>``: USR1 to the batch shell `SIGNAL_LEAD_S` before the time limit, or a quarter
+    of a limit shorter than 8 minutes: with 120 s of a 2-minute limit every requeued attempt would be
+    told to stop as it starts, and the study would never move on."""
+    limit = None if time_limit is None else seconds(time_limit)
+    lead = SIGNAL_LEAD_S if limit is None else max(10, min(SIGNAL_LEAD_S, limit // 4))
+    return f"B:USR1@{lead}"
 
 
 def check_time(text: str) -> str:
@@ -122,7 +147,7 @@ def batch_script(study_args: Sequence[str], name: str, res: Resources, *, runs: 
         lines.append(f"#SBATCH --partition={res.partition}")
     if res.array:
         lines.append(f"#SBATCH --array=0-{res.array - 1}")
-    lines += [f"#SBATCH --signal={SIGNAL}", "#SBATCH --requeue", "#SBATCH --open-mode=append",
+    lines += [f"#SBATCH --signal={signal_option(res.time)}", "#SBATCH --requeue", "#SBATCH --open-mode=append",
               "#SBATCH --export=ALL", f"#SBATCH --output={log}", "", "set -uo pipefail",
               f"cd {shlex.quote(str(workdir.resolve()))}"]
     command = [python, str(lab), "study", "run", *study_args, "--devices", str(res.tasks_per_node), "--nodes",
@@ -162,6 +187,23 @@ def script_path(runs: Path, name: str) -> Path:
         path = runs / name / f"{stem}-{n}.sbatch"
         n += 1
     return path
+
+
+def check_request(text: str, res: Resources) -> None:
+    """Ask ``sbatch --test-only`` (where sbatch exists) whether the cluster can ever run the job of
+    batch script `text`; ConfigError, with SLURM's answer, for one it cannot (e.g. more CPUs or GPUs
+    per node than a node has): such a job would be accepted and pend forever."""
+    sbatch = shutil.which("sbatch")
+    if sbatch is None:
+        return
+    done = subprocess.run([sbatch, "--test-only"], input=text, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        detail = " ".join((done.stderr or done.stdout).split())[:300]
+        asked = (f"--nodes {res.nodes} --gpus-per-node {res.gpus_per_node} --cpus-per-gpu {res.cpus_per_gpu}"
+                 + (f" --partition {res.partition}" if res.partition else "") + (f" --time {res.time}" if res.time
+                                                                                    else ""))
+        raise ConfigError(f"{asked}: SLURM cannot run this job ({detail}); ask for what a node of the "
+                          "partition has (`sinfo -o '%P %c %m %G'`)")
 
 
 def submit(script: Path) -> str | None:

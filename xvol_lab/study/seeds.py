@@ -4,7 +4,8 @@ Seed s of a trial runs in its run folder trial_<n>/seed_<s>/: the study process 
 `TrialRequest` there (trial.json), starts ``python -m xvol_lab.study.trial RUN_DIR``
 (`xvol_lab.study.launch`), shows its progress, and reads its outcome (`xvol_lab.study.outcome`).
 Seeds that finished in an interrupted attempt are kept; an interrupted seed continues from its last
-checkpoint; the first seed that does not complete ends the configuration.
+checkpoint (from best.ckpt, or from the start, when last.ckpt does not load, and the log says so);
+the first seed that does not complete ends the configuration.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import logging
 import shutil
 import subprocess
 import time
+import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,13 +70,34 @@ def distributed(config: RunConfig) -> RunConfig:
     return config
 
 
+def loads(path: Path) -> bool:
+    """`path` is a whole checkpoint (torch's zip archive, every member intact): not one cut short by
+    a kill mid-write or a full disk."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return archive.testzip() is None
+    except (OSError, zipfile.BadZipFile):
+        return False
+
+
 def prepare_run_dir(run_dir: Path, number: int) -> str | None:
     """Make `run_dir` ready for a seed's trial process: "last" when an earlier attempt left a last
-    checkpoint (continue from it); else emptied but for the log (interrupted before its first
-    checkpoint: start over), or created."""
-    if (run_dir / CHECKPOINT_DIR / "last.ckpt").is_file():
+    checkpoint (continue from it); the path of best.ckpt when last.ckpt does not load (moved aside
+    as last.ckpt.unreadable: continue from that earlier epoch); else emptied but for the log
+    (interrupted before its first checkpoint, or no checkpoint loads: start over), or created."""
+    checkpoints = run_dir / CHECKPOINT_DIR
+    last, best = checkpoints / "last.ckpt", checkpoints / "best.ckpt"
+    if last.is_file() and loads(last):
         log.info("trial %d: %s continues from its last checkpoint", number, run_dir.name)
         return "last"
+    if last.is_file():
+        last.replace(last.with_name("last.ckpt.unreadable"))
+        if best.is_file() and loads(best):
+            log.warning("trial %d: %s: last.ckpt does not load (cut short?); continues from best.ckpt, an "
+                        "earlier epoch (the bad file is kept as last.ckpt.unreadable)", number, run_dir.name)
+            return str(best.resolve())
+        log.warning("trial %d: %s: last.ckpt does not load (cut short?) and no earlier checkpoint does; "
+                    "the seed starts over", number, run_dir.name)
     if run_dir.exists():
         for entry in run_dir.iterdir():
             if entry.is_dir():

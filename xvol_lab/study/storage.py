@@ -3,8 +3,8 @@
 Several workers given the same storage join the same study. A worker records a heartbeat for
 the trial it runs every `heartbeat` seconds; a RUNNING trial whose heartbeat is older than the
 grace period (`grace_seconds`) is failed by the next worker that looks and queued again
-(`RetryHeartbeatStaleTrialCallback`, at most budget.max_retries times, with its intermediate
-values). For SQLite the busy timeout of a worker is shorter than the grace period less one
+(`xvol_lab.study.ledger.RetryCrashes`: a lost worker is a crash, retried at most budget.max_retries
+times, with its intermediate values). For SQLite the busy timeout of a worker is shorter than the grace period less one
 heartbeat, so that a worker waiting for the database cannot be taken for a dead one.
 """
 
@@ -24,10 +24,13 @@ from typing import Any
 from urllib.parse import unquote
 
 import optuna
-from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.storages import RDBStorage
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 from xvol_lab.errors import ConfigError
 from xvol_lab.study.config import StudyConfig
+from xvol_lab.study.ledger import RetryCrashes
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +59,9 @@ def grace_seconds(heartbeat: int) -> float:
 def default_storage_url(runs: Path, name: str) -> str:
     """The storage of a study given no ``--storage``: ``$XVOL_STORAGE`` if set (a server shared by
     the workers, the password kept off the command line), else ``sqlite:///<runs>/<name>/study.db``."""
-    return os.environ.get(STORAGE_ENV) or f"sqlite:///{(runs / name / 'study.db').resolve()}"
+    if os.environ.get(STORAGE_ENV):
+        return came_from(os.environ[STORAGE_ENV], f"${STORAGE_ENV}")
+    return f"sqlite:///{(runs / name / 'study.db').resolve()}"
 
 
 def read_storage_file(path: Path) -> str:
@@ -79,7 +84,47 @@ def read_storage_file(path: Path) -> str:
     url = next((line for line in lines if line and not line.startswith("#")), None)
     if url is None:
         raise ConfigError(f"--storage-file {path}: empty; expected a storage URL on its first line")
+    return came_from(url, f"--storage-file {path}")
+
+
+_ORIGINS: dict[str, str] = {}  # URL -> where this process last took it from (`came_from`)
+
+
+def came_from(url: str, origin: str) -> str:
+    """Record that `url` was given by `origin` (``--storage``, ``--storage-file PATH``,
+    ``$XVOL_STORAGE``), for the messages about it; returns `url`."""
+    _ORIGINS[url] = origin
     return url
+
+
+def _origin(url: str) -> str:
+    if url in _ORIGINS:
+        return _ORIGINS[url]
+    return f"${STORAGE_ENV}" if os.environ.get(STORAGE_ENV) == url else "--storage"
+
+
+def described(url: str) -> str:
+    """`url` for messages, password masked, with where it came from: ``--storage URL``,
+    ``--storage-file PATH (URL)`` or ``$XVOL_STORAGE (URL)``."""
+    origin = _origin(url)
+    return f"--storage {shown_url(url)}" if origin == "--storage" else f"{origin} ({shown_url(url)})"
+
+
+def check_url(url: str) -> None:
+    """ConfigError, naming where the URL came from but never the URL, for one that does not parse,
+    or parses otherwise than written (an unencoded ``@`` in the password: the driver would take part
+    of the password for the host and print it)."""
+    try:
+        parsed = make_url(url)
+    except (ArgumentError, ValueError):
+        raise ConfigError(f"{_origin(url)}: not a storage URL SQLAlchemy can parse (expected e.g. "
+                          "sqlite:///PATH or postgresql+psycopg://USER:PASSWORD@HOST:PORT/DB); the URL is "
+                          "not shown, as it may hold a password") from None
+    written = _USER_PASSWORD.search(url)
+    if written is not None and unquote(written.group(2)) != (parsed.password or ""):
+        raise ConfigError(f"{_origin(url)}: the storage URL does not parse as written: its password holds "
+                          "an unencoded '@' (percent-encode it as %40); the URL is not shown, as it holds a "
+                          "password")
 
 
 def has_password(url: str) -> bool:
@@ -121,6 +166,7 @@ def open_storage(url: str, *, heartbeat: int | None = None, create: bool = True,
     A missing SQLite file is created only with `create`; unreachable servers, unknown schemes and
     missing drivers are `ConfigError`.
     """
+    check_url(url)
     path = sqlite_file(url)
     engine: dict[str, Any] = {}
     if path is not None:
@@ -145,7 +191,7 @@ def open_storage(url: str, *, heartbeat: int | None = None, create: bool = True,
                 time.sleep(1.0 + random.random())
                 continue
             detail = redact(" ".join(str(err).split()), url)[:300]
-            raise ConfigError(f"--storage {shown_url(url)}: cannot open ({detail})") from None
+            raise ConfigError(f"{described(url)}: cannot open ({detail})") from None
 
 
 def _rdb(url: str, engine: dict[str, Any], heartbeat: int | None, max_retries: int | None) -> RDBStorage:
@@ -155,8 +201,7 @@ def _rdb(url: str, engine: dict[str, Any], heartbeat: int | None, max_retries: i
             return RDBStorage(url, engine_kwargs=engine)
         return RDBStorage(url, engine_kwargs=engine, heartbeat_interval=heartbeat,
                           grace_period=int(math.ceil(grace_seconds(heartbeat))),
-                          heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(
-                              max_retry=max_retries, inherit_intermediate_values=True))
+                          heartbeat_stale_trial_callback=RetryCrashes(max_retries))
 
 
 def find_study(storage: RDBStorage, name: str) -> optuna.Study | None:
@@ -212,7 +257,7 @@ def _check_identity(study: optuna.Study, name: str, identity: dict[str, Any], ur
     differences = _differences(study, identity)
     if not differences:
         return
-    raise ConfigError(f"{shown_url(url)}: study {name!r} there was made from a different study file or "
+    raise ConfigError(f"{described(url)}: study {name!r} there was made from a different study file or "
                       f"--set ({'; '.join(differences)}); use another storage, or the study file and --set "
                       "it was made from")
 

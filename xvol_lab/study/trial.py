@@ -6,7 +6,8 @@ reporter to the study's storage (URL in the environment), measures the deploy fo
 TRIAL_DIR/result.json: ``{state: complete|pruned|failed, reason, values, metrics, params_m,
 latency_ms}``. Under DDP every process runs this module; only global rank 0 opens the storage and
 writes files. With ``resume: last`` in trial.json it continues from TRIAL_DIR's last checkpoint.
-The exit code is 0 unless the trial failed; SIGTERM (preemption, scancel) stops it after the
+The exit code is 0 unless the trial failed; SIGTERM or SIGUSR1 (preemption, scancel, the study
+process stopping an srun step: `xvol_lab.study.launch.stop_signal`) stops it after the
 running batch with a checkpoint of that point (`xvol_lab.tasks.callbacks.PreemptionCheckpoint`),
 no result.json and exit code `INTERRUPTED_EXIT`, so that the study hands the trial back and its
 retry continues from there.
@@ -30,7 +31,7 @@ from xvol_lab.errors import ConfigError
 from xvol_lab.study.callbacks import ProgressFile, PruningReporter
 from xvol_lab.study.config import MEASURED, PrunerConfig
 from xvol_lab.study.files import PROGRESS, REQUEST, RESULT, write_json
-from xvol_lab.study.launch import STORAGE_ENV, watch_lifeline
+from xvol_lab.study.launch import STORAGE_ENV, usr1_stops_like_sigterm, watch_lifeline
 from xvol_lab.study.measure import measure
 from xvol_lab.study.outcome import INTERRUPTED_EXIT, TrialRequest, read_request
 from xvol_lab.study.samplers import make_pruner
@@ -134,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     keep_freed_memory()
     watch_lifeline()
+    usr1_stops_like_sigterm()
     trial_dir = Path(args[0])
     try:
         request = read_request(trial_dir)

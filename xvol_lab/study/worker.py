@@ -25,6 +25,7 @@ from pathlib import Path
 import optuna
 
 from xvol_lab.allocator import keep_freed_memory
+from xvol_lab.data.config import check_batches
 from xvol_lab.errors import ConfigError
 from xvol_lab.study import roles, signals
 from xvol_lab.study.config import StudyConfig, load_study_config
@@ -52,6 +53,7 @@ class Worker:
         self.view = view or LogView()
         trainer = config.base.trainer
         trial_command(self.folder, trainer.devices, trainer.num_nodes)  # check the resources before any trial
+        check_batches(config.base.data, trainer.devices * trainer.num_nodes, "base.data.")
         storage = open_storage(url, heartbeat=config.heartbeat, max_retries=config.budget.max_retries)
         factory = base_sampler_factory(config.sampler, len(config.objectives))
         self.sampler = PlannedSampler([item.point for item in config.schedule], factory, config.sampler.seed)
@@ -85,7 +87,7 @@ class Worker:
             except KeyboardInterrupt:  # a stop signal held during the locked step: hand its trial back
                 if claim is not None:
                     with deferred(), shared.lock.held():
-                        shared.hand_back(claim.trial.number)
+                        shared.hand_back(claim.trial.number, "stop signal", planned=True)
                 raise
             if busy:
                 if not waiting_logged:
@@ -109,17 +111,19 @@ class Worker:
                 outcome = self._train(trial, item.role if item else None)
             except (KeyboardInterrupt, SystemExit):
                 with deferred(), shared.lock.held():
-                    shared.hand_back(trial.number)
-                log.warning("trial %d interrupted; it is queued again and continues when the study resumes",
+                    shared.hand_back(trial.number, "stop signal to the study process", planned=True)
+                log.warning("trial %d interrupted by a stop signal (planned, not counted against "
+                            "budget.max_retries); it is queued again and continues when the study resumes",
                             trial.number)
                 raise
             except Exception as err:  # this process failed around the trial: record it, go on
                 log.exception("trial %d: error in the study process", trial.number)
                 outcome = Outcome("failed", f"study process error: {type(err).__name__}: {err}")
             if outcome.state == "interrupted":
-                log.warning("trial %d: %s; it is queued again", trial.number, outcome.reason)
+                log.warning("trial %d: %s (planned stop, not counted against budget.max_retries); it is "
+                            "queued again", trial.number, outcome.reason)
                 with deferred(), shared.lock.held():
-                    shared.hand_back(trial.number, outcome.reason or "interrupted")
+                    shared.hand_back(trial.number, outcome.reason or "interrupted", planned=True)
             else:
                 with deferred():
                     self._tell(trial, outcome)

@@ -116,6 +116,9 @@ class PreemptionCheckpoint(Callback):
         if trainer.is_global_zero:
             os.chmod(tmp, file_mode())
             os.replace(tmp, self.path)
+        # no process exits before the checkpoint is in place: srun (--kill-on-bad-exit) ends the step
+        # when the first task exits with the stop's code, and rank 0 could be killed mid-write
+        trainer.strategy.barrier("preemption-checkpoint")
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule,
                            checkpoint: dict[str, Any]) -> None:

@@ -12,6 +12,7 @@ an image file exactly as validation did.
 from __future__ import annotations
 
 import dataclasses
+import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -159,6 +160,24 @@ class Deployed:
     preprocess: Preprocess | None
 
 
+def _damage(path: Path) -> str | None:
+    """What is wrong with a file torch cannot load, where the file itself tells: torch.save writes a
+    zip archive."""
+    if not zipfile.is_zipfile(path):
+        return "not a file torch.save wrote (no zip archive: another kind of file, or cut short)"
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (OSError, zipfile.BadZipFile, EOFError) as err:
+        return f"a damaged zip archive ({type(err).__name__}: {err})"
+    return None if bad is None else f"a damaged zip archive (member {bad} fails its checksum)"
+
+
+def _first_line(err: BaseException) -> str:
+    lines = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {lines[0]}" if lines else type(err).__name__
+
+
 def load_deployed(path: str | Path) -> Deployed:
     """The deploy file `path` (`export_deploy`) with its network rebuilt in deploy form."""
     path = Path(path)
@@ -167,12 +186,18 @@ def load_deployed(path: str | Path) -> Deployed:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises several types for a damaged file
-        raise ConfigError(f"{path}: cannot read the deploy file ({type(err).__name__})") from None
+        why = _damage(path) or _first_line(err)
+        raise ConfigError(f"{path}: cannot read the deploy file: {why}; expected a deploy.pt "
+                          "written by `lab.py study export`") from None
     if not isinstance(payload, dict) or set(payload) != set(DEPLOY_KEYS):
         raise ConfigError(f"{path}: not a deploy export; expected the keys {', '.join(DEPLOY_KEYS)}")
-    config = from_dict(RunConfig, payload["config"])
-    network = task_record(config.task).build_network(config.model, payload["num_classes"], config.detector,
-                                                     deploy=True)
+    try:
+        config = from_dict(RunConfig, payload["config"])
+        network = task_record(config.task).build_network(config.model, payload["num_classes"],
+                                                         config.detector, deploy=True)
+    except (ConfigError, ValueError, TypeError, KeyError, IndexError) as err:
+        raise ConfigError(f"{path}: its config and num_classes do not build a network ({_first_line(err)})") \
+            from None
     try:
         network.load_state_dict(payload["state_dict"])
     except RuntimeError:

@@ -39,6 +39,7 @@ from xvol_lab.tasks.curve import LearningCurve
 from xvol_lab.tasks.execution import deterministic_mode, effective_optim, sync_batchnorm
 from xvol_lab.tasks.registry import task_record
 from xvol_lab.tasks.resume import CONFIG_YAML, resumed_config, stored_config
+from xvol_lab.tasks.stop import SynchronizedStop
 from xvol_lab.tasks.transfer import init_backbone
 
 log = logging.getLogger(__name__)
@@ -118,6 +119,7 @@ def build_trainer(config: RunConfig, run_dir: Path, *, callbacks: Iterable[Callb
             ModelCheckpoint(dirpath=run_dir / CHECKPOINT_DIR, filename="last", save_top_k=1,
                             enable_version_counter=False),
             EpochHistory(monitor, mode), PreemptionCheckpoint(run_dir / CHECKPOINT_DIR / "last.ckpt"),
+            SynchronizedStop(),
             LearningRateMonitor(logging_interval="step"), *extra, *callbacks],
         use_distributed_sampler=False,  # the training loaders split themselves (`xvol_lab.data.sampler`)
         enable_progress_bar=progress, enable_model_summary=progress,

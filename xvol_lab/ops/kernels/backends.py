@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import sys
 from pathlib import Path
 
 import torch
@@ -31,13 +32,15 @@ CUDA_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 def _cpu_build_flags() -> tuple[str, list[str]]:
     """Extension name and compiler flags for this CPU's vector ISA. The name keys torch's build cache:
     it carries the ISA (a cache shared between machines never hands an AVX-512 build to a CPU without
-    it) and a hash of the source and flags (checkouts of different versions never rebuild over each
-    other's build)."""
+    it) and a hash of the source, the flags and the environment (``sys.prefix`` and torch's version:
+    checkouts of different versions, or virtual environments sharing one cache, never rebuild over
+    each other's build)."""
     capability = torch.backends.cpu.get_cpu_capability()  # "DEFAULT", "AVX2", "AVX512", ...
     isa = {"AVX2": ["-mavx2", "-mfma"], "AVX512": ["-mavx512f", "-mavx512dq", "-mavx2", "-mfma"]}
     flags = ["-O3", "-fopenmp", "-ffp-contract=fast", *isa.get(capability, [])]
     code = b"".join(path.read_bytes() for path in [*CPU_SOURCES, CPU_HEADER])
-    digest = hashlib.sha256(code + " ".join(flags).encode()).hexdigest()[:12]
+    environment = f"{sys.prefix}\0{torch.__version__}"
+    digest = hashlib.sha256(code + " ".join(flags).encode() + environment.encode()).hexdigest()[:12]
     return f"xvol_pssa_cpu_{capability.lower()}_{digest}", flags
 
 

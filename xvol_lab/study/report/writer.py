@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import secrets
 import shutil
+import socket
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -66,13 +69,52 @@ def render_table(table: pd.DataFrame, fmt: str) -> str:
     raise ConfigError(f"--format: got {fmt!r}, expected one of {', '.join(FORMATS)}")
 
 
+STALE_S = 3600  # a staging folder this old is left over whatever its name says
+_STAGING = re.compile(r"\.(?P<name>.+)\.(?:(?P<host>[A-Za-z0-9]+)-(?P<pid>\d+)-)?[0-9a-f]{8}\.(?:tmp|old)")
+
+
+def _host() -> str:
+    return re.sub(r"[^A-Za-z0-9]", "", socket.gethostname()) or "host"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_staging(dest: Path) -> None:
+    """Delete the staging folders of `dest` (``.<name>.<host>-<pid>-<hex>.tmp`` / ``.old``) that a
+    killed writer left: its process is gone from this host, or the folder is older than `STALE_S`."""
+    if not dest.parent.is_dir():
+        return
+    for entry in dest.parent.iterdir():
+        match = _STAGING.fullmatch(entry.name)
+        if match is None or match["name"] != dest.name or not entry.is_dir():
+            continue
+        dead = match["host"] == _host() and not _alive(int(match["pid"]))
+        try:
+            old = time.time() - entry.stat().st_mtime > STALE_S
+        except OSError:
+            continue
+        if dead or old:
+            shutil.rmtree(entry, ignore_errors=True)
+            log.info("%s: removed %s, left by a %s that was stopped", dest.parent, entry.name,
+                     "writer" if dead else "writer (over an hour old)")
+
+
 def _missing_parents(path: Path) -> list[Path]:
     return [p for p in reversed(path.parents) if not p.exists()]
 
 
 @contextmanager
 def staged_dir(dest: Path, what: str) -> Iterator[Path]:
-    """A fresh temporary folder beside `dest`; on a clean exit it replaces `dest` (an existing
+    """A fresh temporary folder beside `dest` (those a killed writer left are removed first:
+    `remove_stale_staging`); on a clean exit it replaces `dest` (an existing
     folder is swapped out, then deleted), on an error it is deleted and `dest` is untouched.
     ConfigError when `dest` cannot be written."""
     dest = Path(dest)
@@ -81,7 +123,8 @@ def staged_dir(dest: Path, what: str) -> Iterator[Path]:
     created = _missing_parents(dest)
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dest.parent / f".{dest.name}.{secrets.token_hex(4)}.tmp"
+        remove_stale_staging(dest)
+        tmp = dest.parent / f".{dest.name}.{_host()}-{os.getpid()}-{secrets.token_hex(4)}.tmp"
         tmp.mkdir()  # not mkdtemp: the folder gets the usual permissions (umask), not 0700
     except OSError as err:
         if created and created[0].exists():
@@ -102,7 +145,7 @@ def _swap_in(new: Path, dest: Path) -> None:
     if not dest.exists():
         os.replace(new, dest)
         return
-    old = dest.parent / f".{dest.name}.{secrets.token_hex(4)}.old"
+    old = dest.parent / f".{dest.name}.{_host()}-{os.getpid()}-{secrets.token_hex(4)}.old"
     os.replace(dest, old)
     try:
         os.replace(new, dest)
