@@ -11,6 +11,7 @@ from rich.text import Text
 
 from xvol_lab.errors import ConfigError
 from xvol_lab.study.config import StudyConfig
+from xvol_lab.study.environment import build_failure_text
 from xvol_lab.study.ledger import tally
 from xvol_lab.study.progress import best_text, format_duration
 from xvol_lab.study.standing import best_trials, retried_as, state_and_reason
@@ -86,5 +87,6 @@ def status(name: str, config: StudyConfig, url: str) -> tuple[Table, list[str]]:
     if study is None:
         raise ConfigError(f"study {name}: nothing in {shown_url(url)} yet (run `lab.py study run` first)")
     trials = study.get_trials(deepcopy=False)
+    failures = build_failure_text(trials)
     return trial_table(config, trials), [f"{counts_text(name, config, trials)} [{shown_url(url)}]",
-                                         *best_lines(config, trials)]
+                                         *best_lines(config, trials), *([failures] if failures else [])]

@@ -9,6 +9,8 @@ Layout of ``run_dir``::
     checkpoints/       best.ckpt (best epoch by the task's monitor) and last.ckpt (the latest epoch,
                        or the step a SIGTERM stopped)
     results.json       what `fit` returned (written at the end)
+    fingerprint.json   the environment the run trained in (`xvol_lab.tasks.fingerprint`; written
+                       when training ends, also when it fails)
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from xvol_lab.tasks.cluster import cluster_plugins
 from xvol_lab.tasks.config import RunConfig, dump_run_config
 from xvol_lab.tasks.curve import LearningCurve
 from xvol_lab.tasks.execution import deterministic_mode, effective_optim, sync_batchnorm
+from xvol_lab.tasks.fingerprint import FINGERPRINT_JSON, environment_fingerprint
 from xvol_lab.tasks.registry import task_record
 from xvol_lab.tasks.transfer import init_backbone
 
@@ -155,7 +158,12 @@ def fit(config: RunConfig, run_dir: str | Path, *, callbacks: Iterable[Callback]
     if rank_zero_only.rank == 0:
         write_text(run_dir / "config.yaml", dump_run_config(config))
         write_text(run_dir / "spec.json", config.model.to_json() + "\n")
-    trainer.fit(task, datamodule=datamodule, ckpt_path=resume_path)
+    try:
+        trainer.fit(task, datamodule=datamodule, ckpt_path=resume_path)
+    finally:
+        if trainer.is_global_zero:
+            fingerprint = environment_fingerprint(trainer.strategy.root_device, config.trainer.precision)
+            write_text(run_dir / FINGERPRINT_JSON, json.dumps(fingerprint, indent=2) + "\n")
     history = next(cb for cb in trainer.callbacks if isinstance(cb, EpochHistory))
     result = {**history.best(), "epochs": float(trainer.current_epoch)}
     if trainer.is_global_zero:
