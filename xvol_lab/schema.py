@@ -5,6 +5,11 @@ every key and type; `to_dict(obj)` is its inverse; `with_overrides(obj, ["a.b=1"
 `--set` style overrides typed by the dataclass fields. Every error is a `ConfigError` whose
 message starts with the dotted key path, e.g. ``model.stages.2.op: expected one of ...``.
 
+A dataclass may name, in its class attribute ``EXTRA_FIELD``, a ``dict[str, Any]`` field that takes
+the keys it does not declare (an open section, e.g. the Lightning Trainer arguments of
+`TrainerConfig`): `from_dict` puts them there for its ``__post_init__`` to check, `to_dict` writes
+them beside the declared keys, and an override may set a new one.
+
 Values are further validated by each dataclass's ``__post_init__``, which raises `ValueError`
 with a message that starts with the field name (``"op: got 'foo', expected one of ..."``);
 `from_dict` re-raises it as `ConfigError` prefixed with the path.
@@ -59,6 +64,12 @@ def _coerce(tp: Any, value: Any, path: str) -> Any:
     if coerce is None:
         raise TypeError(f"{path}: unsupported annotation {tp!r}")
     return coerce(tp, value, path)
+
+
+def check_value(tp: Any, value: Any, path: str) -> Any:
+    """`value` checked against the annotation `tp` as `from_dict` checks a field (ConfigError naming
+    `path`; TypeError for an annotation it does not support)."""
+    return _coerce(tp, value, path)
 
 
 def _union(tp: Any, value: Any, path: str) -> Any:
@@ -146,6 +157,10 @@ def from_dict(cls: type[T], data: Any, path: str = "") -> T:
         raise ConfigError(f"{path or cls.__name__}: got {data!r}, expected a mapping")
     hints = get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    extra = getattr(cls, "EXTRA_FIELD", None)
+    if extra is not None:  # an open section: the undeclared keys go to its extra field
+        declared = {k: v for k, v in data.items() if k in fields and k != extra}
+        data = {**declared, extra: {k: v for k, v in data.items() if k not in declared}}
     unknown = sorted(set(data) - set(fields))
     if unknown:
         raise ConfigError(f"{_join(path, unknown[0])}: unknown key; expected one of {', '.join(fields)}")
@@ -156,15 +171,29 @@ def from_dict(cls: type[T], data: Any, path: str = "") -> T:
         raise ConfigError(f"{path}.{err}" if path else str(err)) from None
 
 
+class OpenSection(dict):
+    """A dataclass with an ``EXTRA_FIELD`` as overrides see it: a key may be added to it."""
+
+
+def _data(obj: Any, open_sections: bool) -> Any:
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        extra = getattr(obj, "EXTRA_FIELD", None)
+        out = {f.name: _data(getattr(obj, f.name), open_sections) for f in dataclasses.fields(obj)
+               if f.name != extra}
+        if extra is None:
+            return out
+        out.update(_data(getattr(obj, extra), open_sections))
+        return OpenSection(out) if open_sections else out
+    if isinstance(obj, (list, tuple)):
+        return [_data(v, open_sections) for v in obj]
+    if isinstance(obj, dict):
+        return {k: _data(v, open_sections) for k, v in obj.items()}
+    return obj
+
+
 def to_dict(obj: Any) -> Any:
     """Plain dicts/lists/scalars for a (nested) dataclass, the inverse of `from_dict`."""
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
-    if isinstance(obj, (list, tuple)):
-        return [to_dict(v) for v in obj]
-    if isinstance(obj, dict):
-        return {k: to_dict(v) for k, v in obj.items()}
-    return obj
+    return _data(obj, open_sections=False)
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -187,7 +216,7 @@ def _set_path(data: Any, keys: list[str], value: Any, done: str) -> None:
             raise ConfigError(f"{where}: index out of range; expected 0..{len(data) - 1}")
         index: Any = int(key)
     elif isinstance(data, dict):
-        if key not in data:
+        if key not in data and not isinstance(data, OpenSection):
             raise ConfigError(f"{where}: unknown key; expected one of {', '.join(map(str, data))}")
         index = key
     else:
@@ -215,7 +244,7 @@ def with_overrides(obj: T, overrides: typing.Iterable[str], label: str | None = 
     """
     overrides = list(overrides)
     if label is None:
-        return from_dict(type(obj), _set_overrides(to_dict(obj), overrides))
+        return from_dict(type(obj), _set_overrides(_data(obj, open_sections=True), overrides))
     for text in overrides:
         parse_override(text)  # a malformed item names itself
     try:

@@ -123,6 +123,7 @@ def build_trainer(config: RunConfig, run_dir: Path, *, callbacks: Iterable[Callb
         use_distributed_sampler=False,  # the training loaders split themselves (`xvol_lab.data.sampler`)
         enable_progress_bar=progress, enable_model_summary=progress,
         plugins=cluster_plugins(t.accelerator, t.devices),  # SLURMEnvironment under srun
+        **t.extra,  # any other lightning.Trainer argument of the config (xvol_lab.tasks.trainer_args)
     )
 
 
