@@ -26,7 +26,6 @@ from pathlib import Path
 import lightning.pytorch as L
 import torch
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
-from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 
 from xvol_lab.atomic import write_text
@@ -39,6 +38,7 @@ from xvol_lab.tasks.config import RunConfig, dump_run_config
 from xvol_lab.tasks.curve import LearningCurve
 from xvol_lab.tasks.execution import deterministic_mode, effective_optim, sync_batchnorm
 from xvol_lab.tasks.fingerprint import FINGERPRINT_JSON, environment_fingerprint
+from xvol_lab.tasks.output import EpochCSVLogger, EpochTensorBoardLogger, FlopsSummary, example_input, quiet_lightning
 from xvol_lab.tasks.registry import task_record
 from xvol_lab.tasks.transfer import init_backbone
 
@@ -69,9 +69,10 @@ def _rows_before(path: Path, global_step: int) -> tuple[list[str], list[dict[str
         return list(reader.fieldnames or []), rows
 
 
-def _csv_logger(run_dir: Path, resume: Path | None) -> CSVLogger:
-    """A CSVLogger writing run_dir/metrics.csv; on resume it keeps the rows logged before the checkpoint."""
-    logger = CSVLogger(run_dir, name="", version="")
+def _csv_logger(run_dir: Path, resume: Path | None) -> EpochCSVLogger:
+    """A CSVLogger writing run_dir/metrics.csv (epochs counted from 1); on resume it keeps the rows logged
+    before the checkpoint."""
+    logger = EpochCSVLogger(run_dir, name="", version="")
     if rank_zero_only.rank != 0:
         return logger
     fieldnames: list[str] = []
@@ -95,7 +96,9 @@ def _csv_logger(run_dir: Path, resume: Path | None) -> CSVLogger:
 def build_trainer(config: RunConfig, run_dir: Path, *, callbacks: Iterable[Callback] = (),
                   progress: bool = True, resume: Path | None = None) -> L.Trainer:
     """The Lightning Trainer of a run: checkpoints, CSV + TensorBoard logs, LR monitor, progress bar;
-    `deterministic` and `sync_batchnorm` resolved for the hardware (`xvol_lab.tasks.execution`)."""
+    `deterministic` and `sync_batchnorm` resolved for the hardware (`xvol_lab.tasks.execution`);
+    Lightning's boilerplate output filtered (`xvol_lab.tasks.output`)."""
+    quiet_lightning()
     record = task_record(config.task)
     monitor, mode = record.monitor, record.mode
     t = config.trainer
@@ -110,7 +113,7 @@ def build_trainer(config: RunConfig, run_dir: Path, *, callbacks: Iterable[Callb
         log_every_n_steps=t.log_every_n_steps, gradient_clip_val=t.gradient_clip_val,
         check_val_every_n_epoch=t.check_val_every_n_epoch, default_root_dir=run_dir,
         logger=[_csv_logger(run_dir, resume),
-                TensorBoardLogger(run_dir, name="tb", version="", default_hp_metric=False)],
+                EpochTensorBoardLogger(run_dir, name="tb", version="", default_hp_metric=False)],
         callbacks=[
             ModelCheckpoint(dirpath=run_dir / CHECKPOINT_DIR, filename="best", monitor=monitor, mode=mode,
                             save_top_k=1, auto_insert_metric_name=False, enable_version_counter=False),
@@ -152,6 +155,10 @@ def fit(config: RunConfig, run_dir: str | Path, *, callbacks: Iterable[Callback]
     if rank_zero_only.rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / RESULTS_JSON).unlink(missing_ok=True)  # a stale result must not outlive a failed run
+    if progress:  # the model summary, with the lab's FLOPs of one image through the training network
+        image = example_input(task.model, config.model.in_chans, config.data.image_size,
+                              task_record(config.task).takes_image_lists)
+        callbacks = [*callbacks, FlopsSummary.of(task.model, image)]
     trainer = build_trainer(config, run_dir, callbacks=callbacks, progress=progress, resume=resume_path)
     task.optim_config = effective_optim(config, trainer.world_size)
     backend = config.trainer.compile_backend if config.trainer.compile else None
