@@ -12,8 +12,8 @@ from lightning.pytorch.utilities.model_summary import get_human_readable_count
 
 from xvol_lab.models import build_classifier
 from xvol_lab.models.cost import count_flops
+from xvol_lab.quiet import BoilerplateFilter, quiet_lightning
 from xvol_lab.tasks.config import load_run_config
-from xvol_lab.tasks.output import BoilerplateFilter, quiet_lightning
 
 BOILERPLATE = ["GPU available", "TPU available", "litlogger", "Tip:", "was configured so", "srun",
                "LeafSpec", "DeprecationWarning", "FutureWarning", "stepping batches", "Total FLOPs: 0 "]

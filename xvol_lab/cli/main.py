@@ -15,6 +15,7 @@ from collections.abc import Collection, Sequence
 
 from xvol_lab.allocator import keep_freed_memory
 from xvol_lab.errors import ConfigError
+from xvol_lab.quiet import quiet_lightning
 
 log = logging.getLogger("xvol_lab")
 
@@ -61,6 +62,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     keep_freed_memory()
+    quiet_lightning()
     try:
         return int(args.func(args) or 0)
     except ConfigError as err:

@@ -1,11 +1,7 @@
 """What a training run prints and logs, for a person to read.
 
-- `quiet_lightning`: Lightning's boilerplate is filtered: the hardware lines ("GPU available", "TPU
-  available"), the logger tips ("litlogger"), the notice that a ``limit_*_batches`` /
-  ``val_check_interval`` setting is used, the stepping-batches notice, the srun hint, and the
-  deprecation warnings (DeprecationWarning, FutureWarning) that dependencies raise from their own
-  code (a deprecated call in the lab's code still warns). Public APIs only: a `logging.Filter` on
-  Lightning's rank-zero loggers and `warnings.filterwarnings`.
+- Lightning's boilerplate lines and the dependencies' deprecation warnings are filtered
+  (`xvol_lab.quiet.quiet_lightning`, called by `lab.py` and by `build_trainer`).
 - Epochs are counted from 1 everywhere: the progress bar (`xvol_lab.tasks.callbacks.ProgressBar`),
   the log lines, ``best_epoch``, and the ``epoch`` column of metrics.csv and TensorBoard
   (`OneBasedEpochs`; Lightning counts from 0).
@@ -15,9 +11,6 @@
 
 from __future__ import annotations
 
-import logging
-import re
-import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -28,36 +21,6 @@ from lightning.pytorch.utilities.model_summary import get_human_readable_count
 from torch import nn
 
 from xvol_lab.models.cost import count_flops
-
-# Lightning's rank-zero info lines that say nothing about the run.
-BOILERPLATE = re.compile(r"(GPU|TPU|HPU|IPU) available: |💡 Tip: |.*\blitlogger\b|"
-                         r"`Trainer\((limit_\w+|val_check_interval|overfit_batches)=.*` was configured so|"
-                         r"Loading `\w+_dataloader` to estimate number of stepping batches|"
-                         r"Trainer already configured with model summary callbacks")
-LIGHTNING_LOGGERS = ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero")
-# Packages whose own deprecation warnings the lab's users cannot act on.
-DEPENDENCIES = r"(lightning|lightning_fabric|lightning_utilities|torch|torchvision|torchmetrics|onnx|onnxscript|" \
-               r"onnxruntime|optuna|tensorboard|google\.protobuf)(\.|$)"
-SRUN_HINT = r"The `srun` command is available on your system but is not used"
-
-
-class BoilerplateFilter(logging.Filter):
-    """Drops the records whose message is `BOILERPLATE`."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not BOILERPLATE.match(record.getMessage())
-
-
-def quiet_lightning() -> None:
-    """Filter Lightning's boilerplate lines and the dependencies' deprecation warnings (module doc);
-    idempotent."""
-    for name in LIGHTNING_LOGGERS:
-        logger = logging.getLogger(name)
-        if not any(isinstance(f, BoilerplateFilter) for f in logger.filters):
-            logger.addFilter(BoilerplateFilter())
-    warnings.filterwarnings("ignore", message=SRUN_HINT)
-    for category in (DeprecationWarning, FutureWarning):
-        warnings.filterwarnings("ignore", category=category, module=DEPENDENCIES)
 
 
 class OneBasedEpochs:
@@ -109,5 +72,4 @@ class FlopsSummary(RichModelSummary):
                                    self.flops, **summarize_kwargs)
 
 
-__all__ = ["EpochCSVLogger", "EpochTensorBoardLogger", "FlopsSummary", "OneBasedEpochs", "example_input",
-           "quiet_lightning"]
+__all__ = ["EpochCSVLogger", "EpochTensorBoardLogger", "FlopsSummary", "OneBasedEpochs", "example_input"]

@@ -31,6 +31,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from xvol_lab.atomic import write_text
 from xvol_lab.data import build_datamodule
 from xvol_lab.errors import ConfigError
+from xvol_lab.quiet import quiet_lightning
 from xvol_lab.schema import to_dict
 from xvol_lab.tasks.callbacks import EpochHistory, PreemptionCheckpoint, ProgressBar
 from xvol_lab.tasks.cluster import cluster_plugins
@@ -38,7 +39,7 @@ from xvol_lab.tasks.config import RunConfig, dump_run_config
 from xvol_lab.tasks.curve import LearningCurve
 from xvol_lab.tasks.execution import deterministic_mode, effective_optim, sync_batchnorm
 from xvol_lab.tasks.fingerprint import FINGERPRINT_JSON, environment_fingerprint
-from xvol_lab.tasks.output import EpochCSVLogger, EpochTensorBoardLogger, FlopsSummary, example_input, quiet_lightning
+from xvol_lab.tasks.output import EpochCSVLogger, EpochTensorBoardLogger, FlopsSummary, example_input
 from xvol_lab.tasks.registry import task_record
 from xvol_lab.tasks.transfer import init_backbone
 
@@ -97,7 +98,7 @@ def build_trainer(config: RunConfig, run_dir: Path, *, callbacks: Iterable[Callb
                   progress: bool = True, resume: Path | None = None) -> L.Trainer:
     """The Lightning Trainer of a run: checkpoints, CSV + TensorBoard logs, LR monitor, progress bar;
     `deterministic` and `sync_batchnorm` resolved for the hardware (`xvol_lab.tasks.execution`);
-    Lightning's boilerplate output filtered (`xvol_lab.tasks.output`)."""
+    Lightning's boilerplate output filtered (`xvol_lab.quiet`)."""
     quiet_lightning()
     record = task_record(config.task)
     monitor, mode = record.monitor, record.mode
