@@ -5,12 +5,17 @@ Ctrl-C is exit code 130."""
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
+import tomllib
+from importlib import import_module
 
 import pytest
 
 from xvol_lab.cli import bench
 from xvol_lab.cli.args import split_set_lists
-from xvol_lab.cli.main import main
+from xvol_lab.cli.main import build_parser, main
+from xvol_lab.paths import REPO_ROOT
 
 # The command groups README.md documents, in --help order, with the start of each one's help line.
 COMMANDS = {"train": "train one model", "study": "architecture searches", "predict": "run an exported model",
@@ -35,6 +40,29 @@ def test_help_lists_every_command_in_order(capsys):
     listed = listed_commands(capsys.readouterr().out)
     assert list(listed) == list(COMMANDS)
     assert all(listed[name].startswith(start) for name, start in COMMANDS.items()), listed
+
+
+def test_top_level_help_is_the_full_parsers_without_importing_the_commands():
+    lines = {name: listed_commands(build_parser(full=()).format_help())[name] for name in COMMANDS}
+    assert lines == listed_commands(build_parser().format_help())  # each module's own help line
+    code = ("import sys\nfrom xvol_lab.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n"
+            "    pass\nprint(sorted(m for m in ('torch', 'lightning', 'optuna') if m in sys.modules))")
+    run = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, check=True)
+    assert run.stdout.splitlines()[-1] == "[]"
+
+
+def test_console_script_and_python_m_give_lab_py_help():
+    def help_of(argv: list[str]) -> str:
+        return subprocess.run(argv, cwd=REPO_ROOT, capture_output=True, text=True, check=True).stdout
+
+    lab = help_of([sys.executable, "lab.py", "--help"])
+    assert lab.startswith("usage: lab.py ") and "train one model" in lab
+    assert help_of([sys.executable, "-m", "xvol_lab", "--help"]) == lab
+    target = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["scripts"]["xvol-lab"]
+    module, function = target.split(":")  # what the installed `xvol-lab` script runs
+    script = f"import sys; from {module} import {function}; sys.exit({function}())"
+    assert help_of([sys.executable, "-c", script, "--help"]) == lab
+    assert getattr(import_module(module), function) is main
 
 
 @pytest.mark.parametrize("command", list(COMMANDS))

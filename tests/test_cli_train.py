@@ -67,6 +67,12 @@ def test_help_documents_every_option(capsys):
     (["--set", "trainer.max_epochs=two"],
      "--set trainer.max_epochs=two: trainer.max_epochs: got 'two', expected an integer"),
     (["--set", "nothing"], "--set 'nothing': expected key=value"),
+    (["--set", "trainer.no_such_arg=1"], "--set trainer.no_such_arg=1: trainer.no_such_arg: unknown key; expected "
+                                         "a field of the trainer section or an argument of lightning.Trainer"),
+    (["--set", "trainer.logger=false"], "--set trainer.logger=false: trainer.logger: set by the lab, not by a "
+                                        "config: the lab logs to metrics.csv and tb/ in the run folder"),
+    (["--set", "trainer.max_steps=ten"],
+     "--set trainer.max_steps=ten: trainer.max_steps: got 'ten', expected an integer"),
     (["--max-epochs", "0"],
      "--max-epochs trainer.max_epochs=0: trainer.max_epochs: got 0, expected an integer"),
     (["--config", "cfg.yaml"], "cfg.yaml: optim.lr: got 'x', expected a number"),
@@ -84,6 +90,17 @@ def test_bad_input_exits_2_with_one_line(tmp_path, monkeypatch, capsys, argv, me
     assert err.startswith(f"lab.py: error: {message}")
     assert err.count("\n") == 1 and out == ""
     assert not (tmp_path / "r").exists() and not (tmp_path / "runs").exists()
+
+
+def test_any_lightning_trainer_argument_passes_through(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    code, out, err = run_main(capsys, "train", "--run-dir", str(run_dir), "--set", "trainer.fast_dev_run=true",
+                              *tiny(tmp_path / "data"))
+    assert code == 0, err
+    assert load_run_config(run_dir / "config.yaml").trainer.extra == {"fast_dev_run": True}
+    assert "  fast_dev_run: true\n" in (run_dir / "config.yaml").read_text()
+    assert json.loads((run_dir / "results.json").read_text())["epochs"] == 1.0  # one batch each, one epoch
+    assert not (run_dir / "checkpoints").exists()  # fast_dev_run: Lightning saves no checkpoint
 
 
 def test_bad_choice_is_an_argparse_error(capsys):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import filecmp
+import json
 from pathlib import Path
 
 import onnx
@@ -162,6 +163,43 @@ def test_model_card_names_study_trial_metrics_costs_and_spec(exported, trained):
     assert "| 3 | xvol_pssa(L=2) |" in card and "| 4 | xvol_sa |" in card  # stages 1..4, as in the paper
     assert (out / "trial_1" / "spec.json").read_text().strip() in card
     assert "validation images of shapes" in card and "same predicted class for every image" in card
+
+
+def test_model_card_and_onnx_metadata_say_how_to_run_the_model(exported, trained):
+    _, out = exported
+    _, _, run_dir, _ = trained
+    folder = out / "trial_1"
+    datamodule = build_datamodule(load_run_config(run_dir / "config.yaml").data)
+    datamodule.setup("validate")
+    mean, std = [list(map(float, v)) for v in (datamodule.normalize.mean, datamodule.normalize.std)]
+    fingerprint = json.loads((run_dir / "fingerprint.json").read_text())
+    card = (folder / "MODEL_CARD.md").read_text()
+    assert "- task: classification; input `images` (N, 3, 16, 16) normalised like the validation data" in card
+    assert f"- mean: {mean}, std: {std}" in card and f"- classes (label order): {datamodule.classes}" in card
+    assert f"threads {fingerprint['threads']}" in card and f"torch {torch.__version__}" in card
+    if not (folder / "model.onnx").is_file():
+        pytest.skip("this trial exported model.pt2 (ONNX export failed): no metadata_props to read")
+    props = {p.key: p.value for p in onnx.load(str(folder / "model.onnx")).metadata_props}
+    assert props["task"] == "classification" and json.loads(props["image_size"]) == 16
+    assert props["input"].startswith("input `images` (N, 3, 16, 16)")
+    assert json.loads(props["mean"]) == mean and json.loads(props["std"]) == std
+    assert json.loads(props["classes"]) == list(datamodule.classes) and len(datamodule.classes) == NUM_CLASSES
+    assert BackboneSpec.from_dict(json.loads(props["spec"])) == BackboneSpec.from_json(
+        (folder / "spec.json").read_text())
+    assert json.loads(props["fingerprint"]) == fingerprint
+    assert json.loads(props["versions"])["torch"] == torch.__version__
+    assert json.loads(props["versions"])["onnx"] == onnx.__version__
+    # With only model.onnx: preprocess a validation image from the metadata alone, get the trained answer.
+    images = val_images(run_dir, 4)  # normalised as training did
+    raw = images * torch.tensor(std)[:, None, None] + torch.tensor(mean)[:, None, None]  # x / 255
+    again = (raw - torch.tensor(json.loads(props["mean"]))[:, None, None]) / torch.tensor(
+        json.loads(props["std"]))[:, None, None]
+    session = onnxruntime.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
+    task = ClassificationTask.load_from_checkpoint(folder / "best.ckpt", map_location="cpu")
+    with torch.no_grad():
+        expected = task.model.eval()(images)
+    logits = torch.from_numpy(session.run(None, {"images": again.numpy()})[0])
+    assert torch.equal(logits.argmax(1), expected.argmax(1))
 
 
 def test_a_failing_check_exits_1_and_writes_nothing(trained, tmp_path, monkeypatch, capsys):

@@ -12,6 +12,7 @@ from optuna.distributions import CategoricalDistribution
 from optuna.trial import create_trial
 
 from xvol_lab.cli.main import main
+from xvol_lab.errors import ConfigError
 from xvol_lab.markdown import format_number
 from xvol_lab.study import stats
 from xvol_lab.study.results import write_results
@@ -43,11 +44,16 @@ def study_file(folder: Path, name: str) -> Path:
     return path
 
 
-def add_seeded(study, params: dict, distributions: dict, acc1: list[float]) -> None:
-    """A configuration trained with seeds 0, 1, 2 as the study engine stores it."""
+def add_seeded(study, params: dict, distributions: dict, acc1: list[float], threads: int | None = None) -> None:
+    """A configuration trained with seeds 0, 1, 2 as the study engine stores it (with `threads`: and
+    a fingerprint of a run on that many threads)."""
     seeds = list(range(len(acc1)))
     attrs = {"seeds": seeds, "per_seed": {"val/acc1": acc1, "params_m": [0.1] * len(acc1)},
              "val/acc1": statistics.fmean(acc1), "params_m": 0.1, "flops_g": 0.01}
+    if threads is not None:
+        attrs["fingerprint"] = {"threads": threads, "backend": "cpu", "device": "cpu: Xeon",
+                                "precision": "32-true", "torch": "2.9.0", "lightning": "2.6.4",
+                                "optuna": "5.0.0", "xvol_lab": "0.1.0"}
     study.add_trial(create_trial(values=[statistics.fmean(acc1)], params=params, distributions=distributions,
                                  user_attrs=attrs))
 
@@ -169,3 +175,20 @@ def test_equivalence_at_the_ceiling_is_not_evidence(tmp_path):
     pssa = claim(results_text(tmp_path), "PSSA is about as good as global SA")
     assert "**Verdict: not distinguishable at this budget: both at the ceiling (MDE " in pssa
     assert "reproduced" not in pssa
+
+
+def test_studies_whose_trials_ran_with_other_threads_are_refused_unless_allowed(tmp_path):
+    study = open_study(tmp_path / "runs", "op_ablation", ["maximize"])
+    dist = {"stage3.op": CategoricalDistribution(OPS)}
+    for op, threads in [("conv", 1), ("xvol_pssa", 2), ("sa", 1)]:
+        add_seeded(study, {"stage3.op": op}, dist, shifted([0.1, 0.1, 0.1]) if op != "conv" else CONV, threads)
+    files = [str(study_file(tmp_path, "op_ablation"))]
+    out = tmp_path / "RESULTS.md"
+    with pytest.raises(ConfigError, match=r"study op_ablation: .*fingerprint field `threads`: 1 in trials 0, 2; "
+                                          r"2 in trial 1; .*--allow-mixed"):
+        write_results(out, tmp_path / "runs", files)
+    assert not out.exists()
+    write_results(out, tmp_path / "runs", files, allow_mixed=True)
+    assert ("- **mixed environments (--allow-mixed)**: `threads`: 1 in trials 0, 2; 2 in trial 1"
+            in out.read_text())
+

@@ -68,7 +68,7 @@ def test_retry_continues_from_the_last_checkpoint_and_ends_as_an_uninterrupted_r
     assert sorted(p.name for p in (runs / "resume").glob("trial_*")) == ["trial_0"]  # the same folder
     log = (seed_dir / "trial.log").read_text()
     assert log.count("Restored all states from the checkpoint") == 1  # continued, not started over
-    assert val_epochs(seed_dir / "metrics.csv") == [0, 1, 2]  # every epoch once
+    assert val_epochs(seed_dir / "metrics.csv") == [1, 2, 3]  # every epoch once, counted from 1
     assert sorted(retry.intermediate_values) == [1, 2, 3]  # inherited, then the remaining epochs
     resumed = json.loads((seed_dir / "result.json").read_text())
     # The same seed run, uninterrupted, in a trial process of its own (no storage: no reports).

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+import torch
 from _study_processes import load, run_command, trial_pids, wait_for
 from optuna.trial import FixedTrial, TrialState
 
@@ -52,6 +53,12 @@ def test_study_end_to_end(tiny_study, run_lab, tmp_path: Path, capsys):
         assert t.user_attrs["val/acc1"] == result["metrics"]["val/acc1"]
         assert t.user_attrs["per_seed"]["val/acc1"] == [result["metrics"]["val/acc1"]]
         assert t.user_attrs["epochs"] == result["metrics"]["epochs"]
+        fingerprint = json.loads((run_dir / "fingerprint.json").read_text())  # the environment it ran in
+        assert t.user_attrs["fingerprint"] == result["fingerprint"] == fingerprint
+        assert fingerprint["threads"] == 1 and fingerprint["precision"] == "32-true"  # OMP_NUM_THREADS=1
+        assert fingerprint["torch"] == torch.__version__ and fingerprint["device"].startswith("cpu: ")
+        assert fingerprint["kernel_build_failed"] is False
+        assert fingerprint["backend"] == ("none" if t.params["stage3.op"] == "conv" else "cpu")
         spec = BackboneSpec.from_json((run_dir / "spec.json").read_text())
         assert suggest_spec(FixedTrial(t.params), config.space, config.base.model) == spec
         if t.state == TrialState.COMPLETE:

@@ -4,11 +4,14 @@ one-line errors that name the file, the key and what was expected."""
 from __future__ import annotations
 
 import dataclasses
+import subprocess
+import sys
 
 import pytest
 
 from xvol_lab.errors import ConfigError
 from xvol_lab.models import BackboneSpec
+from xvol_lab.paths import REPO_ROOT
 from xvol_lab.schema import with_overrides
 from xvol_lab.tasks.config import (
     OptimConfig,
@@ -150,3 +153,41 @@ def test_trainer_config_validation():
         TrainerConfig(devices=0)
     with pytest.raises(ValueError, match=r"^gradient_clip_val: got 0.0, expected a number > 0 or null"):
         TrainerConfig(gradient_clip_val=0.0)
+
+
+def test_trainer_section_takes_any_lightning_trainer_argument_typed_by_its_signature(tmp_path):
+    (tmp_path / "cfg.yaml").write_text("trainer: {max_epochs: 2, max_steps: 7, profiler: simple, "
+                                       "overfit_batches: 2, max_time: {minutes: 5}}\n")
+    config = load_run_config(tmp_path / "cfg.yaml", ["trainer.fast_dev_run=3", "trainer.benchmark=true"])
+    assert config.trainer.max_epochs == 2  # a declared field stays one
+    assert config.trainer.extra == {"max_steps": 7, "profiler": "simple", "overfit_batches": 2,
+                                    "max_time": {"minutes": 5}, "fast_dev_run": 3, "benchmark": True}
+    assert type(config.trainer.extra["overfit_batches"]) is int  # Union[int, float]: an int stays an int
+    (tmp_path / "dump.yaml").write_text(dump_run_config(config))
+    assert load_run_config(tmp_path / "dump.yaml") == config  # written beside the declared keys, read back
+    assert "extra" not in (tmp_path / "dump.yaml").read_text()
+
+
+@pytest.mark.parametrize("override, message", [
+    ("trainer.no_such_arg=1", "trainer.no_such_arg: unknown key; expected a field of the trainer section or an "
+                              "argument of lightning.Trainer"),
+    ("trainer.callbacks=[]", "trainer.callbacks: set by the lab, not by a config: the lab sets its own"),
+    ("trainer.default_root_dir=/tmp", "trainer.default_root_dir: set by the lab, not by a config: it is the run "
+                                      "folder"),
+    ("trainer.fast_dev_run=maybe", "trainer.fast_dev_run: got 'maybe', expected int or bool"),
+    ("trainer.max_steps=1.5", "trainer.max_steps: got 1.5, expected an integer"),
+])
+def test_trainer_arguments_the_lab_sets_or_lightning_lacks_are_refused(override, message):
+    with pytest.raises(ConfigError) as err:
+        load_run_config(None, [override])
+    assert str(err.value).startswith(f"--set {override}: {message}")
+    with pytest.raises(ValueError, match=r"^max_epochs: given twice"):
+        TrainerConfig(extra={"max_epochs": 3})
+
+
+def test_reading_a_config_without_extra_trainer_arguments_does_not_import_lightning():
+    code = ("import sys\nfrom xvol_lab.tasks.config import load_run_config\nload_run_config(None, "
+            "['trainer.max_epochs=2'])\nprint('lightning' in sys.modules)")
+    run = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, check=True)
+    assert run.stdout.split() == ["False"]
+

@@ -58,8 +58,8 @@ def test_curve_leaves_the_run_unchanged_and_its_epoch_end_points_equal_val_acc1(
     for name, tensor in weights[0].items():
         torch.testing.assert_close(weights[1][name], tensor, rtol=0, atol=0)
     assert len(curve.accuracies) == 2 * 4  # 8 batches per epoch, 4 points each
-    assert curve.accuracies[3] == pytest.approx(float(_epoch_acc1(tmp_path / "curve", 0)), abs=1e-6)
-    assert curve.accuracies[7] == pytest.approx(float(_epoch_acc1(tmp_path / "curve", 1)), abs=1e-6)
+    assert curve.accuracies[3] == pytest.approx(float(_epoch_acc1(tmp_path / "curve", 1)), abs=1e-6)
+    assert curve.accuracies[7] == pytest.approx(float(_epoch_acc1(tmp_path / "curve", 2)), abs=1e-6)
     assert measured[VAL_ACC1_AUC] == pytest.approx(area(curve.accuracies, 0.25), abs=1e-6)
 
 

@@ -101,8 +101,8 @@ def epoch_values(rows, key: str) -> dict[int, float]:
 def test_short_run_lowers_the_loss_and_beats_chance(trained):
     config, run_dir, result, _ = trained
     losses = epoch_values(csv_rows(run_dir), f"{TRAIN_LOSS}_epoch")
-    assert sorted(losses) == list(range(EPOCHS))
-    assert losses[EPOCHS - 1] < losses[0] - 0.2, losses
+    assert sorted(losses) == list(range(1, EPOCHS + 1))  # epochs counted from 1, as the bar and logs count
+    assert losses[EPOCHS] < losses[1] - 0.2, losses
     assert result[VAL_ACC1] >= 0.25 + 0.1  # 4 balanced classes: chance is 0.25
     assert result[VAL_ACC5] == 1.0  # top-5 is clipped to the 4 classes
 
@@ -111,7 +111,7 @@ def test_fit_returns_the_best_epoch_and_writes_the_run_files(trained):
     config, run_dir, result, _ = trained
     val_acc = epoch_values(csv_rows(run_dir), VAL_ACC1)
     best = max(val_acc, key=lambda e: (val_acc[e], -e))
-    assert result["best_epoch"] == best + 1 and result["epochs"] == EPOCHS
+    assert result["best_epoch"] == best and result["epochs"] == EPOCHS  # one numbering: metrics.csv's
     assert result[VAL_ACC1] == pytest.approx(val_acc[best])
     assert result[VAL_LOSS] == pytest.approx(epoch_values(csv_rows(run_dir), VAL_LOSS)[best])
     assert result[TRAIN_LOSS] == pytest.approx(epoch_values(csv_rows(run_dir), f"{TRAIN_LOSS}_epoch")[best])
@@ -197,7 +197,7 @@ def test_resume_from_last_continues_at_the_next_epoch(trained, tmp_path):
     assert resumed["epochs"] == EPOCHS + 1
     rows = csv_rows(resumed_dir)
     # the epochs logged before the resume are kept, each once, and the new one is appended
-    assert sorted(epoch_values(rows, VAL_ACC1)) == list(range(EPOCHS + 1))
+    assert sorted(epoch_values(rows, VAL_ACC1)) == list(range(1, EPOCHS + 2))
     assert len([r for r in rows if r.get(VAL_ACC1)]) == EPOCHS + 1
     # the best epoch is chosen over the whole history, including the epochs before the resume
     val_acc = epoch_values(rows, VAL_ACC1)

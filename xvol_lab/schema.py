@@ -9,6 +9,11 @@ A fixed-length tuple field marked ``numbered("stage")`` (`BackboneSpec.stages`) 
 addressed 1-based, as the paper numbers them: ``stage1`` .. ``stage4``, in overrides and in error
 paths; the 0-based index spelling (``stages.2.op``) is refused with a line that gives the other.
 
+A dataclass may name, in its class attribute ``EXTRA_FIELD``, a ``dict[str, Any]`` field that takes
+the keys it does not declare (an open section, e.g. the Lightning Trainer arguments of
+`TrainerConfig`): `from_dict` puts them there for its ``__post_init__`` to check, `to_dict` writes
+them beside the declared keys, and an override may set a new one.
+
 Values are further validated by each dataclass's ``__post_init__``, which raises `ValueError`
 with a message that starts with the field name (``"op: got 'foo', expected one of ..."``);
 `from_dict` re-raises it as `ConfigError` prefixed with the path.
@@ -69,6 +74,12 @@ def _coerce(tp: Any, value: Any, path: str) -> Any:
     if coerce is None:
         raise TypeError(f"{path}: unsupported annotation {tp!r}")
     return coerce(tp, value, path)
+
+
+def check_value(tp: Any, value: Any, path: str) -> Any:
+    """`value` checked against the annotation `tp` as `from_dict` checks a field (ConfigError naming
+    `path`; TypeError for an annotation it does not support)."""
+    return _coerce(tp, value, path)
 
 
 def _union(tp: Any, value: Any, path: str) -> Any:
@@ -156,6 +167,10 @@ def from_dict(cls: type[T], data: Any, path: str = "") -> T:
         raise ConfigError(f"{path or cls.__name__}: got {data!r}, expected a mapping")
     hints = get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    extra = getattr(cls, "EXTRA_FIELD", None)
+    if extra is not None:  # an open section: the undeclared keys go to its extra field
+        declared = {k: v for k, v in data.items() if k in fields and k != extra}
+        data = {**declared, extra: {k: v for k, v in data.items() if k not in declared}}
     unknown = sorted(set(data) - set(fields))
     if unknown:
         raise ConfigError(f"{_join(path, unknown[0])}: unknown key; expected one of {', '.join(fields)}")
@@ -178,15 +193,29 @@ def _field(f: dataclasses.Field[Any], tp: Any, value: Any, path: str) -> Any:
                  for n, (a, v) in enumerate(zip(items, value, strict=True), start=1))
 
 
+class OpenSection(dict):
+    """A dataclass with an ``EXTRA_FIELD`` as overrides see it: a key may be added to it."""
+
+
+def _data(obj: Any, open_sections: bool) -> Any:
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        extra = getattr(obj, "EXTRA_FIELD", None)
+        out = {f.name: _data(getattr(obj, f.name), open_sections) for f in dataclasses.fields(obj)
+               if f.name != extra}
+        if extra is None:
+            return out
+        out.update(_data(getattr(obj, extra), open_sections))
+        return OpenSection(out) if open_sections else out
+    if isinstance(obj, (list, tuple)):
+        return [_data(v, open_sections) for v in obj]
+    if isinstance(obj, dict):
+        return {k: _data(v, open_sections) for k, v in obj.items()}
+    return obj
+
+
 def to_dict(obj: Any) -> Any:
     """Plain dicts/lists/scalars for a (nested) dataclass, the inverse of `from_dict`."""
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
-    if isinstance(obj, (list, tuple)):
-        return [to_dict(v) for v in obj]
-    if isinstance(obj, dict):
-        return {k: to_dict(v) for k, v in obj.items()}
-    return obj
+    return _data(obj, open_sections=False)
 
 
 def flatten(obj: Any, path: str = "") -> dict[str, Any]:
@@ -271,7 +300,7 @@ def _set_path(data: Any, tp: Any, keys: list[str], value: Any, done: str) -> Non
             raise ConfigError(f"{where}: index out of range; expected 0..{len(data) - 1}")
         index, sub = int(key), None
     elif isinstance(data, dict):
-        if key not in data:
+        if key not in data and not isinstance(data, OpenSection):
             raise ConfigError(f"{where}: unknown key; expected one of {', '.join(map(str, data))}")
         index, sub = key, _field_type(tp, key)
     else:
@@ -300,7 +329,7 @@ def with_overrides(obj: T, overrides: typing.Iterable[str], label: str | None = 
     """
     overrides = list(overrides)
     if label is None:
-        return from_dict(type(obj), _set_overrides(type(obj), to_dict(obj), overrides))
+        return from_dict(type(obj), _set_overrides(type(obj), _data(obj, open_sections=True), overrides))
     for text in overrides:
         parse_override(text)  # a malformed item names itself
     try:

@@ -49,6 +49,12 @@ def _common(parser: argparse.ArgumentParser, what: str) -> None:
                         help="runs folder (default: runs)")
 
 
+def _allow_mixed(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--allow-mixed", action="store_true",
+                        help="compare trials that ran in different environments (threads, kernel backend, "
+                             "device, precision, versions: their fingerprints); the output is marked")
+
+
 def add_study_commands(study_subparsers: argparse._SubParsersAction) -> None:
     """Add `report`, `export` and `results` to the `lab.py study` sub-commands."""
     report = study_subparsers.add_parser("report", help="tables, plots and report.md of a study",
@@ -56,6 +62,7 @@ def add_study_commands(study_subparsers: argparse._SubParsersAction) -> None:
                                          formatter_class=argparse.RawDescriptionHelpFormatter)
     _common(report, "report")
     report.add_argument("--format", choices=list(FORMATS), default="md", help="format of the table files")
+    _allow_mixed(report)
     report.set_defaults(func=cmd_report)
 
     export = study_subparsers.add_parser("export", description=EXPORT_HELP,
@@ -73,6 +80,7 @@ def add_study_commands(study_subparsers: argparse._SubParsersAction) -> None:
                          help=f"where to write it (default: {RESULTS_MD})")
     results.add_argument("--runs", type=Path, default=Path("runs"), metavar="DIR",
                          help="runs folder holding <study>/study.db (default: runs)")
+    _allow_mixed(results)
     results.set_defaults(func=cmd_results)
 
 
@@ -80,7 +88,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     """Write the report folder and print where report.md is."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     data = load_study_data(args.name, runs=args.runs, storage_url=storage_argument(args))
-    path = write_report(data, args.out or args.runs / data.name / "report", args.format)
+    path = write_report(data, args.out or args.runs / data.name / "report", args.format,
+                        allow_mixed=args.allow_mixed)
     print(path)
     return 0
 
@@ -102,5 +111,5 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_results(args: argparse.Namespace) -> int:
     """Write RESULTS.md and print its path."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    print(write_results(args.out, args.runs))
+    print(write_results(args.out, args.runs, allow_mixed=args.allow_mixed))
     return 0

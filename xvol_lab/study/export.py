@@ -7,8 +7,11 @@ Any task. Each exported trial gets a folder ``trial_<n>/`` with::
     best.ckpt      the trained Lightning checkpoint (copied from the trial's run dir)
     deploy.pt      the re-parameterized network with its classes and preprocessing
                    (`xvol_lab.tasks.export.load_deployed`; `lab.py predict` runs it)
-    model.onnx     the deploy network in ONNX (opset 17, fixed image size; `xvol_lab.tasks.onnx`)
-    MODEL_CARD.md  the task's metrics, params, FLOPs/MACs, latency, study and trial, spec, the check
+    model.onnx     the deploy network in ONNX (opset 17, fixed image size; `xvol_lab.tasks.onnx`), its
+                   metadata_props describing it (`xvol_lab.tasks.describe`: task, input, size, mean
+                   and std, classes, spec, versions, the training run's fingerprint)
+    MODEL_CARD.md  the task's metrics, params, FLOPs/MACs, latency, study and trial, spec, inputs and
+                   preprocessing, versions and fingerprint, the check
 
 The check (`verify_export`): on validation images of the trial's data (seeded random images when
 the data cannot be loaded), the deploy checkpoint and the ONNX model must reproduce the trained
@@ -20,11 +23,14 @@ replaced whole, and only when every trial passed.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
+import json
 import logging
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import torch
@@ -32,12 +38,14 @@ from optuna.trial import FrozenTrial
 from torch import Tensor
 
 from xvol_lab.errors import ConfigError
+from xvol_lab.study.environment import fingerprint_of
 from xvol_lab.study.report.columns import STAGE_COLUMNS
 from xvol_lab.study.report.source import StudyData, configuration_label, control_role
 from xvol_lab.study.report.tables import objective_column, trials_table
 from xvol_lab.study.report.writer import format_number, markdown_table, staged_dir
 from xvol_lab.study.standing import best_trials
 from xvol_lab.tasks.config import RunConfig, load_run_config
+from xvol_lab.tasks.describe import description_lines, export_description, onnx_metadata
 from xvol_lab.tasks.export import (
     DataInfo,
     data_info,
@@ -47,7 +55,16 @@ from xvol_lab.tasks.export import (
     load_trained,
     validation_batch,
 )
-from xvol_lab.tasks.onnx import ONNX_FILE, OPSET, PROGRAM_FILE, export_portable, fixed_size, load_portable
+from xvol_lab.tasks.fingerprint import FINGERPRINT_JSON
+from xvol_lab.tasks.onnx import (
+    ONNX_FILE,
+    OPSET,
+    PROGRAM_FILE,
+    export_portable,
+    fixed_size,
+    load_portable,
+    write_metadata,
+)
 from xvol_lab.tasks.registry import task_record
 from xvol_lab.tasks.runner import CHECKPOINT_DIR
 from xvol_lab.tasks.verify import DEPLOY_TOL, LOGITS_TOL, Comparison, compare_outputs
@@ -157,8 +174,10 @@ def verify_export(folder: Path, images: Tensor | list[Tensor],
 
 
 def model_card(data: StudyData, trial: FrozenTrial, config: RunConfig, row: pd.Series,
-               check: CheckResult, fallback: str | None = None) -> str:
-    """The MODEL_CARD.md text of an exported trial (`row`: its line of `trials_table`)."""
+               check: CheckResult, fallback: str | None = None,
+               description: dict[str, Any] | None = None) -> str:
+    """The MODEL_CARD.md text of an exported trial (`row`: its line of `trials_table`; `description`:
+    `xvol_lab.tasks.describe.export_description`, its inputs and environment)."""
     spec = config.model
     objectives = ", ".join(f"{objective_column(m)} {format_number(v)} ({d})"
                            for m, v, d in zip(data.metric_names, trial.values, data.directions, strict=True))
@@ -180,6 +199,7 @@ def model_card(data: StudyData, trial: FrozenTrial, config: RunConfig, row: pd.S
         "the unit of torchvision's and the paper's figures.", "",
         markdown_table(values),
         "## Architecture", "", markdown_table(stages), "```json", spec.to_json(), "```", "",
+        *(description_lines(description) if description is not None else []),
         "## Files", "",
         f"- `{SPEC}`: the spec; `lab.py train --arch {SPEC}` retrains it, `BackboneSpec.from_json` reads it",
         f"- `{CONFIG}`: the run config; `lab.py train --config {CONFIG}` retrains the trial",
@@ -192,6 +212,14 @@ def model_card(data: StudyData, trial: FrozenTrial, config: RunConfig, row: pd.S
          f"- `{PROGRAM_FILE}`: the deploy network as a `torch.export` program (`torch.export.load`), "
          f"dynamic batch; no `{ONNX_FILE}`: {fallback}"), "",
         "## Check", "", check.describe(), ""])
+
+
+def training_fingerprint(trial: FrozenTrial, run_dir: Path) -> dict[str, Any] | None:
+    """The environment the exported run trained in: its fingerprint.json, else the trial's stored one."""
+    try:
+        return json.loads((run_dir / FINGERPRINT_JSON).read_text())
+    except (OSError, ValueError):
+        return fingerprint_of(trial)
 
 
 def export_trial(data: StudyData, trial: FrozenTrial, folder: Path, row: pd.Series) -> CheckResult:
@@ -215,11 +243,15 @@ def export_trial(data: StudyData, trial: FrozenTrial, folder: Path, row: pd.Seri
         _, fallback = export_portable(load_deploy(folder / DEPLOY), folder, images[0], config.task)
     except RuntimeError as err:
         raise ExportCheckError(f"study {data.name}, trial {trial.number}: {err}") from None
+    description = export_description(dataclasses.replace(config, model=spec), info,
+                                     training_fingerprint(trial, run_dir))
+    if fallback is None:
+        write_metadata(folder / ONNX_FILE, onnx_metadata(description))
     check = verify_export(folder, images, source)
     if check.problems():
         raise ExportCheckError(f"study {data.name}, trial {trial.number}: {'; '.join(check.problems())} "
                                f"(on {source})")
-    (folder / CARD).write_text(model_card(data, trial, config, row, check, fallback))
+    (folder / CARD).write_text(model_card(data, trial, config, row, check, fallback, description))
     return check
 
 

@@ -10,7 +10,8 @@ own run folder ``trial_<n>/seed_<s>/``. `combine` turns the seeds' outcomes into
 - user attrs: ``seeds`` (the seeds run, in order), ``per_seed`` (metric -> list of values aligned
   with ``seeds``, None where a seed has none) for every objective and every numeric metric of the
   seeds' result.json (``val/acc1``, ``epochs``, ``params_m``, ``latency_ms``, ...), and each such
-  metric's mean over the seeds that have it under its plain name.
+  metric's mean over the seeds that have it under its plain name; ``fingerprint``: the seeds'
+  environment fingerprints combined (`xvol_lab.study.environment`).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from typing import Any, Literal
 from xvol_lab.models import BackboneSpec
 from xvol_lab.schema import from_dict, to_dict
 from xvol_lab.study.config import LATENCY_DEVICE, MEASURE_ERROR, MEASURED, PrunerConfig
+from xvol_lab.study.environment import FINGERPRINT_ATTR, combine_fingerprints
 from xvol_lab.study.files import LOG, REQUEST, RESULT, read_json, write_json
 from xvol_lab.tasks.config import RunConfig
 
@@ -97,6 +99,8 @@ def finished_outcome(run_dir: Path) -> Outcome | None:
         return None
     attrs = dict(result.get("metrics") or {})
     attrs.update({k: result[k] for k in (*MEASURED, LATENCY_DEVICE, MEASURE_ERROR) if k in result})
+    if isinstance(result.get(FINGERPRINT_ATTR), dict):
+        attrs[FINGERPRINT_ATTR] = result[FINGERPRINT_ATTR]
     return Outcome(result["state"], result.get("reason"), result.get("values"), attrs)
 
 
@@ -138,6 +142,9 @@ def combine(runs: Sequence[tuple[int, Outcome]], n_seeds: int) -> Outcome:
         texts = list(dict.fromkeys(str(o.attrs[name]) for _, o in runs if o.attrs.get(name)))
         if texts:
             attrs[name] = " / ".join(texts)
+    fingerprints = [o.attrs[FINGERPRINT_ATTR] for _, o in runs if isinstance(o.attrs.get(FINGERPRINT_ATTR), dict)]
+    if fingerprints:
+        attrs[FINGERPRINT_ATTR] = combine_fingerprints(fingerprints)
     last_seed, last = runs[-1]
     if last.state != "complete":
         reason = last.reason

@@ -34,6 +34,7 @@ class StudyState:
     tally: Tally
     best: str
     remaining_s: float | None
+    kernel_failures: str = ""  # `xvol_lab.study.environment.build_failure_text` of the trials, '' if none
 
 
 def format_duration(seconds: float | None) -> str:
@@ -86,6 +87,8 @@ class LogView:
         self._started = time.time()
 
     def state(self, state: StudyState) -> None:
+        if state.kernel_failures and state.kernel_failures != (self._state and self._state.kernel_failures):
+            log.warning("%s: %s", state.name, state.kernel_failures)
         self._state = state
 
     def trial_started(self, number: int, arch: str) -> None:
@@ -129,6 +132,8 @@ class LiveView:
                       f"{t.failed} failed; {t.running} running)")
             table.add_row(Text.assemble((s.name, "bold"), counts))
             table.add_row(Text(f"best {s.best}"))
+            if s.kernel_failures:
+                table.add_row(Text(s.kernel_failures, style="bold yellow"))
             table.add_row(Text(f"elapsed {format_duration(time.time() - self._started)}, "
                                f"~{format_duration(s.remaining_s)} left"))
         if self._trial is not None:

@@ -34,6 +34,7 @@ from xvol_lab.errors import ConfigError
 from xvol_lab.markdown import format_number, markdown_table
 from xvol_lab.study import stats
 from xvol_lab.study.config import StudyConfig, list_study_files, load_study_config
+from xvol_lab.study.environment import check_comparable
 from xvol_lab.study.one_shot_report import one_shot_lines, one_shot_summary
 from xvol_lab.study.report import StudyData, ablation_table, load_study_data
 from xvol_lab.study.report.columns import CHANGED, CONFIGURATION, ROLE, SEED
@@ -305,13 +306,14 @@ def _claim_lines(claim: Claim, results: dict[str, StudyResult]) -> list[str]:
     return lines + notes + ([""] if notes else [])
 
 
-def _study_lines(result: StudyResult, runs: Path) -> list[str]:
+def _study_lines(result: StudyResult, runs: Path, allow_mixed: bool) -> list[str]:
     lines = [f"### {result.name}", ""]
     if result.data is None:
         return lines + [f"{NOT_RUN} ({result.reason}); run: {regenerate_command(result.name)}", ""]
     data = result.data
     table = ablation_table(data)
     lines += [f"- budget: {budget_text(data)}", f"- storage: `{shown_storage(runs, result.name)}`"]
+    lines += [f"- {line}" for line in check_comparable(data.name, data.complete, allow_mixed)]
     trivial = trivial_text(data.config)
     baseline = baseline_text(data, table, trivial)
     lines += [f"- baseline: {baseline}"] if baseline else [f"- trivial level: {trivial}"] if trivial else []
@@ -345,16 +347,20 @@ def _control_lines(data: StudyData, table: pd.DataFrame) -> list[str]:
     return lines
 
 
-def results_markdown(results: dict[str, StudyResult], runs: Path) -> str:
-    """The text of RESULTS.md."""
+def results_markdown(results: dict[str, StudyResult], runs: Path, allow_mixed: bool = False) -> str:
+    """The text of RESULTS.md. A study whose trials ran in different environments is refused
+    (ConfigError naming the field) unless `allow_mixed`, which marks its section."""
     lines = ["# Results", "", f"Written by `{COMMAND}` from the study storages; do not edit by hand.", "",
              RULES.format(margin=format_number(EQUIVALENCE_MARGIN)), ""]
+    used = list(dict.fromkeys(n for claim in CLAIMS for n in claim.studies(results)))
+    for name in used:  # refused before any text is made
+        if results[name].data is not None:
+            check_comparable(name, results[name].data.complete, allow_mixed)
     for claim in CLAIMS:
         lines += _claim_lines(claim, results)
-    used = list(dict.fromkeys(n for claim in CLAIMS for n in claim.studies(results)))
     lines += ["## Studies", ""]
     for name in used:
-        lines += _study_lines(results[name], runs)
+        lines += _study_lines(results[name], runs, allow_mixed)
     lines += _one_shot_section(results, runs)
     return "\n".join(lines).rstrip() + "\n"
 
@@ -383,10 +389,11 @@ def _one_shot_section(results: dict[str, StudyResult], runs: Path) -> list[str]:
 
 
 def write_results(out: Path = Path(RESULTS_MD), runs: Path = Path("runs"),
-                  study_files: Sequence[Path] | None = None) -> Path:
-    """Write RESULTS.md to `out` (atomically) from the storages under `runs`; returns `out`."""
+                  study_files: Sequence[Path] | None = None, *, allow_mixed: bool = False) -> Path:
+    """Write RESULTS.md to `out` (atomically) from the storages under `runs`; returns `out`.
+    `allow_mixed`: compare trials that ran in different environments (marked)."""
     files = list_study_files() if study_files is None else list(study_files)
-    text = results_markdown(load_results(runs, files), runs)
+    text = results_markdown(load_results(runs, files), runs, allow_mixed)
     try:
         atomic.write_text(out, text)
     except OSError as err:

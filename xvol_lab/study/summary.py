@@ -11,6 +11,7 @@ from rich.text import Text
 
 from xvol_lab.errors import ConfigError
 from xvol_lab.study.config import StudyConfig
+from xvol_lab.study.environment import build_failure_text
 from xvol_lab.study.ledger import tally
 from xvol_lab.study.progress import best_text, format_duration
 from xvol_lab.study.settings import with_stored_settings
@@ -93,5 +94,6 @@ def status(name: str, config: StudyConfig, url: str) -> tuple[Table, list[str]]:
         raise ConfigError(f"study {name}: nothing in {shown_url(url)} yet (run `lab.py study run` first)")
     config = with_stored_settings(config, study)
     trials = study.get_trials(deepcopy=False)
+    failures = build_failure_text(trials)
     return trial_table(config, trials), [f"{counts_text(name, config, trials)} [{shown_url(url)}]",
-                                         *best_lines(config, trials)]
+                                         *best_lines(config, trials), *([failures] if failures else [])]

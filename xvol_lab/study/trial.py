@@ -4,8 +4,9 @@ It reads TRIAL_DIR/trial.json (`xvol_lab.study.outcome.TrialRequest`: run config
 `xvol_lab.tasks.runner.fit` with a progress file and (single objective with a pruner) a per-epoch
 reporter to the study's storage (URL in the environment), measures the deploy form, and writes
 TRIAL_DIR/result.json: ``{state: complete|pruned|failed, reason, values, metrics, params_m,
-latency_ms}``. Under DDP every process runs this module; only global rank 0 opens the storage and
-writes files. With ``resume: last`` in trial.json it continues from TRIAL_DIR's last checkpoint.
+latency_ms, fingerprint}`` (fingerprint: the run's fingerprint.json, `xvol_lab.tasks.fingerprint`).
+Under DDP every process runs this module; only global rank 0 opens the storage and writes files.
+With ``resume: last`` in trial.json it continues from TRIAL_DIR's last checkpoint.
 The exit code is 0 unless the trial failed; SIGTERM or SIGUSR1 (preemption, scancel, the study
 process stopping an srun step: `xvol_lab.study.launch.stop_signal`) stops it after the
 running batch with a checkpoint of that point (`xvol_lab.tasks.callbacks.PreemptionCheckpoint`),
@@ -30,7 +31,8 @@ from xvol_lab.allocator import keep_freed_memory
 from xvol_lab.errors import ConfigError
 from xvol_lab.study.callbacks import ProgressFile, PruningReporter
 from xvol_lab.study.config import MEASURED, PrunerConfig
-from xvol_lab.study.files import PROGRESS, REQUEST, RESULT, write_json
+from xvol_lab.study.environment import FINGERPRINT_ATTR
+from xvol_lab.study.files import PROGRESS, REQUEST, RESULT, read_json, write_json
 from xvol_lab.study.launch import STORAGE_ENV, usr1_stops_like_sigterm, watch_lifeline
 from xvol_lab.study.measure import measure
 from xvol_lab.study.outcome import INTERRUPTED_EXIT, TrialRequest, read_request
@@ -38,6 +40,7 @@ from xvol_lab.study.samplers import make_pruner
 from xvol_lab.study.slurm import apply_trial_gpus
 from xvol_lab.study.storage import open_storage
 from xvol_lab.tasks import NonFiniteLossError, fit
+from xvol_lab.tasks.fingerprint import FINGERPRINT_JSON
 from xvol_lab.tasks.supernet import SupernetTraining
 
 log = logging.getLogger("xvol_lab.study.trial")
@@ -150,7 +153,9 @@ def main(argv: list[str] | None = None) -> int:
         log.warning("trial %s stopped by SIGTERM; its last checkpoint is kept", request.trial_number)
         return INTERRUPTED_EXIT
     if global_rank() == 0:
-        write_json(trial_dir / RESULT, {"reason": None, **outcome})
+        fingerprint = read_json(trial_dir / FINGERPRINT_JSON)  # written by `fit`, also when it failed
+        write_json(trial_dir / RESULT, {"reason": None, **outcome,
+                                        **({FINGERPRINT_ATTR: fingerprint} if fingerprint else {})})
         log.info("trial %s %s%s", request.trial_number, outcome["state"],
                  f": {outcome['reason']}" if outcome.get("reason") else "")
     return exit_code(outcome, global_rank())

@@ -29,6 +29,7 @@ from xvol_lab.data.config import check_batches
 from xvol_lab.errors import ConfigError
 from xvol_lab.study import roles, signals
 from xvol_lab.study.config import StudyConfig, load_study_config
+from xvol_lab.study.environment import build_failure_text
 from xvol_lab.study.launch import trial_command, watch_lifeline
 from xvol_lab.study.ledger import Tally, tally
 from xvol_lab.study.outcome import Outcome
@@ -66,7 +67,8 @@ class Worker:
         t = tally(trials)
         self.view.state(StudyState(self.name, self.config.n_trials, t,
                                    best_text(trials, self.config.metric_names, self.config.directions),
-                                   remaining_seconds(trials, self.config.n_trials, t)))
+                                   remaining_seconds(trials, self.config.n_trials, t),
+                                   build_failure_text(trials)))
         return t
 
     def run(self) -> Tally:

@@ -150,12 +150,27 @@ class PreemptionCheckpoint(Callback):
 
 class ProgressBar(RichProgressBar):
     """The Rich progress bar, reading the logged metrics (which waits for the device) in training
-    only every `every` optimiser steps, as the loggers do; the bar itself advances every batch."""
+    only every `every` optimiser steps, as the loggers do; the bar itself advances every batch. Its
+    epochs are counted from 1 (``Epoch 1/5`` .. ``Epoch 5/5``), as the log lines and metrics.csv count them."""
 
     def __init__(self, every: int) -> None:
         super().__init__()
         self.every = every
         self._shown: dict[str, Any] | None = None
+
+    def _label_epoch(self, trainer: L.Trainer) -> None:
+        if self.progress is not None and self.train_progress_bar_id is not None:
+            text = f"Epoch {trainer.current_epoch + 1}" + (f"/{trainer.max_epochs}" if trainer.max_epochs else "")
+            self.progress.update(self.train_progress_bar_id, description=f"{text:{len(self.validation_description)}}")
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_train_epoch_start(trainer, pl_module)
+        self._label_epoch(trainer)
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        self._label_epoch(trainer)  # Lightning re-creates the bar after validation, counted from 0
 
     def get_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
         if trainer.training and self._shown is not None and trainer.global_step % self.every:

@@ -13,7 +13,7 @@ import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any, ClassVar, Literal, get_args
 
 import yaml
 
@@ -23,6 +23,7 @@ from xvol_lab.models import BackboneSpec
 from xvol_lab.models.detection import DetectorConfig
 from xvol_lab.schema import from_dict, is_int, parse_override, to_dict, with_overrides
 from xvol_lab.tasks.registry import DEFAULT_TASK, TASKS, Task, task_record
+from xvol_lab.tasks.trainer_args import check_trainer_args
 
 Precision = Literal["32-true", "bf16-mixed", "16-mixed", "64-true"]
 # Strategies that run this script once per process (so `fit` returns its metrics in every process).
@@ -104,8 +105,14 @@ class OptimConfig:
 
 @dataclass(frozen=True)
 class TrainerConfig:
-    """The `lightning.Trainer` arguments a run may set (see the Lightning docs for each), and how
+    """The `lightning.Trainer` arguments a run sets (see the Lightning docs for each), and how
     the network executes.
+
+    The fields below are the arguments the lab reads or resolves itself; any other argument of
+    `lightning.Trainer` may be given too (``trainer.fast_dev_run: true``, ``trainer.max_steps: 10``):
+    it is kept in `extra`, typed as Lightning's signature types it and passed through
+    (`xvol_lab.tasks.trainer_args`; the arguments the lab sets itself, such as callbacks and logger,
+    are refused with the reason).
 
     `deterministic: true` runs deterministic algorithms; on CUDA, where some backward kernels
     (bilinear upsampling, NLL loss, RoI Align) have no deterministic version, it becomes
@@ -138,8 +145,15 @@ class TrainerConfig:
     channels_last: bool = False
     curve_points: int = 0
     curve_images: int = 250
+    extra: dict[str, Any] = field(default_factory=dict, hash=False)  # other lightning.Trainer arguments
+
+    EXTRA_FIELD: ClassVar[str] = "extra"  # xvol_lab.schema: undeclared keys of the section go there
 
     def __post_init__(self) -> None:
+        declared = sorted(set(self.extra) & {f.name for f in dataclasses.fields(self)})
+        if declared:
+            raise ValueError(f"{declared[0]}: given twice (a field of the trainer section and an extra argument)")
+        object.__setattr__(self, "extra", check_trainer_args(self.extra))
         if self.curve_points < 0:
             raise ValueError(f"curve_points: got {self.curve_points}, expected an integer >= 0 (0: no curve)")
         for name in ("curve_images", "max_epochs", "num_nodes", "log_every_n_steps", "check_val_every_n_epoch",

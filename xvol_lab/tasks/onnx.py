@@ -6,11 +6,14 @@ Faster/Mask R-CNN (torchvision's, traced at opset 17): input ``image`` (C, S, S)
 call, outputs ``boxes``, ``labels``, ``scores`` and, for Mask R-CNN, ``masks`` (the network's
 eval outputs). The image size is fixed at export. When the ONNX exporter fails, `export_portable` writes
 ``model.pt2`` (`torch.export`, dynamic batch; classifier and Semantic FPN) and returns the reason.
+`write_metadata` / `read_metadata`: the model's ``metadata_props`` (what it is and how to feed it,
+`xvol_lab.tasks.describe`).
 """
 
 from __future__ import annotations
 
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from xvol_lab.atomic import atomic_path
 from xvol_lab.tasks.registry import task_record
 
 OPSET = 17
@@ -39,6 +43,24 @@ def export_onnx(network: nn.Module, path: Path, example: Tensor, task: str) -> N
             torch.onnx.export(network.eval(), (example[None],), str(path), opset_version=OPSET, dynamo=False,
                               input_names=["images"], output_names=["logits"],
                               dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}})
+
+
+def write_metadata(path: Path, props: Mapping[str, str]) -> None:
+    """Set the ``metadata_props`` of the ONNX model at `path` to `props` (replacing any; atomically)."""
+    import onnx
+
+    model = onnx.load(str(path))
+    del model.metadata_props[:]
+    onnx.helper.set_model_props(model, dict(props))
+    with atomic_path(path) as tmp:
+        onnx.save(model, str(tmp))
+
+
+def read_metadata(path: Path) -> dict[str, str]:
+    """The ``metadata_props`` of the ONNX model at `path`."""
+    import onnx
+
+    return {prop.key: prop.value for prop in onnx.load(str(path), load_external_data=False).metadata_props}
 
 
 def fixed_size(images: Any, size: int, task: str) -> Any:
@@ -110,4 +132,4 @@ class OnnxNetwork:
 
 
 __all__ = ["ONNX_FILE", "OPSET", "PROGRAM_FILE", "OnnxNetwork", "export_onnx", "export_portable",
-           "fixed_size", "load_portable"]
+           "fixed_size", "load_portable", "read_metadata", "write_metadata"]

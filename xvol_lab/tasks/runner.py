@@ -10,6 +10,8 @@ Layout of ``run_dir``::
     checkpoints/       best.ckpt (best epoch by the task's monitor) and last.ckpt (the latest epoch,
                        or the step a SIGTERM stopped)
     results.json       what `fit` returned (written at the end)
+    fingerprint.json   the environment the run trained in (`xvol_lab.tasks.fingerprint`; written
+                       when training ends, also when it fails)
 """
 
 from __future__ import annotations
@@ -25,18 +27,20 @@ from pathlib import Path
 import lightning.pytorch as L
 import torch
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
-from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 
 from xvol_lab.atomic import write_text
 from xvol_lab.data import build_datamodule
 from xvol_lab.errors import ConfigError
+from xvol_lab.quiet import quiet_lightning
 from xvol_lab.schema import to_dict
 from xvol_lab.tasks.callbacks import EpochHistory, PreemptionCheckpoint, ProgressBar
 from xvol_lab.tasks.cluster import cluster_plugins
 from xvol_lab.tasks.config import RunConfig, dump_run_config
 from xvol_lab.tasks.curve import LearningCurve
 from xvol_lab.tasks.execution import deterministic_mode, effective_optim, sync_batchnorm
+from xvol_lab.tasks.fingerprint import FINGERPRINT_JSON, environment_fingerprint
+from xvol_lab.tasks.output import EpochCSVLogger, EpochTensorBoardLogger, FlopsSummary, example_input
 from xvol_lab.tasks.registry import task_record
 from xvol_lab.tasks.resume import CONFIG_YAML, resumed_config, stored_config
 from xvol_lab.tasks.stop import SynchronizedStop
@@ -69,9 +73,10 @@ def _rows_before(path: Path, global_step: int) -> tuple[list[str], list[dict[str
         return list(reader.fieldnames or []), rows
 
 
-def _csv_logger(run_dir: Path, resume: Path | None) -> CSVLogger:
-    """A CSVLogger writing run_dir/metrics.csv; on resume it keeps the rows logged before the checkpoint."""
-    logger = CSVLogger(run_dir, name="", version="")
+def _csv_logger(run_dir: Path, resume: Path | None) -> EpochCSVLogger:
+    """A CSVLogger writing run_dir/metrics.csv (epochs counted from 1); on resume it keeps the rows logged
+    before the checkpoint."""
+    logger = EpochCSVLogger(run_dir, name="", version="")
     if rank_zero_only.rank != 0:
         return logger
     fieldnames: list[str] = []
@@ -95,7 +100,9 @@ def _csv_logger(run_dir: Path, resume: Path | None) -> CSVLogger:
 def build_trainer(config: RunConfig, run_dir: Path, *, callbacks: Iterable[Callback] = (),
                   progress: bool = True, resume: Path | None = None) -> L.Trainer:
     """The Lightning Trainer of a run: checkpoints, CSV + TensorBoard logs, LR monitor, progress bar;
-    `deterministic` and `sync_batchnorm` resolved for the hardware (`xvol_lab.tasks.execution`)."""
+    `deterministic` and `sync_batchnorm` resolved for the hardware (`xvol_lab.tasks.execution`);
+    Lightning's boilerplate output filtered (`xvol_lab.quiet`)."""
+    quiet_lightning()
     record = task_record(config.task)
     monitor, mode = record.monitor, record.mode
     t = config.trainer
@@ -110,7 +117,7 @@ def build_trainer(config: RunConfig, run_dir: Path, *, callbacks: Iterable[Callb
         log_every_n_steps=t.log_every_n_steps, gradient_clip_val=t.gradient_clip_val,
         check_val_every_n_epoch=t.check_val_every_n_epoch, default_root_dir=run_dir,
         logger=[_csv_logger(run_dir, resume),
-                TensorBoardLogger(run_dir, name="tb", version="", default_hp_metric=False)],
+                EpochTensorBoardLogger(run_dir, name="tb", version="", default_hp_metric=False)],
         callbacks=[
             ModelCheckpoint(dirpath=run_dir / CHECKPOINT_DIR, filename="best", monitor=monitor, mode=mode,
                             save_top_k=1, auto_insert_metric_name=False, enable_version_counter=False),
@@ -124,6 +131,7 @@ def build_trainer(config: RunConfig, run_dir: Path, *, callbacks: Iterable[Callb
         use_distributed_sampler=False,  # the training loaders split themselves (`xvol_lab.data.sampler`)
         enable_progress_bar=progress, enable_model_summary=progress,
         plugins=cluster_plugins(t.accelerator, t.devices),  # SLURMEnvironment under srun
+        **t.extra,  # any other lightning.Trainer argument of the config (xvol_lab.tasks.trainer_args)
     )
 
 
@@ -157,6 +165,10 @@ def fit(config: RunConfig, run_dir: str | Path, *, callbacks: Iterable[Callback]
     if rank_zero_only.rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / RESULTS_JSON).unlink(missing_ok=True)  # a stale result must not outlive a failed run
+    if progress:  # the model summary, with the lab's FLOPs of one image through the training network
+        image = example_input(task.model, config.model.in_chans, config.data.image_size,
+                              task_record(config.task).takes_image_lists)
+        callbacks = [*callbacks, FlopsSummary.of(task.model, image)]
     trainer = build_trainer(config, run_dir, callbacks=callbacks, progress=progress, resume=resume_path)
     task.optim_config = effective_optim(config, trainer.world_size)
     backend = config.trainer.compile_backend if config.trainer.compile else None
@@ -164,7 +176,12 @@ def fit(config: RunConfig, run_dir: str | Path, *, callbacks: Iterable[Callback]
     if rank_zero_only.rank == 0 and stored is None:  # a resumed run's config.yaml is never rewritten
         write_text(run_dir / CONFIG_YAML, dump_run_config(config))
         write_text(run_dir / "spec.json", config.model.to_json() + "\n")
-    trainer.fit(task, datamodule=datamodule, ckpt_path=resume_path)
+    try:
+        trainer.fit(task, datamodule=datamodule, ckpt_path=resume_path)
+    finally:
+        if trainer.is_global_zero:
+            fingerprint = environment_fingerprint(trainer.strategy.root_device, config.trainer.precision)
+            write_text(run_dir / FINGERPRINT_JSON, json.dumps(fingerprint, indent=2) + "\n")
     history = next(cb for cb in trainer.callbacks if isinstance(cb, EpochHistory))
     result = {**history.best(), "epochs": float(trainer.current_epoch)}
     if trainer.is_global_zero:

@@ -9,6 +9,8 @@ recomputes the products from q, k, v instead of saving T shifted copies. Backend
 - "torch": the composite path of `xvol_lab.ops.attention_functions` (every other device or dtype, or when a
   kernel cannot be built: logged once, never an error).
 `pssa_backend(device, dtype)` picks the fastest one available; layers call it, so no flag is needed.
+`kernel_record()` says which backends this process ran and which kernels failed to build (a run's
+environment fingerprint, `xvol_lab.tasks.fingerprint`).
 """
 
 from __future__ import annotations
@@ -45,6 +47,8 @@ def _cpu_build_flags() -> tuple[str, list[str]]:
 
 
 _AVAILABLE: dict[str, bool] = {}  # backend -> usable, decided once per process
+_FAILED: dict[str, str] = {}  # backend -> why its kernels did not build or load
+_RAN: set[str] = set()  # the backends `pssa_backend` chose in this process (eager calls)
 
 
 @torch.compiler.assume_constant_result  # torch.compile: decided outside the graph, a constant in it
@@ -64,8 +68,9 @@ def _load_cpu_kernels() -> bool:
         load(name=name, sources=[str(path) for path in CPU_SOURCES], extra_cflags=flags,
              is_python_module=False, verbose=False)
     except Exception as err:  # noqa: BLE001 - any build failure means: use the composite path
-        log.warning("PSSA C++ kernels unavailable (%s: %s); using the composite torch path",
-                    type(err).__name__, str(err).strip().splitlines()[-1] if str(err).strip() else "")
+        why = f"{type(err).__name__}: {str(err).strip().splitlines()[-1] if str(err).strip() else ''}"
+        log.warning("PSSA C++ kernels unavailable (%s); using the composite torch path", why)
+        _FAILED["cpu"] = why
         return False
     return True
 
@@ -86,6 +91,7 @@ def _load_triton_kernels() -> bool:
     except Exception as err:  # noqa: BLE001 - e.g. no triton: use the composite path
         log.warning("PSSA Triton kernels unavailable (%s: %s); using the composite torch path",
                     type(err).__name__, err)
+        _FAILED["triton"] = f"{type(err).__name__}: {err}"
         return False
     return True
 
@@ -94,10 +100,22 @@ def pssa_backend(device: torch.device | str, dtype: torch.dtype) -> str:
     """Which PSSA implementation runs for tensors of `dtype` on `device`: "cpu", "triton" or "torch"."""
     device = torch.device(device)
     if device.type == "cpu" and dtype in CPU_DTYPES and cpu_kernels_available():
-        return "cpu"
-    if device.type == "cuda" and dtype in CUDA_DTYPES and triton_kernels_available():
-        return "triton"
-    return "torch"
+        name = "cpu"
+    elif device.type == "cuda" and dtype in CUDA_DTYPES and triton_kernels_available():
+        name = "triton"
+    else:
+        name = "torch"
+    if not torch.compiler.is_compiling():  # a compiled graph keeps the choice made while tracing it
+        _RAN.add(name)
+    return name
+
+
+def kernel_record() -> dict[str, object]:
+    """What the `xvol::` kernels did in this process: ``ran`` (the PSSA backends chosen, sorted; under
+    torch.compile, where the choice is made while tracing, the kernels that were loaded: "cpu" / "triton",
+    "torch" where loading failed) and ``build_failed`` (backend -> why its kernels did not build)."""
+    ran = set(_RAN) or {name if usable else "torch" for name, usable in _AVAILABLE.items()}
+    return {"ran": sorted(ran), "build_failed": dict(_FAILED)}
 
 
 def compute_dtype(x: Tensor) -> torch.dtype:

@@ -23,6 +23,7 @@ from matplotlib.figure import Figure
 from xvol_lab.errors import ConfigError
 from xvol_lab.markdown import format_number, markdown_table
 from xvol_lab.study.controls import NEGATIVE
+from xvol_lab.study.environment import check_comparable
 from xvol_lab.study.progress import best_text
 from xvol_lab.study.report.findings import ablation_findings, baseline_text, blind, compact_ablation, trivial_text
 from xvol_lab.study.report.frame import counted_study
@@ -183,7 +184,7 @@ def _plots(data: StudyData,
     }
 
 
-def _header(data: StudyData, trivial: str) -> list[str]:
+def _header(data: StudyData, trivial: str, mixed: list[str]) -> list[str]:
     objectives = ", ".join(f"{m} ({d})" for m, d in zip(data.metric_names, data.directions, strict=True))
     lines = [f"# Study `{data.name}`", ""]
     if data.config.description:
@@ -194,7 +195,7 @@ def _header(data: StudyData, trivial: str) -> list[str]:
               f"- best: {best_text(data.trials, data.metric_names, data.directions)}"]
     if trivial:
         lines.append(f"- trivial level: {trivial}")
-    return [*lines, ""]
+    return [*lines, *(f"- {line}" for line in mixed), ""]
 
 
 def seeds_text(data: StudyData) -> str:
@@ -230,15 +231,18 @@ def _ablation_lines(data: StudyData, table: pd.DataFrame, trivial: str) -> list[
     return lines + ([*(f"- {f}" for f in findings), ""] if findings else [])
 
 
-def write_report(data: StudyData, out: Path, fmt: str = "md") -> Path:
+def write_report(data: StudyData, out: Path, fmt: str = "md", *, allow_mixed: bool = False) -> Path:
     """Write the report of `data` to folder `out` (replacing it) with tables in `fmt`; returns the
-    path of report.md. Nothing is left behind on an error."""
+    path of report.md. Nothing is left behind on an error. Trials that ran in different environments
+    are refused (`xvol_lab.study.environment.check_comparable`) unless `allow_mixed`, which marks the
+    report."""
     if fmt not in FORMATS:
         raise ConfigError(f"--format: got {fmt!r}, expected one of {', '.join(FORMATS)}")
+    mixed = check_comparable(data.name, data.complete, allow_mixed)
     with staged_dir(out, "report") as tmp:
         tables = report_tables(data)
         trivial = trivial_text(data.config)
-        lines = _header(data, trivial)
+        lines = _header(data, trivial, mixed)
         lines += ["## Tables", ""]
         for stem, (title, table) in tables.items():
             name = stem + FORMATS[fmt]
