@@ -117,7 +117,7 @@ def test_diverging_run_exits_1_with_the_reason(tmp_path, capsys):
     assert code == 1
     last = err.splitlines()[-1]
     assert last.startswith(f"lab.py train: {tmp_path / 'run'}: the run diverged: "
-                           "train/loss is nan at epoch 0, step ")
+                           "train/loss is nan at epoch 1, step ")
     assert not (tmp_path / "run" / "results.json").exists()
 
 

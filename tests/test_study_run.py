@@ -88,10 +88,12 @@ def test_diverging_trials_fail_with_their_reason_and_the_study_goes_on(tiny_stud
     assert [t.state for t in trials] == [TrialState.FAIL, TrialState.FAIL]
     for t in trials:
         reason = t.user_attrs["fail_reason"]
-        assert reason.startswith("diverged: train/loss is nan at epoch 0") and reason.endswith(" (seed 0)")
+        assert reason.startswith("diverged: train/loss is nan at epoch 1") and reason.endswith(" (seed 0)")
         folder = runs / "nan" / f"trial_{t.number}"
         result = json.loads((folder / "seed_0" / "result.json").read_text())
-        assert result == {"reason": reason.removesuffix(" (seed 0)"), "state": "failed"}
+        assert {k: result[k] for k in ("reason", "state")} == {"reason": reason.removesuffix(" (seed 0)"),
+                                                                "state": "failed"}
+        assert result["fingerprint"]["threads"] >= 1  # what the seed ran on, even when it failed
         assert not (folder / "seed_1").exists()  # a failed seed fails the configuration: no more seeds
         assert (t.user_attrs["seeds"], t.user_attrs["per_seed"]) == ([0], {})
 

@@ -155,7 +155,7 @@ def test_nan_is_caught_within_log_every_n_steps_without_host_reads_between(monke
     trainer = L.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, log_every_n_steps=every,
                         num_sanity_val_steps=0, limit_val_batches=0, callbacks=[poison])
-    expected = (rf"^train/loss is nan at epoch 0, step {bad_step} \(checked every {every} steps, "
+    expected = (rf"^train/loss is nan at epoch 1, step {bad_step} \(checked every {every} steps, "
                 rf"found at step \d+\)$")
     with pytest.raises(NonFiniteLossError, match=expected) as err:
         trainer.fit(task, random_loader())

@@ -222,5 +222,5 @@ class PoisonWeights(Callback):
 def test_nan_loss_raises_with_the_step(tmp_path):
     config = tiny_config(tmp_path / "data", "data.num_train=128", "trainer.max_epochs=1",
                          "model.stage3.op=conv")
-    with pytest.raises(NonFiniteLossError, match=r"train/loss is nan at epoch 0, step 2"):
+    with pytest.raises(NonFiniteLossError, match=r"train/loss is nan at epoch 1, step 2"):
         fit(config, tmp_path / "run", callbacks=[PoisonWeights(2)], progress=False)

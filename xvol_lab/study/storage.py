@@ -98,16 +98,19 @@ def came_from(url: str, origin: str) -> str:
 
 
 def _origin(url: str) -> str:
+    """Where `url` came from; '' for one the user did not give (the default storage, or code)."""
     if url in _ORIGINS:
         return _ORIGINS[url]
-    return f"${STORAGE_ENV}" if os.environ.get(STORAGE_ENV) == url else "--storage"
+    return f"${STORAGE_ENV}" if os.environ.get(STORAGE_ENV) == url else ""
 
 
 def described(url: str) -> str:
     """`url` for messages, password masked, with where it came from: ``--storage URL``,
-    ``--storage-file PATH (URL)`` or ``$XVOL_STORAGE (URL)``."""
+    ``--storage-file PATH (URL)``, ``$XVOL_STORAGE (URL)``, or the URL alone (the default storage)."""
     origin = _origin(url)
-    return f"--storage {shown_url(url)}" if origin == "--storage" else f"{origin} ({shown_url(url)})"
+    if origin in ("", "--storage"):
+        return f"{origin} {shown_url(url)}".lstrip()
+    return f"{origin} ({shown_url(url)})"
 
 
 def check_url(url: str) -> None:
@@ -117,14 +120,14 @@ def check_url(url: str) -> None:
     try:
         parsed = make_url(url)
     except (ArgumentError, ValueError):
-        raise ConfigError(f"{_origin(url)}: not a storage URL SQLAlchemy can parse (expected e.g. "
-                          "sqlite:///PATH or postgresql+psycopg://USER:PASSWORD@HOST:PORT/DB); the URL is "
-                          "not shown, as it may hold a password") from None
+        raise ConfigError(f"{_origin(url) or 'the storage URL'}: not a storage URL SQLAlchemy can parse "
+                          "(expected e.g. sqlite:///PATH or postgresql+psycopg://USER:PASSWORD@HOST:PORT/DB); "
+                          "the URL is not shown, as it may hold a password") from None
     written = _USER_PASSWORD.search(url)
     if written is not None and unquote(written.group(2)) != (parsed.password or ""):
-        raise ConfigError(f"{_origin(url)}: the storage URL does not parse as written: its password holds "
-                          "an unencoded '@' (percent-encode it as %40); the URL is not shown, as it holds a "
-                          "password")
+        raise ConfigError(f"{_origin(url) or 'the storage URL'}: the storage URL does not parse as written: "
+                          "its password holds an unencoded '@' (percent-encode it as %40); the URL is not "
+                          "shown, as it holds a password")
 
 
 def has_password(url: str) -> bool:

@@ -106,7 +106,7 @@ class TaskModule(L.LightningModule):
         if self.trainer.strategy.reduce(bad, reduce_op="sum").item() == 0:
             return
         step, epoch, value = self._first_bad.tolist()
-        where = (f"{TRAIN_LOSS} is {value} at epoch {int(epoch)}, step {int(step)}" if step >= 0
+        where = (f"{TRAIN_LOSS} is {value} at epoch {int(epoch) + 1}, step {int(step)}" if step >= 0
                  else f"{TRAIN_LOSS} is not finite on another process")
         raise NonFiniteLossError(f"{where} (checked every {self.trainer.log_every_n_steps} steps, "
                                  f"found at step {self.global_step})")
