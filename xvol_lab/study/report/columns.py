@@ -10,26 +10,19 @@ from xvol_lab.study.config import FLOPS_G, LATENCY_BATCH_MS, LATENCY_DEVICE, LAT
 from xvol_lab.study.space_config import STAGES
 
 # Columns of the seed frame (one row per trial and seed).
-TRIAL = "trial"
-CONFIGURATION = "configuration"
-SEED = "seed"
+TRIAL, CONFIGURATION, SEED, PAIR = "trial", "configuration", "seed", "paired seed"
+ROLE, CHANGED = "control", "changed stages"  # a control's role; the stages a configuration changes
+ALL_CONV = "all_conv"  # whether the configuration is the all-conv baseline
 DEVICE = "latency device"
-ALL_CONV = "all_conv"
-ROLE = "control"
-PAIR = "paired seed"
-CHANGED = "changed stages"
 STAGE_OPS = tuple(f"stage{i} op" for i in STAGES)
 COSTS = (PARAMS_M, FLOPS_G, LATENCY_MS, LATENCY_BATCH_MS)
 LATENCIES = (LATENCY_MS, LATENCY_BATCH_MS)
 DEVICE_ATTR = LATENCY_DEVICE  # user attr: the device the latency was measured on
 
 # Display columns of the tables.
-PARAMS = "params (M)"
-FLOPS = "GFLOPs (2×MAC)"
-GMACS = "GMACs"
+PARAMS, FLOPS, GMACS = "params (M)", "GFLOPs (2×MAC)", "GMACs"
 LATENCY = "latency b1 (ms)"
-EPOCHS = "epochs"
-BEST_EPOCH = "best epoch"
+EPOCHS, BEST_EPOCH = "epochs", "best epoch"
 WALL = "wall time (s)"
 STAGE_COLUMNS = tuple(f"stage{i}" for i in STAGES)
 # Objectives the study measures, by the column that shows them.
