@@ -6,8 +6,7 @@ as an uninterrupted run; a request the node can never satisfy is refused before 
 of two workers shares one study in PostgreSQL (where XVOL_TEST_POSTGRES_URL names a server).
 
 One node cannot show trials spanning several nodes: those stay with the fake SLURM variables of
-tests/test_study_launch.py; a real `--time` limit sends the same USR1 to the batch shell as
-`scancel --signal=USR1 --batch` does here (a test waiting for one would take minutes). The
+tests/test_study_launch.py. One test waits for a real `--time 2` limit (about 2.5 minutes). The
 uninterrupted runs are shared by the tests (module fixtures), trial processes pause 0.1 s after
 each batch (`XVOL_FAULT_BATCH_S`) so that a stop lands mid-epoch, and the requeue wait is skipped
 (`scontrol update jobid=N StartTime=now`).
@@ -65,18 +64,18 @@ def study_file(folder: Path, name: str, n_trials: int, processes: int = 1) -> Pa
     return path
 
 
-def environment() -> dict[str, str]:
+def environment(pause: float = BATCH_PAUSE_S) -> dict[str, str]:
     """What the submitting shell exports (sbatch passes it on to the job: --export=ALL)."""
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1",
-           BATCH_PAUSE_ENV: str(BATCH_PAUSE_S)}
+           BATCH_PAUSE_ENV: str(pause)}
     env.pop("XVOL_STORAGE", None)
     return env
 
 
-def submit(folder: Path, study: Path, *options: str) -> subprocess.CompletedProcess[str]:
+def submit(folder: Path, study: Path, *options: str, pause: float = BATCH_PAUSE_S) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, str(REPO / "lab.py"), "study", "submit", str(study), "--runs",
                            "runs", "--nodes", "1", "--cpus-per-gpu", "1", *options], cwd=folder,
-                          env=environment(), capture_output=True, text=True, timeout=120)
+                          env=environment(pause), capture_output=True, text=True, timeout=120)
 
 
 def job_id(done: subprocess.CompletedProcess[str]) -> str:
@@ -108,10 +107,10 @@ def wait(predicate: Callable[[], Any], what: str, timeout: float = JOB_WAIT, *, 
     raise AssertionError(f"timed out waiting for {what}\n{tail}")
 
 
-def finished(job: str, folder: Path, name: str) -> dict[str, Any]:
+def finished(job: str, folder: Path, name: str, timeout: float = JOB_WAIT) -> dict[str, Any]:
     """Wait for `job` to leave the queue; the study's trials and the job's log."""
     log = folder / "runs" / name / f"slurm-{job}.out"
-    wait(lambda: not squeue(job), f"job {job} to finish", job=job, log=log)
+    wait(lambda: not squeue(job), f"job {job} to finish", timeout, job=job, log=log)
     storage = f"sqlite:///{folder / 'runs' / name / 'study.db'}"
     trials = optuna.load_study(study_name=name, storage=storage).get_trials()
     return {"trials": trials, "log": log.read_text(), "seed": folder / "runs" / name / "trial_0" / "seed_0"}
@@ -189,6 +188,25 @@ def test_a_trial_stopped_by_usr1_then_requeued_mid_epoch_ends_as_an_uninterrupte
     expected = result(Path(same.user_attrs["run_dir"]))
     assert result(seed)["metrics"] == expected["metrics"]  # exactly as uninterrupted (CPU)
     assert trials[2].values == same.values
+
+
+@pytest.mark.slow
+def test_a_real_time_limit_stops_the_trial_and_the_requeued_job_finishes_it(reference, tmp_path):
+    """`--time 2`: SLURM itself sends USR1 before the limit (a quarter of it, 30 s, and up to 60 s
+    earlier by its timer's resolution) while the trial, slowed to 1.5 s a batch, is still training;
+    the job is requeued and the retry ends as an uninterrupted run. `budget.max_retries=0`: the
+    planned stops count against nothing."""
+    study = study_file(tmp_path, "timed", 1)
+    job = job_id(submit(tmp_path, study, "--gpus-per-node", "0", "--time", "2", "--set", "budget.max_retries=0",
+                        pause=1.5))  # 2 epochs of 32 batches: > 96 s of training
+    done = finished(job, tmp_path, "timed", timeout=2 * JOB_WAIT)
+    trials = done["trials"]
+    assert trials[-1].state == TrialState.COMPLETE and tally(trials).finished == 1  # exact budget
+    assert len(trials) >= 2 and all(t.state == TrialState.FAIL for t in trials[:-1])  # stopped, retried
+    assert done["log"].count("planned stop (stop signal to the study process); queued again, not counted") == \
+        len(trials) - 1
+    same = next(t for t in reference["trials"] if t.params == trials[-1].params)
+    assert result(done["seed"])["metrics"] == result(Path(same.user_attrs["run_dir"]))["metrics"]
 
 
 def test_a_two_task_trial_runs_as_one_srun_step_on_the_two_gpus(reference_two_tasks):
