@@ -6,6 +6,7 @@ import dataclasses
 import json
 import multiprocessing
 import os
+import signal
 import tempfile
 import time
 from collections.abc import Callable
@@ -14,6 +15,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from lightning.pytorch.callbacks import Callback
 from torch import Tensor, nn
 
 from xvol_lab.models.detection import DetectorConfig
@@ -120,3 +122,14 @@ def gloo_ranks(target: Callable[..., Any], *args: Any, world_size: int = 2,
             p.join(30)
     assert [p.exitcode for p in procs] == [0] * world_size
     return [results[rank] for rank in range(world_size)]
+
+
+class Preempt(Callback):
+    """Sends this process SIGTERM at the end of training step `step` (as scancel would)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGTERM)

@@ -4,14 +4,12 @@ uninterrupted one (weights, val and train metrics)."""
 
 from __future__ import annotations
 
-import os
-import signal
 from pathlib import Path
 
 import lightning.pytorch as L
 import pytest
 import torch
-from lightning.pytorch.callbacks import Callback
+from _helpers import Preempt
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from xvol_lab.data.sampler import EpochSampler, ResumableLoader
@@ -60,17 +58,6 @@ def test_loader_state_skips_the_batches_already_trained_on():
     assert fresh.state_dict() == {"epoch": 2, "batches": 5}
     fresh.sampler.set_epoch(3)  # the next epoch starts at its first batch
     assert len([b for b in fresh]) == 5
-
-
-class Preempt(Callback):
-    """Sends this process SIGTERM at the end of training step `step` (as scancel would)."""
-
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if trainer.global_step == self.step:
-            os.kill(os.getpid(), signal.SIGTERM)
 
 
 @pytest.mark.slow

@@ -3,8 +3,6 @@ step), and a supernet run stopped by SIGTERM and resumed ends exactly as an unin
 
 from __future__ import annotations
 
-import os
-import signal
 from collections import Counter
 from pathlib import Path
 from types import SimpleNamespace
@@ -12,8 +10,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 import torch.distributed as dist
-from _helpers import gloo_ranks
-from lightning.pytorch.callbacks import Callback
+from _helpers import Preempt, gloo_ranks
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from xvol_lab.models import BackboneSpec, build_classifier
@@ -63,17 +60,6 @@ def test_every_ddp_process_takes_the_same_path_in_a_step():
     rank0, rank1 = by_rank[0]
     assert rank0 == rank1  # process 0's 30 paths are process 1's, step by step
     assert len(set(rank0)) == 5  # and they do change between steps
-
-
-class Preempt(Callback):
-    """Sends this process SIGTERM at the end of training step `step` (as scancel would)."""
-
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if trainer.global_step == self.step:
-            os.kill(os.getpid(), signal.SIGTERM)
 
 
 @pytest.mark.slow
