@@ -29,9 +29,10 @@ def step_args(doc: str, modes: tuple[str, ...] = ()) -> argparse.Namespace:
     """The options every step takes: --device, --tiny (smoke sizes, for a CPU run of the code), --out; and
     the step's own `modes` (flags, at most one given)."""
     parser = argparse.ArgumentParser(description=doc.splitlines()[0])
-    group = parser.add_mutually_exclusive_group()
-    for mode in modes:
-        group.add_argument(f"--{mode}", action="store_true")
+    if modes:  # an empty group breaks --help
+        group = parser.add_mutually_exclusive_group()
+        for mode in modes:
+            group.add_argument(f"--{mode}", action="store_true")
     parser.add_argument("--device", default="cuda", help="cuda, cuda:N, or cpu for a smoke run with --tiny")
     parser.add_argument("--tiny", action="store_true", help="tiny shapes and few steps (checks the code runs)")
     parser.add_argument("--out", type=Path, default=BENCHMARKS_MD, help="the Markdown file to extend")
@@ -72,6 +73,16 @@ def versions(device: torch.device) -> str:
         parts.append("no Triton")
     parts.append(f"torch {torch.__version__}")
     return ", ".join(parts)
+
+
+def bf16_step(model: Callable[[torch.Tensor], torch.Tensor], optimizer: torch.optim.Optimizer,
+              images: torch.Tensor, labels: torch.Tensor) -> None:
+    """One optimiser step: cross-entropy of `model` under bf16 autocast on the images' device."""
+    optimizer.zero_grad(set_to_none=True)
+    with torch.autocast(images.device.type, dtype=torch.bfloat16):
+        loss = torch.nn.functional.cross_entropy(model(images), labels)
+    loss.backward()
+    optimizer.step()
 
 
 def sync(device: torch.device) -> None:

@@ -14,14 +14,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 import torchvision
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _gpu import StepTable, configure, step_args, sync  # noqa: E402
+from _gpu import StepTable, bf16_step, configure, step_args, sync  # noqa: E402
 
 from xvol_lab.data.device import DeviceNormalize  # noqa: E402
 from xvol_lab.models import BackboneSpec, build_classifier  # noqa: E402
@@ -52,12 +51,7 @@ def training_step(model: nn.Module, device: torch.device, batch: int, size: int)
 
     def step() -> None:
         x = normalize.images(images.to(device, non_blocking=True)).contiguous(memory_format=torch.channels_last)
-        y = labels.to(device, non_blocking=True)
-        optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(device.type, dtype=torch.bfloat16):
-            loss = F.cross_entropy(model(x), y)
-        loss.backward()
-        optimizer.step()
+        bf16_step(model, optimizer, x, labels.to(device, non_blocking=True))
 
     return step
 

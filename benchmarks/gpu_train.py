@@ -21,7 +21,6 @@ from pathlib import Path
 
 import lightning.pytorch as L
 import torch
-import torch.nn.functional as F
 import torchvision
 from lightning.pytorch.callbacks import Callback
 from torch import nn
@@ -33,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _gpu import (  # noqa: E402
     StepTable,
     Stopwatch,
+    bf16_step,
     configure,
     event_seconds,
     peak_memory_mib,
@@ -43,7 +43,7 @@ from _gpu import (  # noqa: E402
 
 from xvol_lab.models import BackboneSpec, build_classifier  # noqa: E402
 from xvol_lab.schema import to_dict  # noqa: E402
-from xvol_lab.tasks import ClassificationTask  # noqa: E402
+from xvol_lab.tasks.classification import ClassificationTask  # noqa: E402
 from xvol_lab.tasks.config import OptimConfig  # noqa: E402
 
 NUM_CLASSES = 1000
@@ -81,11 +81,7 @@ class Trainer:
 
     def steps(self, n: int) -> None:
         for _ in range(n):
-            self.optimizer.zero_grad(set_to_none=True)
-            with torch.autocast(self.device.type, dtype=torch.bfloat16):
-                loss = F.cross_entropy(self.forward(self.images), self.labels)
-            loss.backward()
-            self.optimizer.step()
+            bf16_step(self.forward, self.optimizer, self.images, self.labels)
 
     def images_per_s(self, n: int) -> float:
         return n * len(self.labels) / event_seconds(lambda: self.steps(n), self.device)
@@ -160,12 +156,7 @@ def bare_loop(model: nn.Module, loader: DataLoader, device: torch.device, warmup
         if i == warmup:
             watch.start()
         images = images.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-        labels = labels.to(device, non_blocking=True)
-        optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(device.type, dtype=torch.bfloat16):
-            loss = F.cross_entropy(model(images), labels)
-        loss.backward()
-        optimizer.step()
+        bf16_step(model, optimizer, images, labels.to(device, non_blocking=True))
     return watch.stop()
 
 
