@@ -25,7 +25,7 @@ from __future__ import annotations
 import warnings
 from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import optuna
 from optuna.storages import RetryHeartbeatStaleTrialCallback
@@ -121,13 +121,13 @@ def slots(trials: Iterable[FrozenTrial]) -> dict[int, int]:
 class Tally:
     """Counts of a study's trials under the rules above."""
 
-    complete: int = 0
-    pruned: int = 0
-    failed: int = 0
-    running: int = 0
-    waiting: int = 0
-    interrupted: int = 0
-    void: int = 0
+    complete: int
+    pruned: int
+    failed: int
+    running: int
+    waiting: int
+    interrupted: int
+    void: int
 
     @property
     def finished(self) -> int:
@@ -149,7 +149,7 @@ def tally(trials: Iterable[FrozenTrial]) -> Tally:
             counts["interrupted"] += 1
         else:
             counts[key[t.state]] += 1
-    return Tally(**counts)
+    return Tally(**{f.name: counts[f.name] for f in fields(Tally)})
 
 
 def counted(trials: Iterable[FrozenTrial]) -> list[FrozenTrial]:
