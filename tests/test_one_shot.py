@@ -10,15 +10,18 @@ from pathlib import Path
 
 import optuna
 import pytest
+import torch
 from _study_processes import load
 
 from xvol_lab.cli.main import main
 from xvol_lab.study import ranking
 from xvol_lab.study.config import load_study_config
-from xvol_lab.study.one_shot import scored_paths, search, search_study_name
+from xvol_lab.study.one_shot import score_name, scored_paths, search, search_study_name, space_points
 from xvol_lab.study.one_shot_report import one_shot_summary
 from xvol_lab.study.results import write_results
 from xvol_lab.study.storage import default_storage_url, open_storage
+from xvol_lab.tasks.supernet import snapshot_paths
+from xvol_lab.tasks.supernet_score import PathScorer
 
 ONE_SHOT = {"epochs": 1, "paths": 20, "sampler": "tpe", "bn_batches": 1, "val_images": 32, "top_k": 2,
             "random_k": 1}
@@ -109,7 +112,7 @@ def test_one_shot_study_end_to_end(tiny_study, run_lab, tmp_path: Path, capsys):
 
     # NSGA-II over the same supernet: accuracy and FLOPs of the stand-alone network of each path
     nsga = dataclasses.replace(config, one_shot=dataclasses.replace(config.one_shot, sampler="nsga2"))
-    other = search("other", nsga, url, supernet / "checkpoints" / "last.ckpt")
+    other = search("other", nsga, url, supernet / "checkpoints")
     flops = {t.user_attrs["arch"]: t.values[1] for t in other.get_trials()}
     assert len(flops) == 5 and other.directions[1] == optuna.study.StudyDirection.MINIMIZE
     conv, pssa, xvol = (flops[f"[conv, conv, {op}, conv]"] for op in ("conv", "pssa", "xvol_pssa"))
@@ -119,8 +122,31 @@ def test_one_shot_study_end_to_end(tiny_study, run_lab, tmp_path: Path, capsys):
 
     # scored by minus the cross-entropy: graded (distinct values) where accuracy can tie
     nll = dataclasses.replace(config, one_shot=dataclasses.replace(config.one_shot, score="nll"))
-    graded = search("graded", nll, url, supernet / "checkpoints" / "last.ckpt").get_trials()
+    graded = search("graded", nll, url, supernet / "checkpoints").get_trials()
     assert all(t.values[0] < 0 for t in graded) and len({t.values[0] for t in graded}) == 5
+
+    # scored along the supernet's training (auc): one weights snapshot per epoch, each point rescaled
+    checkpoints = supernet / "checkpoints"
+    assert [p.name for p in snapshot_paths(checkpoints)] == ["epoch0.ckpt"]  # 1 epoch
+    auc = dataclasses.replace(config, one_shot=dataclasses.replace(config.one_shot, score="auc"))
+    along = {t.user_attrs["arch"]: t.values[0] for t in search("along", auc, url, checkpoints).get_trials()}
+    chance = 1 / 10  # shapes: 10 classes
+    assert along == pytest.approx({a: (v - chance) / (1 - chance) for a, v in scores.items()})
+    # two snapshots: the mean of their rescaled accuracies (all-zero weights: every image class 0)
+    snapshot = snapshot_paths(checkpoints)[0]
+    zeroed = tmp_path / "zeroed.ckpt"
+    state = torch.load(snapshot, map_location="cpu", weights_only=False)
+    state["state_dict"] = {k: torch.zeros_like(v) if v.is_floating_point() else v
+                           for k, v in state["state_dict"].items()}
+    torch.save(state, zeroed)
+    paths = [spec for _, spec in space_points(config)]
+    run = config.run_config(config.base.model)
+    scorer = PathScorer(run, [zeroed, snapshot], paths, bn_batches=1, val_images=32)
+    floor = ((scorer.val_labels == 0).float().mean().item() - chance) / (1 - chance)
+    assert PathScorer(run, [zeroed], paths, bn_batches=1, val_images=32).score(paths[1], "auc") == pytest.approx(floor)
+    expected = (floor + along[f"[{', '.join(s.describe() for s in paths[1].stages)}]"]) / 2
+    assert scorer.score(paths[1], "auc") == pytest.approx(expected)
+    assert score_name(auc) == "one-shot val/acc1_auc"
 
     # resumed: nothing left to do in any phase
     again = run_lab("study", "run", str(path), "--runs", str(runs), "--no-live", timeout=300)

@@ -28,6 +28,7 @@ from typing import Any
 
 import optuna
 
+from xvol_lab.errors import ConfigError
 from xvol_lab.models import BackboneSpec
 from xvol_lab.study import signals
 from xvol_lab.study.config import StudyConfig
@@ -39,8 +40,9 @@ from xvol_lab.study.seeds import distributed, prepare_run_dir, run_trial
 from xvol_lab.study.space import expand_space, spec_of, suggest_spec
 from xvol_lab.study.storage import open_storage
 from xvol_lab.study.worker import run_study
-from xvol_lab.tasks.metrics import VAL_ACC1
+from xvol_lab.tasks.metrics import VAL_ACC1, VAL_ACC1_AUC
 from xvol_lab.tasks.runner import CHECKPOINT_DIR
+from xvol_lab.tasks.supernet import snapshot_paths
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +52,9 @@ SUPERNET_SECONDS = "supernet_seconds"
 
 
 def score_name(config: StudyConfig) -> str:
-    """What a search trial's first value is: ``one-shot val/acc1`` or ``one-shot -val/nll``."""
-    return "one-shot " + ("-val/nll" if config.one_shot.score == "nll" else VAL_ACC1)
+    """What a search trial's first value is: ``one-shot val/acc1``, ``one-shot -val/nll`` or
+    ``one-shot val/acc1_auc``."""
+    return "one-shot " + {"nll": "-val/nll", "auc": VAL_ACC1_AUC}.get(config.one_shot.score, VAL_ACC1)
 
 
 def search_study_name(name: str) -> str:
@@ -102,9 +105,20 @@ def open_search(name: str, config: StudyConfig, storage_url: str) -> optuna.Stud
                                directions=directions, sampler=_search_sampler(config), load_if_exists=True)
 
 
-def search(name: str, config: StudyConfig, storage_url: str, checkpoint: Path) -> optuna.Study:
+def supernet_checkpoints(config: StudyConfig, checkpoint_dir: Path) -> list[Path]:
+    """The supernet weights the score reads: every epoch's snapshot (``auc``) or last.ckpt."""
+    if config.one_shot.score != "auc":
+        return [checkpoint_dir / "last.ckpt"]
+    found = snapshot_paths(checkpoint_dir)
+    if not found:
+        raise ConfigError(f"{checkpoint_dir}: no epoch snapshots of the supernet, which one_shot.score "
+                                "auc reads; train the supernet again in a fresh --runs folder")
+    return found
+
+
+def search(name: str, config: StudyConfig, storage_url: str, checkpoint_dir: Path) -> optuna.Study:
     """Phase 2: score paths until the search study has min(one_shot.paths, space size) complete
-    trials (a repeated path reuses its score)."""
+    trials (a repeated path reuses its score); the supernet's weights are in `checkpoint_dir`."""
     from xvol_lab.tasks.supernet_score import PathScorer  # imports the data and the network code
 
     study = open_search(name, config, storage_url)
@@ -121,7 +135,8 @@ def search(name: str, config: StudyConfig, storage_url: str, checkpoint: Path) -
     if len(done) >= wanted:
         return study
     o = config.one_shot
-    scorer = PathScorer(config.run_config(config.base.model), checkpoint, [s for _, s in points],
+    scorer = PathScorer(config.run_config(config.base.model), supernet_checkpoints(config, checkpoint_dir),
+                        [s for _, s in points],
                         bn_batches=o.bn_batches, val_images=o.val_images)
     cache: dict[BackboneSpec, list[float]] = {}
     for t in done:
@@ -176,7 +191,7 @@ def run_one_shot(name: str, config: StudyConfig, *, runs: Path, storage_url: str
     study = open_search(name, config, storage_url)
     if trained:  # the wall time of the attempt that finished the supernet
         study.set_user_attr(SUPERNET_SECONDS, time.monotonic() - start)
-    study = search(name, config, storage_url, run_dir / CHECKPOINT_DIR / "last.ckpt")
+    study = search(name, config, storage_url, run_dir / CHECKPOINT_DIR)
     points = chosen_points(config, study)
     log.info("stand-alone check of %d paths: %s", len(points), points)
     return run_study(name, config.standalone(points), runs=runs, storage_url=storage_url, view=view)

@@ -13,14 +13,16 @@ class OneShotConfig:
     `paths` Optuna trials over the trained supernet (every point once when the space has no more;
     `sampler` tpe: accuracy, nsga2: accuracy and FLOPs), each scored on the first `val_images`
     validation images after recalibrating BatchNorm on `bn_batches` training batches by `score`
-    (acc1: top-1 accuracy; nll: minus the mean cross-entropy, graded where accuracy saturates); then the
+    (acc1: top-1 accuracy; nll: minus the mean cross-entropy, graded where accuracy saturates; auc: top-1
+    accuracy with the weights of every supernet epoch, rescaled from chance to perfect and averaged,
+    the one-shot analogue of val/acc1_auc; `xvol_lab.tasks.supernet_score`); then the
     `top_k` best paths and `random_k` others drawn at random are trained stand-alone as the
     study's ordinary trials (budget.seeds seeds, budget.epochs epochs each)."""
 
     epochs: int = 3
     paths: int = 200
     sampler: Literal["tpe", "nsga2"] = "tpe"
-    score: Literal["acc1", "nll"] = "acc1"
+    score: Literal["acc1", "nll", "auc"] = "acc1"
     bn_batches: int = 4
     val_images: int = 500
     top_k: int = 3

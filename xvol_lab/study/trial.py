@@ -41,7 +41,8 @@ from xvol_lab.study.slurm import apply_trial_gpus
 from xvol_lab.study.storage import open_storage
 from xvol_lab.tasks import NonFiniteLossError, fit
 from xvol_lab.tasks.fingerprint import FINGERPRINT_JSON
-from xvol_lab.tasks.supernet import SupernetTraining
+from xvol_lab.tasks.runner import CHECKPOINT_DIR
+from xvol_lab.tasks.supernet import EpochSnapshots, SupernetTraining
 
 log = logging.getLogger("xvol_lab.study.trial")
 DIVERGED = "diverged: "
@@ -96,7 +97,8 @@ def train(request: TrialRequest, trial_dir: Path) -> dict[str, Any]:
         reporter = PruningReporter(connect, request.report, request.step_offset)
         callbacks.append(reporter)
     if request.supernet:
-        callbacks.append(SupernetTraining(config.model, request.supernet, config.seed))
+        callbacks += [SupernetTraining(config.model, request.supernet, config.seed),
+                      EpochSnapshots(trial_dir / CHECKPOINT_DIR)]
     try:
         metrics = fit(config, trial_dir, callbacks=callbacks, progress=False, resume=request.resume)
     except SIGTERMException:  # preempted: the last checkpoint stays, the study hands the trial back

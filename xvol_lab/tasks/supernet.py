@@ -8,17 +8,23 @@ continues a supernet exactly as it continues a trial. Before every training step
 ``paths[path_index(seed, global_step, len(paths))]``: uniform over the paths, a function of the seed
 and the step only, so every DDP process takes the same path in a step without communicating, and
 a resumed run takes the paths the uninterrupted run would have. Validation runs ``paths[0]``.
+
+`EpochSnapshots` keeps the supernet's weights at the end of every epoch (``<run>/checkpoints/snapshots/``),
+so a path can be scored along the supernet's training, not only at its end (one_shot.score ``auc``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as L
 import numpy as np
+import torch
 from lightning.pytorch.callbacks import Callback
 
+from xvol_lab.atomic import atomic_path
 from xvol_lab.models import BackboneSpec
 from xvol_lab.models.supernet import Supernet
 
@@ -26,6 +32,30 @@ from xvol_lab.models.supernet import Supernet
 def path_index(seed: int, step: int, count: int) -> int:
     """The path of optimiser step `step`: uniform in ``range(count)``, from (seed, step) alone."""
     return int(np.random.default_rng([seed, step]).integers(count))
+
+
+SNAPSHOT_DIR = "snapshots"
+
+
+class EpochSnapshots(Callback):
+    """Saves the weights (no optimiser state) at the end of every training epoch as
+    ``<checkpoint_dir>/snapshots/epoch<E>.ckpt`` (E: Lightning's epoch, from 0), from global rank 0,
+    each written whole or not at all (`xvol_lab.atomic`); `snapshot_paths` lists them."""
+
+    def __init__(self, checkpoint_dir: Path) -> None:
+        self.folder = checkpoint_dir / SNAPSHOT_DIR
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.is_global_zero:
+            return
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with atomic_path(self.folder / f"epoch{trainer.current_epoch}.ckpt") as tmp:
+            torch.save({"epoch": trainer.current_epoch, "state_dict": pl_module.state_dict()}, tmp)
+
+
+def snapshot_paths(checkpoint_dir: Path) -> list[Path]:
+    """The snapshots `snapshots` wrote under `checkpoint_dir`, in epoch order."""
+    return sorted((checkpoint_dir / SNAPSHOT_DIR).glob("epoch*.ckpt"), key=lambda p: int(p.stem[len("epoch"):]))
 
 
 def stage_candidates(paths: Sequence[BackboneSpec]) -> list[list[Any]]:
