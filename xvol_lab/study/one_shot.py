@@ -20,6 +20,7 @@ the stand-alone check, as one `lab.py study run NAME` that resumes where it stop
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
 import random
 import time
@@ -42,7 +43,7 @@ from xvol_lab.study.storage import open_storage
 from xvol_lab.study.worker import run_study
 from xvol_lab.tasks.metrics import VAL_ACC1, VAL_ACC1_AUC
 from xvol_lab.tasks.runner import CHECKPOINT_DIR
-from xvol_lab.tasks.supernet import snapshot_paths
+from xvol_lab.tasks.supernet import snapshot_paths, stage_candidates
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +69,17 @@ def space_points(config: StudyConfig) -> list[tuple[dict[str, Any], BackboneSpec
     return [(p, spec_of(config.space, config.base.model, p)) for p in expand_space(config.space, config.base.model)]
 
 
+def trained_paths(config: StudyConfig) -> tuple[BackboneSpec, ...]:
+    """The paths the supernet draws from, one per step: the space's points (one_shot.sampling
+    ``space``) or every combination of the candidates each stage has in them (``product``: every
+    candidate of a stage trained equally often; the first path is the space's first point)."""
+    points = tuple(spec for _, spec in space_points(config))
+    if config.one_shot.sampling == "space":
+        return points
+    return tuple(dataclasses.replace(points[0], stages=tuple(stages))
+                 for stages in itertools.product(*stage_candidates(points)))
+
+
 def supernet_run_config(config: StudyConfig) -> Any:
     """The supernet's run: the base network, one_shot.epochs epochs, no learning curve (its
     validation runs one path), base.seed."""
@@ -82,7 +94,7 @@ def train_supernet(name: str, config: StudyConfig, run_dir: Path, storage_url: s
     if done is not None:
         return done
     resume = prepare_run_dir(run_dir, -1)
-    paths = tuple(spec for _, spec in space_points(config))
+    paths = trained_paths(config)
     write_request(run_dir, TrialRequest(
         study=name, trial_number=-1, config=distributed(supernet_run_config(config)), objectives=(),
         pruner=config.pruner, report=None, step_offset=0, steps=1, resume=resume, supernet=paths))

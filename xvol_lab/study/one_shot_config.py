@@ -9,7 +9,9 @@ from typing import Literal
 
 @dataclass(frozen=True)
 class OneShotConfig:
-    """`epochs` of supernet training (one path per step, uniform over the space's points); then
+    """`epochs` of supernet training (one path per step, drawn uniformly by `sampling`: ``space``
+    over the study space's points, ``product`` over every combination of the stages' candidates, so
+    that each candidate of a stage is trained equally often); then
     `paths` Optuna trials over the trained supernet (every point once when the space has no more;
     `sampler` tpe: accuracy, nsga2: accuracy and FLOPs), each scored on the first `val_images`
     validation images after recalibrating BatchNorm on `bn_batches` training batches by `score`
@@ -20,6 +22,7 @@ class OneShotConfig:
     study's ordinary trials (budget.seeds seeds, budget.epochs epochs each)."""
 
     epochs: int = 3
+    sampling: Literal["space", "product"] = "space"
     paths: int = 200
     sampler: Literal["tpe", "nsga2"] = "tpe"
     score: Literal["acc1", "nll", "auc"] = "acc1"
