@@ -16,15 +16,15 @@ from _study_processes import load
 from xvol_lab.cli.main import main
 from xvol_lab.study import ranking
 from xvol_lab.study.config import load_study_config
-from xvol_lab.study.one_shot import score_name, scored_paths, search, search_study_name, space_points, trained_paths
+from xvol_lab.study.one_shot import score_name, scored_paths, search, search_study_name, space_points
 from xvol_lab.study.one_shot_report import one_shot_summary
 from xvol_lab.study.results import write_results
 from xvol_lab.study.storage import default_storage_url, open_storage
 from xvol_lab.tasks.supernet import snapshot_paths
 from xvol_lab.tasks.supernet_score import PathScorer
 
-ONE_SHOT = {"epochs": 1, "paths": 20, "sampler": "tpe", "bn_batches": 1, "val_images": 32, "top_k": 2,
-            "random_k": 1}
+ONE_SHOT = {"epochs": 1, "sampling": "product", "paths": 20, "sampler": "tpe", "bn_batches": 1, "val_images": 32,
+            "top_k": 2, "random_k": 1}
 
 
 def test_kendall_and_spearman_match_hand_computed_values():
@@ -38,21 +38,6 @@ def test_kendall_and_spearman_match_hand_computed_values():
     low, high = ranking.bootstrap_interval(ranking.spearman_rho, [1, 2, 3, 4, 5, 6], [2, 1, 4, 3, 6, 5])
     assert -1 <= low < ranking.spearman_rho([1, 2, 3, 4, 5, 6], [2, 1, 4, 3, 6, 5]) < high <= 1
     assert ranking.regret([0.7, 0.8], [0.7, 0.8, 0.9]) == pytest.approx(0.1)
-
-
-def test_product_sampling_trains_every_combination_of_the_stages_candidates(tiny_study):
-    space = {"place": [2, 3], "stages": {2: {"op": ["conv", "sa"]}, 3: {"op": ["conv", "sa"]}}}
-    _, config = load_study_config(tiny_study("fair", space=space, search="one_shot", one_shot=ONE_SHOT))
-    points = [spec for _, spec in space_points(config)]
-    assert [[s.op for s in p.stages] for p in points] == [["conv"] * 4, ["conv", "sa", "conv", "conv"],
-                                                            ["conv", "conv", "sa", "conv"]]
-    assert trained_paths(config) == tuple(points)  # sampling: space (the default)
-    fair = dataclasses.replace(config, one_shot=dataclasses.replace(config.one_shot, sampling="product"))
-    product = trained_paths(fair)
-    assert product[0] == points[0] and set(points) < set(product) and len(set(product)) == 4
-    assert [s.op for s in product[-1].stages] == ["conv", "sa", "sa", "conv"]  # both stages changed
-    for stage in (1, 2):  # each candidate of a stage in half of the paths: trained equally often
-        assert sum(p.stages[stage].op == "sa" for p in product) == 2
 
 
 @pytest.mark.parametrize(("space", "one_shot", "expected"), [
@@ -89,6 +74,8 @@ def test_one_shot_study_end_to_end(tiny_study, run_lab, tmp_path: Path, capsys):
     supernet = runs / "oneshot" / "supernet"
     assert json.loads((supernet / "result.json").read_text())["state"] == "complete"
     assert (supernet / "checkpoints" / "last.ckpt").is_file()
+    request = json.loads((supernet / "trial.json").read_text())
+    assert request["supernet_product"] is True and len(request["supernet"]) == 5  # the space's points
 
     _, config = load_study_config(path)
     url = default_storage_url(runs, "oneshot")

@@ -3,6 +3,8 @@ step), and a supernet run stopped by SIGTERM and resumed ends exactly as an unin
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 from collections import Counter
 from pathlib import Path
 from types import SimpleNamespace
@@ -17,7 +19,7 @@ from xvol_lab.models import BackboneSpec, build_classifier
 from xvol_lab.models.supernet import ChoiceOp
 from xvol_lab.tasks import fit
 from xvol_lab.tasks.config import load_run_config
-from xvol_lab.tasks.supernet import SupernetTraining, path_index
+from xvol_lab.tasks.supernet import SupernetTraining, path_index, product_path, stage_candidates
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
@@ -34,6 +36,19 @@ def test_paths_are_uniform_and_depend_on_seed_and_step_only():
     torch.manual_seed(2)
     assert [path_index(7, s, 5) for s in range(50)] == [path_index(7, s, 5) for s in range(50)]
     assert [path_index(7, s, 5) for s in range(50)] != [path_index(8, s, 5) for s in range(50)]
+
+
+def test_product_sampling_covers_every_combination_of_the_stages_candidates_evenly():
+    callback = SupernetTraining(BASE, PATHS, seed=7, product=True)
+    candidates = stage_candidates(PATHS)
+    product = [dataclasses.replace(BASE, stages=stages) for stages in itertools.product(*candidates)]
+    assert callback.count == len(product) == 8  # stage 2: conv, xvol_sa; stage 3: conv, pssa L=1, L=2, sa
+    assert [product_path(BASE, candidates, i) for i in range(8)] == product  # without listing the product
+    assert product[0] == BASE and len(set(product)) == 8 and set(PATHS) < set(product)
+    taken = Counter(callback.path_at(step) for step in range(4000))
+    assert set(taken) == set(product) and all(abs(c - 500) < 84 for c in taken.values())  # 4 binomial sd
+    assert [callback.path_at(s) for s in range(50)] == [product[path_index(7, s, 8)] for s in range(50)]
+    assert SupernetTraining(BASE, PATHS, seed=7).count == len(PATHS)  # the given paths only
 
 
 def _steps_on_rank(rank: int) -> list[str]:

@@ -20,8 +20,8 @@ the stand-alone check, as one `lab.py study run NAME` that resumes where it stop
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import logging
+import math
 import random
 import time
 from pathlib import Path
@@ -69,17 +69,6 @@ def space_points(config: StudyConfig) -> list[tuple[dict[str, Any], BackboneSpec
     return [(p, spec_of(config.space, config.base.model, p)) for p in expand_space(config.space, config.base.model)]
 
 
-def trained_paths(config: StudyConfig) -> tuple[BackboneSpec, ...]:
-    """The paths the supernet draws from, one per step: the space's points (one_shot.sampling
-    ``space``) or every combination of the candidates each stage has in them (``product``: every
-    candidate of a stage trained equally often; the first path is the space's first point)."""
-    points = tuple(spec for _, spec in space_points(config))
-    if config.one_shot.sampling == "space":
-        return points
-    return tuple(dataclasses.replace(points[0], stages=tuple(stages))
-                 for stages in itertools.product(*stage_candidates(points)))
-
-
 def supernet_run_config(config: StudyConfig) -> Any:
     """The supernet's run: the base network, one_shot.epochs epochs, no learning curve (its
     validation runs one path), base.seed."""
@@ -94,11 +83,14 @@ def train_supernet(name: str, config: StudyConfig, run_dir: Path, storage_url: s
     if done is not None:
         return done
     resume = prepare_run_dir(run_dir, -1)
-    paths = trained_paths(config)
+    paths = tuple(spec for _, spec in space_points(config))
+    product = config.one_shot.sampling == "product"
     write_request(run_dir, TrialRequest(
         study=name, trial_number=-1, config=distributed(supernet_run_config(config)), objectives=(),
-        pruner=config.pruner, report=None, step_offset=0, steps=1, resume=resume, supernet=paths))
-    view.trial_started(-1, f"supernet over {len(paths)} paths")
+        pruner=config.pruner, report=None, step_offset=0, steps=1, resume=resume, supernet=paths,
+        supernet_product=product))
+    count = math.prod(len(c) for c in stage_candidates(paths)) if product else len(paths)
+    view.trial_started(-1, f"supernet over {count} paths")
     trainer = config.base.trainer
     return run_trial(run_dir, trial_command(run_dir, trainer.devices, trainer.num_nodes), storage_url, view)
 

@@ -22,7 +22,7 @@ class OneShotConfig:
     study's ordinary trials (budget.seeds seeds, budget.epochs epochs each)."""
 
     epochs: int = 3
-    sampling: Literal["space", "product"] = "space"
+    sampling: Literal["space", "product"] = "product"
     paths: int = 200
     sampler: Literal["tpe", "nsga2"] = "tpe"
     score: Literal["acc1", "nll", "auc"] = "acc1"

@@ -51,9 +51,11 @@ class TrialRequest:
     step_offset: int  # the pruning step of this seed's first epoch (seed index x epochs)
     steps: int  # pruning steps of the whole configuration (epochs x seeds)
     resume: str | None = None  # "last": continue from the run folder's last checkpoint; or a checkpoint path
-    # a one-shot study's supernet run: the paths it samples from (`xvol_lab.tasks.supernet`); the
-    # run config's model is the base network, and nothing is measured after training
+    # a one-shot study's supernet run: the paths it samples from (`xvol_lab.tasks.supernet`; with
+    # supernet_product, every combination of their stages' candidates); the run config's model is
+    # the base network, and nothing is measured after training
     supernet: tuple[BackboneSpec, ...] = ()
+    supernet_product: bool = False
 
 
 def write_request(run_dir: Path, request: TrialRequest) -> None:

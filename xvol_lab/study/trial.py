@@ -97,7 +97,7 @@ def train(request: TrialRequest, trial_dir: Path) -> dict[str, Any]:
         reporter = PruningReporter(connect, request.report, request.step_offset)
         callbacks.append(reporter)
     if request.supernet:
-        callbacks += [SupernetTraining(config.model, request.supernet, config.seed),
+        callbacks += [SupernetTraining(config.model, request.supernet, config.seed, product=request.supernet_product),
                       EpochSnapshots(trial_dir / CHECKPOINT_DIR)]
     try:
         metrics = fit(config, trial_dir, callbacks=callbacks, progress=False, resume=request.resume)

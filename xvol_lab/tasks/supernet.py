@@ -5,9 +5,12 @@ At ``setup`` the callback turns the task's network (``pl_module.model``, built f
 into a supernet in place (`xvol_lab.models.supernet`), before the optimiser is made and before a
 checkpoint is restored, so checkpoints hold every candidate's weights and `fit(..., resume='last')`
 continues a supernet exactly as it continues a trial. Before every training step it sets the path
-``paths[path_index(seed, global_step, len(paths))]``: uniform over the paths, a function of the seed
-and the step only, so every DDP process takes the same path in a step without communicating, and
-a resumed run takes the paths the uninterrupted run would have. Validation runs ``paths[0]``.
+of index ``path_index(seed, global_step, count)``: uniform over the `count` paths, a function of the
+seed and the step only, so every DDP process takes the same path in a step without communicating,
+and a resumed run takes the paths the uninterrupted run would have. The paths are the given ones,
+or with ``product=True`` every combination of the candidates their stages hold (`product_path`: the
+index read as mixed-radix digits, one per stage, without listing the product), so that each
+candidate of a stage is trained equally often. Validation runs ``paths[0]``.
 
 `EpochSnapshots` keeps the supernet's weights at the end of every epoch (``<run>/checkpoints/snapshots/``),
 so a path can be scored along the supernet's training, not only at its end (one_shot.score ``auc``).
@@ -15,6 +18,8 @@ so a path can be scored along the supernet's training, not only at its end (one_
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -63,6 +68,16 @@ def stage_candidates(paths: Sequence[BackboneSpec]) -> list[list[Any]]:
     return [list(dict.fromkeys(p.stages[i] for p in paths)) for i in range(4)]
 
 
+def product_path(base: BackboneSpec, candidates: Sequence[Sequence[Any]], index: int) -> BackboneSpec:
+    """Path `index` of the product of the stages' `candidates`, in `itertools.product` order (the
+    last stage varies fastest)."""
+    stages = []
+    for choices in reversed(candidates):
+        index, digit = divmod(index, len(choices))
+        stages.append(choices[digit])
+    return dataclasses.replace(base, stages=tuple(reversed(stages)))
+
+
 def build_supernet(network: Any, base: BackboneSpec, paths: Sequence[BackboneSpec]) -> Supernet:
     """`network` (built from `base`) turned into the supernet over `paths`, in place."""
     return Supernet(network, base, stage_candidates(paths))
@@ -71,16 +86,21 @@ def build_supernet(network: Any, base: BackboneSpec, paths: Sequence[BackboneSpe
 class SupernetTraining(Callback):
     """Trains ``pl_module.model`` as the supernet over `paths` (module docstring)."""
 
-    def __init__(self, base: BackboneSpec, paths: Sequence[BackboneSpec], seed: int) -> None:
+    def __init__(self, base: BackboneSpec, paths: Sequence[BackboneSpec], seed: int, *, product: bool = False) -> None:
         if not paths:
             raise ValueError("paths: got none, expected at least one path")
         self.base, self.paths, self.seed = base, list(paths), seed
+        self.candidates = stage_candidates(self.paths) if product else None
+        self.count = math.prod(len(c) for c in self.candidates) if self.candidates else len(self.paths)
         self.supernet: Supernet | None = None
         self.taken: list[tuple[int, int]] = []  # (global step, path index) of every training batch
 
     def path_at(self, step: int) -> BackboneSpec:
         """The path trained at optimiser step `step`."""
-        return self.paths[path_index(self.seed, step, len(self.paths))]
+        index = path_index(self.seed, step, self.count)
+        if self.candidates is None:
+            return self.paths[index]
+        return product_path(self.paths[0], self.candidates, index)
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if self.supernet is None:
@@ -90,7 +110,7 @@ class SupernetTraining(Callback):
                              batch_idx: int) -> None:
         assert self.supernet is not None
         step = trainer.global_step
-        self.taken.append((step, path_index(self.seed, step, len(self.paths))))
+        self.taken.append((step, path_index(self.seed, step, self.count)))
         self.supernet.set_path(self.path_at(step))
 
     def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
