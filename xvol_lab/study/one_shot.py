@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import random
 import time
 from pathlib import Path
@@ -43,7 +42,7 @@ from xvol_lab.study.storage import open_storage
 from xvol_lab.study.worker import run_study
 from xvol_lab.tasks.metrics import VAL_ACC1, VAL_ACC1_AUC
 from xvol_lab.tasks.runner import CHECKPOINT_DIR
-from xvol_lab.tasks.supernet import snapshot_paths, stage_candidates
+from xvol_lab.tasks.supernet import path_count, snapshot_paths
 
 log = logging.getLogger(__name__)
 
@@ -89,8 +88,7 @@ def train_supernet(name: str, config: StudyConfig, run_dir: Path, storage_url: s
         study=name, trial_number=-1, config=distributed(supernet_run_config(config)), objectives=(),
         pruner=config.pruner, report=None, step_offset=0, steps=1, resume=resume, supernet=paths,
         supernet_product=product))
-    count = math.prod(len(c) for c in stage_candidates(paths)) if product else len(paths)
-    view.trial_started(-1, f"supernet over {count} paths")
+    view.trial_started(-1, f"supernet over {path_count(paths, product)} paths")
     trainer = config.base.trainer
     return run_trial(run_dir, trial_command(run_dir, trainer.devices, trainer.num_nodes), storage_url, view)
 
@@ -116,7 +114,7 @@ def supernet_checkpoints(config: StudyConfig, checkpoint_dir: Path) -> list[Path
     found = snapshot_paths(checkpoint_dir)
     if not found:
         raise ConfigError(f"{checkpoint_dir}: no epoch snapshots of the supernet, which one_shot.score "
-                                "auc reads; train the supernet again in a fresh --runs folder")
+                          "auc reads; train the supernet again in a fresh --runs folder")
     return found
 
 

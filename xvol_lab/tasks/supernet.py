@@ -59,13 +59,19 @@ class EpochSnapshots(Callback):
 
 
 def snapshot_paths(checkpoint_dir: Path) -> list[Path]:
-    """The snapshots `snapshots` wrote under `checkpoint_dir`, in epoch order."""
+    """The snapshots `EpochSnapshots` wrote under `checkpoint_dir`, in epoch order."""
     return sorted((checkpoint_dir / SNAPSHOT_DIR).glob("epoch*.ckpt"), key=lambda p: int(p.stem[len("epoch"):]))
 
 
 def stage_candidates(paths: Sequence[BackboneSpec]) -> list[list[Any]]:
     """Per stage, the distinct stage specs the paths use (the supernet's candidates)."""
     return [list(dict.fromkeys(p.stages[i] for p in paths)) for i in range(4)]
+
+
+def path_count(paths: Sequence[BackboneSpec], product: bool) -> int:
+    """How many paths a supernet over `paths` draws from: the paths, or (`product`) every
+    combination of the candidates their stages hold."""
+    return math.prod(len(c) for c in stage_candidates(paths)) if product else len(paths)
 
 
 def product_path(base: BackboneSpec, candidates: Sequence[Sequence[Any]], index: int) -> BackboneSpec:
@@ -91,7 +97,7 @@ class SupernetTraining(Callback):
             raise ValueError("paths: got none, expected at least one path")
         self.base, self.paths, self.seed = base, list(paths), seed
         self.candidates = stage_candidates(self.paths) if product else None
-        self.count = math.prod(len(c) for c in self.candidates) if self.candidates else len(self.paths)
+        self.count = path_count(self.paths, product)
         self.supernet: Supernet | None = None
         self.taken: list[tuple[int, int]] = []  # (global step, path index) of every training batch
 
