@@ -38,10 +38,10 @@ def test_info_counts_per_split_and_class(tmp_path, capsys):
 
 @pytest.mark.parametrize("argv, message", [
     (["make", "mnist"],
-     "name: got 'mnist', expected one of 'shapes', 'shapes-context', 'imagefolder', 'cifar10', "
-     "'shapes-seg', 'masks', 'shapes-coco', 'coco'"),
+     "name: got 'mnist', expected one of 'shapes', 'shapes-context', 'shapes-side', "
+     "'imagefolder', 'cifar10', 'shapes-seg', 'masks', 'shapes-coco', 'coco'"),
     (["make", "cifar10"], "data make: 'cifar10' is not generated; expected one of shapes, shapes-context, "
-     "shapes-seg, shapes-coco"),
+     "shapes-side, shapes-seg, shapes-coco"),
     (["make", "shapes", "--set", "num_train=abc"], "num_train: got 'abc', expected an integer"),
     (["make", "shapes", "--set", "num_classes=2", "--set", "num_train=1"], "num_train: got 1, expected an"),
     (["make", "shapes", "--set", "colour=red"], "colour: unknown key; expected one of name, root"),
@@ -68,6 +68,6 @@ def test_lab_py_exits_2_on_unknown_dataset(tmp_path):
                           env={**os.environ, "PYTHONPATH": str(REPO)})
     assert proc.returncode == 2
     assert proc.stderr.splitlines() == ["lab.py: error: name: got 'nope', expected one of 'shapes', "
-                                        "'shapes-context', 'imagefolder', 'cifar10', 'shapes-seg', "
-                                        "'masks', 'shapes-coco', 'coco'"]
+                                        "'shapes-context', 'shapes-side', 'imagefolder', 'cifar10', "
+                                        "'shapes-seg', 'masks', 'shapes-coco', 'coco'"]
     assert proc.stdout == ""

@@ -17,8 +17,8 @@ def test_round_trips_through_plain_dicts(cfg):
 
 @pytest.mark.parametrize("changes, message", [
     ({"name": "mnist"},
-     "name: got 'mnist', expected one of 'shapes', 'shapes-context', 'imagefolder', 'cifar10', "
-     "'shapes-seg', 'masks', 'shapes-coco', 'coco'"),
+     "name: got 'mnist', expected one of 'shapes', 'shapes-context', 'shapes-side', "
+     "'imagefolder', 'cifar10', 'shapes-seg', 'masks', 'shapes-coco', 'coco'"),
     ({"root": ""}, "root: got '', expected a folder path"),
     ({"image_size": 4}, "image_size: got 4, expected an integer >= 8"),
     ({"image_size": 12}, "image_size: got 12, expected an integer >= 16 for shapes"),

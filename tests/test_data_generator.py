@@ -30,7 +30,7 @@ def index_rows(folder: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
-@pytest.mark.parametrize("name", ["shapes", "shapes-context"])
+@pytest.mark.parametrize("name", ["shapes", "shapes-context", "shapes-side"])
 def test_same_seed_gives_byte_identical_files(tmp_path, name):
     a = files(generate(small(tmp_path / "a", name)))
     b = files(generate(small(tmp_path / "b", name)))

@@ -1,5 +1,5 @@
-"""Datasets as LightningDataModules: classification (`shapes`, `shapes-context`, `imagefolder`,
-`cifar10`), semantic segmentation (`shapes-seg`, `masks`), detection (`shapes-coco`, `coco`).
+"""Datasets as LightningDataModules: classification (`shapes`, `shapes-context`, `shapes-side`,
+`imagefolder`, `cifar10`), semantic segmentation (`shapes-seg`, `masks`), detection (`shapes-coco`, `coco`).
 
 The exports below are imported on first use (`xvol_lab.lazy`): `DataConfig` comes without Lightning.
 """

@@ -19,6 +19,7 @@ from xvol_lab.data.synthetic import SyntheticDataModule
 DATAMODULES: dict[str, Callable[[DataConfig], LightningDataModule]] = {
     "shapes": SyntheticDataModule,
     "shapes-context": SyntheticDataModule,
+    "shapes-side": SyntheticDataModule,
     "imagefolder": ImageFolderDataModule,
     "cifar10": Cifar10DataModule,
     "shapes-seg": ShapesSegDataModule,
@@ -30,6 +31,7 @@ DATAMODULES: dict[str, Callable[[DataConfig], LightningDataModule]] = {
 GENERATORS: dict[str, Callable[[DataConfig], Path]] = {
     "shapes": generated.generate,
     "shapes-context": generated.generate,
+    "shapes-side": generated.generate,
     "shapes-seg": shapes_seg.generate,
     "shapes-coco": lambda cfg: generate_shapes_coco(cfg.root, ShapesCocoParams.from_config(cfg)),
 }

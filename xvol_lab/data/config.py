@@ -9,27 +9,29 @@ from xvol_lab.data.canvas import HOLE_FREE_SHAPES
 from xvol_lab.errors import ConfigError
 from xvol_lab.schema import is_int
 
-DatasetName = Literal["shapes", "shapes-context", "imagefolder", "cifar10",  # classification
+DatasetName = Literal["shapes", "shapes-context", "shapes-side", "imagefolder", "cifar10",  # classification
                       "shapes-seg", "masks",  # semantic segmentation
                       "shapes-coco", "coco"]  # detection and instance segmentation
 DATASET_NAMES: tuple[str, ...] = get_args(DatasetName)
-SYNTHETIC_NAMES: tuple[str, ...] = ("shapes", "shapes-context", "shapes-seg", "shapes-coco")
+SYNTHETIC_NAMES: tuple[str, ...] = ("shapes", "shapes-context", "shapes-side", "shapes-seg",
+                                     "shapes-coco")
 # Synthetic classification sets: labels are balanced (label = index mod num_classes).
-BALANCED_NAMES: tuple[str, ...] = ("shapes", "shapes-context")
+BALANCED_NAMES: tuple[str, ...] = ("shapes", "shapes-context", "shapes-side")
 
 # Synthetic classes are (shape, hue band) kinds: 10 shapes times at most 4 hue bands.
 MAX_SYNTHETIC_CLASSES = 40
 # Smallest image side at which the shapes stay recognisable (two corner shapes, or overlapping
 # instances, need more room).
-MIN_SYNTHETIC_SIZE = {"shapes": 16, "shapes-context": 32, "shapes-seg": 16, "shapes-coco": 32}
+MIN_SYNTHETIC_SIZE = {"shapes": 16, "shapes-context": 32, "shapes-side": 32, "shapes-seg": 16,
+                      "shapes-coco": 32}
 
 
 @dataclass(frozen=True)
 class DataConfig:
     """A dataset and its loader settings.
 
-    `name` picks the dataset. Synthetic sets (`shapes`, `shapes-context`, `shapes-seg`,
-    `shapes-coco`) are generated under ``<root>/<name>/`` from `image_size`, `num_train`,
+    `name` picks the dataset. Synthetic sets (`shapes`, `shapes-context`, `shapes-side`,
+    `shapes-seg`, `shapes-coco`) are generated under ``<root>/<name>/`` from `image_size`, `num_train`,
     `num_val`, `num_classes` and `seed`. For `imagefolder`, `masks` and `coco`, `root` is the dataset
     folder (data/README.md has the layouts); for `cifar10` it holds ``cifar-10-batches-py/``; these
     take their classes and sizes from the files and ignore `num_train`, `num_val`, `num_classes`

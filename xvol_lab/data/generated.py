@@ -31,7 +31,7 @@ import numpy as np
 from PIL import Image
 
 from xvol_lab.atomic import temp_dir
-from xvol_lab.data import context, shapes
+from xvol_lab.data import context, shapes, side
 from xvol_lab.data.config import DataConfig
 from xvol_lab.errors import ConfigError
 
@@ -56,6 +56,7 @@ class Drawer:
 DRAWERS: dict[str, Drawer] = {
     "shapes": Drawer(shapes.VERSION, shapes.class_names, shapes.draw),
     "shapes-context": Drawer(context.VERSION, context.class_names, context.draw),
+    "shapes-side": Drawer(side.VERSION, side.class_names, side.draw),
 }
 
 

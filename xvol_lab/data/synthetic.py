@@ -1,4 +1,4 @@
-"""`SyntheticDataModule`: `shapes` / `shapes-context`, generated in `prepare_data`, read in `setup`."""
+"""`SyntheticDataModule`: `shapes` / `shapes-context` / `shapes-side`, generated in `prepare_data`, read in `setup`."""
 
 from __future__ import annotations
 

@@ -134,7 +134,7 @@ _IMAGE_IO = "input `image` ({c}, {s}, {s}) in [0, 1], one per call, outputs `box
 
 TASKS: Mapping[str, TaskRecord] = MappingProxyType({record.name: record for record in (
     TaskRecord("classification", "classification.ClassificationTask", _classifier,
-               datasets=("shapes", "shapes-context", "imagefolder", "cifar10"), monitor=VAL_ACC1,
+               datasets=("shapes", "shapes-context", "shapes-side", "imagefolder", "cifar10"), monitor=VAL_ACC1,
                output="labels", trivial="majority_class", onnx_io=_IMAGES_IO),
     TaskRecord("semantic_segmentation", "segmentation.SegmentationTask", _semantic_fpn,
                datasets=("shapes-seg", "masks"), monitor=VAL_MIOU, output="pixels", trivial="all_background",
