@@ -86,3 +86,12 @@ def pixel_gap(a: Placement, b: Placement, size: int) -> int:
     pa = np.argwhere(shape_mask(a, size) > 0)
     pb = np.argwhere(shape_mask(b, size) > 0)
     return int(np.abs(pa[:, None, :] - pb[None, :, :]).max(-1).min())
+
+
+def inside_image(p: Placement, size: int) -> bool:
+    """Whether shape `p` lies wholly inside the size x size image: drawn on a canvas with a margin
+    around the image, nothing of it lands in the margin."""
+    pad = size // 4
+    shifted = Placement(p.shape, p.x + pad, p.y + pad, p.radius, p.angle, p.color)
+    padded = shape_mask(shifted, size + 2 * pad)
+    return bool(padded.sum() > 0) and abs(float(padded[pad:-pad, pad:-pad].sum()) - float(padded.sum())) < 1e-6

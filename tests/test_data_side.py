@@ -4,15 +4,14 @@ about the label."""
 
 import csv
 from collections import Counter
-from pathlib import Path
 
 import numpy as np
 import pytest
-from _receptive import pixel_gap, placement, positive_control_spec, receptive_field, study_data
+from _receptive import inside_image, pixel_gap, placement, positive_control_spec, receptive_field, study_data
 from scipy.stats import chi2_contingency
 
 from xvol_lab.data import DataConfig, generate
-from xvol_lab.data.canvas import Placement, shape_mask
+from xvol_lab.data.canvas import shape_mask
 from xvol_lab.data.side import GAP, OFFSET, RADIUS, class_names, draw
 
 
@@ -87,27 +86,19 @@ def test_one_disc_alone_says_almost_nothing_about_the_label():
         assert accuracy < 0.12, prefix  # chance 0.0625
 
 
-def test_dataset_on_disk_is_balanced_and_deterministic(tmp_path):
-    def make(root: Path) -> Path:
-        return generate(DataConfig(name="shapes-side", root=str(root), num_classes=4, image_size=48,
-                                   num_train=32, num_val=8, num_workers=0))
-    a, b = make(tmp_path / "a"), make(tmp_path / "b")
-    with open(a / "index.csv", newline="") as f:
+def test_dataset_on_disk_is_balanced_with_a_folder_per_bin(tmp_path):
+    # byte-identical regeneration: tests/test_data_generator.py, for every synthetic set
+    folder = generate(DataConfig(name="shapes-side", root=str(tmp_path), num_classes=4, image_size=40,
+                                 num_train=32, num_val=8, num_workers=0))
+    with open(folder / "index.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     for split, n in (("train", 32), ("val", 8)):
         assert Counter(r["label"] for r in rows if r["split"] == split) == {str(c): n // 4 for c in range(4)}
-    assert sorted(p.name for p in (a / "train").iterdir()) == class_names(4)
-    pngs = sorted(p.relative_to(a) for p in a.rglob("*.png"))
-    assert len(pngs) == 40 and all((a / p).read_bytes() == (b / p).read_bytes() for p in pngs)
+        assert sorted(p.name for p in (folder / split).iterdir()) == class_names(4)
 
 
-@pytest.mark.parametrize("size", [32, 48, 64])
+@pytest.mark.parametrize("size", [32, 40, 64])
 def test_discs_stay_inside_the_image_and_apart_at_every_size(size):
-    pad = size // 4
     for _, _, meta in draws(40, 16, size, seed=1):
-        for prefix in ("a_", "b_"):
-            p = placement(meta, prefix)
-            shifted = Placement(p.shape, p.x + pad, p.y + pad, p.radius, p.angle, p.color)
-            padded = shape_mask(shifted, size + 2 * pad)
-            assert padded.sum() > 0 and padded[pad:-pad, pad:-pad].sum() == pytest.approx(padded.sum())
+        assert inside_image(placement(meta, "a_"), size) and inside_image(placement(meta, "b_"), size)
         assert meta["gap"] >= GAP * size - 1e-3

@@ -10,9 +10,10 @@ precision instead of jumping from chance to perfect (`shapes-context`'s same/dif
 The discs' outlines are at least ``GAP * image_size`` apart vertically (`context.relation_gap`):
 26 px at the 40 px the ablations use, beyond the 25 px receptive field of stage 2 of the small-stem
 ResNet-18, so a unit has to see both to read the offset. The discs are smaller than
-`shapes-context`'s, so that this gap fits down to 32 px. Each disc's hue and size are uniform whatever the label; the pair's midpoint is
-uniform, so a disc's own position carries only what the bounded canvas leaks (``|dx| / 2`` of
-shift at most; `positive control` rows measure it). data/README.md says why it is built so.
+`shapes-context`'s, so that this gap fits down to 32 px. Each disc's hue and size are uniform
+whatever the label; the pair's midpoint is uniform, so a disc's own position carries only what the
+bounded canvas leaks (``|dx| / 2`` of shift at most; the ablations' positive control measures it).
+data/README.md says why it is built so.
 """
 
 from __future__ import annotations
