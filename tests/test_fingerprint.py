@@ -135,6 +135,15 @@ def test_every_compared_field_is_checked(key):
         check_comparable("mix", trials, allow_mixed=False)
 
 
+def test_a_trial_that_ran_no_kernel_compares_with_any_backend():
+    # the all-conv baseline (backend "none") against PSSA networks that ran the C++ kernel
+    assert check_comparable("ab", trials_with(fingerprint(backend="none"), fingerprint(), fingerprint()),
+                            allow_mixed=False) == []
+    with pytest.raises(ConfigError, match="`backend`: cpu in trial 1; triton in trial 2; "):
+        check_comparable("ab", trials_with(fingerprint(backend="none"), fingerprint(), fingerprint(backend="triton")),
+                         allow_mixed=False)
+
+
 def test_git_is_recorded_not_compared_and_old_trials_read_as_not_recorded():
     assert check_comparable("mix", trials_with(fingerprint(git_commit="a", git_dirty=True),
                                                fingerprint(git_commit="b")), allow_mixed=False) == []

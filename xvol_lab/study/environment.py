@@ -22,6 +22,7 @@ from xvol_lab.tasks.fingerprint import COMPARED
 FINGERPRINT_ATTR = "fingerprint"
 NOT_RECORDED = "not recorded"
 ALLOW_MIXED = "--allow-mixed"
+NO_KERNEL = "none"  # the backend of a run in which no layer asked for a kernel (an all-conv network)
 
 
 def combine_fingerprints(fingerprints: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -49,13 +50,17 @@ def _shown(value: Any) -> str:
 
 
 def mixed_fields(trials: Sequence[FrozenTrial]) -> dict[str, dict[str, list[int]]]:
-    """field of `COMPARED` -> {value: trial numbers} for each field whose value differs among `trials`."""
+    """field of `COMPARED` -> {value: trial numbers} for each field whose value differs among `trials`.
+    A trial that ran no kernel (backend `NO_KERNEL`) matches any backend: no rounding of a kernel
+    entered its numbers, so the all-conv baseline compares with PSSA networks that ran one."""
     mixed = {}
     for key in COMPARED:
         groups: dict[str, list[int]] = {}
         for trial in trials:
             fp = fingerprint_of(trial)
             groups.setdefault(_shown(fp.get(key) if fp else None), []).append(trial.number)
+        if key == "backend" and len(groups) > 1:
+            groups.pop(NO_KERNEL, None)
         if len(groups) > 1:
             mixed[key] = groups
     return mixed
