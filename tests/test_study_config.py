@@ -157,9 +157,10 @@ def test_shipped_classification_studies_and_budgets():
     assert search.plan == ({f"stage{i}.op": "conv" for i in (1, 2, 3, 4)},)
     assert (search.sampler.name, search.pruner.name) == ("tpe", "median")
     assert search.pruner.n_warmup_steps == 2  # Optuna prunes from step n_warmup_steps: not after epoch 1
-    for name in ("op_ablation", "stage_ablation", "shift_ablation"):  # the ceiling-free primary metric
+    for name in ("op_ablation", "stage_ablation", "shift_ablation"):  # the graded long-range proxy
         config = loaded[name][1]
-        assert config.metric_names[0] == "val/acc1_auc" and config.base.trainer.curve_points >= 4
+        assert (config.base.data.name, config.base.data.num_classes) == ("shapes-side", 16)
+        assert config.metric_names == ["val/acc1"] and config.budget.max_seeds >= 5
         assert config.controls.positive.params == {"stage3.op": "pointwise", "stage4.op": "pointwise"}
         assert config.controls.negative is not None
 
