@@ -3,6 +3,7 @@ what the long-range proxies (`shapes-context`, `shapes-side`) are checked agains
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -94,4 +95,5 @@ def inside_image(p: Placement, size: int) -> bool:
     pad = size // 4
     shifted = Placement(p.shape, p.x + pad, p.y + pad, p.radius, p.angle, p.color)
     padded = shape_mask(shifted, size + 2 * pad)
-    return bool(padded.sum() > 0) and abs(float(padded[pad:-pad, pad:-pad].sum()) - float(padded.sum())) < 1e-6
+    total = float(padded.sum())
+    return total > 0 and math.isclose(float(padded[pad:-pad, pad:-pad].sum()), total, rel_tol=1e-6)

@@ -242,8 +242,9 @@ def test_list_names_a_storage_made_from_another_study_file(tmp_path: Path, capsy
     runs = tmp_path / "runs"
     (runs / "op_ablation").mkdir(parents=True)
     storage = f"sqlite:///{runs / 'op_ablation' / 'study.db'}"
-    study = optuna.create_study(study_name="op_ablation", storage=storage, direction="maximize")
-    study.add_trial(optuna.trial.create_trial(value=0.5))  # an older op_ablation.yaml: one objective
+    study = optuna.create_study(study_name="op_ablation", storage=storage,
+                                directions=["maximize", "maximize"])  # an older op_ablation.yaml: two objectives
+    study.add_trial(optuna.trial.create_trial(values=[0.5, 0.9]))
     assert main(["study", "list", "--runs", str(runs)]) == 0
     assert ("op_ablation        grid     7 trials  1/7 finished in a storage made from a different study file "
             "(objectives)") in capsys.readouterr().out.splitlines()
@@ -253,12 +254,11 @@ def test_list_shows_shipped_studies_and_their_progress(tmp_path: Path, capsys):
     runs = tmp_path / "runs"
     (runs / "op_ablation").mkdir(parents=True)
     storage = f"sqlite:///{runs / 'op_ablation' / 'study.db'}"
-    study = optuna.create_study(study_name="op_ablation", storage=storage,
-                                directions=["maximize", "maximize"])  # val/acc1_auc, val/acc1
-    for values in ([0.5, 0.9], [0.75, 1.0]):
-        study.add_trial(optuna.trial.create_trial(values=values))
+    study = optuna.create_study(study_name="op_ablation", storage=storage, direction="maximize")  # val/acc1
+    for value in (0.5, 0.75):
+        study.add_trial(optuna.trial.create_trial(value=value))
     assert main(["study", "list", "--runs", str(runs)]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert "op_ablation        grid     7 trials  2/7 finished, best Pareto front: 1 trial(s) (1)" in lines
+    assert "op_ablation        grid     7 trials  2/7 finished, best val/acc1 0.7500 (trial 1)" in lines
     assert "stage_search       tpe     10 trials  not started" in lines
     assert not (runs / "stage_search").exists()
