@@ -31,10 +31,17 @@ def placement(meta: dict, prefix: str) -> Placement:
 SMALL_STEM = BackboneSpec(depths=(2, 2, 2, 2), width_mult=0.25, stem="small")
 
 
-def positive_control_spec(name: str = "op_ablation") -> BackboneSpec:
-    """The small-stem ResNet-18 with the stage changes of study `name`'s positive control."""
+def study_spec(name: str) -> BackboneSpec:
+    """The base network of shipped study `name` (its `base.model`: block, depths, width, stem)."""
+    model = yaml.safe_load((REPO / "studies" / f"{name}.yaml").read_text())["base"]["model"]
+    return BackboneSpec(block=model["block"], depths=tuple(model["depths"]), width_mult=model["width_mult"],
+                        stem=model["stem"])
+
+
+def positive_control_spec(name: str) -> BackboneSpec:
+    """Study `name`'s base network with the stage changes of its positive control."""
     study = yaml.safe_load((REPO / "studies" / f"{name}.yaml").read_text())
-    spec = SMALL_STEM
+    spec = study_spec(name)
     for key, value in study["controls"]["positive"]["params"].items():
         stage, field = key.removeprefix("stage").split(".")
         spec = spec.with_stage(int(stage), **{field: value})

@@ -7,7 +7,15 @@ from collections import Counter
 
 import numpy as np
 import pytest
-from _receptive import inside_image, pixel_gap, placement, positive_control_spec, receptive_field, study_data
+from _receptive import (
+    inside_image,
+    pixel_gap,
+    placement,
+    positive_control_spec,
+    receptive_field,
+    study_data,
+    study_spec,
+)
 from scipy.stats import chi2_contingency
 
 from xvol_lab.data import DataConfig, generate
@@ -46,7 +54,7 @@ def test_label_is_the_bin_of_the_lower_discs_offset():
 
 def test_no_stage2_unit_sees_both_discs_at_the_study_size():
     size, k = proxy()
-    rf = receptive_field(size, 2)
+    rf = receptive_field(size, 2, study_spec("op_ablation"))  # the network the study trains
     assert rf < size  # otherwise the claim below would be vacuous
     metas = [meta for _, _, meta in draws(150, k, size)]
     gaps = [pixel_gap(placement(meta, "a_"), placement(meta, "b_"), size) for meta in metas]
@@ -57,11 +65,11 @@ def test_no_stage2_unit_sees_both_discs_at_the_study_size():
 def test_no_unit_of_the_positive_control_sees_both_discs():
     # op_ablation's positive control mixes no pixels after stage 2: its last stage's units see what
     # one stage-2 unit sees, less than the discs' smallest distance (the test above)
-    spec = positive_control_spec("op_ablation")
+    spec, base = positive_control_spec("op_ablation"), study_spec("op_ablation")
     assert all(stage.op == "pointwise" for stage in spec.stages[2:])
     size, _ = proxy()
-    assert receptive_field(size, 4, spec) == receptive_field(size, 3, spec) == receptive_field(size, 2) == 25
-    assert receptive_field(size, 4) == size  # the all-conv network's stage 4 sees the whole image
+    assert receptive_field(size, 4, spec) == receptive_field(size, 3, spec) == receptive_field(size, 2, base) == 25
+    assert receptive_field(size, 4, base) == size  # the all-conv network's stage 4 sees the whole image
 
 
 def test_one_disc_alone_says_almost_nothing_about_the_label():
