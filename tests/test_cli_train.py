@@ -31,7 +31,8 @@ def run_main(capsys, *argv: str) -> tuple[int, str, str]:
 def test_train_writes_the_run_and_prints_the_metrics(tmp_path, capsys):
     spec = BackboneSpec.preset("resnet18", stem="small", width_mult=0.5).with_stage(4, op="xvol_pssa")
     (tmp_path / "arch.json").write_text(spec.to_json())
-    (tmp_path / "cfg.yaml").write_text("seed: 7\noptim: {name: adamw, lr: 0.002}\n")
+    (tmp_path / "cfg.yaml").write_text("seed: 7\noptim: {name: adamw, lr: 0.002}\ntrainer: {threads: 2}\n")
+    threads = torch.get_num_threads()
     run_dir = tmp_path / "run"
     code, out, err = run_main(capsys, "train", "--config", str(tmp_path / "cfg.yaml"), "--arch",
                               str(tmp_path / "arch.json"), "--run-dir", str(run_dir), "--max-epochs", "2",
@@ -42,6 +43,9 @@ def test_train_writes_the_run_and_prints_the_metrics(tmp_path, capsys):
     assert config.seed == 7 and config.optim.lr == 0.002 and config.trainer.max_epochs == 2
     assert config.trainer.precision == "64-true"
     assert config.model == BackboneSpec.from_dict({**spec.to_dict(), "width_mult": 0.125})
+    # trained on trainer.threads, recorded in the fingerprint; the process's count restored after
+    assert json.loads((run_dir / "fingerprint.json").read_text())["threads"] == 2
+    assert torch.get_num_threads() == threads
     result = json.loads((run_dir / "results.json").read_text())
     assert result["epochs"] == 2.0
     assert out.splitlines()[0] == f"run: {run_dir}"
@@ -166,22 +170,24 @@ def test_resume_refuses_a_changed_key_with_one_line_each_and_writes_nothing(tmp_
     lines = err.splitlines()
     assert lines == [
         f"lab.py: error: --resume {last}: model.stage3.op: stored 'conv' ({run_dir / 'config.yaml'}), given "
-        "'xvol_pssa'; a resumed run keeps its config (it may change trainer.max_epochs, and trainer.devices, "
+        "'xvol_pssa'; a resumed run keeps its config (it may change trainer.max_epochs, trainer.threads, and "
+        "trainer.devices, "
         "trainer.strategy, trainer.num_nodes from an epoch-end checkpoint)",
         f"lab.py: error: --resume {last}: optim.lr: stored 0.05 ({run_dir / 'config.yaml'}), given 0.1; "
-        "a resumed run keeps its config (it may change trainer.max_epochs, and trainer.devices, "
+        "a resumed run keeps its config (it may change trainer.max_epochs, trainer.threads, and trainer.devices, "
         "trainer.strategy, trainer.num_nodes from an epoch-end checkpoint)"]
     code, out, err = run_main(capsys, "train", "--run-dir", str(run_dir), "--resume", "last",
                               "--set", "data.num_train=2000", "--no-progress")
     assert code == 2 and out == "" and err.count("\n") == 1
     assert "data.num_train: stored 48" in err and "given 2000" in err
     assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()} == before
-    # what a resume may change: the epochs (the resolved config, printed; nothing written)
+    # what a resume may change: the epochs and the CPU threads (the resolved config, printed; nothing written)
     code, out, err = run_main(capsys, "train", "--run-dir", str(run_dir), "--resume", "last", "--max-epochs", "3",
-                              "--print-config")
+                              "--set", "trainer.threads=2", "--print-config")
     assert code == 0, err
     printed = yaml.safe_load(out)
     assert printed["trainer"]["max_epochs"] == 3 and printed["data"]["num_train"] == 48
+    assert printed["trainer"]["threads"] == 2
     assert printed["optim"]["schedule"] == "constant"
     assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()} == before
 

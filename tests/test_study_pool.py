@@ -9,7 +9,8 @@ import pytest
 
 from xvol_lab.cli.main import main
 from xvol_lab.errors import ConfigError
-from xvol_lab.study.pool import worker_environments
+from xvol_lab.study.pool import default_workers, worker_environments
+from xvol_lab.tasks.config import TrainerConfig
 
 
 def test_each_worker_gets_its_own_gpus_and_its_share_of_the_cores():
@@ -36,6 +37,18 @@ def test_more_workers_than_cores_warns_once_and_still_runs(caplog):
         f"--workers {cores + 1} exceeds the {cores} CPU core(s) this process may use: the trials share "
         f"cores (1 thread each) and memory; expected --workers <= {cores}"]
     assert len(envs) == cores + 1 and {e["OMP_NUM_THREADS"] for e in envs} == {"1"}
+
+
+@pytest.mark.parametrize("trainer, cores, gpus, workers", [
+    (TrainerConfig(threads=1), 2, [], 2),  # CPU trials of 1 thread: one per core
+    (TrainerConfig(threads=2), 16, [], 8),
+    (TrainerConfig(threads=2, accelerator="cpu", devices=2), 16, ["0"], 4),  # DDP on the CPU: 2 processes each
+    (TrainerConfig(threads=4), 2, [], 1),  # more threads than cores: still one trial
+    (TrainerConfig(), 16, [], 1),  # threads not set: a trial has the whole machine
+    (TrainerConfig(threads=1), 16, ["0", "1"], 1),  # the trials train on the GPU
+])
+def test_without_workers_cpu_trials_with_threads_fill_the_cores(trainer, cores, gpus, workers):
+    assert default_workers(trainer, cores, gpus) == workers
 
 
 @pytest.mark.parametrize("bad", ["0", "two", "-1"])

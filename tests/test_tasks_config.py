@@ -65,6 +65,7 @@ def test_no_file_or_an_empty_one_gives_the_defaults(tmp_path):
      "cfg.yaml: trainer.limit_val_batches: got 0, expected an integer >= 1"),
     ("trainer: {limit_train_batches: 1.5}",
      "cfg.yaml: trainer.limit_train_batches: got 1.5, expected a fraction"),
+    ("trainer: {threads: 0}", "cfg.yaml: trainer.threads: got 0, expected an integer >= 1 or null (torch's default)"),
     ("trainer: {max_epochs: 2, check_val_every_n_epoch: 3}",
      "cfg.yaml: trainer.check_val_every_n_epoch: got 3, expected at most max_epochs (2)"),
     ("model: {stages: [{op: foo}, {}, {}, {}]}",

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import logging
+import os
 from pathlib import Path
 
 import yaml
@@ -16,16 +18,18 @@ from xvol_lab.cli.submit import add_submit_parser
 from xvol_lab.data.config import check_batches
 from xvol_lab.errors import ConfigError
 from xvol_lab.schema import to_dict
-from xvol_lab.study.config import list_study_files, load_study_config, resolve_study_path, study_name
+from xvol_lab.study.config import StudyConfig, list_study_files, load_study_config, resolve_study_path, study_name
 from xvol_lab.study.launch import trial_command
 from xvol_lab.study.one_shot import work_one_shot
 from xvol_lab.study.one_shot_report import one_shot_lines, one_shot_summary
-from xvol_lab.study.pool import run_workers, worker_environments
+from xvol_lab.study.pool import default_workers, run_workers, visible_gpus, worker_environments
 from xvol_lab.study.progress import make_view
 from xvol_lab.study.settings import RunSettings, check_continues, store_settings, stored_settings
 from xvol_lab.study.storage import STORAGE_ENV, create_study, default_storage_url
 from xvol_lab.study.summary import existing_study, progress_text, status
 from xvol_lab.study.worker import work
+
+log = logging.getLogger(__name__)
 
 RUN_HELP = """\
 Run study NAME (a file studies/NAME.yaml, or a path to a study YAML file) until it has
@@ -63,7 +67,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                      help="train every configuration with N seeds, base.seed + 0 .. N-1 (budget.seeds)")
     run.add_argument("--workers", metavar="K",
                      help="run K trials at once on this machine, each on its own GPUs (K x --devices of "
-                          "them) and cores/K CPU threads (default 1)")
+                          "them) and cores/K CPU threads (default: cores / base.trainer.threads where "
+                          "the trials train on the CPU and the study sets it, else 1)")
     add_storage_arguments(run)
     run.add_argument("--devices", type=positive_int, metavar="N",
                      help="processes (devices) per trial and node")
@@ -99,7 +104,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     resources = [f"{key}={getattr(args, flag)}" for flag, key in (("devices", "base.trainer.devices"),
                                                                    ("nodes", "base.trainer.num_nodes"))
                  if getattr(args, flag) is not None]
-    workers = _workers(args.workers)
+    asked = _workers(args.workers)
     name = study_name(resolve_study_path(args.name))
     url = storage_argument(args) or default_storage_url(args.runs, name)
     study = existing_study(name, url)
@@ -115,6 +120,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 0
     trainer = config.base.trainer
     check_batches(config.base.data, trainer.devices * trainer.num_nodes, "base.data.")  # before any write
+    workers = asked or _default_workers(config)
     environments = worker_environments(workers, trainer.devices, trainer.accelerator != "cpu")
     if config.search == "one_shot" and workers > 1:
         raise ConfigError(f"--workers {workers}: a one-shot study (search: one_shot) runs in one worker")
@@ -136,13 +142,26 @@ def cmd_run(args: argparse.Namespace) -> int:
     return code
 
 
-def _workers(text: str | None) -> int:
-    """``--workers K``: an integer >= 1 (one line and exit code 2 otherwise)."""
+def _workers(text: str | None) -> int | None:
+    """``--workers K``: an integer >= 1 (one line and exit code 2 otherwise); None where not given."""
     if text is None:
-        return 1
+        return None
     if not text.strip().isdigit() or int(text) < 1:
         raise ConfigError(f"--workers {text}: expected an integer >= 1")
     return int(text)
+
+
+def _default_workers(config: StudyConfig) -> int:
+    """The workers of a `study run` without ``--workers`` (`default_workers`; one for a one-shot study)."""
+    trainer = config.base.trainer
+    if config.search == "one_shot":
+        return 1
+    gpus = visible_gpus(os.environ) if trainer.accelerator != "cpu" else []
+    workers = default_workers(trainer, len(os.sched_getaffinity(0)), gpus)
+    if workers > 1:
+        log.info("%d trials at once: %d cores, base.trainer.threads %d (--workers K to choose)",
+                 workers, len(os.sched_getaffinity(0)), trainer.threads)
+    return workers
 
 
 def cmd_list(args: argparse.Namespace) -> int:

@@ -7,7 +7,9 @@ of the machine, which its trial processes inherit: GPUs ``i*d .. i*d+d-1`` of th
 (`CUDA_VISIBLE_DEVICES`, d = devices per trial; K x d must not exceed the visible GPUs; inside a SLURM
 step by UUID, also in ``xvol_lab.study.slurm.TRIAL_GPUS_ENV``, which the trials' overlapping steps would
 otherwise replace, see `xvol_lab.study.slurm`) and
-``cores // K`` CPU threads (`OMP_NUM_THREADS`, `MKL_NUM_THREADS`). Concurrent DDP trials
+``cores // K`` CPU threads (`OMP_NUM_THREADS`, `MKL_NUM_THREADS`). Without ``--workers``, a study
+whose trials train on the CPU with ``base.trainer.threads`` set runs as many as the cores hold
+(`default_workers`), else one. Concurrent DDP trials
 rendezvous on ports the kernel picks free (`xvol_lab.study.launch`). Stop signals are passed on
 to the workers; a worker whose study process dies (even by SIGKILL) stops with it (lifeline).
 """
@@ -28,6 +30,7 @@ from xvol_lab.paths import child_pythonpath
 from xvol_lab.study.launch import LIFELINE_ENV
 from xvol_lab.study.signals import STOP_SIGNALS
 from xvol_lab.study.slurm import TRIAL_GPUS_ENV, in_step
+from xvol_lab.tasks.config import TrainerConfig
 
 log = logging.getLogger(__name__)
 WORKER_MODULE = "xvol_lab.study.worker"
@@ -56,6 +59,16 @@ def gpu_uuids(indices: Sequence[str]) -> list[str]:
         raise ConfigError(f"CUDA_VISIBLE_DEVICES: GPU(s) {','.join(missing)} not listed by nvidia-smi "
                           f"({','.join(uuids) or 'none'}); expected indices it shows or GPU UUIDs")
     return [i if i.startswith("GPU-") else uuids[i] for i in indices]
+
+
+def default_workers(trainer: TrainerConfig, cores: int, gpus: Sequence[str]) -> int:
+    """Trials at once when ``--workers`` is not given: where the trials train on the CPU (accelerator
+    'cpu', or no GPU in `gpus`) with `trainer.threads` set, as many as `cores` hold (cores //
+    (threads x devices), at least 1); else 1, a trial then having the whole machine."""
+    on_cpu = trainer.accelerator == "cpu" or not gpus
+    if trainer.threads is None or not on_cpu:
+        return 1
+    return max(1, cores // (trainer.threads * max(1, trainer.devices)))
 
 
 def worker_environments(workers: int, devices: int, use_gpus: bool,

@@ -123,7 +123,11 @@ class TrainerConfig:
     the backbone and FPN alone); `channels_last` stores the network and its image batches in the
     channels-last memory format. `curve_points` > 0 (classification) measures validation accuracy
     that many times per epoch on the first `curve_images` validation images and logs the area under
-    that learning curve, ``val/acc1_auc`` (`xvol_lab.tasks.curve`).
+    that learning curve, ``val/acc1_auc`` (`xvol_lab.tasks.curve`). `threads` sets the CPU threads of
+    the training process (`torch.set_num_threads`; null: torch's default, the cores the process may
+    use). The thread count changes the float results (the order of reductions), so the fingerprint
+    records it; a study whose trials run on the CPU with `threads` set runs as many trials at once
+    as the cores allow (`xvol_lab.study.pool.default_workers`).
     """
 
     max_epochs: int = 5
@@ -145,6 +149,7 @@ class TrainerConfig:
     channels_last: bool = False
     curve_points: int = 0
     curve_images: int = 250
+    threads: int | None = None
     extra: dict[str, Any] = field(default_factory=dict, hash=False)  # other lightning.Trainer arguments
 
     EXTRA_FIELD: ClassVar[str] = "extra"  # xvol_lab.schema: undeclared keys of the section go there
@@ -163,6 +168,8 @@ class TrainerConfig:
         if self.check_val_every_n_epoch > self.max_epochs:  # no validation: no best checkpoint
             raise ValueError(f"check_val_every_n_epoch: got {self.check_val_every_n_epoch}, expected at most "
                              f"max_epochs ({self.max_epochs})")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"threads: got {self.threads}, expected an integer >= 1 or null (torch's default)")
         if self.devices < 1 and self.devices != -1:
             raise ValueError(f"devices: got {self.devices}, expected an integer >= 1 or -1 (all)")
         _check_limit("limit_train_batches", self.limit_train_batches)

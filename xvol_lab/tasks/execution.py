@@ -1,10 +1,13 @@
 """How a run executes on its hardware: the Trainer arguments that depend on the device and the
-process count (determinism, SyncBatchNorm), and the learning rate scaled to the global batch."""
+process count (determinism, SyncBatchNorm), the learning rate scaled to the global batch, and the
+CPU threads it trains with."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
+from collections.abc import Iterator
 from typing import Literal
 
 import torch
@@ -15,6 +18,18 @@ from xvol_lab.tasks.registry import task_record
 
 log = logging.getLogger(__name__)
 
+
+@contextlib.contextmanager
+def cpu_threads(threads: int | None) -> Iterator[None]:
+    """Run the block with `threads` intra-op CPU threads (`trainer.threads`), then restore the count
+    it had; None leaves it as it is."""
+    before = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def uses_cuda(trainer: TrainerConfig) -> bool:

@@ -1,6 +1,7 @@
 """Continuing a run: the run folder's config.yaml is the config.
 
-A resume may change `trainer.max_epochs` (train longer, or stop sooner), and the processes it runs
+A resume may change `trainer.max_epochs` (train longer, or stop sooner) and `trainer.threads` (the
+CPU threads of the machine it continues on), and the processes it runs
 on (`trainer.devices`, `trainer.strategy`, `trainer.num_nodes`) when the checkpoint was saved at an
 epoch end (a mid-epoch stop holds each process's position in its share of the epoch). Anything
 else that differs from the stored config is refused, one line per key; the stored config.yaml is
@@ -19,7 +20,7 @@ from xvol_lab.tasks.callbacks import PreemptionCheckpoint
 from xvol_lab.tasks.config import RunConfig, load_run_config
 
 CONFIG_YAML = "config.yaml"
-ANY_RESUME = ("trainer.max_epochs",)
+ANY_RESUME = ("trainer.max_epochs", "trainer.threads")
 AT_EPOCH_END = ("trainer.devices", "trainer.strategy", "trainer.num_nodes")
 
 

@@ -38,7 +38,7 @@ from xvol_lab.tasks.callbacks import EpochHistory, PreemptionCheckpoint, Progres
 from xvol_lab.tasks.cluster import cluster_plugins
 from xvol_lab.tasks.config import RunConfig, dump_run_config
 from xvol_lab.tasks.curve import LearningCurve
-from xvol_lab.tasks.execution import deterministic_mode, effective_optim, sync_batchnorm
+from xvol_lab.tasks.execution import cpu_threads, deterministic_mode, effective_optim, sync_batchnorm
 from xvol_lab.tasks.fingerprint import FINGERPRINT_JSON, environment_fingerprint
 from xvol_lab.tasks.output import EpochCSVLogger, EpochTensorBoardLogger, FlopsSummary, example_input
 from xvol_lab.tasks.registry import task_record
@@ -145,7 +145,8 @@ def fit(config: RunConfig, run_dir: str | Path, *, callbacks: Iterable[Callback]
     run_dir holds a config.yaml, that is the config, and `config` may differ from it only in what a
     resume may change (`xvol_lab.tasks.resume.resumed_config`; ConfigError otherwise).
     The learning rate is scaled to the global batch as `optim.lr_scaling` says; the network runs
-    channels-last and/or compiled as `trainer.channels_last` and `trainer.compile` say.
+    channels-last and/or compiled as `trainer.channels_last` and `trainer.compile` say, on
+    `trainer.threads` CPU threads where set (the previous count is restored after).
 
     Multi-process runs (strategy 'ddp') execute the calling script once per process and every
     process returns the same dict (the metrics are synchronised across processes); only global
@@ -156,6 +157,14 @@ def fit(config: RunConfig, run_dir: str | Path, *, callbacks: Iterable[Callback]
     stored = stored_config(run_dir) if resume_path is not None else None
     if stored is not None:  # the run's own config; only what a resume may change is taken from `config`
         config = resumed_config(stored, config, resume_path, run_dir)
+    with cpu_threads(config.trainer.threads):
+        return _train(config, run_dir, callbacks=callbacks, progress=progress, resume_path=resume_path,
+                      resumed=stored is not None)
+
+
+def _train(config: RunConfig, run_dir: Path, *, callbacks: Iterable[Callback], progress: bool,
+           resume_path: Path | None, resumed: bool) -> dict[str, float]:
+    """`fit` once the config is settled: build, train, write the run's files, return the metrics."""
     L.seed_everything(config.seed, workers=True, verbose=False)
     datamodule = build_datamodule(config.data)
     task = task_record(config.task).build_module(config.model, datamodule.num_classes, to_dict(config.optim),
@@ -173,7 +182,7 @@ def fit(config: RunConfig, run_dir: str | Path, *, callbacks: Iterable[Callback]
     task.optim_config = effective_optim(config, trainer.world_size)
     backend = config.trainer.compile_backend if config.trainer.compile else None
     task.prepare_network(channels_last=config.trainer.channels_last, compile_backend=backend)
-    if rank_zero_only.rank == 0 and stored is None:  # a resumed run's config.yaml is never rewritten
+    if rank_zero_only.rank == 0 and not resumed:  # a resumed run's config.yaml is never rewritten
         write_text(run_dir / CONFIG_YAML, dump_run_config(config))
         write_text(run_dir / "spec.json", config.model.to_json() + "\n")
     try:
