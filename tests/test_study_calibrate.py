@@ -73,3 +73,25 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(tiny_study, tmp_path, c
     assert main(["study", "run", str(bad), "--runs", str(runs)]) == 2
     assert capsys.readouterr().err == f"lab.py: error: {bad}: budget.seeds.min: got 5, expected at most max (3)\n"
     assert not runs.exists()
+
+
+def test_runs_of_one_thread_train_side_by_side_with_the_numbers_of_one_at_a_time(tiny_study, tmp_path, caplog,
+                                                                                 monkeypatch):
+    """With base.trainer.threads: 1 on 2 cores or more, the runs still to train are spread over
+    processes (as a study's trials are); each trains on 1 thread either way, so every value is the
+    one a run alone gives."""
+    path = tiny_study("side", sampler={"name": "grid"}, base={"trainer": {"threads": 1}},
+                      budget={"epochs": 1, "seeds": 2})
+    _, config = load_study_config(path)
+    packed = cal.local_workers(config.base.trainer)
+    with caplog.at_level("INFO", logger="xvol_lab.study.calibrate"):
+        side = cal.calibrate("side", config, runs=tmp_path / "packed", seeds=2, budgets=[1, 2])
+    assert (f"calibrate: 4 runs to train, {min(4, packed)} at once" in caplog.messages) == (packed > 1)
+    monkeypatch.setattr(cal, "local_workers", lambda trainer: 1)
+    alone = cal.calibrate("side", config, runs=tmp_path / "alone", seeds=2, budgets=[1, 2])
+    assert side["mean"].tolist() == alone["mean"].tolist() and side["sd"].tolist() == alone["sd"].tolist()
+    for epochs in (1, 2):
+        for seed in (0, 1):
+            run = f"epochs_{epochs}/seed_{seed}/{cal.RECORD}"
+            assert (json.loads((tmp_path / "packed/side/calibrate" / run).read_text())["value"]
+                    == json.loads((tmp_path / "alone/side/calibrate" / run).read_text())["value"])

@@ -37,7 +37,9 @@ Train study NAME's all-conv baseline alone over N seeds (default: the most the s
 each budget in epochs (default: the study's), and print where it sits on the primary metric: mean,
 sd, min, max, floor (chance) and ceiling, its position in the metric's range, and whether the runs
 split into two clusters. Runs go to <runs>/<study>/calibrate/epochs_<E>/seed_<s>/ (rerun to resume);
-the table also to <runs>/<study>/calibrate/calibration.md and .csv.
+the table also to <runs>/<study>/calibrate/calibration.md and .csv. Runs train as many at once as
+the study's trials would (on the CPU with base.trainer.threads set: cores / threads), else one at
+a time.
 """
 
 

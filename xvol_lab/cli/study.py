@@ -22,7 +22,7 @@ from xvol_lab.study.config import StudyConfig, list_study_files, load_study_conf
 from xvol_lab.study.launch import trial_command
 from xvol_lab.study.one_shot import work_one_shot
 from xvol_lab.study.one_shot_report import one_shot_lines, one_shot_summary
-from xvol_lab.study.pool import default_workers, run_workers, visible_gpus, worker_environments
+from xvol_lab.study.pool import local_workers, run_workers, worker_environments
 from xvol_lab.study.progress import make_view
 from xvol_lab.study.settings import RunSettings, check_continues, store_settings, stored_settings
 from xvol_lab.study.storage import STORAGE_ENV, create_study, default_storage_url
@@ -152,15 +152,13 @@ def _workers(text: str | None) -> int | None:
 
 
 def _default_workers(config: StudyConfig) -> int:
-    """The workers of a `study run` without ``--workers`` (`default_workers`; one for a one-shot study)."""
-    trainer = config.base.trainer
+    """The workers of a `study run` without ``--workers`` (`local_workers`; one for a one-shot study)."""
     if config.search == "one_shot":
         return 1
-    gpus = visible_gpus(os.environ) if trainer.accelerator != "cpu" else []
-    workers = default_workers(trainer, len(os.sched_getaffinity(0)), gpus)
+    workers = local_workers(config.base.trainer)
     if workers > 1:
         log.info("%d trials at once: %d cores, base.trainer.threads %d (--workers K to choose)",
-                 workers, len(os.sched_getaffinity(0)), trainer.threads)
+                 workers, len(os.sched_getaffinity(0)), config.base.trainer.threads)
     return workers
 
 

@@ -8,7 +8,10 @@ command resumes. Per budget the table gives the primary metric's mean, spread (s
 floor (the trivial level, `xvol_lab.study.trivial`, else the metric's low end) and ceiling (the
 metric's high end), the baseline's position in the range, its distance to floor and ceiling as
 fractions of the range, and whether the runs split into two clusters (`two_clusters`: a bimodal
-outcome measures where a seed crossed a transition, not a property of the network).
+outcome measures where a seed crossed a transition, not a property of the network). The runs still
+to train run as many at once as the study's trials would (`xvol_lab.study.pool.local_workers`: on
+the CPU with ``base.trainer.threads`` set, cores / threads), so a run's wall time is its time
+beside the others.
 """
 
 from __future__ import annotations
@@ -18,10 +21,12 @@ import hashlib
 import json
 import logging
 import math
+import multiprocessing
 import shutil
 import statistics
 import time
 from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import pandas as pd
@@ -31,6 +36,7 @@ from xvol_lab.errors import ConfigError
 from xvol_lab.markdown import format_number, markdown_table
 from xvol_lab.schema import to_dict
 from xvol_lab.study.config import StudyConfig, metric_range
+from xvol_lab.study.pool import local_workers
 from xvol_lab.study.trivial import trivial_level
 from xvol_lab.tasks import fit
 from xvol_lab.tasks.config import RunConfig
@@ -70,13 +76,27 @@ def _fingerprint(run: RunConfig) -> str:
     return hashlib.sha256(json.dumps(to_dict(run), sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _run(config: StudyConfig, run_dir: Path, seed: int, epochs: int) -> dict[str, float]:
-    """The run's record: kept when it finished earlier with the same config, else trained (continued
-    from its last checkpoint) now. A folder left by another config (the study file changed) starts over."""
+def _calibration_run(config: StudyConfig, seed: int, epochs: int) -> RunConfig:
+    """The baseline's run config with `seed`, trained for `epochs`."""
     spec = config.baseline_spec
     assert spec is not None
     run = config.run_config(spec, seed)
-    run = dataclasses.replace(run, trainer=dataclasses.replace(run.trainer, max_epochs=epochs))
+    return dataclasses.replace(run, trainer=dataclasses.replace(run.trainer, max_epochs=epochs))
+
+
+def _finished(config: StudyConfig, run_dir: Path, seed: int, epochs: int) -> dict[str, float] | None:
+    """The record of a run that finished earlier with the same config, else None."""
+    record, marker = run_dir / RECORD, run_dir / "fingerprint"
+    fingerprint = _fingerprint(_calibration_run(config, seed, epochs))
+    if record.is_file() and marker.is_file() and marker.read_text().strip() == fingerprint:
+        return json.loads(record.read_text())
+    return None
+
+
+def _run(config: StudyConfig, run_dir: Path, seed: int, epochs: int) -> dict[str, float]:
+    """The run's record: kept when it finished earlier with the same config, else trained (continued
+    from its last checkpoint) now. A folder left by another config (the study file changed) starts over."""
+    run = _calibration_run(config, seed, epochs)
     fingerprint = _fingerprint(run)
     record = run_dir / RECORD
     marker = run_dir / "fingerprint"
@@ -98,6 +118,29 @@ def _run(config: StudyConfig, run_dir: Path, seed: int, epochs: int) -> dict[str
     result = {"value": float(metrics[metric]), "wall_s": time.monotonic() - start}
     atomic.write_text(record, json.dumps(result) + "\n")
     return result
+
+
+def _log_to_stderr() -> None:
+    """A pool process's logging, as `lab.py` sets it up."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+
+
+def _run_all(config: StudyConfig, jobs: Sequence[tuple[Path, int, int]]) -> list[dict[str, float]]:
+    """`_run` for each (run_dir, seed, epochs) of `jobs`, in order. The ones still to train run as
+    many at once as a study's trials would (`local_workers`: cores / base.trainer.threads on the CPU),
+    each in a process of its own; one at a time in this process otherwise."""
+    records = [_finished(config, *job) for job in jobs]
+    todo = [i for i, record in enumerate(records) if record is None]
+    workers = min(len(todo), local_workers(config.base.trainer))
+    if workers <= 1:
+        return [record or _run(config, *job) for record, job in zip(records, jobs, strict=True)]
+    log.info("calibrate: %d runs to train, %d at once", len(todo), workers)
+    context = multiprocessing.get_context("spawn")  # a fresh interpreter: no forked torch thread pools
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_log_to_stderr) as pool:
+        done = pool.map(_run, *zip(*[(config, *jobs[i]) for i in todo], strict=True))
+        for i, record in zip(todo, done, strict=True):
+            records[i] = record
+    return [record for record in records if record is not None]
 
 
 def floor_and_ceiling(config: StudyConfig) -> tuple[float, float]:
@@ -138,12 +181,13 @@ def calibrate(name: str, config: StudyConfig, *, runs: Path, seeds: int, budgets
     folder = runs / name / FOLDER
     floor, ceiling = floor_and_ceiling(config)
     bounds = (metric_range(config.metric_names[0]) or (math.nan, ceiling))
+    seed_list = [config.base.seed + i for i in range(seeds)]
+    jobs = [(folder / f"epochs_{epochs}" / f"seed_{seed}", seed, epochs) for epochs in budgets for seed in seed_list]
+    records = _run_all(config, jobs)
     rows = []
-    for epochs in budgets:
-        records = [_run(config, folder / f"epochs_{epochs}" / f"seed_{seed}", seed, epochs)
-                   for seed in (config.base.seed + i for i in range(seeds))]
-        rows.append(calibration_row(epochs, [r["value"] for r in records], [r["wall_s"] for r in records],
-                                    floor, bounds))
+    for k, epochs in enumerate(budgets):
+        mine = records[k * seeds:(k + 1) * seeds]
+        rows.append(calibration_row(epochs, [r["value"] for r in mine], [r["wall_s"] for r in mine], floor, bounds))
     table = pd.DataFrame(rows, columns=list(COLUMNS))
     atomic.write_text(folder / f"{TABLE}.csv", table.to_csv(index=False))
     atomic.write_text(folder / f"{TABLE}.md", calibration_markdown(name, config, table))

@@ -71,6 +71,12 @@ def default_workers(trainer: TrainerConfig, cores: int, gpus: Sequence[str]) -> 
     return max(1, cores // (trainer.threads * max(1, trainer.devices)))
 
 
+def local_workers(trainer: TrainerConfig) -> int:
+    """`default_workers` on this machine: the cores this process may use and the GPUs it sees."""
+    gpus = visible_gpus(os.environ) if trainer.accelerator != "cpu" else []
+    return default_workers(trainer, len(os.sched_getaffinity(0)), gpus)
+
+
 def worker_environments(workers: int, devices: int, use_gpus: bool,
                         env: Mapping[str, str] | None = None) -> list[dict[str, str]]:
     """The variables each of `workers` (>= 1, as `lab.py` checked) workers runs with (module docstring)."""
