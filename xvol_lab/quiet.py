@@ -4,7 +4,8 @@ Lightning's rank-zero loggers, `warnings.filterwarnings`): the hardware lines ("
 ``val_check_interval`` setting is used, the stepping-batches and model-summary notices, the srun
 hint, and the deprecation warnings (DeprecationWarning, FutureWarning) that dependencies raise from
 their own code (a deprecated call in the lab's code still warns). Light: imports no dependency, so
-`lab.py` calls it at start; `xvol_lab.tasks.runner.build_trainer` calls it too.
+`lab.py` calls it at start; `xvol_lab.tasks.runner.build_trainer` calls it too. `log_to_stderr`: the
+lab's own log lines, one format for `lab.py` and the processes it starts.
 """
 
 from __future__ import annotations
@@ -12,6 +13,12 @@ from __future__ import annotations
 import logging
 import re
 import warnings
+
+
+def log_to_stderr(level: int = logging.INFO) -> None:
+    """Log the lab's lines (``INFO xvol_lab.study: ...``) to stderr at `level`."""
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+
 
 # Lightning's rank-zero info lines that say nothing about the run.
 BOILERPLATE = re.compile(r"(GPU|TPU|HPU|IPU) available: |💡 Tip: |.*\blitlogger\b|"

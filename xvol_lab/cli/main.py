@@ -16,7 +16,7 @@ from collections.abc import Collection, Sequence
 from xvol_lab.allocator import keep_freed_memory
 from xvol_lab.cli.args import split_set_lists
 from xvol_lab.errors import ConfigError
-from xvol_lab.quiet import quiet_lightning
+from xvol_lab.quiet import log_to_stderr, quiet_lightning
 
 log = logging.getLogger("xvol_lab")
 
@@ -57,8 +57,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = split_set_lists(sys.argv[1:] if argv is None else argv)
     parser = build_parser(full={chosen_command(argv)} & set(COMMANDS))
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(levelname)s %(name)s: %(message)s")
+    log_to_stderr(logging.DEBUG if args.verbose else logging.INFO)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

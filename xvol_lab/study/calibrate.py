@@ -34,6 +34,7 @@ import pandas as pd
 from xvol_lab import atomic
 from xvol_lab.errors import ConfigError
 from xvol_lab.markdown import format_number, markdown_table
+from xvol_lab.quiet import log_to_stderr
 from xvol_lab.schema import to_dict
 from xvol_lab.study.config import StudyConfig, metric_range
 from xvol_lab.study.pool import local_workers
@@ -96,15 +97,15 @@ def _finished(config: StudyConfig, run_dir: Path, seed: int, epochs: int) -> dic
 def _run(config: StudyConfig, run_dir: Path, seed: int, epochs: int) -> dict[str, float]:
     """The run's record: kept when it finished earlier with the same config, else trained (continued
     from its last checkpoint) now. A folder left by another config (the study file changed) starts over."""
+    done = _finished(config, run_dir, seed, epochs)
+    if done is not None:
+        return done
     run = _calibration_run(config, seed, epochs)
     fingerprint = _fingerprint(run)
-    record = run_dir / RECORD
-    marker = run_dir / "fingerprint"
+    record, marker = run_dir / RECORD, run_dir / "fingerprint"
     if run_dir.exists() and (not marker.is_file() or marker.read_text().strip() != fingerprint):
         log.info("calibrate: %s was run with another config; starting it over", run_dir)
         shutil.rmtree(run_dir)
-    if record.is_file():
-        return json.loads(record.read_text())
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic.write_text(marker, fingerprint + "\n")
     resume = "last" if (run_dir / CHECKPOINT_DIR / "last.ckpt").is_file() else None
@@ -120,11 +121,6 @@ def _run(config: StudyConfig, run_dir: Path, seed: int, epochs: int) -> dict[str
     return result
 
 
-def _log_to_stderr() -> None:
-    """A pool process's logging, as `lab.py` sets it up."""
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-
-
 def _run_all(config: StudyConfig, jobs: Sequence[tuple[Path, int, int]]) -> list[dict[str, float]]:
     """`_run` for each (run_dir, seed, epochs) of `jobs`, in order. The ones still to train run as
     many at once as a study's trials would (`local_workers`: cores / base.trainer.threads on the CPU),
@@ -133,14 +129,13 @@ def _run_all(config: StudyConfig, jobs: Sequence[tuple[Path, int, int]]) -> list
     todo = [i for i, record in enumerate(records) if record is None]
     workers = min(len(todo), local_workers(config.base.trainer))
     if workers <= 1:
-        return [record or _run(config, *job) for record, job in zip(records, jobs, strict=True)]
+        return [_run(config, *job) for job in jobs]
     log.info("calibrate: %d runs to train, %d at once", len(todo), workers)
     context = multiprocessing.get_context("spawn")  # a fresh interpreter: no forked torch thread pools
-    with ProcessPoolExecutor(workers, mp_context=context, initializer=_log_to_stderr) as pool:
-        done = pool.map(_run, *zip(*[(config, *jobs[i]) for i in todo], strict=True))
-        for i, record in zip(todo, done, strict=True):
-            records[i] = record
-    return [record for record in records if record is not None]
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=log_to_stderr) as pool:
+        trained = dict(zip(todo, pool.map(_run, *zip(*[(config, *jobs[i]) for i in todo], strict=True)),
+                           strict=True))
+    return [record if record is not None else trained[i] for i, record in enumerate(records)]
 
 
 def floor_and_ceiling(config: StudyConfig) -> tuple[float, float]:

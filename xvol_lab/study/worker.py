@@ -27,6 +27,7 @@ import optuna
 from xvol_lab.allocator import keep_freed_memory
 from xvol_lab.data.config import check_batches
 from xvol_lab.errors import ConfigError
+from xvol_lab.quiet import log_to_stderr
 from xvol_lab.study import roles, signals
 from xvol_lab.study.config import StudyConfig, load_study_config
 from xvol_lab.study.environment import build_failure_text
@@ -184,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=Path, required=True, help="the runs folder")
     parser.add_argument("--set", dest="overrides", nargs="*", default=[], metavar="KEY=VALUE")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    log_to_stderr()
     keep_freed_memory()
     watch_lifeline()  # stop with the study process that started this worker
     try:
