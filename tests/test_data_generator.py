@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from xvol_lab.data import DataConfig, generate
@@ -104,3 +105,45 @@ def test_two_thousand_images_generate_in_seconds(tmp_path):
     start = time.perf_counter()
     generate(small(tmp_path, num_train=2000, num_val=10))
     assert time.perf_counter() - start < 15  # ~2-4 s; generous for a shared CI machine
+
+
+def test_a_small_generated_set_is_decoded_once_into_the_tensors_a_file_gives(tmp_path, monkeypatch):
+    from xvol_lab.data import synthetic
+    from xvol_lab.data.build import build_datamodule
+    from xvol_lab.data.generated import read_generated
+    from xvol_lab.data.images import DecodedImageDataset, ImageListDataset
+    from xvol_lab.data.transforms import to_uint8
+
+    cfg = small(tmp_path, "shapes-side", image_size=32)
+    generate(cfg)
+    held = build_datamodule(cfg)
+    held.setup("fit")
+    assert isinstance(held.train_set, DecodedImageDataset) and isinstance(held.val_set, DecodedImageDataset)
+    samples = read_generated(cfg).samples
+    for split, dataset in (("train", held.train_set), ("val", held.val_set)):
+        from_files = ImageListDataset(samples[split], to_uint8())
+        assert len(dataset) == len(from_files) and dataset.targets == from_files.targets
+        for i in range(len(dataset)):
+            image, label = dataset[i]
+            expected, expected_label = from_files[i]
+            assert label == expected_label and image.dtype == torch.uint8 and image.shape == (3, 32, 32)
+            assert torch.equal(image, expected)
+    monkeypatch.setattr(synthetic, "IN_MEMORY_MIB", 0.1)  # 60 images of 32 px are 0.18 MiB decoded
+    on_access = build_datamodule(cfg)
+    on_access.setup("fit")
+    assert isinstance(on_access.train_set, ImageListDataset)
+
+
+def test_an_image_of_another_size_in_a_held_set_names_the_file(tmp_path):
+    from xvol_lab.data.generated import read_generated
+    from xvol_lab.data.images import DecodedImageDataset
+    from xvol_lab.errors import ConfigError
+
+    cfg = small(tmp_path, image_size=32)
+    generate(cfg)
+    samples = read_generated(cfg).samples["val"]
+    odd = samples[3][0]
+    Image.new("RGB", (31, 32)).save(odd)
+    with pytest.raises(ConfigError) as err:
+        DecodedImageDataset(samples)
+    assert str(err.value) == f"{odd}: image of 31x32 px, expected 32x32 as the other images of its set"

@@ -102,3 +102,21 @@ def test_deploy_adds_the_dynamic_part_inside_the_fused_kernel(stride):
     assert not {"aten::add", "aten::add_", "aten::addcmul_", "aten::constant_pad_nd"} & set(calls)
     with torch.no_grad():
         assert_close_scaled(y, op(x), 1e-5)
+
+
+
+CHANNELS_LAST = [g for g in GRID if g[2] in ({"shift": 3, "dirs": 8, "heads": 4}, {"heads": 4}, {"kernel_size": 3}, {})]
+
+
+@pytest.mark.parametrize("name,stride,opts", CHANNELS_LAST,
+                         ids=[IDS[GRID.index(g)] for g in CHANNELS_LAST])
+def test_an_op_held_channels_last_trains_and_deploys_as_the_contiguous_one(name, stride, opts):
+    # `trainer.channels_last` (the ablations' setting) stores weights and images channels-last: the
+    # training form gives the contiguous output, and its deploy merge stays within the spec
+    op, _, x = _pair(name, stride, opts, torch.float32)
+    with torch.no_grad():
+        expected = op(x)
+        op.to(memory_format=torch.channels_last)  # in place, as `TaskModule.prepare_network` does
+        x_last = x.contiguous(memory_format=torch.channels_last)
+        torch.testing.assert_close(op(x_last), expected, atol=1e-5, rtol=1e-5)
+        assert_close_scaled(reparameterize(op)(x_last), expected, 1e-5)

@@ -95,3 +95,14 @@ def test_runs_of_one_thread_train_side_by_side_with_the_numbers_of_one_at_a_time
             run = f"epochs_{epochs}/seed_{seed}/{cal.RECORD}"
             assert (json.loads((tmp_path / "packed/side/calibrate" / run).read_text())["value"]
                     == json.loads((tmp_path / "alone/side/calibrate" / run).read_text())["value"])
+
+
+def test_a_budget_the_study_would_not_validate_at_its_end_is_validated_after_its_last_epoch(tiny_study):
+    # the study validates after its last epoch alone (every 2 epochs of 2): a budget of 3 epochs would
+    # otherwise never validate its last epoch, and a budget of 4 keeps the study's every-2 schedule
+    path = tiny_study("cal", sampler={"name": "grid"}, budget={"epochs": 2, "seeds": 2},
+                      base={"trainer": {"check_val_every_n_epoch": 2}})
+    _, config = load_study_config(path)
+    every = {e: cal._calibration_run(config, 0, e).trainer for e in (1, 2, 3, 4)}
+    assert {e: (t.max_epochs, t.check_val_every_n_epoch) for e, t in every.items()} == {
+        1: (1, 1), 2: (2, 2), 3: (3, 3), 4: (4, 2)}

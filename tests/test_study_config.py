@@ -54,6 +54,9 @@ BAD = [
     ({"base": {"trainer": {"max_epochs": 4}}},
      "base.trainer.max_epochs: set by budget.epochs; expected no value here"),
     ({"heartbeat": 0}, "heartbeat: got 0, expected an integer >= 1 (seconds)"),
+    ({"base": {"trainer": {"check_val_every_n_epoch": 2}}, "budget": {"n_trials": 3, "epochs": 3}},
+     "base.trainer.check_val_every_n_epoch: got 2, expected a divisor of budget.epochs (3): a trial's values "
+     "come from its last epoch's validation"),
     ({"base": {"data": {"num_classes": 4}}, "objectives": [{"metric": "val/acc5", "direction": "maximize"}]},
      "objectives.0.metric: got val/acc5, expected another metric: with 4 classes the top-5 accuracy is 1 by "
      "construction"),

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
@@ -70,3 +71,25 @@ class ArrayImageDataset(Dataset):
 
     def __getitem__(self, index: int) -> tuple[Any, int]:
         return self.transform(Image.fromarray(self.images[index])), self.targets[index]
+
+
+class DecodedImageDataset(Dataset):
+    """Images listed as (path, label) pairs, all of one size, decoded once into one uint8 tensor
+    (N, 3, H, W): item i is what `ImageListDataset` with `to_uint8()` returns, without opening and
+    decoding a file every epoch. A file of another size raises a one-line `ConfigError` naming it."""
+
+    def __init__(self, samples: Sequence[tuple[Path, int]]) -> None:
+        self.targets = [label for _, label in samples]
+        images = [np.asarray(load_rgb(path)) for path, _ in samples]
+        shape = images[0].shape if images else None
+        for (path, _), image in zip(samples, images, strict=True):
+            if image.shape != shape:
+                raise ConfigError(f"{path}: image of {image.shape[1]}x{image.shape[0]} px, expected "
+                                  f"{shape[1]}x{shape[0]} as the other images of its set")
+        self.images = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2) if images else torch.empty(0)
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        return self.images[index], self.targets[index]

@@ -78,11 +78,16 @@ def _fingerprint(run: RunConfig) -> str:
 
 
 def _calibration_run(config: StudyConfig, seed: int, epochs: int) -> RunConfig:
-    """The baseline's run config with `seed`, trained for `epochs`."""
+    """The baseline's run config with `seed`, trained for `epochs`: validated every
+    ``check_val_every_n_epoch`` epochs as in the study where that divides `epochs`, else after the
+    last epoch alone (a study that validates only at its end, at another budget)."""
     spec = config.baseline_spec
     assert spec is not None
     run = config.run_config(spec, seed)
-    return dataclasses.replace(run, trainer=dataclasses.replace(run.trainer, max_epochs=epochs))
+    every = run.trainer.check_val_every_n_epoch
+    trainer = dataclasses.replace(run.trainer, max_epochs=epochs,
+                                  check_val_every_n_epoch=every if epochs % every == 0 else epochs)
+    return dataclasses.replace(run, trainer=trainer)
 
 
 def _finished(config: StudyConfig, run_dir: Path, seed: int, epochs: int) -> dict[str, float] | None:

@@ -212,6 +212,11 @@ class StudyConfig:
                                  f"{self.objectives[0].metric} (measured once, after training)")
         if self.heartbeat < 1:
             raise ValueError(f"heartbeat: got {self.heartbeat}, expected an integer >= 1 (seconds)")
+        every = self.base.trainer.check_val_every_n_epoch
+        if self.budget.epochs % every:
+            raise ValueError(f"base.trainer.check_val_every_n_epoch: got {every}, expected a divisor of "
+                             f"budget.epochs ({self.budget.epochs}): a trial's values come from its last epoch's "
+                             "validation")
         offset = NEGATIVE_SEED_OFFSET if self.controls.negative else 0
         last = self.budget.max_seeds - 1 + offset
         if not 0 <= self.base.seed <= MAX_SEED - last:
