@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 from torchvision.transforms import v2
 
-from xvol_lab.data import DataConfig, build_datamodule
+from xvol_lab.data import DataConfig, build_datamodule, synthetic
 from xvol_lab.data.base import UnpaddedDistributedSampler, auto_num_workers
 from xvol_lab.data.device import DeviceNormalize
 from xvol_lab.data.images import UnreadableImageError, load_rgb
@@ -156,22 +156,39 @@ def test_setup_before_prepare_data_says_how_to_make_the_data(tmp_path):
         dm.setup("fit")
 
 
-@pytest.mark.parametrize("damage", ["garbage", "truncated", "missing"])
-def test_unreadable_image_names_the_file(tmp_path, damage):
-    dm = ready(tmp_path)
-    path = dm.val_set.samples[3][0]
+def damage_file(path: Path, damage: str) -> None:
     if damage == "garbage":
         path.write_bytes(b"this is not a png")
     elif damage == "truncated":
         path.write_bytes(path.read_bytes()[:200])
     else:
         path.unlink()
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "missing"])
+def test_unreadable_image_names_the_file(tmp_path, damage, monkeypatch):
+    monkeypatch.setattr(synthetic, "IN_MEMORY_MIB", 0)  # decoded on access, as a large set is
+    dm = ready(tmp_path)
+    path = dm.val_set.samples[3][0]
+    damage_file(path, damage)
     with pytest.raises(UnreadableImageError, match=rf"^{path}: cannot read image \(") as err:
         list(dm.val_dataloader())
     assert isinstance(err.value, ConfigError) and "\n" not in str(err.value)
 
 
-def test_unreadable_image_in_a_worker_is_still_one_line(tmp_path):
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "missing"])
+def test_an_unreadable_image_of_a_set_held_in_memory_is_named_when_the_run_starts(tmp_path, damage):
+    path = ready(tmp_path).val_set.samples[3][0]  # a small set: decoded once, in setup
+    damage_file(path, damage)
+    dm = build_datamodule(DataConfig(name="shapes", root=str(tmp_path), num_train=40, num_val=20,
+                                     num_workers=0, batch_size=16))
+    with pytest.raises(UnreadableImageError, match=rf"^{path}: cannot read image \(") as err:
+        dm.setup("fit")
+    assert isinstance(err.value, ConfigError) and "\n" not in str(err.value)
+
+
+def test_unreadable_image_in_a_worker_is_still_one_line(tmp_path, monkeypatch):
+    monkeypatch.setattr(synthetic, "IN_MEMORY_MIB", 0)
     dm = ready(tmp_path, num_workers=1)
     path = dm.val_set.samples[0][0]
     path.write_bytes(b"\x89PNG broken")

@@ -79,10 +79,11 @@ class DecodedImageDataset(Dataset):
     decoding a file every epoch. A file of another size raises a one-line `ConfigError` naming it."""
 
     def __init__(self, samples: Sequence[tuple[Path, int]]) -> None:
-        self.targets = [label for _, label in samples]
-        images = [np.asarray(load_rgb(path)) for path, _ in samples]
+        self.samples = list(samples)
+        self.targets = [label for _, label in self.samples]
+        images = [np.asarray(load_rgb(path)) for path, _ in self.samples]
         shape = images[0].shape if images else None
-        for (path, _), image in zip(samples, images, strict=True):
+        for (path, _), image in zip(self.samples, images, strict=True):
             if image.shape != shape:
                 raise ConfigError(f"{path}: image of {image.shape[1]}x{image.shape[0]} px, expected "
                                   f"{shape[1]}x{shape[0]} as the other images of its set")
