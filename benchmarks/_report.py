@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import platform
 import re
@@ -93,6 +94,15 @@ def saved_activation_mib(fn: Callable[[], object]) -> float:
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         fn()
     return sum(seen.values()) / 2**20
+
+
+def smoke_args(doc: str, quick: str) -> argparse.Namespace:
+    """The command line of a benchmark with only ``--quick`` (what `quick` says it does) and
+    ``--no-write`` (print, leave BENCHMARKS.md alone); the description is `doc`'s first line."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help=quick)
+    parser.add_argument("--no-write", action="store_true", help="print, do not touch BENCHMARKS.md")
+    return parser.parse_args()
 
 
 def write_section(title: str, body: str, path: Path = BENCHMARKS_MD) -> None:

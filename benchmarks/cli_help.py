@@ -9,7 +9,6 @@ cost before the commands were imported lazily). Also checked: whether `--help` i
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import subprocess
 import sys
@@ -20,7 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from _report import device_name, markdown_table, write_section  # noqa: E402
+from _report import device_name, markdown_table, smoke_args, write_section  # noqa: E402
 
 COMMANDS = {
     "python lab.py --help": [sys.executable, "lab.py", "--help"],
@@ -43,10 +42,7 @@ def wall_seconds(command: list[str], runs: int) -> list[float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="one run each (a smoke run)")
-    parser.add_argument("--no-write", action="store_true", help="print, do not update BENCHMARKS.md")
-    args = parser.parse_args()
+    args = smoke_args(__doc__, "one run each (a smoke run)")
     runs = 1 if args.quick else 5
     rows = []
     for name, command in COMMANDS.items():

@@ -9,7 +9,6 @@ side in one run (interleaved repeats, process CPU time, medians).
 
 from __future__ import annotations
 
-import argparse
 import logging
 import statistics
 import sys
@@ -22,7 +21,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from _report import cpu_clock, device_name, markdown_table, write_section  # noqa: E402
+from _report import cpu_clock, device_name, markdown_table, smoke_args, write_section  # noqa: E402
 
 from xvol_lab.allocator import keep_freed_memory  # noqa: E402
 from xvol_lab.models import build_classifier  # noqa: E402
@@ -60,10 +59,7 @@ def training_step(op: str, channels_last: bool) -> Callable[[], object]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer steps and repeats (smoke run)")
-    parser.add_argument("--no-write", action="store_true", help="print, do not touch BENCHMARKS.md")
-    args = parser.parse_args()
+    args = smoke_args(__doc__, "fewer steps and repeats (smoke run)")
     keep_freed_memory()  # as the lab's processes do
     torch.set_num_threads(1)  # as the ablations' trials train (base.trainer.threads: 1)
     logging.getLogger("xvol_lab").setLevel(logging.ERROR)
