@@ -17,8 +17,8 @@ class SyntheticDataModule(ImageDataModule):
     """A generated dataset, normalised by its own train mean/std; no augmentation (every image is new).
 
     A set of at most `IN_MEMORY_MIB` decoded is decoded once, in `setup`, and held in memory
-    (`DecodedImageDataset`: the same tensors, no file decoded per epoch); a larger one is decoded on
-    access.
+    (`DecodedImageDataset`: the same tensors, no file decoded per epoch; each training process holds
+    its own copy); a larger one is decoded on access.
 
     Lightning calls `prepare_data` once per node (local rank 0) and `setup` on every rank, so
     only one process draws images; the file lock in `generate` covers processes of other runs.
