@@ -91,15 +91,23 @@ def squeue(job: str) -> str:
                           timeout=30).stdout.strip()
 
 
+def node_idle() -> bool:
+    """Whether the one node is idle (no job running or completing on it)."""
+    return subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True,
+                          timeout=30).stdout.split() == ["idle"]
+
+
 def wait(predicate: Callable[[], Any], what: str, timeout: float = JOB_WAIT, *, job: str | None = None,
          log: Path | None = None) -> Any:
-    """Poll `predicate` until it is truthy; a requeued `job` is released from its wait at once."""
+    """Poll `predicate` until it is truthy; a requeued `job` is released from its wait once the node
+    is idle again (released while its previous instance still completes, slurmd refuses the launch:
+    "Killing non-startable batch job: Job credential revoked", and the job is gone)."""
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         found = predicate()
         if found:
             return found
-        if job is not None and squeue(job).startswith("PENDING BeginTime"):
+        if job is not None and squeue(job).startswith("PENDING BeginTime") and node_idle():
             subprocess.run(["scontrol", "update", f"jobid={job}", "StartTime=now"], capture_output=True,
                            timeout=30)
         time.sleep(0.2)
