@@ -25,7 +25,7 @@ from _report import cpu_clock, device_name, markdown_table, smoke_args, write_se
 
 from xvol_lab.allocator import keep_freed_memory  # noqa: E402
 from xvol_lab.models import build_classifier  # noqa: E402
-from xvol_lab.study.config import load_study_config  # noqa: E402
+from xvol_lab.study.config import StudyConfig, load_study_config  # noqa: E402
 from xvol_lab.study.controls import POSITIVE, apply_params  # noqa: E402
 
 STUDY = "op_ablation"
@@ -33,10 +33,9 @@ CONTROL = "positive control (1x1 in stages 3-4)"
 OPERATORS = ("conv", "sa", "pssa", "xvol_sa", "xvol_pssa", CONTROL)
 
 
-def training_step(op: str, channels_last: bool) -> Callable[[], object]:
+def training_step(config: StudyConfig, op: str, channels_last: bool) -> Callable[[], object]:
     """One AdamW training step of op_ablation's network with `op` in stage 3 (or its positive control's
     network), in the given memory format."""
-    _, config = load_study_config(STUDY)
     data, base = config.base.data, config.baseline_spec
     assert base is not None
     spec = (config.controls.spec(POSITIVE, base) if op == CONTROL
@@ -65,7 +64,8 @@ def main() -> None:
     logging.getLogger("xvol_lab").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore")
     steps, repeats = (2, 3) if args.quick else (5, 7)
-    steps_of = {(op, cl): training_step(op, cl) for op in OPERATORS for cl in (False, True)}
+    _, config = load_study_config(STUDY)
+    steps_of = {(op, cl): training_step(config, op, cl) for op in OPERATORS for cl in (False, True)}
     clock = cpu_clock("cpu")
     samples: dict[tuple[str, bool], list[float]] = {key: [] for key in steps_of}
     for fn in steps_of.values():
@@ -83,7 +83,6 @@ def main() -> None:
         ratio = statistics.median(a / b for a, b in zip(flat, last, strict=True))
         rows.append([op, f"{1000 * statistics.median(flat):.0f}", f"{1000 * statistics.median(last):.0f}",
                      f"{ratio:.2f}"])
-    _, config = load_study_config(STUDY)
     data = config.base.data
     body = "\n".join([
         f"Device: {device_name('cpu')}; torch {torch.__version__}. {STUDY}'s network (width "
