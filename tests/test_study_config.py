@@ -78,8 +78,12 @@ BAD = [
     ({"enqueue": [{"stage3.op": "conv"}], "controls": {"negative": {"name": ""}}},
      "controls.negative.name: got '', expected a short description of the control"),
     ({"budget": {"n_trials": 3, "max_retries": -1}}, "budget.max_retries: got -1, expected an integer >= 0"),
-    ({"base": {"seed": -1}},
-     "base.seed: got -1, expected an integer from 0 to 4294967295 (seeds base.seed + 0 .. budget.seeds - 1)"),
+    ({"base": {"order_seed": 4}},
+     "base.order_seed: got 4, expected null (a trial's runs take their training order from their seeds; the "
+     "negative control's from controls.negative.training_order)"),
+    ({"enqueue": [{"stage3.op": "conv"}], "controls": {"negative": {"name": "x", "training_order": "own"}}},
+     "controls.negative.training_order: got 'own', expected one of 'shared', 'disjoint'"),
+    ({"base": {"seed": -1}}, "base.seed: got -1, expected an integer from 0 to 4294967295"),
     ({"base": {"seed": 2**32 - 2}, "budget": {"n_trials": 3, "seeds": 3}},
      "base.seed: got 4294967294, expected an integer from 0 to 4294967293 "
      "(seeds base.seed + 0 .. budget.seeds - 1)"),

@@ -3,6 +3,7 @@ training: seed outcomes are written as result files or returned by a stand-in fo
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ from optuna.trial import FixedTrial, create_trial
 
 from xvol_lab.study import roles, sequential
 from xvol_lab.study.config import load_study_config
+from xvol_lab.study.controls import NegativeControl
 from xvol_lab.study.files import RESULT, write_json
 from xvol_lab.study.outcome import Outcome
 from xvol_lab.study.progress import LogView
@@ -49,6 +51,12 @@ def test_controls_get_their_network_seeds_and_mark(config):
     assert trial.user_attrs == {"control": "positive"}
     assert roles.trial_seeds(config, "negative") == [10000, 10001, 10002, 10003, 10004]
     assert roles.trial_seeds(config, "positive") == roles.trial_seeds(config, None) == [0, 1, 2, 3, 4]
+    # the negative control's i-th run keeps the baseline's i-th training order; the rest follow their seeds
+    assert roles.trial_order_seeds(config, "negative") == [0, 1, 2, 3, 4]
+    assert roles.trial_order_seeds(config, "positive") is roles.trial_order_seeds(config, None) is None
+    disjoint = dataclasses.replace(config, controls=dataclasses.replace(
+        config.controls, negative=NegativeControl("itself", training_order="disjoint")))
+    assert roles.trial_order_seeds(disjoint, "negative") is None
     baseline = FixedTrial({"stage3.op": "conv"})
     assert roles.trial_spec(config, baseline, "baseline").stages[2].op == "conv"
     assert baseline.user_attrs == {"baseline": True}
@@ -87,3 +95,23 @@ def test_seed_runner_stops_when_decided_and_keeps_the_pruner_off_controls(config
     calls.clear()
     runner.run(8, spec, tmp_path / "trial_8")  # no rule: every seed of the study
     assert [seed for seed, _ in calls] == [0, 1, 2, 3, 4] and all(prune for _, prune in calls)
+
+
+def test_seed_runner_gives_each_run_its_training_order(config, tmp_path, monkeypatch):
+    runs = []
+
+    def fake_seed(self, number, run_dir, run_config, index, prune):
+        runs.append((run_dir.name, run_config.seed, run_config.order_seed, run_config.training_order_seed))
+        return Outcome("complete", values=[0.5], attrs={"val/acc1": 0.5})
+
+    monkeypatch.setattr(SeedRunner, "_run_seed", fake_seed)
+    runner = SeedRunner("roles", config, "sqlite://", LogView())
+    spec = roles.trial_spec(config, FixedTrial({}), "negative")
+    runner.run(9, spec, tmp_path / "trial_9", seeds=roles.trial_seeds(config, "negative")[:2],
+               order_seeds=roles.trial_order_seeds(config, "negative")[:2])
+    assert runs == [("seed_10000", 10000, 0, 0), ("seed_10001", 10001, 1, 1)]
+    runs.clear()
+    runner.run(10, spec, tmp_path / "trial_10", seeds=[3])
+    assert runs == [("seed_3", 3, None, 3)]
+    with pytest.raises(ValueError):  # one order per seed
+        runner.run(11, spec, tmp_path / "trial_11", seeds=[0, 1], order_seeds=[0])

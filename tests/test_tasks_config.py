@@ -59,7 +59,7 @@ def test_no_file_or_an_empty_one_gives_the_defaults(tmp_path):
     ("optim: {lr: x}", "cfg.yaml: optim.lr: got 'x', expected a number"),
     ("optim: {lr: -1}", "cfg.yaml: optim.lr: got -1.0, expected a number > 0"),
     ("optimizer: {lr: 1}",
-     "cfg.yaml: optimizer: unknown key; expected one of task, seed, data, model, optim,"),
+     "cfg.yaml: optimizer: unknown key; expected one of task, seed, order_seed, data, model, optim,"),
     ("trainer: {precision: 8-bit}", "cfg.yaml: trainer.precision: got '8-bit', expected one of '32-true'"),
     ("trainer: {limit_val_batches: 0}",
      "cfg.yaml: trainer.limit_val_batches: got 0, expected an integer >= 1"),
@@ -75,7 +75,7 @@ def test_no_file_or_an_empty_one_gives_the_defaults(tmp_path):
     ("task: detection\ndata: {name: shapes}", "cfg.yaml: data.name: got 'shapes' for task 'detection', "
                                              "expected one of shapes-coco, coco"),
     ("- 1\n- 2",
-     "cfg.yaml: got list, expected a mapping of sections (task, seed, data, model, optim, trainer, "
+     "cfg.yaml: got list, expected a mapping of sections (task, seed, order_seed, data, model, optim, trainer, "
      "detector, init)"),
     ("optim: {lr: [1", "cfg.yaml: invalid YAML: "),
 ])

@@ -5,8 +5,9 @@ Loader defaults are sized from the machine: `num_workers` from the CPUs this pro
 has its own ``--cpus-per-task`` CPUs, not divided again), `pin_memory` when the trainer
 runs on CUDA, `persistent_workers` whenever there are workers. Under multi-process training each
 process validates a disjoint part of the validation set, every sample once
-(`UnpaddedDistributedSampler`). Training batches come in an order drawn from the run seed and the
-epoch, each process its share, and resume mid-epoch (`xvol_lab.data.sampler`).
+(`UnpaddedDistributedSampler`). Training batches come in an order drawn from the run's training-order
+seed (`order_seed`; the run seed where unset) and the epoch, each process its share, and resume
+mid-epoch (`xvol_lab.data.sampler`).
 """
 
 from __future__ import annotations
@@ -99,6 +100,7 @@ class ImageDataModule(LightningDataModule):
         self.val_set: Dataset | None = None
         self.classes: list[str] = []
         self.normalize = DeviceNormalize()
+        self.order_seed: int | None = None  # the training order's seed; None: torch.initial_seed()
         self._num_classes: int | None = None
 
     @property
@@ -136,4 +138,5 @@ class ImageDataModule(LightningDataModule):
             return DataLoader(dataset, **options)
         rank, world = (0, 1) if self.trainer is None else (self.trainer.global_rank, self.trainer.world_size)
         # torch.initial_seed() is the run seed (`fit` seeds everything first): the same on every process
-        return ResumableLoader(dataset, EpochSampler(len(dataset), torch.initial_seed(), rank, world), **options)
+        seed = torch.initial_seed() if self.order_seed is None else self.order_seed
+        return ResumableLoader(dataset, EpochSampler(len(dataset), seed, rank, world), **options)

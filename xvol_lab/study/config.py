@@ -30,7 +30,7 @@ from xvol_lab.study.sequential import SeedDesign
 from xvol_lab.study.space import check_point, expand_space, spec_of
 from xvol_lab.study.space_config import SpaceConfig, distinct, listing
 from xvol_lab.tasks import metrics
-from xvol_lab.tasks.config import RunConfig, Task
+from xvol_lab.tasks.config import MAX_SEED, RunConfig, Task
 from xvol_lab.tasks.registry import DEFAULT_TASK, task_record
 
 # Measured by the study itself on the deploy form of the trained model, after training: latency at
@@ -44,7 +44,6 @@ MEASURED = (LATENCY_MS, PARAMS_M, FLOPS_G, LATENCY_BATCH_MS)
 # measurement failed when it did (the trained trial stands without the figures).
 LATENCY_DEVICE = "latency_device"
 MEASURE_ERROR = "measure_error"
-MAX_SEED = 2**32 - 1  # the largest seed Lightning's seed_everything takes
 # Where `lab.py study run NAME` looks for NAME.yaml.
 STUDIES_DIR = REPO_ROOT / "studies"
 
@@ -217,6 +216,10 @@ class StudyConfig:
             raise ValueError(f"base.trainer.check_val_every_n_epoch: got {every}, expected a divisor of "
                              f"budget.epochs ({self.budget.epochs}): a trial's values come from its last epoch's "
                              "validation")
+        if self.base.order_seed is not None:
+            raise ValueError(f"base.order_seed: got {self.base.order_seed}, expected null (a trial's runs take "
+                             "their training order from their seeds; the negative control's from "
+                             "controls.negative.training_order)")
         offset = NEGATIVE_SEED_OFFSET if self.controls.negative else 0
         last = self.budget.max_seeds - 1 + offset
         if not 0 <= self.base.seed <= MAX_SEED - last:
@@ -348,12 +351,13 @@ class StudyConfig:
         base.seed + 0 .. max - 1."""
         return [self.base.seed + i for i in range(self.budget.max_seeds)]
 
-    def run_config(self, spec: BackboneSpec, seed: int | None = None) -> RunConfig:
+    def run_config(self, spec: BackboneSpec, seed: int | None = None, order_seed: int | None = None) -> RunConfig:
         """The base run config with the trial's architecture, the budget's epochs and `seed`
-        (default base.seed; it changes initialisation, data order and augmentation, not the data)."""
+        (default base.seed; it changes initialisation, data order and augmentation, not the data);
+        `order_seed` gives the training order its own seed (default: `seed`'s)."""
         trainer = dataclasses.replace(self.base.trainer, max_epochs=self.budget.epochs)
         return dataclasses.replace(self.base, model=spec, trainer=trainer,
-                                   seed=self.base.seed if seed is None else seed)
+                                   seed=self.base.seed if seed is None else seed, order_seed=order_seed)
 
     def identity(self) -> dict[str, Any]:
         """What workers sharing one study must agree on: all that changes results, not where the data

@@ -4,7 +4,11 @@
   out of the searched space) into a network that lacks what the task needs; trained with the
   baseline's seeds, it must come out worse than the baseline;
 - negative control: the baseline itself under a disjoint seed set (base.seed + `NEGATIVE_SEED_OFFSET`
-  + i), paired with the baseline's i-th seed; it must come out not distinguishable.
+  + i), paired with the baseline's i-th seed; it must come out not distinguishable. With
+  ``training_order: shared`` (the default) its i-th run keeps the baseline's i-th training order
+  (`RunConfig.order_seed`) and only its initialisation and augmentation differ: the pairing every
+  row has (a row trains with the baseline's seeds), so the control's spread is the procedure's.
+  ``disjoint`` shares nothing with the baseline.
 
 Both run as trials of the study, right after the enqueued points, and appear in every table as rows
 named ``positive control: <name>`` and ``negative control: <name>``.
@@ -23,6 +27,7 @@ NEGATIVE_SEED_OFFSET = 10_000
 CONTROL_ATTR = "control"  # user attr of a control's trial: its role
 POSITIVE, NEGATIVE = "positive", "negative"
 Role = Literal["positive", "negative"]
+TrainingOrder = Literal["shared", "disjoint"]
 ROLE_LABEL = {POSITIVE: "positive control", NEGATIVE: "negative control"}
 _FIELDS = tuple(f.name for f in dataclasses.fields(StageSpec))
 
@@ -74,9 +79,10 @@ class PositiveControl:
 
 @dataclass(frozen=True)
 class NegativeControl:
-    """The baseline under a disjoint seed set."""
+    """The baseline under a disjoint seed set, with the baseline's training order or its own."""
 
     name: str = ""
+    training_order: TrainingOrder = "shared"
 
     def __post_init__(self) -> None:
         _check_name(self.name)
@@ -116,3 +122,9 @@ class ControlsConfig:
     def seeds(self, role: str, seeds: list[int]) -> list[int]:
         """The control's seeds for the baseline's `seeds`: the same, or (negative) shifted to a disjoint set."""
         return [s + NEGATIVE_SEED_OFFSET for s in seeds] if role == NEGATIVE else list(seeds)
+
+    def order_seeds(self, role: str, seeds: list[int]) -> list[int] | None:
+        """The training-order seeds of the control's runs for the baseline's `seeds` (run i: the
+        baseline's i-th order), or None where each run's order follows its own seed."""
+        shared = role == NEGATIVE and self.negative is not None and self.negative.training_order == "shared"
+        return list(seeds) if shared else None

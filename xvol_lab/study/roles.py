@@ -53,6 +53,13 @@ def trial_seeds(config: StudyConfig, role: str | None) -> list[int]:
     return config.seeds
 
 
+def trial_order_seeds(config: StudyConfig, role: str | None) -> list[int] | None:
+    """The training-order seeds of `role`'s runs, None where each run's order follows its seed."""
+    if role in config.controls.roles:
+        return config.controls.order_seeds(role, config.seeds)
+    return None
+
+
 def baseline_values(config: StudyConfig, trials: list[FrozenTrial], count: int) -> list[float] | None:
     """The primary metric of the baseline's first `count` seeds, from their result files; None while
     one of them has not completed."""

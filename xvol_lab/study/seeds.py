@@ -118,14 +118,17 @@ class SeedRunner:
     view: View
 
     def run(self, number: int, spec: BackboneSpec, trial_dir: Path, *, seeds: Sequence[int] | None = None,
-            decided: Callable[[list[float]], bool] | None = None, prune: bool = True) -> Outcome:
+            order_seeds: Sequence[int] | None = None, decided: Callable[[list[float]], bool] | None = None,
+            prune: bool = True) -> Outcome:
         """Train trial `number`'s `spec` once per seed (module docstring; `seeds`, default the study's)
         and combine the seeds' outcomes (`xvol_lab.study.outcome.combine`); an interrupted seed's
-        outcome as it is. `decided` (the first objective's values so far -> bool) ends the seeds
+        outcome as it is. `order_seeds` (one per seed) gives the runs' training orders, where they do
+        not follow their seeds. `decided` (the first objective's values so far -> bool) ends the seeds
         early once it says so; `prune` False keeps the pruner away (the controls)."""
         seeds = list(self.config.seeds if seeds is None else seeds)
+        orders = [None] * len(seeds) if order_seeds is None else list(order_seeds)
         runs: list[tuple[int, Outcome]] = []
-        for index, seed in enumerate(seeds):
+        for index, (seed, order) in enumerate(zip(seeds, orders, strict=True)):
             run_dir = seed_dir(trial_dir, seed)
             outcome = finished_outcome(run_dir)
             if outcome is not None:
@@ -133,7 +136,8 @@ class SeedRunner:
                          outcome.state)
             else:
                 self.view.trial_started(number, spec.describe() + (f" seed {seed}" if len(seeds) > 1 else ""))
-                outcome = self._run_seed(number, run_dir, self.config.run_config(spec, seed), index, prune)
+                outcome = self._run_seed(number, run_dir, self.config.run_config(spec, seed, order), index,
+                                         prune)
                 if outcome.state == "interrupted":
                     return outcome
             runs.append((seed, outcome))

@@ -141,6 +141,7 @@ class Worker:
         trial.set_user_attr("trial_dir", str(trial_dir.resolve()))
         trial.set_user_attr("run_dir", str(seed_dir(trial_dir, seeds[0]).resolve()))
         return self.seeds.run(trial.number, spec, trial_dir, seeds=seeds,
+                              order_seeds=roles.trial_order_seeds(self.config, role),
                               decided=roles.stop_rule(self.config, self.shared.trials, role),
                               prune=role not in self.config.controls.roles)
 

@@ -25,6 +25,7 @@ from xvol_lab.schema import from_dict, is_int, parse_override, to_dict, with_ove
 from xvol_lab.tasks.registry import DEFAULT_TASK, TASKS, Task, task_record
 from xvol_lab.tasks.trainer_args import check_trainer_args
 
+MAX_SEED = 2**32 - 1  # the largest seed Lightning's seed_everything takes
 Precision = Literal["32-true", "bf16-mixed", "16-mixed", "64-true"]
 # Strategies that run this script once per process (so `fit` returns its metrics in every process).
 Strategy = Literal["auto", "ddp", "ddp_find_unused_parameters_true"]
@@ -204,7 +205,8 @@ class RunConfig:
     """Everything one training run depends on; saved as run_dir/config.yaml."""
 
     task: Task = DEFAULT_TASK
-    seed: int = 0
+    seed: int = 0  # initialisation, augmentation and (where order_seed is null) the training order
+    order_seed: int | None = None  # the training order's own seed (null: seed)
     data: DataConfig = field(default_factory=DataConfig)
     model: BackboneSpec = field(default_factory=default_model)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -212,7 +214,16 @@ class RunConfig:
     detector: DetectorConfig = field(default_factory=DetectorConfig)  # detection tasks only
     init: InitConfig = field(default_factory=InitConfig)  # backbone weights to start from
 
+    @property
+    def training_order_seed(self) -> int:
+        """The seed of the training batches' order: `order_seed`, else `seed`."""
+        return self.seed if self.order_seed is None else self.order_seed
+
     def __post_init__(self) -> None:
+        for key in ("seed", "order_seed"):
+            value = getattr(self, key)
+            if value is not None and not 0 <= value <= MAX_SEED:
+                raise ValueError(f"{key}: got {value}, expected an integer from 0 to {MAX_SEED}")
         datasets = task_record(self.task).datasets
         if self.data.name not in datasets:
             raise ValueError(f"data.name: got {self.data.name!r} for task {self.task!r}, expected one of "

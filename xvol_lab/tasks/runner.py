@@ -167,6 +167,7 @@ def _train(config: RunConfig, run_dir: Path, *, callbacks: Iterable[Callback], p
     """`fit` once the config is settled: build, train, write the run's files, return the metrics."""
     L.seed_everything(config.seed, workers=True, verbose=False)
     datamodule = build_datamodule(config.data)
+    datamodule.order_seed = config.training_order_seed
     task = task_record(config.task).build_module(config.model, datamodule.num_classes, to_dict(config.optim),
                                                  config.detector)
     if config.init.path is not None and resume_path is None:  # a resumed run has its own weights

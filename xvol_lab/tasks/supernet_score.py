@@ -44,8 +44,9 @@ class PathScorer:
                  bn_batches: int, val_images: int) -> None:
         if not checkpoints:
             raise ValueError("checkpoints: got none, expected at least one supernet checkpoint")
-        torch.manual_seed(config.seed)  # the training order (and so the recalibration batches) of the run seed
+        torch.manual_seed(config.seed)
         datamodule = build_datamodule(config.data)
+        datamodule.order_seed = config.training_order_seed  # the run's training order: its recalibration batches
         datamodule.setup("fit")
         self.num_classes = datamodule.num_classes
         task = task_record(config.task).build_module(config.model, self.num_classes, to_dict(config.optim),
