@@ -137,6 +137,7 @@ class ImageDataModule(LightningDataModule):
         if not train:
             return DataLoader(dataset, **options)
         rank, world = (0, 1) if self.trainer is None else (self.trainer.global_rank, self.trainer.world_size)
-        # torch.initial_seed() is the run seed (`fit` seeds everything first): the same on every process
+        # `fit` sets order_seed (the run's training_order_seed); a loader built outside it takes
+        # torch.initial_seed(). Either is the same on every process.
         seed = torch.initial_seed() if self.order_seed is None else self.order_seed
         return ResumableLoader(dataset, EpochSampler(len(dataset), seed, rank, world), **options)

@@ -44,7 +44,7 @@ class PathScorer:
                  bn_batches: int, val_images: int) -> None:
         if not checkpoints:
             raise ValueError("checkpoints: got none, expected at least one supernet checkpoint")
-        torch.manual_seed(config.seed)
+        torch.manual_seed(config.seed)  # the run's augmentation of the recalibration batches
         datamodule = build_datamodule(config.data)
         datamodule.order_seed = config.training_order_seed  # the run's training order: its recalibration batches
         datamodule.setup("fit")
