@@ -85,10 +85,17 @@ def job_id(done: subprocess.CompletedProcess[str]) -> str:
     return match.group(1)
 
 
-def squeue(job: str) -> str:
-    """``STATE REASON`` of `job`, '' once it left the queue."""
-    return subprocess.run(["squeue", "-h", "-j", job, "-o", "%T %r"], capture_output=True, text=True,
-                          timeout=30).stdout.strip()
+def squeue(job: str) -> str | None:
+    """``STATE REASON`` of `job` (of one of its array tasks, ``<job>_<i>``), '' once it left the queue,
+    None when squeue failed (a busy controller times out: that is not a finished job)."""
+    done = subprocess.run(["squeue", "-h", "-o", "%i %T %r"], capture_output=True, text=True, timeout=30)
+    if done.returncode != 0:
+        return None
+    for line in done.stdout.splitlines():
+        task, state = line.split(" ", 1)
+        if task.split("_", 1)[0] == job:
+            return state
+    return ""
 
 
 def node_idle() -> bool:
@@ -99,17 +106,22 @@ def node_idle() -> bool:
 
 def wait(predicate: Callable[[], Any], what: str, timeout: float = JOB_WAIT, *, job: str | None = None,
          log: Path | None = None) -> Any:
-    """Poll `predicate` until it is truthy; a requeued `job` is released from its wait once the node
-    is idle again (released while its previous instance still completes, slurmd refuses the launch:
-    "Killing non-startable batch job: Job credential revoked", and the job is gone)."""
+    """Poll `predicate` until it is truthy. A requeued `job` waits for its BeginTime (about 2 minutes);
+    it is released once the node is idle again, to start 2 s later, and not again for 10 s. Released
+    while its previous instance still completes, or within the second slurmd revoked its credential
+    (credentials are compared by the second), slurmd refuses the launch: "Killing non-startable batch
+    job: Job credential revoked", and the job is gone."""
     end = time.monotonic() + timeout
+    released = -float("inf")
     while time.monotonic() < end:
         found = predicate()
         if found:
             return found
-        if job is not None and squeue(job).startswith("PENDING BeginTime") and node_idle():
-            subprocess.run(["scontrol", "update", f"jobid={job}", "StartTime=now"], capture_output=True,
+        if job is not None and time.monotonic() - released > 10 and (squeue(job) or "").startswith(
+                "PENDING BeginTime") and node_idle():
+            subprocess.run(["scontrol", "update", f"jobid={job}", "StartTime=now+2"], capture_output=True,
                            timeout=30)
+            released = time.monotonic()
         time.sleep(0.2)
     tail = log.read_text()[-3000:] if log is not None and log.exists() else ""
     raise AssertionError(f"timed out waiting for {what}\n{tail}")
@@ -118,7 +130,7 @@ def wait(predicate: Callable[[], Any], what: str, timeout: float = JOB_WAIT, *, 
 def finished(job: str, folder: Path, name: str, timeout: float = JOB_WAIT) -> dict[str, Any]:
     """Wait for `job` to leave the queue; the study's trials and the job's log."""
     log = folder / "runs" / name / f"slurm-{job}.out"
-    wait(lambda: not squeue(job), f"job {job} to finish", timeout, job=job, log=log)
+    wait(lambda: squeue(job) == "", f"job {job} to finish", timeout, job=job, log=log)
     storage = f"sqlite:///{folder / 'runs' / name / 'study.db'}"
     trials = optuna.load_study(study_name=name, storage=storage).get_trials()
     return {"trials": trials, "log": log.read_text(), "seed": folder / "runs" / name / "trial_0" / "seed_0"}
@@ -273,7 +285,7 @@ def test_an_array_of_two_workers_shares_one_study_on_postgresql(reference, tmp_p
                           cwd=tmp_path, env={**environment(), STORAGE_ENV: POSTGRES}, capture_output=True,
                           text=True, timeout=120)
     job = job_id(done)
-    wait(lambda: not squeue(job), f"array job {job} to finish", job=job)
+    wait(lambda: squeue(job) == "", f"array job {job} to finish", job=job)
     trials = optuna.load_study(study_name=name, storage=POSTGRES).get_trials()
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 2 and tally(trials).finished == 2
     assert sorted(t.params["stage3.op"] for t in trials) == ["conv", "pointwise"]
