@@ -11,11 +11,12 @@ import yaml
 from optuna.trial import FixedTrial, create_trial
 
 from xvol_lab.study import roles, sequential
-from xvol_lab.study.config import load_study_config
+from xvol_lab.study.config import PrunerConfig, load_study_config
 from xvol_lab.study.controls import NegativeControl
 from xvol_lab.study.files import RESULT, write_json
 from xvol_lab.study.outcome import Outcome
 from xvol_lab.study.progress import LogView
+from xvol_lab.study.seed_share import SHARE
 from xvol_lab.study.seeds import SeedRunner, seed_dir
 
 BASE = [0.60, 0.64, 0.58, 0.62, 0.66]
@@ -78,14 +79,18 @@ def test_stop_rule_reads_the_baseline_and_decides_by_the_design(config, tmp_path
 
 
 def test_seed_runner_stops_when_decided_and_keeps_the_pruner_off_controls(config, tmp_path, monkeypatch):
-    calls = []
+    """... and offers its seeds to other workers (`seed_share`) only where every seed runs unpruned."""
+    calls, offered = [], []
 
-    def fake_seed(self, number, run_dir, run_config, index, prune):
-        calls.append((run_config.seed, prune))
+    def fake_seed(self, number, run_dir, request, claim):
+        calls.append((request.config.seed, request.report is not None))
+        offered.append((run_dir.parent / SHARE).exists())
+        index = request.step_offset // config.budget.epochs
         return Outcome("complete", values=[0.3 + 0.01 * index], attrs={"val/acc1": 0.3})
 
     monkeypatch.setattr(SeedRunner, "_run_seed", fake_seed)
-    runner = SeedRunner("roles", config, "sqlite://", LogView())
+    pruned = dataclasses.replace(config, pruner=PrunerConfig(name="median"))
+    runner = SeedRunner("roles", pruned, "sqlite://", LogView())
     spec = roles.trial_spec(config, FixedTrial({}), "positive")
     outcome = runner.run(7, spec, tmp_path / "trial_7", seeds=[0, 1, 2, 3, 4],
                          decided=lambda values: len(values) >= 3, prune=False)
@@ -95,13 +100,19 @@ def test_seed_runner_stops_when_decided_and_keeps_the_pruner_off_controls(config
     calls.clear()
     runner.run(8, spec, tmp_path / "trial_8")  # no rule: every seed of the study
     assert [seed for seed, _ in calls] == [0, 1, 2, 3, 4] and all(prune for _, prune in calls)
+    assert not any(offered)  # a stop rule or a pruner decides, in order, which seeds run
+    calls.clear()
+    runner.run(9, spec, tmp_path / "trial_9", prune=False)
+    assert calls == [(s, False) for s in range(5)] and offered[-5:] == [True] * 5
+    assert not (tmp_path / "trial_9" / SHARE).exists()  # withdrawn at the end
 
 
 def test_seed_runner_gives_each_run_its_training_order(config, tmp_path, monkeypatch):
     runs = []
 
-    def fake_seed(self, number, run_dir, run_config, index, prune):
-        runs.append((run_dir.name, run_config.seed, run_config.order_seed, run_config.training_order_seed))
+    def fake_seed(self, number, run_dir, request, claim):
+        c = request.config
+        runs.append((run_dir.name, c.seed, c.order_seed, c.training_order_seed))
         return Outcome("complete", values=[0.5], attrs={"val/acc1": 0.5})
 
     monkeypatch.setattr(SeedRunner, "_run_seed", fake_seed)

@@ -58,8 +58,9 @@ def trial_command(trial_dir: Path, devices: int, nodes: int,
 
 
 def start_trial(command: list[str], log_file: Path, storage_url: str, *,
-                env: Mapping[str, str] | None = None) -> subprocess.Popen[bytes]:
-    """Start `command` in a new process group, output to `log_file`, with the lifeline on stdin.
+                env: Mapping[str, str] | None = None, pass_fds: tuple[int, ...] = ()) -> subprocess.Popen[bytes]:
+    """Start `command` in a new process group, output to `log_file`, with the lifeline on stdin and
+    the file descriptors `pass_fds` left open (a seed's claim, `xvol_lab.study.seed_share`).
 
     The trial sees this process's environment with `env` laid over it (e.g. ``CUDA_VISIBLE_DEVICES``
     and thread counts of one of several concurrent trials), less the SLURM variables it must not
@@ -71,7 +72,7 @@ def start_trial(command: list[str], log_file: Path, storage_url: str, *,
     full["PYTHONPATH"] = child_pythonpath(full)
     with log_file.open("ab") as out:
         return subprocess.Popen(command, stdin=subprocess.PIPE, stdout=out, stderr=subprocess.STDOUT,
-                                env=full, start_new_session=True)
+                                env=full, start_new_session=True, pass_fds=pass_fds)
 
 
 def stop_signal(command: list[str]) -> tuple[signal.Signals, bool]:

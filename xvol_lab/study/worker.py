@@ -7,6 +7,8 @@ heartbeat and showing progress, and tell the study how the configuration ended
 (`xvol_lab.study.outcome`): values = mean over seeds, user attrs ``seeds``, ``per_seed``, every
 metric's mean, ``arch``, ``trial_dir``, ``run_dir`` (the first seed's run folder) and
 ``fail_reason`` / ``prune_reason``. Stops when n_trials counted trials (configurations) have finished.
+While the last trials run in other workers, a worker trains the seeds they offer (`seed_share`)
+before it waits.
 
 ``python -m xvol_lab.study.worker STUDY --runs DIR [--set KEY=VALUE ...]`` runs one worker on the
 storage named by $XVOL_STORAGE: the process `lab.py study run --workers K` starts K times
@@ -93,6 +95,8 @@ class Worker:
                         shared.hand_back(claim.trial.number, "stop signal", planned=True)
                 raise
             if busy:
+                if self.seeds.help(self.folder):  # a seed of a running trial (`seed_share`)
+                    continue
                 if not waiting_logged:
                     log.info("%s: the last %d trial(s) run in other workers; waiting for them", self.name,
                              t.running)
