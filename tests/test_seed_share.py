@@ -127,16 +127,16 @@ def per_seed_metrics(folder: Path) -> dict[str, dict]:
 
 @pytest.mark.slow
 def test_two_workers_on_one_configuration_train_each_seed_once_as_one_worker_does(tiny_study, lab_env, tmp_path):
-    path = shared_study(tiny_study, "one", 3)
+    path = shared_study(tiny_study, "one", 4)
     runs = {k: tmp_path / f"runs_{k}" for k in (1, 2)}
     done = {k: subprocess.run([*run_command(path, runs[k]), "--workers", str(k)], cwd=tmp_path, env=lab_env,
                               capture_output=True, text=True, timeout=600) for k in (1, 2)}
     assert all(d.returncode == 0 for d in done.values()), done[2].stderr[-3000:]
     helped = re.findall(r"trial 0: this worker trains (seed_\d), offered", done[2].stderr)
-    assert helped and "seed_0" not in helped  # the helper took seeds from the end
+    assert helped and "seed_3" not in helped  # the owner starts at the first seed, the helper at the last
     for k in (1, 2):
         logs = sorted((runs[k] / "one").glob("trial_0/seed_*/trial.log"))
-        assert [p.parent.name for p in logs] == ["seed_3", "seed_4", "seed_5"]
+        assert [p.parent.name for p in logs] == ["seed_3", "seed_4", "seed_5", "seed_6"]
         assert all(len(re.findall(r"trial 0 complete", p.read_text())) == 1 for p in logs)  # once each
         assert not (runs[k] / "one" / "trial_0" / SHARE).exists()
     assert per_seed_metrics(runs[2] / "one") == per_seed_metrics(runs[1] / "one")  # as one worker
