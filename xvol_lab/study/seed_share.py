@@ -18,7 +18,6 @@ after another while the other workers idle.
 from __future__ import annotations
 
 import fcntl
-import logging
 import os
 import socket
 from collections.abc import Iterator, Mapping
@@ -28,8 +27,6 @@ from pathlib import Path
 from xvol_lab.schema import from_dict, to_dict
 from xvol_lab.study.files import read_json, write_json
 from xvol_lab.study.outcome import TrialRequest
-
-log = logging.getLogger(__name__)
 
 SHARE = "share.json"  # in a trial folder: the seeds other workers on this machine may train
 CLAIM = "claim"  # in a seed's run folder: flocked by whoever trains the seed

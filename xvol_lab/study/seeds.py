@@ -141,6 +141,10 @@ class SeedRunner:
         share = decided is None and all(r.report is None for r in requests.values())
         offer = {seed_dir(trial_dir, s).name: r for s, r in requests.items()} if share and len(seeds) > 1 else {}
         runs: dict[int, Outcome | None] = {}  # None: trained by another worker
+
+        def label(seed: int) -> str:
+            return spec.describe() + (f" seed {seed}" if len(seeds) > 1 else "")
+
         with seed_share.shared(trial_dir, offer):
             for seed in seeds:
                 run_dir = seed_dir(trial_dir, seed)
@@ -149,8 +153,7 @@ class SeedRunner:
                     log.info("trial %d: seed %d finished in an earlier attempt (%s); kept", number, seed,
                              outcome.state)
                 else:
-                    label = spec.describe() + (f" seed {seed}" if len(seeds) > 1 else "")
-                    outcome = self._claim_and_run(run_dir, requests[seed], label)
+                    outcome = self._claim_and_run(run_dir, requests[seed], label(seed))
                     if outcome is None:
                         log.info("trial %d: seed %d is trained by another worker", number, seed)
                     elif outcome.state == "interrupted":
@@ -158,12 +161,12 @@ class SeedRunner:
                 runs[seed] = outcome
                 if outcome is not None and outcome.state != "complete":
                     break
-                done = [o.values[0] for o in runs.values() if o is not None and o.values]
-                if decided is not None and len(runs) < len(seeds) and decided(done):
+                if decided is not None and len(runs) < len(seeds) and decided(
+                        [o.values[0] for o in runs.values() if o is not None and o.values]):
                     log.info("trial %d: decided after %d seeds; no more seeds", number, len(runs))
                     break
             for seed in [s for s, o in runs.items() if o is None]:
-                outcome = self._await(seed_dir(trial_dir, seed), requests[seed], spec.describe() + f" seed {seed}")
+                outcome = self._await(seed_dir(trial_dir, seed), requests[seed], label(seed))
                 if outcome.state == "interrupted":
                     return outcome
                 runs[seed] = outcome
@@ -173,17 +176,9 @@ class SeedRunner:
         """Train one seed that a running trial of the study folder `folder` offers to this machine's
         workers (`seed_share`); False when none is left to take."""
         for run_dir, request in seed_share.offered(folder):
-            if finished_outcome(run_dir) is not None:
-                continue
-            with seed_share.claimed(run_dir) as claim:
-                if claim is None or finished_outcome(run_dir) is not None:
-                    continue
-                log.info("trial %d: this worker trains %s, offered by the worker that runs the trial",
-                         request.trial_number, run_dir.name)
-                self.view.trial_started(request.trial_number, f"{request.config.model.describe()} "
-                                        f"seed {request.config.seed} (helping)")
-                self._run_seed(request.trial_number, run_dir, request, claim)
-            return True
+            label = f"{request.config.model.describe()} seed {request.config.seed} (helping)"
+            if finished_outcome(run_dir) is None and self._claim_and_run(run_dir, request, label) is not None:
+                return True
         return False
 
     def _claim_and_run(self, run_dir: Path, request: TrialRequest, label: str) -> Outcome | None:
