@@ -147,3 +147,59 @@ def test_an_image_of_another_size_in_a_held_set_names_the_file(tmp_path):
     with pytest.raises(ConfigError) as err:
         DecodedImageDataset(samples)
     assert str(err.value) == f"{odd}: image of 31x32 px, expected 32x32 as the other images of its set"
+
+
+def test_the_decoded_array_is_kept_beside_the_set_and_read_back_without_decoding(tmp_path, monkeypatch):
+    from xvol_lab.data import images as images_module
+    from xvol_lab.data.decoded import CACHE_DIR
+    from xvol_lab.data.generated import read_generated
+    from xvol_lab.data.images import DecodedImageDataset
+
+    cfg = small(tmp_path, "shapes-side", image_size=32)
+    folder = generate(cfg)
+    samples = read_generated(cfg).samples["train"]
+    first = DecodedImageDataset(samples, cache=folder)
+    (kept,) = (folder / CACHE_DIR).iterdir()
+    assert kept.suffix == ".npy" and kept.stat().st_mode & 0o777 == 0o644  # umask 022 in the suite
+
+    def no_decoding(path):
+        raise AssertionError(f"{path} decoded although the set's array is kept")
+
+    monkeypatch.setattr(images_module, "load_rgb", no_decoding)
+    second = DecodedImageDataset(samples, cache=folder)
+    assert torch.equal(second.images, first.images) and second.targets == first.targets
+    assert second.images.shape == (40, 3, 32, 32)
+
+
+def test_an_image_rewritten_in_place_is_decoded_again_not_read_from_the_kept_array(tmp_path):
+    import os
+
+    from xvol_lab.data.decoded import CACHE_DIR
+    from xvol_lab.data.generated import read_generated
+    from xvol_lab.data.images import DecodedImageDataset
+
+    cfg = small(tmp_path, image_size=32)
+    folder = generate(cfg)
+    samples = read_generated(cfg).samples["val"]
+    before = DecodedImageDataset(samples, cache=folder)
+    path = samples[5][0]
+    Image.new("RGB", (32, 32), (255, 0, 0)).save(path)
+    os.utime(path, ns=(1, 1))  # another modification time even where the clock is coarse
+    after = DecodedImageDataset(samples, cache=folder)
+    assert torch.equal(after.images[5], torch.tensor([255, 0, 0], dtype=torch.uint8).view(3, 1, 1).expand(3, 32, 32))
+    assert torch.equal(after.images[:5], before.images[:5]) and not torch.equal(after.images[5], before.images[5])
+    assert len(list((folder / CACHE_DIR).iterdir())) == 2
+
+
+def test_a_set_whose_folder_cannot_be_written_is_decoded_all_the_same(tmp_path):
+    from xvol_lab.data.decoded import CACHE_DIR
+    from xvol_lab.data.generated import read_generated
+    from xvol_lab.data.images import DecodedImageDataset
+
+    cfg = small(tmp_path, image_size=32)
+    folder = generate(cfg)
+    samples = read_generated(cfg).samples["val"]
+    (folder / CACHE_DIR).write_text("a file where the cache folder would be")
+    dataset = DecodedImageDataset(samples, cache=folder)
+    assert dataset.images.shape == (20, 3, 32, 32)
+    assert torch.equal(dataset.images[0], torch.from_numpy(np.array(Image.open(samples[0][0]).convert("RGB"))).permute(2, 0, 1))

@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from xvol_lab.data.decoded import load_or_decode
 from xvol_lab.errors import ConfigError
 
 Transform = Callable[[Image.Image], Any]
@@ -73,21 +74,33 @@ class ArrayImageDataset(Dataset):
         return self.transform(Image.fromarray(self.images[index])), self.targets[index]
 
 
+def decode_same_size(samples: Sequence[tuple[Path, int]]) -> np.ndarray:
+    """The images of `samples` decoded into one uint8 array (N, H, W, 3); a file of another size
+    than the first raises a one-line `ConfigError` naming it."""
+    images = [np.asarray(load_rgb(path)) for path, _ in samples]
+    shape = images[0].shape if images else None
+    for (path, _), image in zip(samples, images, strict=True):
+        if image.shape != shape:
+            raise ConfigError(f"{path}: image of {image.shape[1]}x{image.shape[0]} px, expected "
+                              f"{shape[1]}x{shape[0]} as the other images of its set")
+    return np.stack(images) if images else np.zeros((0, 0, 0, 3), np.uint8)
+
+
 class DecodedImageDataset(Dataset):
     """Images listed as (path, label) pairs, all of one size, decoded once into one uint8 tensor
     (N, 3, H, W): item i is what `ImageListDataset` with `to_uint8()` returns, without opening and
-    decoding a file every epoch. A file of another size raises a one-line `ConfigError` naming it."""
+    decoding a file every epoch. A file of another size raises a one-line `ConfigError` naming it.
+    With `cache` (the set's folder) the decoded array is kept there for the next process
+    (`xvol_lab.data.decoded`)."""
 
-    def __init__(self, samples: Sequence[tuple[Path, int]]) -> None:
+    def __init__(self, samples: Sequence[tuple[Path, int]], cache: Path | None = None) -> None:
         self.samples = list(samples)
         self.targets = [label for _, label in self.samples]
-        images = [np.asarray(load_rgb(path)) for path, _ in self.samples]
-        shape = images[0].shape if images else None
-        for (path, _), image in zip(self.samples, images, strict=True):
-            if image.shape != shape:
-                raise ConfigError(f"{path}: image of {image.shape[1]}x{image.shape[0]} px, expected "
-                                  f"{shape[1]}x{shape[0]} as the other images of its set")
-        self.images = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2) if images else torch.empty(0)
+        if cache is not None and self.samples:
+            images = load_or_decode(self.samples, cache, decode_same_size)
+        else:
+            images = decode_same_size(self.samples)
+        self.images = torch.from_numpy(images).permute(0, 3, 1, 2) if self.samples else torch.empty(0)
 
     def __len__(self) -> int:
         return len(self.targets)

@@ -18,7 +18,8 @@ class SyntheticDataModule(ImageDataModule):
 
     A set of at most `IN_MEMORY_MIB` decoded is decoded once, in `setup`, and held in memory
     (`DecodedImageDataset`: the same tensors, no file decoded per epoch; each training process holds
-    its own copy); a larger one is decoded on access.
+    its own copy, loaded from the array the first one left in the set's folder,
+    `xvol_lab.data.decoded`); a larger one is decoded on access.
 
     Lightning calls `prepare_data` once per node (local rank 0) and `setup` on every rank, so
     only one process draws images; the file lock in `generate` covers processes of other runs.
@@ -45,8 +46,8 @@ class SyntheticDataModule(ImageDataModule):
             return
         data = read_generated(self.cfg)
         if self.decoded_mib <= IN_MEMORY_MIB:
-            self.train_set = DecodedImageDataset(data.samples["train"])
-            self.val_set = DecodedImageDataset(data.samples["val"])
+            self.train_set = DecodedImageDataset(data.samples["train"], cache=data.folder)
+            self.val_set = DecodedImageDataset(data.samples["val"], cache=data.folder)
         else:
             self.train_set = ImageListDataset(data.samples["train"], to_uint8())
             self.val_set = ImageListDataset(data.samples["val"], to_uint8())

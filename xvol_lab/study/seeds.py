@@ -51,7 +51,7 @@ def fresh_dir(path: Path) -> Path:
     return path
 
 
-def run_trial(run_dir: Path, command: list[str], storage_url: str, view: View, poll: float = 0.5,
+def run_trial(run_dir: Path, command: list[str], storage_url: str, view: View, poll: float = 0.2,
               pass_fds: tuple[int, ...] = ()) -> Outcome:
     """Run the trial process to its end (showing its progress) and read its outcome; `pass_fds` stay
     open in it (the seed's claim)."""
