@@ -202,4 +202,5 @@ def test_a_set_whose_folder_cannot_be_written_is_decoded_all_the_same(tmp_path):
     (folder / CACHE_DIR).write_text("a file where the cache folder would be")
     dataset = DecodedImageDataset(samples, cache=folder)
     assert dataset.images.shape == (20, 3, 32, 32)
-    assert torch.equal(dataset.images[0], torch.from_numpy(np.array(Image.open(samples[0][0]).convert("RGB"))).permute(2, 0, 1))
+    first = np.array(Image.open(samples[0][0]).convert("RGB"))
+    assert torch.equal(dataset.images[0], torch.from_numpy(first).permute(2, 0, 1))

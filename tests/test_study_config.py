@@ -77,6 +77,14 @@ BAD = [
      "controls.positive.params.stage9.op: unknown key; expected stage<1-4>.<op|kernel_size|heads|shift|dirs|stack>"),
     ({"enqueue": [{"stage3.op": "conv"}], "controls": {"negative": {"name": ""}}},
      "controls.negative.name: got '', expected a short description of the control"),
+    ({"enqueue": [{"stage3.op": "conv"}], "controls": {"positive": {"name": "x", "params": {"stage3.op": "sa"},
+                                                                    "seeds": 1}}},
+     "controls.positive.seeds: got 1, expected an integer >= 2 (a paired t-test needs 2 seeds) or no value (the "
+     "baseline's seeds)"),
+    ({"enqueue": [{"stage3.op": "conv"}], "budget": {"n_trials": 3, "seeds": 3},
+      "controls": {"positive": {"name": "x", "params": {"stage3.op": "sa"}, "seeds": 4}}},
+     "controls.positive.seeds: got 4, expected at most budget.seeds (3): the positive control trains the "
+     "baseline's first seeds"),
     ({"budget": {"n_trials": 3, "max_retries": -1}}, "budget.max_retries: got -1, expected an integer >= 0"),
     ({"base": {"order_seed": 4}},
      "base.order_seed: got 4, expected null (a trial's runs take their training order from their seeds; the "

@@ -79,6 +79,8 @@ def test_retry_continues_from_the_last_checkpoint_and_ends_as_an_uninterrupted_r
     straight = subprocess.run([sys.executable, "-m", "xvol_lab.study.trial", str(reference)], cwd=tmp_path,
                               env=lab_env, capture_output=True, text=True, timeout=600)
     assert straight.returncode == 0, straight.stderr[-3000:]
+    last_line = f"xvol_lab.study.trial: trial {retry.number} complete"
+    assert straight.stderr.rstrip().endswith(last_line)  # logs flushed before the os._exit
     expected = json.loads((reference / "result.json").read_text())
     assert resumed["metrics"] == expected["metrics"]  # exactly equal on CPU
     assert resumed["values"] == expected["values"] == retry.values

@@ -58,6 +58,10 @@ def test_controls_get_their_network_seeds_and_mark(config):
     disjoint = dataclasses.replace(config, controls=dataclasses.replace(
         config.controls, negative=NegativeControl("itself", training_order="disjoint")))
     assert roles.trial_order_seeds(disjoint, "negative") is None
+    fewer = dataclasses.replace(config, controls=dataclasses.replace(
+        config.controls, positive=dataclasses.replace(config.controls.positive, seeds=3)))
+    assert roles.trial_seeds(fewer, "positive") == [0, 1, 2]  # the baseline's first three
+    assert roles.trial_seeds(fewer, "negative") == roles.trial_seeds(config, "negative")
     baseline = FixedTrial({"stage3.op": "conv"})
     assert roles.trial_spec(config, baseline, "baseline").stages[2].op == "conv"
     assert baseline.user_attrs == {"baseline": True}

@@ -279,6 +279,10 @@ class StudyConfig:
                 self.controls.spec(POSITIVE, self.baseline_spec)
             except ValueError as err:
                 raise ValueError(f"controls.positive.{err}") from None
+        positive, most = self.controls.positive, self.budget.max_seeds
+        if positive is not None and positive.seeds is not None and positive.seeds > most:
+            raise ValueError(f"controls.positive.seeds: got {positive.seeds}, expected at most budget.seeds "
+                             f"({most}): the positive control trains the baseline's first seeds")
 
     def _check_heads(self) -> None:
         assert self.space is not None

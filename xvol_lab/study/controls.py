@@ -2,7 +2,8 @@
 
 - positive control: the baseline changed by `params` (``stage3.op: pointwise``: stage fields, in or
   out of the searched space) into a network that lacks what the task needs; trained with the
-  baseline's seeds, it must come out worse than the baseline;
+  baseline's seeds (its first `seeds` of them where set: an effect built to be large is detected
+  with few), it must come out worse than the baseline;
 - negative control: the baseline itself under a disjoint seed set (base.seed + `NEGATIVE_SEED_OFFSET`
   + i), paired with the baseline's i-th seed; it must come out not distinguishable. With
   ``training_order: shared`` (the default) its i-th run keeps the baseline's i-th training order
@@ -68,9 +69,13 @@ class PositiveControl:
 
     name: str = ""
     params: dict[str, Any] = field(default_factory=dict)
+    seeds: int | None = None  # the baseline's first `seeds` seeds; None: all of them
 
     def __post_init__(self) -> None:
         _check_name(self.name)
+        if self.seeds is not None and self.seeds < 2:
+            raise ValueError(f"seeds: got {self.seeds}, expected an integer >= 2 (a paired t-test needs 2 "
+                             "seeds) or no value (the baseline's seeds)")
         if not self.params:
             raise ValueError("params: got {}, expected stage fields that weaken the baseline "
                              "(e.g. {stage3.op: pointwise})")
@@ -120,8 +125,12 @@ class ControlsConfig:
         return baseline
 
     def seeds(self, role: str, seeds: list[int]) -> list[int]:
-        """The control's seeds for the baseline's `seeds`: the same, or (negative) shifted to a disjoint set."""
-        return [s + NEGATIVE_SEED_OFFSET for s in seeds] if role == NEGATIVE else list(seeds)
+        """The control's seeds for the baseline's `seeds`: the same (the positive control's first
+        `seeds` of them where set), or (negative) shifted to a disjoint set."""
+        if role == NEGATIVE:
+            return [s + NEGATIVE_SEED_OFFSET for s in seeds]
+        count = self.positive.seeds if role == POSITIVE and self.positive is not None else None
+        return list(seeds[:count])
 
     def order_seeds(self, role: str, seeds: list[int]) -> list[int] | None:
         """The training-order seeds of the control's runs for the baseline's `seeds` (run i: the
