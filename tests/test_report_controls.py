@@ -173,3 +173,10 @@ def test_power_prints_the_seeds_needed_per_row(tmp_path, capsys):
         needed = stats.seeds_needed(table.loc[name, "val/acc1 diff_std"], 0.02, 0.05 / 3)
         line = next(line for line in out.splitlines() if line.startswith(f"| {name} "))
         assert line.rstrip(" |").endswith(f"| {needed}")
+
+
+def test_the_budget_line_names_a_control_that_ran_fewer_seeds(data):
+    from xvol_lab.study.report.writer import seeds_text
+
+    # the configurations ran seeds 0-4; the positive control the first 3 of them
+    assert seeds_text(data) == "5 (0, 1, 2, 3, 4; positive control 3)"

@@ -22,7 +22,7 @@ from matplotlib.figure import Figure
 
 from xvol_lab.errors import ConfigError
 from xvol_lab.markdown import format_number, markdown_table
-from xvol_lab.study.controls import NEGATIVE
+from xvol_lab.study.controls import NEGATIVE, ROLE_LABEL
 from xvol_lab.study.environment import check_comparable
 from xvol_lab.study.progress import best_text
 from xvol_lab.study.report.findings import ablation_findings, baseline_text, blind, compact_ablation, trivial_text
@@ -199,15 +199,19 @@ def _header(data: StudyData, trivial: str, mixed: list[str]) -> list[str]:
 
 
 def seeds_text(data: StudyData) -> str:
-    """``3 (0, 1, 2)``: the seeds the complete trials ran (the study's base.seed for old trials)."""
+    """``3 (0, 1, 2)``: the seeds the complete trials ran (the study's base.seed for old trials);
+    a control that ran another number of them is named (``8 (0, ..., 7; positive control 3)``)."""
     runs = [tuple(t.user_attrs.get("seeds") or [data.config.base.seed]) for t in data.complete]
     if not runs:
         return "none yet"
-    counts = sorted({len(r) for r in runs})
-    paired = [r for t, r in zip(data.complete, runs, strict=True) if control_role(t) != NEGATIVE]
+    roles = [control_role(t) for t in data.complete]
+    counts = sorted({len(r) for r, role in zip(runs, roles, strict=True) if not role} or {len(r) for r in runs})
+    paired = [r for r, role in zip(runs, roles, strict=True) if role != NEGATIVE]
     seeds = sorted({s for r in paired or runs for s in r})  # the negative control's disjoint seeds left out
     n = str(counts[0]) if len(counts) == 1 else f"{counts[0]} to {counts[-1]}"
-    return f"{n} ({', '.join(map(str, seeds))})"
+    others = [f"{ROLE_LABEL[role]} {len(r)}" for r, role in zip(runs, roles, strict=True)
+              if role and not counts[0] <= len(r) <= counts[-1]]
+    return f"{n} ({'; '.join([', '.join(map(str, seeds)), *others])})"
 
 
 def _ablation_lines(data: StudyData, table: pd.DataFrame, trivial: str) -> list[str]:
