@@ -118,6 +118,13 @@ def write_section(title: str, body: str, path: Path = BENCHMARKS_MD) -> None:
     write_text(path, text)  # atomic: a crash leaves the old file, never a half-written one
 
 
+def publish(title: str, body: str, write: bool = True) -> None:
+    """Print a benchmark's section and (unless `write` is False: ``--no-write``) put it in BENCHMARKS.md."""
+    if write:
+        write_section(title, body)
+    print(body)
+
+
 def markdown_table(header: list[str], rows: list[list[object]]) -> str:
     """A GitHub-flavoured Markdown table of `rows` under `header` (`xvol_lab.markdown`)."""
     return frame_table(pd.DataFrame(rows, columns=header))

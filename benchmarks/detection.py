@@ -27,7 +27,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _report import device_name, markdown_table, time_interleaved, write_section  # noqa: E402
+from _report import device_name, markdown_table, publish, time_interleaved  # noqa: E402
 from torchvision.models.detection import maskrcnn_resnet50_fpn  # noqa: E402
 
 from xvol_lab.allocator import keep_freed_memory  # noqa: E402
@@ -131,9 +131,7 @@ def main() -> None:
         markdown_table(["model", "iterations/s", "speed / torchvision", "params (M)"], rows),
     ])
     title = f"Detection (benchmarks/detection.py, {device.type})"
-    if not args.no_write:
-        write_section(title, body)
-    print(body)
+    publish(title, body, write=not args.no_write)
 
 
 if __name__ == "__main__":

@@ -38,9 +38,9 @@ from _report import (  # noqa: E402
     cuda_peak_mib,
     device_name,
     markdown_table,
+    publish,
     saved_activation_mib,
     time_interleaved,
-    write_section,
 )
 
 from xvol_lab.allocator import keep_freed_memory  # noqa: E402
@@ -416,9 +416,7 @@ def main() -> None:
         markdown_table(["op", "exponent of time in H*W"], [[k, f"{v:.2f}"] for k, v in growth.items()]),
     ])
     title = f"Operators (benchmarks/ops.py, {device.type})"
-    if not args.no_write:
-        write_section(title, body)
-    print(body)
+    publish(title, body, write=not args.no_write)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from _report import cpu_clock, device_name, markdown_table, smoke_args, write_section  # noqa: E402
+from _report import cpu_clock, device_name, markdown_table, publish, smoke_args  # noqa: E402
 
 from xvol_lab.allocator import keep_freed_memory  # noqa: E402
 from xvol_lab.models import build_classifier  # noqa: E402
@@ -96,9 +96,7 @@ def main() -> None:
         "widths (8-64 channels) oneDNN's channels-last convolutions win, where at width 1.0 "
         "(Training throughput above) the two formats are level.",
     ])
-    if not args.no_write:
-        write_section("Ablation network on one thread (benchmarks/proxy_step.py, cpu)", body)
-    print(body)
+    publish("Ablation network on one thread (benchmarks/proxy_step.py, cpu)", body, write=not args.no_write)
 
 
 if __name__ == "__main__":

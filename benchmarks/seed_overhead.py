@@ -28,7 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from _report import device_name, markdown_table, smoke_args, write_section  # noqa: E402
+from _report import device_name, markdown_table, publish, smoke_args  # noqa: E402
 
 from xvol_lab.data import generate  # noqa: E402
 from xvol_lab.data.generated import read_generated  # noqa: E402
@@ -99,9 +99,7 @@ def main() -> None:
         f"decodes the {data.num_val} validation images again. The process start ({med['start']:.1f} s) "
         "remains: each seed's process imports torch and Lightning anew.",
     ])
-    if not args.no_write:
-        write_section("Per-seed overhead (benchmarks/seed_overhead.py, cpu)", body)
-    print(body)
+    publish("Per-seed overhead (benchmarks/seed_overhead.py, cpu)", body, write=not args.no_write)
 
 
 if __name__ == "__main__":

@@ -48,9 +48,9 @@ from _report import (  # noqa: E402
     cuda_peak_mib,
     device_name,
     markdown_table,
+    publish,
     saved_activation_mib,
     sync,
-    write_section,
 )
 
 from xvol_lab.allocator import keep_freed_memory  # noqa: E402
@@ -288,9 +288,7 @@ def main() -> None:
                                 "saved activations MiB"], rows),
     ])
     title = f"Training throughput (benchmarks/train.py, {device.type})"
-    if not args.no_write:
-        write_section(title, body)
-    print(body)
+    publish(title, body, write=not args.no_write)
 
 
 if __name__ == "__main__":
